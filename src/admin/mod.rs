@@ -1,0 +1,187 @@
+//! The admin listener: health and readiness, reload, and read-only views.
+//! It never serves public traffic. Endpoints other than health need the
+//! bearer token from `admin_token_file` when one is set; without one the
+//! config only allows a loopback admin address.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Action;
+use crate::proxy::body::Body;
+use crate::reload::{ReloadHandle, ReloadOutcome};
+use crate::state::Shared;
+
+/// Serves the admin API until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    reload: ReloadHandle,
+    mut drain: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = "admin", error = %e, "accept failed; backing off");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.changed() => break,
+        };
+        let shared = shared.clone();
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(shared.clone(), reload.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    reload: ReloadHandle,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let method = req.method();
+    let resp = match (method, path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if shared.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+        (_, "/healthz" | "/readyz") => method_not_allowed("GET"),
+        (&Method::POST, "/reload") => match authorize(&shared, &req) {
+            Err(r) => r,
+            Ok(()) => match reload.reload().await {
+                Some(outcome @ ReloadOutcome::Reloaded { .. }) => {
+                    json_response(StatusCode::OK, &outcome)
+                }
+                Some(outcome @ ReloadOutcome::Rejected { .. }) => {
+                    json_response(StatusCode::UNPROCESSABLE_ENTITY, &outcome)
+                }
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            },
+        },
+        (_, "/reload") => method_not_allowed("POST"),
+        (&Method::GET, "/routes") => match authorize(&shared, &req) {
+            Err(r) => r,
+            Ok(()) => routes_view(&shared),
+        },
+        (_, "/routes") => method_not_allowed("GET"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(resp)
+}
+
+/// Checks `Authorization: Bearer <token>` when a token is configured.
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let snap = shared.current();
+    let Some(token) = &snap.server.admin_token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        _ => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+            );
+            Err(r)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn routes_view(shared: &Shared) -> Response<Body> {
+    let snap = shared.current();
+    let routes: Vec<_> = snap
+        .table
+        .routes()
+        .iter()
+        .map(|r| {
+            let c = &r.config;
+            let (kind, target) = match &c.action {
+                Action::Upstream(list) => (
+                    "upstream",
+                    json!(list.iter().map(|u| u.url.as_str()).collect::<Vec<_>>()),
+                ),
+                Action::Redirect(r) => ("redirect", json!(r.to)),
+                Action::Respond(r) => ("respond", json!(r.status.as_u16())),
+            };
+            json!({
+                "name": c.name,
+                "host": c.host.to_string(),
+                "path": c.path,
+                "action": kind,
+                "target": target,
+                "strip_prefix": c.strip_prefix,
+                "preserve_host": c.preserve_host,
+                "timeout_ms": c.timeout.as_millis() as u64,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "generation": snap.generation, "routes": routes }),
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,79 @@
+//! Human durations in the config file: `"30s"`, `"500ms"`, `"12h"`, `"1h30m"`.
+
+use std::time::Duration;
+
+/// Parses a duration written as one or more `<number><unit>` pairs, units
+/// `ms`, `s`, `m`, `h`, `d`. A bare `"0"` is accepted as zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration; write e.g. \"30s\", \"500ms\", \"12h\"".into());
+    }
+    let bytes = s.as_bytes();
+    let mut total = Duration::ZERO;
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(format!(
+                "`{s}` is not a duration; write e.g. \"30s\", \"500ms\", \"12h\""
+            ));
+        }
+        let n: u64 = s[start..i]
+            .parse()
+            .map_err(|_| format!("`{s}`: number too large"))?;
+        let unit_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let part = match &s[unit_start..i] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "" => return Err(format!("`{s}` needs a unit (ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown unit `{other}` (use ms, s, m, h, d)"
+                ));
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_combinations() {
+        let cases = [
+            ("30s", Duration::from_secs(30)),
+            ("500ms", Duration::from_millis(500)),
+            ("12h", Duration::from_secs(12 * 3600)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("2d", Duration::from_secs(2 * 86_400)),
+            ("0", Duration::ZERO),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        for bad in ["", "s", "10", "10x", "ten seconds", "-1s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The config file: raw serde types (`file`), checked types (this module)
+//! and the validator (`validate`) that turns one into the other, reporting
+//! every error at once with file, line and key.
+//!
+//! This module reads files (the config, secret files) but never opens
+//! sockets or touches shared state, so a reload can call it off the hot
+//! path and throw the result away when it fails.
+
+mod duration;
+mod file;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse_duration;
+pub use validate::{load, parse, parse_host_pattern, parse_upstream};
+
+/// A validated config. The hot path never sees an `Option` that stands for
+/// "the user did not say": defaults are filled in here.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; reloads read it again.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// The admin bearer token, read from `admin_token_file`.
+    pub admin_token: Option<Secret>,
+    pub admin_token_file: Option<PathBuf>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub state_dir: PathBuf,
+    pub grace_period: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// Runtime worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("http", &self.http)
+            .field("https", &self.https)
+            .field("admin", &self.admin)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret read from a file. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Which hosts a route answers for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `example.com` (stored lowercase, no trailing dot).
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com`; stores `example.com`.
+    Wildcard(String),
+    /// `*`: any host, used when nothing more specific matches.
+    Any,
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: HostPattern,
+    /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`.
+    pub path: String,
+    pub action: Action,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+    /// Time allowed for the upstream's response headers.
+    pub timeout: Duration,
+    /// 1-based line of the `[[route]]` in the file, for messages.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Upstream(Vec<UpstreamTarget>),
+    Redirect(Redirect),
+    Respond(Respond),
+}
+
+/// One backend of a route: `http://host:port[/base]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    /// As written, for logs and the admin view.
+    pub url: String,
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix to put in front of the forwarded path; "" for none.
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub to: String,
+    pub status: http::StatusCode,
+    pub keep_path: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Respond {
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
+    pub content_type: http::HeaderValue,
+}
+
+/// One problem in a config file, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is not tied to a place (e.g. unreadable file).
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `route[2].upstream`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} error{} in config:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// A one-line summary for `portcullis check` and the reload log.
+    pub fn summary(&self) -> String {
+        let mut hosts: Vec<String> = self.routes.iter().map(|r| r.host.to_string()).collect();
+        hosts.sort();
+        hosts.dedup();
+        let mut listeners = Vec::new();
+        if let Some(a) = self.server.http {
+            listeners.push(format!("http {a}"));
+        }
+        if let Some(a) = self.server.https {
+            listeners.push(format!("https {a}"));
+        }
+        if let Some(a) = self.server.admin {
+            listeners.push(format!("admin {a}"));
+        }
+        format!(
+            "{}: ok: {} route{}, {} host{}, listeners: {}",
+            self.source.display(),
+            self.routes.len(),
+            if self.routes.len() == 1 { "" } else { "s" },
+            hosts.len(),
+            if hosts.len() == 1 { "" } else { "s" },
+            if listeners.is_empty() {
+                "none".to_string()
+            } else {
+                listeners.join(", ")
+            }
+        )
+    }
+
+    /// Resolves a path written in the config relative to the config's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        validate::resolve_relative(&self.source, p)
+    }
+}

@@ -1,0 +1,169 @@
+//! Portcullis: the HTTPS front door of a self-hosted stack.
+//!
+//! [`Gateway`] (or [`run`]) starts the whole gateway on listeners the caller
+//! has bound, so tests run the real thing on `127.0.0.1:0`. `main.rs` only
+//! parses the command line and wires signals.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod state;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use reload::{ReloadHandle, ReloadOutcome};
+
+use proxy::server::{self, Drain};
+use state::Shared;
+
+/// Installs ring as the process's one rustls crypto provider. Safe to call
+/// more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The sockets the gateway serves on, bound before it starts (so a caller
+/// can bind port 0 and learn the address, or inherit sockets).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Option<std::net::TcpListener>,
+    pub https: Option<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener the config names.
+    pub fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |addr: Option<SocketAddr>, what: &str| -> anyhow::Result<_> {
+            addr.map(|a| {
+                let l = std::net::TcpListener::bind(a)
+                    .with_context(|| format!("cannot listen on {a} ({what})"))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })
+            .transpose()
+        };
+        Ok(Listeners {
+            http: bind(config.server.http, "server.http")?,
+            https: bind(config.server.https, "server.https")?,
+            admin: bind(config.server.admin, "server.admin")?,
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// A gateway ready to serve.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listeners: Listeners,
+    reload: ReloadHandle,
+}
+
+impl Gateway {
+    /// Builds the first snapshot from `config`. Must be called inside a
+    /// tokio runtime (it starts the reload task).
+    pub fn new(config: Config, listeners: Listeners) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        if listeners.https.is_some() {
+            anyhow::bail!("the https listener is not supported by this build yet");
+        }
+        let shared = Shared::new(config);
+        let reload = reload::spawn(shared.clone());
+        Ok(Gateway {
+            shared,
+            listeners,
+            reload,
+        })
+    }
+
+    /// A handle to trigger reloads (SIGHUP wiring, tests).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish within the grace period, and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Gateway {
+            shared,
+            listeners,
+            reload,
+        } = self;
+        let snap = shared.current();
+        let drain = Drain::new();
+        let builder = Arc::new(server::http_builder(&snap.server));
+
+        if let Some(l) = listeners.http {
+            let l = TcpListener::from_std(l)?;
+            tracing::info!(address = %l.local_addr()?, "listening (http)");
+            tokio::spawn(server::accept_loop(
+                l,
+                "http",
+                shared.clone(),
+                builder.clone(),
+                drain.watcher(),
+            ));
+        }
+        if let Some(l) = listeners.admin {
+            let l = TcpListener::from_std(l)?;
+            tracing::info!(address = %l.local_addr()?, "listening (admin)");
+            tokio::spawn(admin::serve(
+                l,
+                shared.clone(),
+                reload.clone(),
+                drain.watcher(),
+            ));
+        }
+        shared.ready.store(true, Ordering::Release);
+        tracing::info!(
+            routes = snap.table.len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "portcullis started"
+        );
+        drop(snap);
+
+        shutdown.await;
+        shared.ready.store(false, Ordering::Release);
+        let grace = shared.current().server.grace_period;
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: draining connections"
+        );
+        let left = drain.drain(grace).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "grace period over; closing the rest");
+        } else {
+            tracing::info!("all connections finished");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the gateway until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Gateway::new(config, listeners)?.serve(shutdown).await
+}

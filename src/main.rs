@@ -1,0 +1,207 @@
+//! The `portcullis` command: parses the command line, sets up logging and
+//! the runtime, and wires signals. All logic lives in the library.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use http_body_util::BodyExt as _;
+
+use portcullis::telemetry::{LogFormat, init_logging};
+use portcullis::{Gateway, Listeners, config};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "The HTTPS front door of a self-hosted stack: TLS, single sign-on and routing in one binary."
+)]
+struct Cli {
+    /// Log format: json (default when not on a terminal), pretty, or auto.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. SIGHUP reloads the config; SIGTERM/SIGINT stop it
+    /// gracefully (in-flight requests finish within `server.grace_period`).
+    Run {
+        /// The config file (TOML).
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "/etc/portcullis/portcullis.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Validate a config file: prints every error with file, line and key
+    /// and exits 1, or prints a one-line summary and exits 0.
+    Check {
+        /// The config file (TOML).
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "/etc/portcullis/portcullis.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Ask a running gateway to reload its config, through its admin
+    /// listener (address and token taken from the config file), and print
+    /// the outcome. Exits 1 if the gateway rejected the new config.
+    Reload {
+        /// The config file (TOML) the gateway runs with.
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "/etc/portcullis/portcullis.toml"
+        )]
+        config: PathBuf,
+        /// Admin address to use instead of `server.admin` from the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            match run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Reload { config, admin } => match reload(&config, admin) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("portcullis reload: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!("{}", c.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            eprint!("{errs}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    portcullis::install_crypto_provider();
+    let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        rt.worker_threads(config.server.workers);
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let listeners = Listeners::bind(&config)?;
+        let gateway = Gateway::new(config, listeners)?;
+        let reload = gateway.reload_handle();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading config");
+                reload.trigger();
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        gateway.serve(shutdown).await
+    })
+}
+
+fn reload(path: &Path, admin: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprint!("{errs}");
+            eprintln!(
+                "not reloading: the gateway would reject this config and keep its current one"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let addr = admin
+        .or(config.server.admin)
+        .context("no admin listener: set server.admin or pass --admin")?;
+    let token = config.server.admin_token.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| {
+                format!("cannot reach the admin listener at {addr}; is portcullis running?")
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = http::Request::post(format!("http://{addr}/reload"))
+            .header(http::header::HOST, addr.to_string());
+        if let Some(t) = &token {
+            req = req.header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", t.expose()),
+            );
+        }
+        let resp = sender
+            .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        if status.is_success() {
+            println!(
+                "reloaded: generation {}, {} routes",
+                v["generation"], v["routes"]
+            );
+            if let Some(ws) = v["warnings"].as_array() {
+                for w in ws {
+                    println!("warning: {}", w.as_str().unwrap_or_default());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        } else if let Some(errs) = v["errors"].as_array() {
+            eprintln!("reload rejected; the gateway keeps its current config:");
+            for e in errs {
+                eprintln!("  {}", e["text"].as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::FAILURE)
+        } else {
+            eprintln!("reload failed: HTTP {status}: {v}");
+            Ok(ExitCode::FAILURE)
+        }
+    })
+}

@@ -1,0 +1,222 @@
+//! The one place where a failure becomes a status code and a page. Pages
+//! show the status, a plain explanation and the request id, never anything
+//! internal (no upstream addresses, no error chains): those go to the log.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::Body;
+
+/// Who is at fault, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The backend failed us.
+    Upstream,
+    /// Our own fault.
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route for this host and path.
+    NoRoute,
+    /// The request is malformed; the reason is safe to show.
+    BadRequest(&'static str),
+    /// The TLS name and the Host header name different sites.
+    Misdirected,
+    /// Could not connect to the upstream (refused, unreachable, DNS).
+    UpstreamUnavailable,
+    /// The upstream (or the connect) took longer than the route allows.
+    UpstreamTimeout,
+    /// The upstream answered with something that is not HTTP, or hung up.
+    UpstreamBroken,
+    /// A bug or resource problem on our side.
+    Internal,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::UpstreamUnavailable | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::Misdirected => {
+                Side::Downstream
+            }
+            ProxyError::UpstreamUnavailable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamBroken => Side::Upstream,
+            ProxyError::Internal => Side::Internal,
+        }
+    }
+
+    /// A short machine-readable kind for logs and metric labels.
+    pub fn kind(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Misdirected => "misdirected",
+            ProxyError::UpstreamUnavailable => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamBroken => "upstream_broken",
+            ProxyError::Internal => "internal",
+        }
+    }
+
+    fn explanation(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "No site is configured at this address.",
+            ProxyError::BadRequest(reason) => reason,
+            ProxyError::Misdirected => {
+                "This connection was made for a different site; please retry the request."
+            }
+            ProxyError::UpstreamUnavailable => {
+                "The service behind this address is not reachable right now. Please try again shortly."
+            }
+            ProxyError::UpstreamTimeout => {
+                "The service behind this address did not answer in time. Please try again shortly."
+            }
+            ProxyError::UpstreamBroken => {
+                "The service behind this address sent an invalid response."
+            }
+            ProxyError::Internal => "Something went wrong on our side.",
+        }
+    }
+
+    /// Builds the error response: JSON when the client prefers it, HTML otherwise.
+    pub fn response(
+        self,
+        request_id: &HeaderValue,
+        accept: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        render(
+            self.status(),
+            self.explanation(),
+            request_id,
+            wants_json(accept),
+        )
+    }
+}
+
+/// True when the client asked for JSON rather than a page.
+pub fn wants_json(accept: Option<&HeaderValue>) -> bool {
+    let Some(a) = accept.and_then(|a| a.to_str().ok()) else {
+        return false;
+    };
+    let json = a.find("application/json");
+    let html = a.find("text/html");
+    match (json, html) {
+        (Some(_), None) => true,
+        (Some(j), Some(h)) => j < h,
+        _ => false,
+    }
+}
+
+/// A small status page (or JSON object) with an explanation and the request id.
+pub fn render(
+    status: StatusCode,
+    explanation: &str,
+    request_id: &HeaderValue,
+    json: bool,
+) -> Response<Body> {
+    let id = request_id.to_str().unwrap_or("");
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let (body, content_type) = if json {
+        let v = serde_json::json!({
+            "status": status.as_u16(),
+            "error": reason,
+            "message": explanation,
+            "request_id": id,
+        });
+        (v.to_string(), "application/json")
+    } else {
+        (
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+                 <meta name=\"viewport\" content=\"width=device-width\">\
+                 <title>{code} {reason}</title>\
+                 <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+                 small{{color:#666}}</style></head>\
+                 <body><h1>{code} {reason}</h1><p>{text}</p>\
+                 <p><small>Request ID: <code>{id}</code></small></p></body></html>\n",
+                code = status.as_u16(),
+                text = html_escape(explanation),
+                id = html_escape(id),
+            ),
+            "text/html; charset=utf-8",
+        )
+    };
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let cases = [
+            (ProxyError::NoRoute, 404),
+            (ProxyError::BadRequest("x"), 400),
+            (ProxyError::Misdirected, 421),
+            (ProxyError::UpstreamUnavailable, 502),
+            (ProxyError::UpstreamBroken, 502),
+            (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::Internal, 500),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.status().as_u16(), code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn json_only_when_preferred() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(wants_json(Some(&v("application/json"))));
+        assert!(!wants_json(Some(&v("text/html,application/json"))));
+        assert!(wants_json(Some(&v("application/json, text/html;q=0.5"))));
+        assert!(!wants_json(None));
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Forwarding one request to an upstream over a pooled keep-alive client,
+//! streaming bodies both ways, and relaying protocol upgrades (WebSocket)
+//! once the backend has agreed with a 101.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::body::Body;
+use super::error::ProxyError;
+use super::headers;
+use crate::config::{ServerConfig, UpstreamTarget};
+use crate::state::Route;
+
+/// The pooled HTTP/1.1 client to every upstream. One per process: it
+/// survives reloads so keep-alive connections do too.
+pub struct UpstreamClient {
+    client: Client<HttpConnector, Body>,
+}
+
+impl UpstreamClient {
+    pub fn new(server: &ServerConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(server.upstream_connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(server.upstream_idle_timeout)
+            .pool_max_idle_per_host(256)
+            // We set Host ourselves (preserve_host decides which).
+            .set_host(false)
+            .build(connector);
+        UpstreamClient { client }
+    }
+
+    async fn send(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let timed_out = {
+        let mut src = e.source();
+        let mut found = false;
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                found = true;
+                break;
+            }
+            src = s.source();
+        }
+        found
+    };
+    if timed_out {
+        ProxyError::UpstreamTimeout
+    } else if e.is_connect() {
+        ProxyError::UpstreamUnavailable
+    } else {
+        ProxyError::UpstreamBroken
+    }
+}
+
+/// Full error text for logs (never for pages).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The request as it left the client, reduced to what forwarding needs.
+pub struct Forward<'a> {
+    pub route: &'a Route,
+    pub target: &'a UpstreamTarget,
+    /// The host as the client sent it (with port), for a preserved Host header.
+    pub host_header: &'a str,
+}
+
+/// Sends `req` (headers already sanitised by the caller) to the upstream.
+pub async fn forward(
+    client: &UpstreamClient,
+    fwd: Forward<'_>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    parts.uri = upstream_uri(fwd.target, &fwd.route.config, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    let host = if fwd.route.config.preserve_host {
+        HeaderValue::from_str(fwd.host_header)
+    } else {
+        HeaderValue::from_str(fwd.target.authority.as_str())
+    }
+    .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?;
+    parts.headers.insert(header::HOST, host);
+
+    let out = Request::from_parts(parts, Body::Incoming(body));
+    let mut resp = client.send(out, fwd.route.config.timeout).await?;
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            // A 101 we did not ask for cannot be relayed.
+            return Err(ProxyError::UpstreamBroken);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let route = fwd.route.config.name.clone();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let mut c = TokioIo::new(c);
+                    let mut u = TokioIo::new(u);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(route, error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(route, error = %e, "upgrade did not complete"),
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, switching);
+    Ok(Response::from_parts(parts, Body::Incoming(body)))
+}
+
+/// The URI sent upstream: the target's scheme and authority, its base path,
+/// then the request path (minus the route prefix with `strip_prefix`) and query.
+pub fn upstream_uri(
+    target: &UpstreamTarget,
+    route: &crate::config::RouteConfig,
+    uri: &Uri,
+) -> Result<Uri, ProxyError> {
+    let path = uri.path();
+    let rest = if route.strip_prefix && route.path != "/" {
+        match path.get(route.path.len()..) {
+            Some("") | None => "/",
+            Some(r) => r,
+        }
+    } else {
+        path
+    };
+    let query = uri.query();
+    let mut pq = String::with_capacity(
+        target.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    pq.push_str(&target.base_path);
+    pq.push_str(rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("The request target is not valid."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Action, HostPattern, RouteConfig};
+
+    fn route(path: &str, strip: bool) -> RouteConfig {
+        RouteConfig {
+            name: "r".into(),
+            host: HostPattern::Any,
+            path: path.into(),
+            action: Action::Upstream(vec![]),
+            strip_prefix: strip,
+            preserve_host: true,
+            timeout: Duration::from_secs(1),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn builds_upstream_uris() {
+        let plain = crate::config::parse_upstream("http://10.0.0.1:8080").unwrap();
+        let based = crate::config::parse_upstream("http://10.0.0.1:8080/base/").unwrap();
+        let cases = [
+            (
+                &plain,
+                "/",
+                false,
+                "/api/x?q=1",
+                "http://10.0.0.1:8080/api/x?q=1",
+            ),
+            (
+                &plain,
+                "/api",
+                true,
+                "/api/x?q=1",
+                "http://10.0.0.1:8080/x?q=1",
+            ),
+            (&plain, "/api", true, "/api", "http://10.0.0.1:8080/"),
+            (&plain, "/api", true, "/api?q", "http://10.0.0.1:8080/?q"),
+            (
+                &based,
+                "/api",
+                true,
+                "/api/x",
+                "http://10.0.0.1:8080/base/x",
+            ),
+            (&based, "/", false, "/x", "http://10.0.0.1:8080/base/x"),
+        ];
+        for (target, prefix, strip, req, want) in cases {
+            let uri: Uri = req.parse().unwrap();
+            let got = upstream_uri(target, &route(prefix, strip), &uri).unwrap();
+            assert_eq!(got.to_string(), want, "{prefix} {strip} {req}");
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Header rules at the proxy boundary: hop-by-hop removal, spoofable
+//! identity and forwarding headers, `X-Forwarded-*`, and request ids.
+//!
+//! Header names are compared the way a backend framework might read them:
+//! lowercased, with `_` and `.` read as `-`, so `X_Authentik_Username` is
+//! treated exactly like `X-Authentik-Username`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection and never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Identity headers our SSO sets (and others' SSO proxies set), which a
+/// client must never be able to send to a backend. Normalised form.
+const IDENTITY_EXACT: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-forwarded-uid",
+    "remote-user",
+    "remote-email",
+    "remote-name",
+    "remote-groups",
+    "x-remote-user",
+    "x-webauth-user",
+    "x-webauth-email",
+    "x-webauth-name",
+    "x-webauth-groups",
+];
+const IDENTITY_PREFIXES: &[&str] = &["x-authentik-", "x-auth-request-"];
+
+/// Forwarding headers believed only from trusted proxies. Normalised form.
+const FORWARDING_PREFIX: &str = "x-forwarded-";
+const FORWARDING_EXACT: &[&str] = &["forwarded", "x-real-ip"];
+
+/// Compares a header name with a normalised name, reading `_` and `.` as `-`.
+fn normalized_eq(name: &[u8], want: &[u8]) -> bool {
+    name.len() == want.len() && name.iter().zip(want).all(|(&a, &b)| norm(a) == b)
+}
+
+fn normalized_starts_with(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && normalized_eq(&name[..prefix.len()], prefix)
+}
+
+#[inline]
+fn norm(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// True for any spelling of an identity header.
+pub fn is_identity_header(name: &str) -> bool {
+    let n = name.as_bytes();
+    IDENTITY_PREFIXES
+        .iter()
+        .any(|p| normalized_starts_with(n, p.as_bytes()))
+        || IDENTITY_EXACT
+            .iter()
+            .any(|e| normalized_eq(n, e.as_bytes()))
+}
+
+/// True for any spelling of a forwarding header (`X-Forwarded-*`,
+/// `Forwarded`, `X-Real-IP`).
+pub fn is_forwarding_header(name: &str) -> bool {
+    let n = name.as_bytes();
+    normalized_starts_with(n, FORWARDING_PREFIX.as_bytes())
+        || FORWARDING_EXACT
+            .iter()
+            .any(|e| normalized_eq(n, e.as_bytes()))
+}
+
+/// Removes hop-by-hop headers, including every header named in
+/// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
+/// survive so an upgrade can be relayed.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for token in s.split(',') {
+                let t = token.trim();
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("upgrade")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for n in named {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True when the request asks for a protocol upgrade (WebSocket etc.).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// Removes every client-sent identity header and, unless the peer is a
+/// trusted proxy, every forwarding header. Runs on every route.
+pub fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let s = name.as_str();
+        // Cheap first-byte filter: every name we strip starts with x, r or f.
+        let first = s.as_bytes()[0];
+        if first != b'x' && first != b'r' && first != b'f' {
+            continue;
+        }
+        if is_identity_header(s) || (!peer_trusted && is_forwarding_header(s)) {
+            doomed.push(name.clone());
+        }
+    }
+    for n in doomed {
+        headers.remove(n);
+    }
+}
+
+/// What we know about where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Is the TCP peer a trusted proxy?
+    pub peer_trusted: bool,
+    /// `http` or `https`, as the client reached us.
+    pub proto: &'static str,
+    /// The host the client asked for, as sent.
+    pub host: &'a str,
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. From an
+/// untrusted peer the client's own values were already removed, so these
+/// replace them; from a trusted proxy the peer is appended to its chain and
+/// its `-Proto`/`-Host` are kept.
+pub fn set_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>, client_ip: IpAddr) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let peer = origin.peer.to_string();
+    let chain = if origin.peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(xff, v);
+    }
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    if !origin.peer_trusted || !headers.contains_key(&proto) {
+        headers.insert(proto, HeaderValue::from_static(origin.proto));
+    }
+    let fhost = HeaderName::from_static("x-forwarded-host");
+    if (!origin.peer_trusted || !headers.contains_key(&fhost))
+        && let Ok(v) = HeaderValue::from_str(origin.host)
+    {
+        headers.insert(fhost, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
+        headers.insert(HeaderName::from_static("x-real-ip"), v);
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the right-most address in `X-Forwarded-For` that is not itself
+/// a trusted proxy.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for addr in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match addr.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The request id header name.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Keeps a sane client-sent `X-Request-Id` (1-128 of `[A-Za-z0-9._:-]`),
+/// otherwise makes a new one.
+pub fn request_id(headers: &HeaderMap, ids: &RequestIds) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        {
+            return v.clone();
+        }
+    }
+    ids.next()
+}
+
+/// Request id generator: unique per process, unpredictable across restarts,
+/// no syscall or lock per id.
+#[derive(Debug)]
+pub struct RequestIds {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // Falls back to the clock if the OS RNG fails; ids only need to be unique.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            seed = (now.as_nanos() as u64).to_le_bytes();
+        }
+        RequestIds {
+            seed: u64::from_le_bytes(seed),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let a = splitmix64(self.seed ^ n);
+        let b = splitmix64(a ^ n.rotate_left(32));
+        let mut buf = [0u8; 32];
+        hex(a, &mut buf[..16]);
+        hex(b, &mut buf[16..]);
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn hex(v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn identity_header_spellings() {
+        let spoofed = [
+            "X-authentik-username",
+            "x_authentik_groups",
+            "X.Authentik.Email",
+            "x-authentik-jwt",
+            "X-Forwarded-User",
+            "x_forwarded_email",
+            "X-Forwarded-Preferred-Username",
+            "x.forwarded.groups",
+            "X-Auth-Request-User",
+            "Remote-User",
+            "X-WEBAUTH-USER",
+        ];
+        for name in spoofed {
+            assert!(is_identity_header(&name.to_ascii_lowercase()), "{name}");
+        }
+        for ok in ["x-request-id", "accept", "x-forwarded-for", "x-authentik"] {
+            assert!(!is_identity_header(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn strips_identity_always_and_forwarding_when_untrusted() {
+        let mut h = map(&[
+            ("x_authentik_username", "admin"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_host", "evil"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("accept", "*/*"),
+        ]);
+        let mut trusted = h.clone();
+        strip_spoofable(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+
+        strip_spoofable(&mut trusted, true);
+        assert!(!trusted.contains_key("x_authentik_username"));
+        assert!(trusted.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic x"),
+            ("upgrade", "websocket"),
+            ("x-keep", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_survives_when_kept() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn forwarded_replaced_or_appended() {
+        let origin = Origin {
+            peer: "10.0.0.9".parse().unwrap(),
+            peer_trusted: false,
+            proto: "https",
+            host: "app.example.com",
+        };
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &origin, origin.peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+
+        let trusted = Origin {
+            peer_trusted: true,
+            ..origin
+        };
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        set_forwarded(&mut h, &trusted, "1.2.3.4".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
+    }
+
+    #[test]
+    fn client_ip_walks_trusted_chain() {
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let h = map(&[("x-forwarded-for", "9.9.9.9, 1.2.3.4, 10.0.0.2")]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, peer, trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let untrusted: IpAddr = "5.5.5.5".parse().unwrap();
+        assert_eq!(client_ip(&h, untrusted, trusted), untrusted);
+    }
+
+    #[test]
+    fn request_ids() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        let sane = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(request_id(&sane, &ids), "abc-123");
+        let insane = map(&[("x-request-id", "<script>")]);
+        assert_ne!(request_id(&insane, &ids), "<script>");
+    }
+}

@@ -1,0 +1,267 @@
+//! The public request path: accept loops and connections (`server`),
+//! routing a request to its action, forwarding (`forward`), header rules
+//! (`headers`) and the one error → status/page mapping (`error`).
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod server;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use self::body::Body;
+use self::error::ProxyError;
+use self::forward::Forward;
+use crate::config::{Action, Redirect, Respond};
+use crate::routing::{HOST_BUF_LEN, normalize_host};
+use crate::state::{Shared, Snapshot};
+
+/// The path prefix reserved on every host for the gateway's own endpoints.
+pub const RESERVED_PREFIX: &str = "/.portcullis";
+
+/// What a connection knows about itself.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// Serves one request. Never fails: every error becomes a response here.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let snap = shared.current();
+    let request_id = headers::request_id(req.headers(), &shared.request_ids);
+    let accept = req.headers().get(header::ACCEPT).cloned();
+    let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
+    let logged = log.then(|| AccessFields {
+        method: req.method().clone(),
+        host: req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("")
+            .to_string(),
+        path: req.uri().path().to_string(),
+    });
+
+    let mut outcome = Outcome::default();
+    let mut resp = match route_request(&shared, &snap, &conn, req, &request_id, &mut outcome).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.error = Some(e);
+            e.response(&request_id, accept.as_ref())
+        }
+    };
+    resp.headers_mut()
+        .insert(headers::REQUEST_ID, request_id.clone());
+
+    if let Some(f) = logged {
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = request_id.to_str().unwrap_or(""),
+            client_ip = %outcome.client_ip.unwrap_or(conn.peer.ip()),
+            method = %f.method,
+            host = %f.host,
+            path = %f.path,
+            status = resp.status().as_u16(),
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            route = outcome.route.as_deref().unwrap_or(""),
+            upstream = outcome.upstream.as_deref().unwrap_or(""),
+            error = outcome.error.map(|e| e.kind()).unwrap_or(""),
+            "request"
+        );
+    }
+    Ok(resp)
+}
+
+struct AccessFields {
+    method: http::Method,
+    host: String,
+    path: String,
+}
+
+/// What routing decided, for the access log.
+#[derive(Default)]
+struct Outcome {
+    route: Option<String>,
+    upstream: Option<String>,
+    client_ip: Option<std::net::IpAddr>,
+    error: Option<ProxyError>,
+}
+
+async fn route_request(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
+    // if both are present they must agree.
+    let header_host = match req.headers().get(header::HOST) {
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
+        ),
+        None => None,
+    };
+    let uri_host = req.uri().authority().map(|a| a.as_str());
+    let raw_host = match (uri_host, header_host) {
+        (Some(u), Some(h)) if !u.eq_ignore_ascii_case(h) => {
+            return Err(ProxyError::BadRequest(
+                "The request names two different hosts.",
+            ));
+        }
+        (Some(u), _) => u,
+        (None, Some(h)) => h,
+        (None, None) => return Err(ProxyError::BadRequest("The request has no Host header.")),
+    };
+    let mut buf = [0u8; HOST_BUF_LEN];
+    let host = normalize_host(raw_host, &mut buf)
+        .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
+
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(ProxyError::BadRequest("The request target is not a path."));
+    }
+    if routing_prefix_is_reserved(path) {
+        return Err(ProxyError::NoRoute);
+    }
+
+    let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
+    outcome.route = Some(route.config.name.clone());
+
+    match &route.config.action {
+        Action::Respond(r) => Ok(respond(r)),
+        Action::Redirect(r) => Ok(redirect(r, req.uri())),
+        Action::Upstream(_) => {
+            let target = route.pick_upstream().ok_or(ProxyError::Internal)?;
+            outcome.upstream = Some(target.url.clone());
+
+            let peer = crate::state::canonical_ip(conn.peer.ip());
+            let peer_trusted = snap.is_trusted_proxy(peer);
+            let client_ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
+            outcome.client_ip = Some(client_ip);
+            let host_header = raw_host.to_string();
+            let h = req.headers_mut();
+            headers::strip_spoofable(h, peer_trusted);
+            let origin = headers::Origin {
+                peer,
+                peer_trusted,
+                proto: conn.proto,
+                host: &host_header,
+            };
+            headers::set_forwarded(h, &origin, client_ip);
+            h.insert(headers::REQUEST_ID, request_id.clone());
+
+            let fwd = Forward {
+                route,
+                target,
+                host_header: &host_header,
+            };
+            let result = forward::forward(&shared.client, fwd, req).await;
+            if let Err(e) = &result {
+                tracing::warn!(
+                    route = %route.config.name,
+                    upstream = %target.url,
+                    request_id = request_id.to_str().unwrap_or(""),
+                    error = e.kind(),
+                    "upstream request failed"
+                );
+            }
+            result
+        }
+    }
+}
+
+fn routing_prefix_is_reserved(path: &str) -> bool {
+    crate::routing::prefix_matches(RESERVED_PREFIX, path)
+}
+
+fn respond(r: &Respond) -> Response<Body> {
+    let mut resp = Response::new(Body::full(r.body.clone()));
+    *resp.status_mut() = r.status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, r.content_type.clone());
+    resp
+}
+
+/// The redirect target: `to`, plus the request path and query unless the
+/// route says `keep_path = false`.
+pub fn redirect_location(r: &Redirect, uri: &http::Uri) -> String {
+    if !r.keep_path {
+        return r.to.clone();
+    }
+    let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let base = r.to.trim_end_matches('/');
+    // `to` without a path (`https://x`) or with one (`https://x/new/`):
+    // the request path is appended either way.
+    format!("{base}{pq}")
+}
+
+fn redirect(r: &Redirect, uri: &http::Uri) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = r.status;
+    if let Ok(v) = HeaderValue::from_str(&redirect_location(r, uri)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_locations() {
+        let r = |to: &str, keep: bool| Redirect {
+            to: to.into(),
+            status: http::StatusCode::PERMANENT_REDIRECT,
+            keep_path: keep,
+        };
+        let uri: http::Uri = "/a/b?x=1".parse().unwrap();
+        assert_eq!(
+            redirect_location(&r("https://x.com", true), &uri),
+            "https://x.com/a/b?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r("https://x.com/", true), &uri),
+            "https://x.com/a/b?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r("https://x.com/new/", true), &uri),
+            "https://x.com/new/a/b?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r("https://x.com/", false), &uri),
+            "https://x.com/"
+        );
+    }
+
+    #[test]
+    fn reserved_prefix() {
+        assert!(routing_prefix_is_reserved("/.portcullis/callback"));
+        assert!(routing_prefix_is_reserved("/.portcullis"));
+        assert!(!routing_prefix_is_reserved("/.portcullisx"));
+    }
+}

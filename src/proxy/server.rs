@@ -1,0 +1,143 @@
+//! Accept loops and connections for the public listeners. Listening sockets
+//! are created once and never re-bound; shutdown stops accepting, asks each
+//! connection to finish its in-flight requests, and waits (see [`Drain`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{ConnInfo, handle};
+use crate::config::ServerConfig;
+use crate::state::Shared;
+
+pub type HttpBuilder = auto::Builder<TokioExecutor>;
+
+/// The HTTP/1.1 + HTTP/2 (h2c prior knowledge, or ALPN `h2` on TLS) server
+/// settings shared by every public connection.
+pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Without a timer hyper silently skips this; with it a slow client
+        // cannot hold a connection open by trickling header bytes.
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(50)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Tells connections to wind down, then waits until they have.
+///
+/// Every accept loop and connection task holds a receiver; `drain` flips
+/// the flag, and `wait` completes when every receiver has been dropped.
+pub struct Drain {
+    tx: watch::Sender<bool>,
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Drain {
+            tx: watch::channel(false).0,
+        }
+    }
+
+    pub fn watcher(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Number of live accept loops and connections.
+    pub fn live(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Signals shutdown and waits up to `grace` for everything to finish.
+    /// Returns how many were still open when the grace period ran out.
+    pub async fn drain(self, grace: Duration) -> usize {
+        let _ = self.tx.send(true);
+        match tokio::time::timeout(grace, self.tx.closed()).await {
+            Ok(()) => 0,
+            Err(_) => self.tx.receiver_count(),
+        }
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Accepts plain TCP connections until shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    proto: &'static str,
+    shared: Arc<Shared>,
+    builder: Arc<HttpBuilder>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the
+                    // connections we have keep being served.
+                    tracing::warn!(listener = proto, error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let info = Arc::new(ConnInfo {
+            peer,
+            local: stream.local_addr().ok().or(local).unwrap_or(peer),
+            proto,
+        });
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            serve_connection(TokioIo::new(stream), info, shared, &builder, drain).await;
+        });
+    }
+    tracing::debug!(listener = proto, "stopped accepting");
+}
+
+/// Serves HTTP on one established connection (plain or TLS).
+pub async fn serve_connection<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    builder: &HttpBuilder,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer: SocketAddr = info.peer;
+    let svc = service_fn(move |req| handle(shared.clone(), info.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

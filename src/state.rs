@@ -1,0 +1,122 @@
+//! What the request path reads: one immutable [`Snapshot`] of the routing
+//! state behind one `ArcSwap`, and the process-wide [`Shared`] parts that
+//! outlive reloads (upstream connection pool, request ids).
+//!
+//! Background tasks (reload) build a whole new snapshot and publish it with
+//! one atomic store; requests load it once and keep it until they finish, so
+//! an in-flight request completes on the route it started on.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Action, Config, RouteConfig, ServerConfig, UpstreamTarget};
+use crate::proxy::forward::UpstreamClient;
+use crate::proxy::headers::RequestIds;
+use crate::routing::RouteTable;
+
+/// One route as the request path uses it.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    next_upstream: AtomicUsize,
+}
+
+impl Route {
+    pub fn new(config: RouteConfig) -> Self {
+        Route {
+            config,
+            next_upstream: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round robin over the route's upstreams.
+    pub fn pick_upstream(&self) -> Option<&UpstreamTarget> {
+        match &self.config.action {
+            Action::Upstream(list) if !list.is_empty() => {
+                let i = self.next_upstream.fetch_add(1, Ordering::Relaxed) % list.len();
+                Some(&list[i])
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Everything a request needs from the config, immutable once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every successful (re)load.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub server: ServerConfig,
+    pub table: RouteTable<Route>,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, generation: u64) -> Snapshot {
+        let table = RouteTable::build(
+            config
+                .routes
+                .into_iter()
+                .map(|r| (r.host.clone(), r.path.clone(), Route::new(r))),
+        );
+        Snapshot {
+            generation,
+            loaded_at: SystemTime::now(),
+            server: config.server,
+            table,
+        }
+    }
+
+    /// Is this address one of the configured trusted proxies?
+    #[inline]
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.server.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, seen on dual-stack
+/// listeners) to plain IPv4 so CIDR rules written for IPv4 apply.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Process-wide state shared by every connection.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub client: UpstreamClient,
+    pub request_ids: RequestIds,
+    /// Set once the listeners are up and the first snapshot is published.
+    pub ready: AtomicBool,
+    /// The config file that reloads read.
+    pub config_path: PathBuf,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Shared> {
+        let client = UpstreamClient::new(&config.server);
+        let config_path = config.source.clone();
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::build(config, 1)),
+            client,
+            request_ids: RequestIds::new(),
+            ready: AtomicBool::new(false),
+            config_path,
+        })
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+}
