@@ -5,13 +5,16 @@
 //! parses the command line and wires signals.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod config;
+pub mod fsutil;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -84,11 +87,9 @@ impl Gateway {
     /// tokio runtime (it starts the reload task).
     pub fn new(config: Config, listeners: Listeners) -> anyhow::Result<Self> {
         install_crypto_provider();
-        if listeners.https.is_some() {
-            anyhow::bail!("the https listener is not supported by this build yet");
-        }
         let shared = Shared::new(config);
         let reload = reload::spawn(shared.clone());
+        acme::spawn(shared.certs.clone(), shared.acme_plans.subscribe());
         Ok(Gateway {
             shared,
             listeners,
@@ -119,6 +120,24 @@ impl Gateway {
             tokio::spawn(server::accept_loop(
                 l,
                 "http",
+                shared.clone(),
+                builder.clone(),
+                drain.watcher(),
+            ));
+        }
+        if let Some(l) = listeners.https {
+            let l = TcpListener::from_std(l)?;
+            let addr = l.local_addr()?;
+            shared.https_port.store(addr.port(), Ordering::Release);
+            let ctx = Arc::new(tls::TlsContext {
+                store: shared.certs.clone(),
+                config: tls::server_config(shared.certs.clone())?,
+                handshake_timeout: snap.server.tls_handshake_timeout,
+            });
+            tracing::info!(address = %addr, "listening (https)");
+            tokio::spawn(tls::accept_loop(
+                l,
+                ctx,
                 shared.clone(),
                 builder.clone(),
                 drain.watcher(),

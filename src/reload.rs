@@ -119,6 +119,7 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
         tracing::warn!("{w}");
     }
     let summary = config.summary();
+    shared.update_certificates(&config);
     let generation = old.generation + 1;
     // Build off the hot path (spawn_blocking: a 10,000-route table is a few ms).
     let built = tokio::task::spawn_blocking(move || Snapshot::build(config, generation)).await;

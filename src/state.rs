@@ -9,15 +9,19 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::acme::AcmePlan;
 
 use crate::config::{Action, Config, RouteConfig, ServerConfig, UpstreamTarget};
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::headers::RequestIds;
 use crate::routing::RouteTable;
+use crate::tls::CertStore;
 
 /// One route as the request path uses it.
 #[derive(Debug)]
@@ -101,22 +105,50 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The config file that reloads read.
     pub config_path: PathBuf,
+    /// Certificates by SNI name, and ACME challenge material.
+    pub certs: Arc<CertStore>,
+    /// The https listener's port (0 = none), for redirects from http.
+    pub https_port: AtomicU16,
+    /// What the ACME task should keep certificates for; reloads publish here.
+    pub acme_plans: watch::Sender<Option<Arc<AcmePlan>>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
         let client = UpstreamClient::new(&config.server);
         let config_path = config.source.clone();
+        let certs = Arc::new(CertStore::new());
+        let plan = publish_certificates(&config, &certs);
+        let acme_plans = watch::channel(plan).0;
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config, 1)),
             client,
             request_ids: RequestIds::new(),
             ready: AtomicBool::new(false),
             config_path,
+            certs,
+            https_port: AtomicU16::new(0),
+            acme_plans,
         })
+    }
+
+    /// Publishes a new config's certificates and ACME plan (before its
+    /// routes go live, so new hosts have what exists already).
+    pub fn update_certificates(&self, config: &Config) {
+        let plan = publish_certificates(config, &self.certs);
+        self.acme_plans.send_replace(plan);
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
+}
+
+/// Installs the configured certificates and stored ACME ones; returns the
+/// ACME plan for the background task.
+fn publish_certificates(config: &Config, certs: &CertStore) -> Option<Arc<AcmePlan>> {
+    certs.set_configured(&config.certificates);
+    let plan = AcmePlan::from_config(config)?;
+    crate::acme::load_stored(&plan, certs);
+    Some(Arc::new(plan))
 }

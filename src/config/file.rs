@@ -64,6 +64,85 @@ pub struct FileServer {
     pub upstream_idle_timeout: Option<Spanned<String>>,
     /// Runtime worker threads; default: one per core.
     pub workers: Option<Spanned<i64>>,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Option<Spanned<String>>,
+    /// `Strict-Transport-Security` on HTTPS responses: `false`, `true`, or a
+    /// table `{ max_age = "365d", include_subdomains = false, preload = false }`.
+    pub hsts: Option<Spanned<FileHsts>>,
+}
+
+/// `hsts = false | true | { max_age, include_subdomains, preload }`
+#[derive(Debug)]
+pub enum FileHsts {
+    Enabled(bool),
+    Table(FileHstsTable),
+}
+
+impl<'de> Deserialize<'de> for FileHsts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileHsts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table { max_age = \"365d\", include_subdomains = false, preload = false }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FileHsts, E> {
+                Ok(FileHsts::Enabled(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FileHsts, A::Error> {
+                FileHstsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileHsts::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHstsTable {
+    /// How long browsers remember to use HTTPS only (default "365d").
+    pub max_age: Option<String>,
+    /// Also cover every subdomain (default false).
+    pub include_subdomains: Option<bool>,
+    /// Ask to be preloaded into browsers (default false; needs include_subdomains).
+    pub preload: Option<bool>,
+}
+
+/// `[acme]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcme {
+    /// Contact address for the ACME account (expiry warnings from the CA).
+    pub email: Option<Spanned<String>>,
+    /// "letsencrypt" (default), "letsencrypt-staging", or a directory URL.
+    pub directory: Option<Spanned<String>>,
+    /// "http-01" (default) or "tls-alpn-01".
+    pub challenge: Option<Spanned<String>>,
+    /// PEM file with the CA certificate(s) to trust for the ACME server, in
+    /// addition to the system roots (test CAs such as Pebble's).
+    pub ca_file: Option<Spanned<String>>,
+    /// How many orders may run at once (default 2).
+    pub max_concurrent_orders: Option<Spanned<i64>>,
+    /// First retry delay after a failed order (default "1m"); doubles each time.
+    pub retry_min: Option<Spanned<String>>,
+    /// Longest retry delay (default "1d").
+    pub retry_max: Option<Spanned<String>>,
+}
+
+/// `[[certificate]]`: a certificate from files (or self-signed) for hosts
+/// that do not use ACME.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    /// Names this certificate is served for (exact or `*.example.com`).
+    pub hosts: Spanned<Vec<String>>,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<Spanned<String>>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<Spanned<String>>,
+    /// Generate a self-signed certificate at start instead (local use only).
+    pub self_signed: Option<bool>,
 }
 
 /// `redirect = "URL"` or `redirect = { to = "URL", status = 301, keep_path = false }`
@@ -142,8 +221,13 @@ pub struct FileRoute {
     pub preserve_host: Option<bool>,
     /// Time allowed for the upstream's response headers on this route.
     pub timeout: Option<Spanned<String>>,
+    /// Override `[server] hsts` for this route.
+    pub hsts: Option<Spanned<FileHsts>>,
+    /// On the plain HTTP listener, redirect to HTTPS (default true when an
+    /// https listener is configured); false serves this route over HTTP too.
+    pub https_redirect: Option<bool>,
 }
 
 /// The whole file, section by section. Each section is deserialised on its
 /// own (see `validate`) so one broken route does not hide errors in others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "route"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "route"];

@@ -8,6 +8,7 @@
 
 mod duration;
 mod file;
+mod tls_section;
 mod validate;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use tls_section::pattern_covers;
 pub use validate::{load, parse, parse_host_pattern, parse_upstream};
 
 /// A validated config. The hot path never sees an `Option` that stands for
@@ -25,7 +27,55 @@ pub struct Config {
     /// The file this came from; reloads read it again.
     pub source: PathBuf,
     pub server: ServerConfig,
+    /// `[acme]`: certificates for routed hosts from an ACME CA.
+    pub acme: Option<AcmeConfig>,
+    /// `[[certificate]]`: certificates from files or self-signed.
+    pub certificates: Vec<CertificateConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[acme]`, checked.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub email: Option<String>,
+    /// Directory URL.
+    pub directory: String,
+    pub challenge: ChallengeKind,
+    pub ca_file: Option<PathBuf>,
+    pub max_concurrent_orders: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    Http01,
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// `[[certificate]]`, checked and loaded.
+#[derive(Debug, Clone)]
+pub struct CertificateConfig {
+    pub hosts: Vec<HostPattern>,
+    pub source: CertSource,
+    /// The loaded chain and key (checked to match).
+    pub key: std::sync::Arc<rustls::sign::CertifiedKey>,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned,
 }
 
 #[derive(Clone)]
@@ -45,6 +95,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Runtime worker threads; 0 = one per core.
     pub workers: usize,
+    pub tls_handshake_timeout: Duration,
+    /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -114,6 +167,10 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     /// Time allowed for the upstream's response headers.
     pub timeout: Duration,
+    /// `Strict-Transport-Security` for this route over HTTPS (None = off).
+    pub hsts: Option<http::HeaderValue>,
+    /// On the plain listener, redirect to HTTPS (only when https is configured).
+    pub https_redirect: bool,
     /// 1-based line of the `[[route]]` in the file, for messages.
     pub line: usize,
 }

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::file::{FileRedirect, FileRespond, FileRoute, FileServer, TOP_LEVEL_KEYS};
+use super::file::{
+    FileAcme, FileCertificate, FileRedirect, FileRespond, FileRoute, FileServer, TOP_LEVEL_KEYS,
+};
 use super::{
     Action, Config, ConfigError, ConfigErrors, HostPattern, Redirect, Respond, RouteConfig, Secret,
     ServerConfig, UpstreamTarget, parse_duration,
@@ -48,12 +50,18 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let table = table.into_inner();
 
     let mut server_raw = None;
+    let mut acme_raw = None;
+    let mut certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
             "server" => server_raw = cx.section::<FileServer>("server", value),
             "route" => routes_raw = cx.array_of_tables::<FileRoute>("route", value),
+            "acme" => acme_raw = cx.section::<FileAcme>("acme", value).map(|a| (span, a)),
+            "certificate" => {
+                certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
+            }
             other => cx.err(
                 Some(span),
                 other,
@@ -66,6 +74,13 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     }
 
     let server = cx.server(server_raw.unwrap_or_default());
+    let acme = acme_raw.and_then(|(span, a)| cx.acme(span, a));
+    let mut certificates = Vec::new();
+    for (index, span, raw) in certs_raw {
+        if let Some(c) = cx.certificate(index, span, raw) {
+            certificates.push(c);
+        }
+    }
     let mut routes = Vec::with_capacity(routes_raw.len());
     for (index, span, raw) in routes_raw {
         if let Some(r) = cx.route(index, span, raw, &server) {
@@ -73,6 +88,9 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         }
     }
     cx.check_route_set(&routes);
+    if server.https.is_some() {
+        cx.check_tls_coverage(&routes, &certificates, acme.is_some());
+    }
 
     if server.http.is_none() && server.https.is_none() {
         cx.err(
@@ -86,6 +104,8 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         Ok(Config {
             source: path.to_path_buf(),
             server,
+            acme,
+            certificates,
             routes,
         })
     } else {
@@ -105,10 +125,10 @@ pub fn resolve_relative(config_file: &Path, p: &Path) -> PathBuf {
     }
 }
 
-struct Cx<'a> {
-    file: &'a Path,
+pub(super) struct Cx<'a> {
+    pub(super) file: &'a Path,
     line_starts: Vec<usize>,
-    errors: Vec<ConfigError>,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl<'a> Cx<'a> {
@@ -122,7 +142,7 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn err(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
+    pub(super) fn err(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
         let (line, column) = match span {
             Some(r) => {
                 let line_idx = self.line_starts.partition_point(|&s| s <= r.start) - 1;
@@ -206,7 +226,12 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn duration(&mut self, key: &str, v: Option<Spanned<String>>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        v: Option<Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
             Ok(d) => d,
@@ -327,6 +352,15 @@ impl<'a> Cx<'a> {
                 Duration::from_secs(30),
             ),
             workers,
+            tls_handshake_timeout: self.duration(
+                "server.tls_handshake_timeout",
+                raw.tls_handshake_timeout,
+                Duration::from_secs(10),
+            ),
+            hsts: match raw.hsts {
+                None => Some(super::tls_section::default_hsts()),
+                Some(h) => self.hsts("server.hsts", h),
+            },
         }
     }
 
@@ -403,6 +437,10 @@ impl<'a> Cx<'a> {
             raw.timeout,
             server.upstream_timeout,
         );
+        let hsts = match raw.hsts {
+            None => server.hsts.clone(),
+            Some(h) => self.hsts(&format!("{key}.hsts"), h),
+        };
 
         if self.errors.len() != errors_before {
             return None;
@@ -435,12 +473,24 @@ impl<'a> Cx<'a> {
             strip_prefix: raw.strip_prefix.unwrap_or(false),
             preserve_host: raw.preserve_host.unwrap_or(true),
             timeout,
+            hsts,
+            https_redirect: raw.https_redirect.unwrap_or(true),
             line: self.line_of(span.start),
         })
     }
 
-    fn line_of(&self, offset: usize) -> usize {
+    pub(super) fn line_of(&self, offset: usize) -> usize {
         self.line_starts.partition_point(|&s| s <= offset)
+    }
+
+    /// A zero-width span at the start of a 1-based line.
+    pub(super) fn line_span(&self, line: usize) -> Range<usize> {
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        start..start
     }
 
     fn redirect(&mut self, key: &str, r: Spanned<FileRedirect>) -> Option<Redirect> {

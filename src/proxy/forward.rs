@@ -195,6 +195,8 @@ mod tests {
             strip_prefix: strip,
             preserve_host: true,
             timeout: Duration::from_secs(1),
+            hsts: None,
+            https_redirect: true,
             line: 1,
         }
     }

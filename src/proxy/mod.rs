@@ -34,7 +34,12 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// `http` or `https`.
     pub proto: &'static str,
+    /// The TLS server name the client asked for (lowercase), on https.
+    pub sni: Option<Box<str>>,
 }
+
+/// Where ACME HTTP-01 validators fetch their tokens.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Serves one request. Never fails: every error becomes a response here.
 pub async fn handle(
@@ -73,6 +78,20 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(headers::REQUEST_ID, request_id.clone());
+    if conn.proto == "https" {
+        let hsts = match &outcome.hsts {
+            Some(route_hsts) => route_hsts.as_ref(),
+            None => snap.server.hsts.as_ref(),
+        };
+        if let Some(v) = hsts
+            && !resp
+                .headers()
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+    }
 
     if let Some(f) = logged {
         tracing::info!(
@@ -106,6 +125,8 @@ struct Outcome {
     upstream: Option<String>,
     client_ip: Option<std::net::IpAddr>,
     error: Option<ProxyError>,
+    /// The route's HSTS setting, once a route is chosen.
+    hsts: Option<Option<HeaderValue>>,
 }
 
 async fn route_request(
@@ -144,12 +165,38 @@ async fn route_request(
     if !path.starts_with('/') {
         return Err(ProxyError::BadRequest("The request target is not a path."));
     }
+    if let Some(sni) = conn.sni.as_deref()
+        && host != sni
+    {
+        // HTTP/2 clients may reuse a connection for another name the same
+        // certificate covers; anything else was meant for another site.
+        let same_cert = match (shared.certs.resolve(sni), shared.certs.resolve(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.key, &b.key),
+            _ => false,
+        };
+        if !same_cert {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    if conn.proto == "http"
+        && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
+    {
+        return Ok(acme_challenge(shared, token));
+    }
     if routing_prefix_is_reserved(path) {
         return Err(ProxyError::NoRoute);
     }
 
     let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.config.name.clone());
+    outcome.hsts = Some(route.config.hsts.clone());
+
+    if conn.proto == "http" && route.config.https_redirect {
+        let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
+        if port != 0 {
+            return Ok(https_redirect(host, port, req.uri()));
+        }
+    }
 
     match &route.config.action {
         Action::Respond(r) => Ok(respond(r)),
@@ -192,6 +239,41 @@ async fn route_request(
             result
         }
     }
+}
+
+/// Answers an ACME HTTP-01 validator with the key authorization.
+fn acme_challenge(shared: &Shared, token: &str) -> Response<Body> {
+    match shared.certs.http_tokens.get(token) {
+        Some(key_auth) => {
+            let mut r = Response::new(Body::full(key_auth.value().clone()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        None => {
+            let mut r = Response::new(Body::full("unknown challenge token\n"));
+            *r.status_mut() = http::StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}
+
+/// 308 to the same host and path on https.
+fn https_redirect(host: &str, port: u16, uri: &http::Uri) -> Response<Body> {
+    let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 fn routing_prefix_is_reserved(path: &str) -> bool {

@@ -105,6 +105,7 @@ pub async fn accept_loop(
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             proto,
+            sni: None,
         });
         let shared = shared.clone();
         let builder = builder.clone();

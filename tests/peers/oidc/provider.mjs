@@ -279,8 +279,8 @@ const BEARER_RESOURCE = 'urn:portcullis:test:bearer';
 
 // The issuer depends on the listening port, so listen first, then build the provider.
 const server = http.createServer();
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
+await new Promise((resolve) => {
+  server.once('error', (e) => fail(`cannot listen on ${HOST}:${cfg.port}: ${e.message}`));
   server.listen(cfg.port, HOST, resolve);
 });
 const { port } = server.address();
@@ -397,7 +397,6 @@ const provider = new Provider(ISSUER, {
     return globalThis.fetch(url, rest);
   },
 });
-provider.proxy = false;
 
 // Per-client redirect uri policies ('*' and globs).
 const origRedirectAllowed = provider.Client.prototype.redirectUriAllowed;
@@ -757,13 +756,14 @@ process.on('SIGTERM', () => shutdown('SIGTERM'));
 process.on('SIGINT', () => shutdown('SIGINT'));
 process.on('SIGHUP', () => shutdown('SIGHUP'));
 
-// Exit when stdin hits EOF - only if stdin is a pipe/socket/tty (a harness
-// holding the write end). /dev/null or a file would EOF at once.
-let watchStdin = bool(cfg.exitOnStdinClose, undefined);
+// Exit when stdin hits EOF - by default only if stdin is a pipe or socket (a
+// harness holding the write end). /dev/null or a file would EOF at once, and
+// reading a terminal from a background job would stop the process (SIGTTIN).
+let watchStdin = String(cfg.exitOnStdinClose ?? 'auto').toLowerCase() === 'auto' ? undefined : bool(cfg.exitOnStdinClose, undefined);
 if (watchStdin === undefined) {
   try {
     const st = fs.fstatSync(0);
-    watchStdin = st.isFIFO() || st.isSocket() || process.stdin.isTTY === true;
+    watchStdin = st.isFIFO() || st.isSocket();
   } catch {
     watchStdin = false;
   }

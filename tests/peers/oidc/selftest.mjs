@@ -331,7 +331,7 @@ async function main() {
     }
     const rf = await tokenRequest(disco, { grant_type: 'refresh_token', refresh_token: tok.refresh_token }, { clientId, secret, post: true });
     check(rf.status === 200 && rf.json.access_token && rf.json.id_token, 'refresh_token grant (client_secret_post)', rf.json);
-    check(rf.json.refresh_token === undefined || rf.json.refresh_token === tok.refresh_token, 'refresh token not rotated', rf.json.refresh_token);
+    check(rf.json.refresh_token === tok.refresh_token && rf.json.expires_in === (child ? 2 : 300), 'refresh response repeats the same refresh_token (no rotation), expires_in', rf.json);
     const rfId = decodeJwt(rf.json.id_token).payload;
     check(rfId.sub === c.sub && rfId.iss === issuer && rfId.groups?.length === 2, 'refreshed id_token claims');
     const ui2 = await req(null, disco.userinfo_endpoint, { headers: { authorization: `Bearer ${rf.json.access_token}` } });

@@ -1,0 +1,389 @@
+//! Automatic certificates: one background task owns the ACME account and
+//! keeps a certificate for every routed host that has no `[[certificate]]`.
+//!
+//! - Start: stored certificates are put into the store before listening
+//!   ([`load_stored`]); missing or expiring ones are ordered in the
+//!   background, so start-up never waits for the CA.
+//! - Renewal: when a third of the lifetime is left (earlier if the CA's
+//!   renewal info, RFC 9773, says so), with per-host jitter.
+//! - Failure: the old certificate keeps serving, the CA's problem is logged
+//!   in plain words and shown in the admin view, and the host is retried
+//!   with exponential backoff (`retry_min` doubling up to `retry_max`).
+//! - Reload: a new [`AcmePlan`] arrives on a watch channel; added hosts get
+//!   certificates, removed hosts stop being served and renewed.
+
+pub mod order;
+pub mod storage;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use instant_acme::{Account, AccountCredentials, NewAccount};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::storage::Storage;
+use crate::config::{AcmeConfig, Config, HostPattern};
+use crate::tls::CertStore;
+use crate::tls::store::{CertEntry, Source};
+
+/// What the ACME task should do: which CA, which hosts, where to store.
+#[derive(Debug, Clone)]
+pub struct AcmePlan {
+    pub config: AcmeConfig,
+    pub hosts: BTreeSet<String>,
+    pub state_dir: PathBuf,
+}
+
+impl AcmePlan {
+    /// The plan for a config: every exact routed host not covered by a
+    /// `[[certificate]]`, when there is an https listener and an `[acme]`.
+    pub fn from_config(config: &Config) -> Option<AcmePlan> {
+        let acme = config.acme.clone()?;
+        config.server.https?;
+        let hosts = config
+            .routes
+            .iter()
+            .filter_map(|r| match &r.host {
+                HostPattern::Exact(h) => Some(h),
+                _ => None,
+            })
+            .filter(|h| {
+                !config
+                    .certificates
+                    .iter()
+                    .any(|c| c.hosts.iter().any(|p| crate::config::pattern_covers(p, h)))
+            })
+            .cloned()
+            .collect();
+        Some(AcmePlan {
+            config: acme,
+            hosts,
+            state_dir: config.server.state_dir.clone(),
+        })
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Puts stored, still-valid certificates for the plan's hosts into the store.
+pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
+    let storage = Storage::new(&plan.state_dir, &plan.config.directory);
+    for host in &plan.hosts {
+        if store.acme_entry(host).is_some() {
+            continue;
+        }
+        let Some((chain, key)) = storage.load_cert(host) else {
+            continue;
+        };
+        match crate::tls::files::certified_key_from_pem(&chain, &key) {
+            Ok(ck) => {
+                let entry = CertEntry::new(Arc::new(ck), Source::Acme);
+                let usable = entry
+                    .facts
+                    .as_ref()
+                    .is_some_and(|f| f.not_after > now_secs() && f.names.iter().any(|n| n == host));
+                if usable {
+                    tracing::info!(host, "serving stored certificate");
+                    store.set_acme(host, Arc::new(entry));
+                } else {
+                    tracing::info!(
+                        host,
+                        "stored certificate expired or for other names; ordering a new one"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(host, error = %e, "stored certificate unusable; ordering a new one")
+            }
+        }
+    }
+}
+
+/// Starts the ACME task. It follows `plans` until the sender is dropped.
+pub fn spawn(store: Arc<CertStore>, plans: watch::Receiver<Option<Arc<AcmePlan>>>) {
+    tokio::spawn(run(store, plans));
+}
+
+struct HostRetry {
+    not_before: Instant,
+    delay: Duration,
+}
+
+async fn run(store: Arc<CertStore>, mut plans: watch::Receiver<Option<Arc<AcmePlan>>>) {
+    let mut account: Option<(String, Account)> = None;
+    let mut retry: HashMap<String, HostRetry> = HashMap::new();
+    let mut served: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let plan = plans.borrow_and_update().clone();
+        let Some(plan) = plan else {
+            for h in std::mem::take(&mut served) {
+                store.remove_acme(&h);
+            }
+            if plans.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let storage = Storage::new(&plan.state_dir, &plan.config.directory);
+        if account
+            .as_ref()
+            .is_some_and(|(d, _)| *d != plan.config.directory)
+        {
+            account = None;
+        }
+
+        for gone in served.difference(&plan.hosts).cloned().collect::<Vec<_>>() {
+            tracing::info!(host = %gone, "host no longer routed; its certificate is no longer served or renewed");
+            store.remove_acme(&gone);
+            retry.remove(&gone);
+            served.remove(&gone);
+        }
+        load_stored(&plan, &store);
+        served.extend(plan.hosts.iter().cloned());
+
+        let now = Instant::now();
+        let wall = now_secs();
+        let mut due = Vec::new();
+        let mut wake = now + Duration::from_secs(3600);
+        for host in &plan.hosts {
+            let renew_in = match store.acme_entry(host) {
+                None => 0,
+                Some(e) => renew_at(host, &e).saturating_sub(wall).max(0),
+            };
+            let mut at = now + Duration::from_secs(renew_in as u64);
+            if let Some(r) = retry.get(host) {
+                at = at.max(r.not_before);
+            }
+            if at <= now {
+                due.push(host.clone());
+            } else {
+                wake = wake.min(at);
+                let mut st = store.acme_status.entry(host.clone()).or_default();
+                st.next_attempt = Some(wall + (at - now).as_secs() as i64);
+            }
+        }
+
+        if !due.is_empty() {
+            if account.is_none() {
+                match get_account(&plan.config, &storage).await {
+                    Ok(a) => account = Some((plan.config.directory.clone(), a)),
+                    Err(e) => {
+                        let msg = format!("ACME account at {}: {e}", plan.config.directory);
+                        tracing::error!("{msg}; old certificates keep serving");
+                        for h in &due {
+                            record_failure(&store, &mut retry, &plan.config, h, &msg);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let acct = account
+                .as_ref()
+                .map(|(_, a)| a.clone())
+                .expect("account set above");
+            let results: Vec<_> = futures_util::stream::iter(due)
+                .map(|host| {
+                    let acct = acct.clone();
+                    let store = store.clone();
+                    let kind = plan.config.challenge;
+                    async move {
+                        tracing::info!(host = %host, challenge = kind.as_str(), "ordering certificate");
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(300),
+                            order::issue(&acct, &host, kind, &store),
+                        )
+                        .await;
+                        (host, r)
+                    }
+                })
+                .buffer_unordered(plan.config.max_concurrent_orders)
+                .collect()
+                .await;
+            for (host, r) in results {
+                match r {
+                    Ok(Ok((chain, key))) => {
+                        installed(&store, &storage, &host, chain, key);
+                        retry.remove(&host);
+                    }
+                    Ok(Err(f)) => {
+                        if f.account_missing {
+                            tracing::warn!(
+                                "the ACME server no longer knows our account; a new one will be created"
+                            );
+                            storage.forget_account();
+                            account = None;
+                        }
+                        record_failure(&store, &mut retry, &plan.config, &host, &f.to_string());
+                    }
+                    Err(_) => record_failure(
+                        &store,
+                        &mut retry,
+                        &plan.config,
+                        &host,
+                        &format!("certificate for {host}: the order took longer than 5 minutes"),
+                    ),
+                }
+            }
+            continue;
+        }
+
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            r = plans.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+fn installed(store: &CertStore, storage: &Storage, host: &str, chain: String, key: String) {
+    match crate::tls::files::certified_key_from_pem(chain.as_bytes(), key.as_bytes()) {
+        Ok(ck) => {
+            if let Err(e) = storage.save_cert(host, chain.as_bytes(), key.as_bytes()) {
+                // Still serve it; it will be ordered again after a restart.
+                tracing::error!(host, error = %e, "could not store the new certificate");
+            }
+            let entry = Arc::new(CertEntry::new(Arc::new(ck), Source::Acme));
+            let not_after = entry.facts.as_ref().map(|f| f.not_after);
+            store.set_acme(host, entry);
+            let mut st = store.acme_status.entry(host.to_string()).or_default();
+            st.last_issued = Some(now_secs());
+            st.last_error = None;
+            tracing::info!(host, not_after, "certificate issued and installed");
+        }
+        Err(e) => tracing::error!(host, error = %e, "the CA returned an unusable certificate"),
+    }
+}
+
+fn record_failure(
+    store: &CertStore,
+    retry: &mut HashMap<String, HostRetry>,
+    cfg: &AcmeConfig,
+    host: &str,
+    msg: &str,
+) {
+    let delay = match retry.get(host) {
+        Some(r) => (r.delay * 2).min(cfg.retry_max),
+        None => cfg.retry_min,
+    };
+    retry.insert(
+        host.to_string(),
+        HostRetry {
+            not_before: Instant::now() + delay,
+            delay,
+        },
+    );
+    let mut st = store.acme_status.entry(host.to_string()).or_default();
+    st.last_error = Some(msg.to_string());
+    st.next_attempt = Some(now_secs() + delay.as_secs() as i64);
+    let keeps = if store.acme_entry(host).is_some() {
+        "the current certificate keeps serving"
+    } else {
+        "no certificate yet"
+    };
+    tracing::error!(host, retry_in_s = delay.as_secs(), "{msg}; {keeps}");
+}
+
+/// When to renew: a third of the lifetime before expiry, minus a stable
+/// per-host jitter of up to 1/30 of the lifetime so many hosts don't renew
+/// at the same second.
+fn renew_at(host: &str, e: &CertEntry) -> i64 {
+    let Some(f) = &e.facts else { return 0 };
+    let lifetime = (f.not_after - f.not_before).max(1);
+    let seed = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{host}{}", f.not_after).as_bytes(),
+    );
+    let r = u32::from_le_bytes(seed.as_ref()[..4].try_into().unwrap_or_default()) as i64;
+    let jitter = r % (lifetime / 30).max(1);
+    f.not_after - lifetime / 3 - jitter
+}
+
+async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, String> {
+    if let Some(json) = storage.load_account() {
+        match serde_json::from_slice::<AccountCredentials>(&json) {
+            Ok(creds) => {
+                let acct =
+                    instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
+                        .from_credentials(creds)
+                        .await
+                        .map_err(|e| crate::proxy::forward::error_chain(&e))?;
+                tracing::info!(directory = %cfg.directory, "reusing stored ACME account");
+                return Ok(acct);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stored ACME account unreadable; creating a new one")
+            }
+        }
+    }
+    let contact = cfg.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (acct, creds) =
+        instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                cfg.directory.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| match &e {
+                instant_acme::Error::Api(p) => order::describe_problem(p),
+                other => crate::proxy::forward::error_chain(other),
+            })?;
+    let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+    storage.save_account(&json).map_err(|e| {
+        format!(
+            "cannot store the account in {}: {e}",
+            storage.root().display()
+        )
+    })?;
+    tracing::info!(directory = %cfg.directory, "created ACME account");
+    Ok(acct)
+}
+
+/// The HTTPS client for the CA: system roots plus `ca_file`.
+fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(f) = ca_file {
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    Ok(Box::new(client))
+}

@@ -1,0 +1,229 @@
+//! TLS termination: the rustls server config (TLS 1.2 + 1.3, ALPN h2 and
+//! http/1.1, server cipher preference, session tickets), the accept path,
+//! and the certificate store it resolves SNI names against.
+//!
+//! The ClientHello is read before a config is chosen, so that a name we have
+//! no certificate for is refused with an `unrecognized_name` alert (never
+//! another host's certificate) and `acme-tls/1` handshakes get the
+//! TLS-ALPN-01 challenge certificate.
+
+pub mod files;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::StartHandshake;
+
+pub use store::CertStore;
+
+use crate::proxy::ConnInfo;
+use crate::proxy::server::{HttpBuilder, serve_connection};
+use crate::state::Shared;
+
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A fatal `unrecognized_name` alert record (RFC 6066): content type 21,
+/// legacy version 3.3, length 2, level fatal (2), description 112.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// Resolves certificates from the store by SNI.
+#[derive(Debug)]
+struct StoreResolver(Arc<CertStore>);
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertStore")
+    }
+}
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        self.0
+            .resolve(&name.to_ascii_lowercase())
+            .map(|e| e.key.clone())
+    }
+}
+
+/// Always the one challenge certificate.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// TLS 1.3 and 1.2 only (Mozilla "intermediate").
+static VERSIONS: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The server config for public HTTPS.
+pub fn server_config(store: Arc<CertStore>) -> anyhow::Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&VERSIONS)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(StoreResolver(store)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ignore_client_order = true;
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16_384);
+    Ok(Arc::new(cfg))
+}
+
+fn challenge_config(ck: Arc<CertifiedKey>) -> anyhow::Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&VERSIONS)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(ck)));
+    cfg.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Everything the HTTPS accept path needs.
+pub struct TlsContext {
+    pub store: Arc<CertStore>,
+    pub config: Arc<ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts TLS connections until shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<TlsContext>,
+    shared: Arc<Shared>,
+    builder: Arc<HttpBuilder>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = "https", error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let tls = tls.clone();
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let timeout = tls.handshake_timeout;
+            let Ok(done) = tokio::time::timeout(timeout, handshake(stream, &tls)).await else {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            };
+            let Some((stream, sni)) = done else { return };
+            let info = Arc::new(ConnInfo {
+                peer,
+                local,
+                proto: "https",
+                sni: Some(sni.into_boxed_str()),
+            });
+            serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                info,
+                shared,
+                &builder,
+                drain,
+            )
+            .await;
+        });
+    }
+}
+
+/// Reads the ClientHello, picks the config, completes the handshake.
+/// Returns `None` when the connection was refused or failed (already logged).
+async fn handshake(
+    mut tcp: TcpStream,
+    tls: &TlsContext,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, String)> {
+    let mut acceptor = Acceptor::default();
+    let mut buf = vec![0u8; 4096];
+    let accepted = loop {
+        let n = tcp.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            if acceptor.read_tls(&mut rd).is_err() {
+                return None;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(a)) => break a,
+            Ok(None) => continue,
+            Err((e, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = tcp.write_all(&out).await;
+                tracing::debug!(error = %e, "invalid ClientHello");
+                return None;
+            }
+        }
+    };
+    let hello = accepted.client_hello();
+    let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+    let wants_acme = hello
+        .alpn()
+        .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN));
+
+    if wants_acme {
+        let ck = sni
+            .as_deref()
+            .and_then(|s| tls.store.alpn_challenges.get(s).map(|c| c.clone()));
+        let Some(ck) = ck else {
+            let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+            return None;
+        };
+        let cfg = challenge_config(ck).ok()?;
+        // The validator only needs the handshake; then we are done.
+        if let Ok(mut s) = StartHandshake::from_parts(accepted, tcp)
+            .into_stream(cfg)
+            .await
+        {
+            let _ = s.shutdown().await;
+        }
+        tracing::debug!(
+            host = sni.as_deref().unwrap_or(""),
+            "answered a TLS-ALPN-01 challenge"
+        );
+        return None;
+    }
+
+    let Some(sni) = sni.filter(|s| tls.store.resolve(s).is_some()) else {
+        // Never fall back to another host's certificate.
+        let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+        let _ = tcp.shutdown().await;
+        return None;
+    };
+    match StartHandshake::from_parts(accepted, tcp)
+        .into_stream(tls.config.clone())
+        .await
+    {
+        Ok(s) => Some((s, sni)),
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
