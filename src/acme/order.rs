@@ -218,6 +218,7 @@ fn alpn_certificate(host: &str, digest: &[u8]) -> Result<Arc<rustls::sign::Certi
         rcgen::CertificateParams::new(vec![host.to_string()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    crate::tls::files::certified_key_from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-        .map(Arc::new)
+    let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| e.to_string())?;
+    crate::tls::files::certified_key_unchecked(vec![cert.der().clone()], der).map(Arc::new)
 }

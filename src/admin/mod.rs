@@ -87,6 +87,11 @@ async fn handle(
             Ok(()) => routes_view(&shared),
         },
         (_, "/routes") => method_not_allowed("GET"),
+        (&Method::GET, "/certificates") => match authorize(&shared, &req) {
+            Err(r) => r,
+            Ok(()) => certificates_view(&shared),
+        },
+        (_, "/certificates") => method_not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
@@ -156,6 +161,47 @@ fn routes_view(shared: &Shared) -> Response<Body> {
         StatusCode::OK,
         &json!({ "generation": snap.generation, "routes": routes }),
     )
+}
+
+/// Every served certificate: names, source, issuer, validity, and for
+/// ACME hosts the last issuance and the last error in plain words.
+fn certificates_view(shared: &Shared) -> Response<Body> {
+    let mut list = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (name, entry) in shared.certs.entries() {
+        let status = shared.certs.acme_status.get(&name).map(|s| s.clone());
+        seen.insert(name.clone());
+        let f = entry.facts.as_ref();
+        list.push(json!({
+            "host": name,
+            "source": entry.source,
+            "issuer": f.map(|f| f.issuer.clone()),
+            "names": f.map(|f| f.names.clone()),
+            "not_before": f.map(|f| f.not_before),
+            "not_after": f.map(|f| f.not_after),
+            "last_issued": status.as_ref().and_then(|s| s.last_issued),
+            "last_error": status.as_ref().and_then(|s| s.last_error.clone()),
+            "next_attempt": status.as_ref().and_then(|s| s.next_attempt),
+        }));
+    }
+    // ACME hosts that have no certificate yet still show their state.
+    for s in shared.certs.acme_status.iter() {
+        if seen.contains(s.key()) {
+            continue;
+        }
+        list.push(json!({
+            "host": s.key(),
+            "source": "acme",
+            "issuer": null,
+            "names": null,
+            "not_before": null,
+            "not_after": null,
+            "last_issued": s.last_issued,
+            "last_error": s.last_error,
+            "next_attempt": s.next_attempt,
+        }));
+    }
+    json_response(StatusCode::OK, &json!({ "certificates": list }))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -225,7 +225,8 @@ impl Cx<'_> {
         }
     }
 
-    /// With an https listener, every routed host needs a certificate source.
+    /// With an https listener, every routed host needs a certificate source
+    /// (routes with `https_redirect = false` may be served over HTTP only).
     pub(super) fn check_tls_coverage(
         &mut self,
         routes: &[RouteConfig],
@@ -238,7 +239,8 @@ impl Cx<'_> {
                 .any(|c| c.hosts.iter().any(|h| pattern_covers(h, name)))
         };
         let mut reported = std::collections::HashSet::new();
-        for r in routes {
+        // A route that opts out of the https redirect may be plain-HTTP only.
+        for r in routes.iter().filter(|r| r.https_redirect) {
             match &r.host {
                 HostPattern::Any => {}
                 HostPattern::Exact(h) => {

@@ -30,7 +30,7 @@ impl PathTable {
 
     fn finish(&mut self) {
         // Longest first; ties cannot happen (validation rejects duplicates).
-        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
 
     #[inline]

@@ -36,15 +36,25 @@ fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<CertifiedKey, String> {
+    let ck = certified_key_unchecked(chain, key)?;
+    ck.keys_match()
+        .map_err(|_| "the private key does not match the certificate".to_string())?;
+    Ok(ck)
+}
+
+/// Without the key/certificate match check, which needs a certificate the
+/// path validator can parse: the TLS-ALPN-01 certificate carries a critical
+/// extension it rejects, and we made that pair ourselves a moment ago.
+pub fn certified_key_unchecked(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, String> {
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("private key not usable: {e}"))?;
-    let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|_| "the private key does not match the certificate".to_string())?;
-    Ok(ck)
+    Ok(CertifiedKey::new(chain, signing))
 }
 
 /// A self-signed certificate for `names` (local use; browsers will warn).
