@@ -89,7 +89,11 @@ impl Gateway {
         install_crypto_provider();
         let shared = Shared::new(config);
         let reload = reload::spawn(shared.clone());
-        acme::spawn(shared.certs.clone(), shared.acme_plans.subscribe());
+        acme::spawn(
+            shared.certs.clone(),
+            shared.metrics.clone(),
+            shared.acme_plans.subscribe(),
+        );
         Ok(Gateway {
             shared,
             listeners,

@@ -98,6 +98,10 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
     let config = match loaded {
         Ok(Ok(c)) => c,
         Ok(Err(errs)) => {
+            shared
+                .metrics
+                .reload_failure
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(
                 config = %shared.config_path.display(),
                 errors = errs.0.len(),
@@ -122,7 +126,9 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
     shared.update_certificates(&config);
     let generation = old.generation + 1;
     // Build off the hot path (spawn_blocking: a 10,000-route table is a few ms).
-    let built = tokio::task::spawn_blocking(move || Snapshot::build(config, generation)).await;
+    let metrics = shared.metrics.clone();
+    let built =
+        tokio::task::spawn_blocking(move || Snapshot::build(config, generation, &metrics)).await;
     let snapshot = match built {
         Ok(s) => s,
         Err(e) => {
@@ -132,6 +138,7 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
     };
     let routes = snapshot.table.len();
     shared.snapshot.store(Arc::new(snapshot));
+    shared.metrics.reload_succeeded(routes);
     tracing::info!(generation, routes, "config reloaded: {summary}");
     ReloadOutcome::Reloaded {
         generation,

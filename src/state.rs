@@ -21,19 +21,23 @@ use crate::config::{Action, Config, RouteConfig, ServerConfig, UpstreamTarget};
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::headers::RequestIds;
 use crate::routing::RouteTable;
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::tls::CertStore;
 
 /// One route as the request path uses it.
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
+    /// This route's counters, looked up once when the snapshot is built.
+    pub metrics: Arc<RouteMetrics>,
     next_upstream: AtomicUsize,
 }
 
 impl Route {
-    pub fn new(config: RouteConfig) -> Self {
+    pub fn new(config: RouteConfig, metrics: Arc<RouteMetrics>) -> Self {
         Route {
             config,
+            metrics,
             next_upstream: AtomicUsize::new(0),
         }
     }
@@ -61,13 +65,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, generation: u64) -> Snapshot {
-        let table = RouteTable::build(
-            config
-                .routes
-                .into_iter()
-                .map(|r| (r.host.clone(), r.path.clone(), Route::new(r))),
-        );
+    pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Snapshot {
+        let table = RouteTable::build(config.routes.into_iter().map(|r| {
+            let m = metrics.route(&r.name);
+            (r.host.clone(), r.path.clone(), Route::new(r, m))
+        }));
         Snapshot {
             generation,
             loaded_at: SystemTime::now(),
@@ -111,6 +113,7 @@ pub struct Shared {
     pub https_port: AtomicU16,
     /// What the ACME task should keep certificates for; reloads publish here.
     pub acme_plans: watch::Sender<Option<Arc<AcmePlan>>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -120,8 +123,12 @@ impl Shared {
         let certs = Arc::new(CertStore::new());
         let plan = publish_certificates(&config, &certs);
         let acme_plans = watch::channel(plan).0;
+        let metrics = Arc::new(Metrics::new());
+        let snapshot = Snapshot::build(config, 1, &metrics);
+        metrics.reload_succeeded(snapshot.table.len());
         Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(config, 1)),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
             client,
             request_ids: RequestIds::new(),
             ready: AtomicBool::new(false),

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use self::storage::Storage;
 use crate::config::{AcmeConfig, Config, HostPattern};
+use crate::telemetry::metrics::Metrics;
 use crate::tls::CertStore;
 use crate::tls::store::{CertEntry, Source};
 
@@ -112,8 +113,12 @@ pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
 }
 
 /// Starts the ACME task. It follows `plans` until the sender is dropped.
-pub fn spawn(store: Arc<CertStore>, plans: watch::Receiver<Option<Arc<AcmePlan>>>) {
-    tokio::spawn(run(store, plans));
+pub fn spawn(
+    store: Arc<CertStore>,
+    metrics: Arc<Metrics>,
+    plans: watch::Receiver<Option<Arc<AcmePlan>>>,
+) {
+    tokio::spawn(run(store, metrics, plans));
 }
 
 struct HostRetry {
@@ -121,7 +126,11 @@ struct HostRetry {
     delay: Duration,
 }
 
-async fn run(store: Arc<CertStore>, mut plans: watch::Receiver<Option<Arc<AcmePlan>>>) {
+async fn run(
+    store: Arc<CertStore>,
+    metrics: Arc<Metrics>,
+    mut plans: watch::Receiver<Option<Arc<AcmePlan>>>,
+) {
     let mut account: Option<(String, Account)> = None;
     let mut retry: HashMap<String, HostRetry> = HashMap::new();
     let mut served: BTreeSet<String> = BTreeSet::new();
@@ -212,6 +221,11 @@ async fn run(store: Arc<CertStore>, mut plans: watch::Receiver<Option<Arc<AcmePl
                 .collect()
                 .await;
             for (host, r) in results {
+                let counter = match &r {
+                    Ok(Ok(_)) => &metrics.acme_success,
+                    _ => &metrics.acme_failure,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match r {
                     Ok(Ok((chain, key))) => {
                         installed(&store, &storage, &host, chain, key);

@@ -19,6 +19,8 @@ use crate::config::Action;
 use crate::proxy::body::Body;
 use crate::reload::{ReloadHandle, ReloadOutcome};
 use crate::state::Shared;
+use crate::telemetry::metrics::CertGauge;
+use crate::tls::store::Source;
 
 /// Serves the admin API until shutdown.
 pub async fn serve(
@@ -68,7 +70,8 @@ async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
         }
-        (_, "/healthz" | "/readyz") => method_not_allowed("GET"),
+        (&Method::GET, "/metrics") => metrics(&shared),
+        (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         (&Method::POST, "/reload") => match authorize(&shared, &req) {
             Err(r) => r,
             Ok(()) => match reload.reload().await {
@@ -161,6 +164,31 @@ fn routes_view(shared: &Shared) -> Response<Body> {
         StatusCode::OK,
         &json!({ "generation": snap.generation, "routes": routes }),
     )
+}
+
+fn metrics(shared: &Shared) -> Response<Body> {
+    let certs: Vec<CertGauge> = shared
+        .certs
+        .entries()
+        .into_iter()
+        .filter_map(|(host, e)| {
+            Some(CertGauge {
+                host,
+                source: match e.source {
+                    Source::File => "file",
+                    Source::SelfSigned => "self-signed",
+                    Source::Acme => "acme",
+                },
+                not_after: e.facts.as_ref()?.not_after,
+            })
+        })
+        .collect();
+    let mut r = Response::new(Body::full(shared.metrics.render(&certs)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 /// Every served certificate: names, source, issuer, validity, and for

@@ -11,6 +11,7 @@ pub mod server;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -48,12 +49,14 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
+    let listener = shared.metrics.listener(conn.proto);
+    listener.in_flight.fetch_add(1, Relaxed);
     let snap = shared.current();
     let request_id = headers::request_id(req.headers(), &shared.request_ids);
     let accept = req.headers().get(header::ACCEPT).cloned();
+    let method = req.method().clone();
     let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
     let logged = log.then(|| AccessFields {
-        method: req.method().clone(),
         host: req
             .uri()
             .host()
@@ -65,6 +68,7 @@ pub async fn handle(
             .unwrap_or("")
             .to_string(),
         path: req.uri().path().to_string(),
+        bytes_in: content_length(req.headers()),
     });
 
     let mut outcome = Outcome::default();
@@ -93,18 +97,31 @@ pub async fn handle(
         }
     }
 
+    let took = start.elapsed();
+    let route_metrics = outcome
+        .route
+        .map_or(&shared.metrics.unrouted, |r| &r.metrics);
+    route_metrics.request(&method, resp.status(), took);
+    if let Some(kind) = outcome.error.and_then(upstream_error_index) {
+        route_metrics.upstream_error(kind);
+    }
+    listener.in_flight.fetch_sub(1, Relaxed);
+
     if let Some(f) = logged {
         tracing::info!(
             target: "portcullis::access",
             request_id = request_id.to_str().unwrap_or(""),
             client_ip = %outcome.client_ip.unwrap_or(conn.peer.ip()),
-            method = %f.method,
+            method = %method,
             host = %f.host,
             path = %f.path,
             status = resp.status().as_u16(),
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-            route = outcome.route.as_deref().unwrap_or(""),
-            upstream = outcome.upstream.as_deref().unwrap_or(""),
+            bytes_in = f.bytes_in,
+            bytes_out = http_body::Body::size_hint(resp.body()).exact(),
+            duration_ms = took.as_secs_f64() * 1000.0,
+            route = outcome.route.map_or("", |r| r.config.name.as_str()),
+            upstream = outcome.upstream.unwrap_or(""),
+            user = outcome.user.as_deref().unwrap_or(""),
             error = outcome.error.map(|e| e.kind()).unwrap_or(""),
             "request"
         );
@@ -112,30 +129,49 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Fields of the access-log line that must be copied before the request
+/// is handed on (only when access logging is enabled).
 struct AccessFields {
-    method: http::Method,
     host: String,
     path: String,
+    bytes_in: Option<u64>,
 }
 
-/// What routing decided, for the access log.
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The `portcullis_upstream_errors_total` kind of an error, if upstream.
+fn upstream_error_index(e: ProxyError) -> Option<usize> {
+    match e {
+        ProxyError::UpstreamUnavailable => Some(0),
+        ProxyError::UpstreamTimeout => Some(1),
+        ProxyError::UpstreamBroken => Some(2),
+        _ => None,
+    }
+}
+
+/// What routing decided, for metrics and the access log. Borrows from the
+/// snapshot, so filling it in allocates nothing.
 #[derive(Default)]
-struct Outcome {
-    route: Option<String>,
-    upstream: Option<String>,
+struct Outcome<'a> {
+    route: Option<&'a crate::state::Route>,
+    upstream: Option<&'a str>,
+    /// The authenticated user's name, when a session or token identified one.
+    user: Option<String>,
     client_ip: Option<std::net::IpAddr>,
     error: Option<ProxyError>,
     /// The route's HSTS setting, once a route is chosen.
     hsts: Option<Option<HeaderValue>>,
 }
 
-async fn route_request(
+async fn route_request<'a>(
     shared: &Shared,
-    snap: &Snapshot,
+    snap: &'a Snapshot,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'a>,
 ) -> Result<Response<Body>, ProxyError> {
     // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
     // if both are present they must agree.
@@ -188,7 +224,7 @@ async fn route_request(
     }
 
     let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
-    outcome.route = Some(route.config.name.clone());
+    outcome.route = Some(route);
     outcome.hsts = Some(route.config.hsts.clone());
 
     if conn.proto == "http" && route.config.https_redirect {
@@ -203,7 +239,7 @@ async fn route_request(
         Action::Redirect(r) => Ok(redirect(r, req.uri())),
         Action::Upstream(_) => {
             let target = route.pick_upstream().ok_or(ProxyError::Internal)?;
-            outcome.upstream = Some(target.url.clone());
+            outcome.upstream = Some(target.url.as_str());
 
             let peer = crate::state::canonical_ip(conn.peer.ip());
             let peer_trusted = snap.is_trusted_proxy(peer);

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -128,6 +129,10 @@ pub async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
+    let metrics = shared.metrics.clone();
+    let listener = metrics.listener(info.proto);
+    listener.connections.fetch_add(1, Relaxed);
+    listener.open_connections.fetch_add(1, Relaxed);
     let svc = service_fn(move |req| handle(shared.clone(), info.clone(), req));
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -138,6 +143,7 @@ pub async fn serve_connection<I>(
             conn.await
         }
     };
+    listener.open_connections.fetch_sub(1, Relaxed);
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

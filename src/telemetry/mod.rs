@@ -2,6 +2,8 @@
 //! `docker logs`), a human format on request or on a terminal. The filter is
 //! `RUST_LOG`-style. Access-log lines use the target `portcullis::access`.
 
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

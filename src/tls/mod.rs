@@ -11,6 +11,7 @@ pub mod files;
 pub mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -127,11 +128,27 @@ pub async fn accept_loop(
         let drain = drain.clone();
         tokio::spawn(async move {
             let timeout = tls.handshake_timeout;
+            let m = &shared.metrics;
             let Ok(done) = tokio::time::timeout(timeout, handshake(stream, &tls)).await else {
+                m.tls_handshake_failures.fetch_add(1, Relaxed);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             };
-            let Some((stream, sni)) = done else { return };
+            let (stream, sni) = match done {
+                Handshake::Done(stream, sni) => {
+                    m.tls_handshakes.fetch_add(1, Relaxed);
+                    (stream, sni)
+                }
+                Handshake::UnknownName => {
+                    m.tls_unknown_sni.fetch_add(1, Relaxed);
+                    return;
+                }
+                Handshake::Failed => {
+                    m.tls_handshake_failures.fetch_add(1, Relaxed);
+                    return;
+                }
+                Handshake::Challenge => return,
+            };
             let info = Arc::new(ConnInfo {
                 peer,
                 local,
@@ -150,23 +167,27 @@ pub async fn accept_loop(
     }
 }
 
+enum Handshake {
+    Done(tokio_rustls::server::TlsStream<TcpStream>, String),
+    UnknownName,
+    /// A TLS-ALPN-01 validation, answered and closed.
+    Challenge,
+    Failed,
+}
+
 /// Reads the ClientHello, picks the config, completes the handshake.
-/// Returns `None` when the connection was refused or failed (already logged).
-async fn handshake(
-    mut tcp: TcpStream,
-    tls: &TlsContext,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, String)> {
+async fn handshake(mut tcp: TcpStream, tls: &TlsContext) -> Handshake {
     let mut acceptor = Acceptor::default();
     let mut buf = vec![0u8; 4096];
     let accepted = loop {
-        let n = tcp.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
+        let n = match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return Handshake::Failed,
+            Ok(n) => n,
+        };
         let mut rd = &buf[..n];
         while !rd.is_empty() {
             if acceptor.read_tls(&mut rd).is_err() {
-                return None;
+                return Handshake::Failed;
             }
         }
         match acceptor.accept() {
@@ -177,7 +198,7 @@ async fn handshake(
                 let _ = alert.write_all(&mut out);
                 let _ = tcp.write_all(&out).await;
                 tracing::debug!(error = %e, "invalid ClientHello");
-                return None;
+                return Handshake::Failed;
             }
         }
     };
@@ -193,9 +214,11 @@ async fn handshake(
             .and_then(|s| tls.store.alpn_challenges.get(s).map(|c| c.clone()));
         let Some(ck) = ck else {
             let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
-            return None;
+            return Handshake::UnknownName;
         };
-        let cfg = challenge_config(ck).ok()?;
+        let Ok(cfg) = challenge_config(ck) else {
+            return Handshake::Failed;
+        };
         // The validator only needs the handshake; then we are done.
         if let Ok(mut s) = StartHandshake::from_parts(accepted, tcp)
             .into_stream(cfg)
@@ -207,23 +230,23 @@ async fn handshake(
             host = sni.as_deref().unwrap_or(""),
             "answered a TLS-ALPN-01 challenge"
         );
-        return None;
+        return Handshake::Challenge;
     }
 
     let Some(sni) = sni.filter(|s| tls.store.resolve(s).is_some()) else {
         // Never fall back to another host's certificate.
         let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
         let _ = tcp.shutdown().await;
-        return None;
+        return Handshake::UnknownName;
     };
     match StartHandshake::from_parts(accepted, tcp)
         .into_stream(tls.config.clone())
         .await
     {
-        Ok(s) => Some((s, sni)),
+        Ok(s) => Handshake::Done(s, sni),
         Err(e) => {
             tracing::debug!(error = %e, "TLS handshake failed");
-            None
+            Handshake::Failed
         }
     }
 }

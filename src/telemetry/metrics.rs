@@ -1,0 +1,467 @@
+//! Prometheus metrics. Handles are plain atomics looked up when a snapshot
+//! is built (per route) or at start (per listener), so the request path
+//! only increments; `/metrics` renders the text exposition format.
+//!
+//! Per-route series live in a registry keyed by route name that survives
+//! reloads, so counters never reset because the config changed.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+/// Upper bounds of the request duration histogram, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upstream failure kinds, as labelled.
+pub const UPSTREAM_KINDS: [&str; 3] = ["refused", "timeout", "reset"];
+
+fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// A fixed-bucket histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Everything counted per route.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    requests: [[AtomicU64; CLASSES.len()]; METHODS.len()],
+    pub duration: Histogram,
+    upstream_errors: [AtomicU64; UPSTREAM_KINDS.len()],
+}
+
+impl RouteMetrics {
+    /// Counts one finished request.
+    #[inline]
+    pub fn request(&self, method: &http::Method, status: http::StatusCode, took: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[method_index(method)][class].fetch_add(1, Relaxed);
+        self.duration.observe(took);
+    }
+
+    /// Counts an upstream failure: 0 refused, 1 timeout, 2 reset.
+    #[inline]
+    pub fn upstream_error(&self, kind: usize) {
+        self.upstream_errors[kind].fetch_add(1, Relaxed);
+    }
+}
+
+/// Per listener (`http`, `https`).
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    pub in_flight: AtomicI64,
+    pub open_connections: AtomicI64,
+    pub connections: AtomicU64,
+}
+
+/// All process metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: DashMap<String, Arc<RouteMetrics>>,
+    /// Requests that matched no route.
+    pub unrouted: Arc<RouteMetrics>,
+    pub http: ListenerMetrics,
+    pub https: ListenerMetrics,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub tls_unknown_sni: AtomicU64,
+    pub acme_success: AtomicU64,
+    pub acme_failure: AtomicU64,
+    pub reload_success: AtomicU64,
+    pub reload_failure: AtomicU64,
+    /// Unix seconds of the last successful (re)load.
+    pub last_reload_success: AtomicI64,
+    pub routes_loaded: AtomicI64,
+    pub auth: AuthMetrics,
+}
+
+/// Single sign-on outcomes.
+#[derive(Debug, Default)]
+pub struct AuthMetrics {
+    pub login_ok: AtomicU64,
+    pub login_failed: AtomicU64,
+    pub denied: AtomicU64,
+    pub refresh_ok: AtomicU64,
+    pub refresh_failed: AtomicU64,
+    pub logout: AtomicU64,
+    pub bearer_ok: AtomicU64,
+    pub bearer_rejected: AtomicU64,
+    pub sessions_active: AtomicI64,
+}
+
+/// One sample of something the store knows at scrape time.
+pub struct CertGauge {
+    pub host: String,
+    pub source: &'static str,
+    pub not_after: i64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handle for a route, created on first use; called when a
+    /// snapshot is built, never per request.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        self.routes
+            .entry(name.to_string())
+            .or_default()
+            .value()
+            .clone()
+    }
+
+    pub fn listener(&self, proto: &str) -> &ListenerMetrics {
+        if proto == "https" {
+            &self.https
+        } else {
+            &self.http
+        }
+    }
+
+    pub fn reload_succeeded(&self, routes: usize) {
+        self.reload_success.fetch_add(1, Relaxed);
+        self.routes_loaded.store(routes as i64, Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.last_reload_success.store(now, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, certs: &[CertGauge]) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let mut routes: Vec<(String, Arc<RouteMetrics>)> = self
+            .routes
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        let all: Vec<(&str, &RouteMetrics)> = routes
+            .iter()
+            .map(|(n, m)| (n.as_str(), &**m))
+            .chain(std::iter::once(("", &*self.unrouted)))
+            .collect();
+
+        header(
+            &mut out,
+            "portcullis_build_info",
+            "gauge",
+            "Build information.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        header(
+            &mut out,
+            "portcullis_requests_total",
+            "counter",
+            "Requests by route, method and status class (route=\"\" for requests no route matched).",
+        );
+        for (name, m) in &all {
+            for (mi, method) in METHODS.iter().enumerate() {
+                for (ci, class) in CLASSES.iter().enumerate() {
+                    let v = m.requests[mi][ci].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "portcullis_requests_total{{route=\"{}\",method=\"{method}\",status_class=\"{class}\"}} {v}",
+                            escape(name)
+                        );
+                    }
+                }
+            }
+        }
+
+        header(
+            &mut out,
+            "portcullis_request_duration_seconds",
+            "histogram",
+            "Time from request to response headers, by route.",
+        );
+        for (name, m) in &all {
+            m.duration.render(
+                &mut out,
+                "portcullis_request_duration_seconds",
+                &format!("route=\"{}\"", escape(name)),
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_upstream_errors_total",
+            "counter",
+            "Failed upstream requests by route and kind (refused, timeout, reset).",
+        );
+        for (name, m) in &all {
+            for (ki, kind) in UPSTREAM_KINDS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "portcullis_upstream_errors_total{{route=\"{}\",kind=\"{kind}\"}} {}",
+                    escape(name),
+                    m.upstream_errors[ki].load(Relaxed)
+                );
+            }
+        }
+
+        for (metric, kind, help, f) in [
+            (
+                "portcullis_requests_in_flight",
+                "gauge",
+                "Requests being served, by listener.",
+                (|l: &ListenerMetrics| l.in_flight.load(Relaxed)) as fn(&ListenerMetrics) -> i64,
+            ),
+            (
+                "portcullis_connections_open",
+                "gauge",
+                "Open client connections, by listener.",
+                |l: &ListenerMetrics| l.open_connections.load(Relaxed),
+            ),
+            (
+                "portcullis_connections_total",
+                "counter",
+                "Accepted client connections, by listener.",
+                |l: &ListenerMetrics| l.connections.load(Relaxed) as i64,
+            ),
+        ] {
+            header(&mut out, metric, kind, help);
+            for (listener, l) in [("http", &self.http), ("https", &self.https)] {
+                let _ = writeln!(out, "{metric}{{listener=\"{listener}\"}} {}", f(l));
+            }
+        }
+
+        header(
+            &mut out,
+            "portcullis_tls_handshakes_total",
+            "counter",
+            "TLS handshakes by result (ok, failed, unknown_sni).",
+        );
+        for (result, v) in [
+            ("ok", &self.tls_handshakes),
+            ("failed", &self.tls_handshake_failures),
+            ("unknown_sni", &self.tls_unknown_sni),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_tls_handshakes_total{{result=\"{result}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_certificate_not_after_seconds",
+            "gauge",
+            "Expiry of each served certificate (Unix seconds), by host and source.",
+        );
+        for c in certs {
+            let _ = writeln!(
+                out,
+                "portcullis_certificate_not_after_seconds{{host=\"{}\",source=\"{}\"}} {}",
+                escape(&c.host),
+                c.source,
+                c.not_after
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_acme_orders_total",
+            "counter",
+            "ACME certificate orders by result.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_acme_orders_total{{result=\"success\"}} {}",
+            self.acme_success.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_acme_orders_total{{result=\"failure\"}} {}",
+            self.acme_failure.load(Relaxed)
+        );
+
+        header(
+            &mut out,
+            "portcullis_auth_events_total",
+            "counter",
+            "Single sign-on outcomes by event.",
+        );
+        let a = &self.auth;
+        for (event, v) in [
+            ("login_ok", &a.login_ok),
+            ("login_failed", &a.login_failed),
+            ("denied", &a.denied),
+            ("refresh_ok", &a.refresh_ok),
+            ("refresh_failed", &a.refresh_failed),
+            ("logout", &a.logout),
+            ("bearer_ok", &a.bearer_ok),
+            ("bearer_rejected", &a.bearer_rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_auth_events_total{{event=\"{event}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "portcullis_sessions_active",
+            "gauge",
+            "Live single sign-on sessions.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_sessions_active {}",
+            a.sessions_active.load(Relaxed)
+        );
+
+        header(
+            &mut out,
+            "portcullis_config_reloads_total",
+            "counter",
+            "Config reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_reloads_total{{result=\"success\"}} {}",
+            self.reload_success.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_reloads_total{{result=\"failure\"}} {}",
+            self.reload_failure.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "When the config was last loaded successfully (Unix seconds).",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_last_reload_success_timestamp_seconds {}",
+            self.last_reload_success.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "portcullis_routes_loaded",
+            "gauge",
+            "Routes in the running config.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_routes_loaded {}",
+            self.routes_loaded.load(Relaxed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::new();
+        let r = m.route("app");
+        r.request(
+            &http::Method::GET,
+            http::StatusCode::OK,
+            Duration::from_millis(3),
+        );
+        r.request(
+            &http::Method::POST,
+            http::StatusCode::BAD_GATEWAY,
+            Duration::from_secs(2),
+        );
+        r.upstream_error(1);
+        let text = m.render(&[]);
+        assert!(text.contains(
+            "portcullis_requests_total{route=\"app\",method=\"GET\",status_class=\"2xx\"} 1"
+        ));
+        assert!(text.contains(
+            "portcullis_requests_total{route=\"app\",method=\"POST\",status_class=\"5xx\"} 1"
+        ));
+        assert!(
+            text.contains(
+                "portcullis_request_duration_seconds_bucket{route=\"app\",le=\"0.005\"} 1"
+            )
+        );
+        assert!(
+            text.contains(
+                "portcullis_request_duration_seconds_bucket{route=\"app\",le=\"+Inf\"} 2"
+            )
+        );
+        assert!(
+            text.contains("portcullis_upstream_errors_total{route=\"app\",kind=\"timeout\"} 1")
+        );
+        // The same handle after a "reload".
+        assert!(Arc::ptr_eq(&r, &m.route("app")));
+    }
+}
