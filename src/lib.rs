@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod fsutil;
 pub mod proxy;
@@ -87,7 +88,14 @@ impl Gateway {
     /// tokio runtime (it starts the reload task).
     pub fn new(config: Config, listeners: Listeners) -> anyhow::Result<Self> {
         install_crypto_provider();
-        let shared = Shared::new(config);
+        // issue 4: session store and identity providers (discovered in the
+        // background, so a provider that is down does not stop the start).
+        let auth = auth::AuthShared::new();
+        let auth_snapshot = auth
+            .prepare(&config)
+            .map_err(|e| anyhow::anyhow!("single sign-on: {e}"))?;
+        let shared = Shared::with_auth(config, auth.clone(), auth_snapshot.clone());
+        auth::spawn_background(&auth, &auth_snapshot);
         let reload = reload::spawn(shared.clone());
         acme::spawn(
             shared.certs.clone(),
@@ -117,6 +125,7 @@ impl Gateway {
         let snap = shared.current();
         let drain = Drain::new();
         let builder = Arc::new(server::http_builder(&snap.server));
+        let slots = Arc::new(tokio::sync::Semaphore::new(snap.server.max_connections));
 
         if let Some(l) = listeners.http {
             let l = TcpListener::from_std(l)?;
@@ -126,6 +135,7 @@ impl Gateway {
                 "http",
                 shared.clone(),
                 builder.clone(),
+                slots.clone(),
                 drain.watcher(),
             ));
         }
@@ -144,6 +154,7 @@ impl Gateway {
                 ctx,
                 shared.clone(),
                 builder.clone(),
+                slots.clone(),
                 drain.watcher(),
             ));
         }
@@ -157,6 +168,7 @@ impl Gateway {
                 drain.watcher(),
             ));
         }
+        proxy::health::spawn_checks(&shared, &snap);
         shared.ready.store(true, Ordering::Release);
         tracing::info!(
             routes = snap.table.len(),

@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
+    /// Probe a running gateway's admin listener (`GET /healthz`, or
+    /// `/readyz` with `--ready`): exits 0 when it answers 200, 1 otherwise.
+    /// Reads no config file, so a config being edited cannot fail it; this
+    /// is the container image's HEALTHCHECK (no curl in the image).
+    Health {
+        /// The admin listener's address.
+        #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+        /// Check readiness (`/readyz`: config loaded, listeners up, not
+        /// draining) instead of liveness (`/healthz`).
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,7 +109,57 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Health {
+            admin,
+            ready,
+            timeout,
+        } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            match health(admin, path, std::time::Duration::from_secs(timeout.max(1))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis health: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// `GET path` on the admin listener; Ok when it answers 200.
+fn health(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let probe = async {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("cannot reach the admin listener at {addr}"))?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await?;
+            tokio::spawn(conn);
+            let req = http::Request::get(path)
+                .header(http::header::HOST, addr.to_string())
+                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            anyhow::ensure!(
+                status == http::StatusCode::OK,
+                "GET {path} on {addr}: HTTP {status}: {}",
+                text.trim()
+            );
+            println!("{}", text.trim());
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("GET {path} on {addr}: no answer within {timeout:?}"),
+        }
+    })
 }
 
 fn check(path: &Path) -> ExitCode {

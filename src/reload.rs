@@ -123,12 +123,34 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
         tracing::warn!("{w}");
     }
     let summary = config.summary();
+    // issue 4: providers (kept while unchanged) and rediscovery, bounded.
+    let auth = match shared.auth.prepare(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected: single sign-on setup failed");
+            let file = shared.config_path.display().to_string();
+            return ReloadOutcome::Rejected {
+                errors: vec![ReportedError {
+                    text: format!("{file}: oidc: {e}"),
+                    file,
+                    line: 0,
+                    column: 0,
+                    key: "oidc".into(),
+                    message: e,
+                }],
+            };
+        }
+    };
+    crate::auth::rediscover(&auth).await;
+    crate::auth::spawn_background(&shared.auth, &auth);
     shared.update_certificates(&config);
     let generation = old.generation + 1;
     // Build off the hot path (spawn_blocking: a 10,000-route table is a few ms).
     let metrics = shared.metrics.clone();
-    let built =
-        tokio::task::spawn_blocking(move || Snapshot::build(config, generation, &metrics)).await;
+    let built = tokio::task::spawn_blocking(move || {
+        Snapshot::build_with_auth(config, generation, &metrics, auth)
+    })
+    .await;
     let snapshot = match built {
         Ok(s) => s,
         Err(e) => {
@@ -137,7 +159,9 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
         }
     };
     let routes = snapshot.table.len();
-    shared.snapshot.store(Arc::new(snapshot));
+    let snapshot = Arc::new(snapshot);
+    shared.snapshot.store(snapshot.clone());
+    crate::proxy::health::spawn_checks(shared, &snapshot);
     shared.metrics.reload_succeeded(routes);
     tracing::info!(generation, routes, "config reloaded: {summary}");
     ReloadOutcome::Reloaded {

@@ -9,20 +9,42 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::acme::AcmePlan;
 
-use crate::config::{Action, Config, RouteConfig, ServerConfig, UpstreamTarget};
+use crate::config::{Config, RouteConfig, ServerConfig};
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::headers::RequestIds;
 use crate::routing::RouteTable;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::tls::CertStore;
+
+/// Milliseconds on a monotonic clock, for ejection deadlines.
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Health of one upstream of a route: passive (consecutive failures eject
+/// it for a while) and active (a failing health check marks it down).
+#[derive(Debug, Default)]
+pub struct UpstreamHealth {
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    down: AtomicBool,
+}
+
+impl UpstreamHealth {
+    fn usable(&self, now_ms: u64) -> bool {
+        !self.down.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+}
 
 /// One route as the request path uses it.
 #[derive(Debug)]
@@ -31,25 +53,70 @@ pub struct Route {
     /// This route's counters, looked up once when the snapshot is built.
     pub metrics: Arc<RouteMetrics>,
     next_upstream: AtomicUsize,
+    /// Parallel to the upstream list.
+    health: Vec<UpstreamHealth>,
 }
 
 impl Route {
     pub fn new(config: RouteConfig, metrics: Arc<RouteMetrics>) -> Self {
+        let n = config.upstreams().len();
         Route {
             config,
             metrics,
             next_upstream: AtomicUsize::new(0),
+            health: (0..n).map(|_| UpstreamHealth::default()).collect(),
         }
     }
 
-    /// Round robin over the route's upstreams.
-    pub fn pick_upstream(&self) -> Option<&UpstreamTarget> {
-        match &self.config.action {
-            Action::Upstream(list) if !list.is_empty() => {
-                let i = self.next_upstream.fetch_add(1, Ordering::Relaxed) % list.len();
-                Some(&list[i])
+    /// Round robin over the route's usable upstreams, skipping those in
+    /// `tried`. `None` when every upstream is down, ejected or tried.
+    pub fn pick_upstream(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.health.len();
+        if n == 0 {
+            return None;
+        }
+        let now = mono_ms();
+        let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !tried.contains(&i) && self.health[i].usable(now))
+    }
+
+    /// Records the outcome of a request to upstream `i`. After
+    /// `eject_after` consecutive failures it is skipped for `eject_for`.
+    pub fn report(&self, i: usize, ok: bool, eject_after: u32, eject_for: std::time::Duration) {
+        let Some(h) = self.health.get(i) else { return };
+        if ok {
+            if h.failures.load(Ordering::Relaxed) != 0 {
+                h.failures.store(0, Ordering::Relaxed);
             }
-            _ => None,
+            return;
+        }
+        let f = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if eject_after > 0 && f >= eject_after {
+            h.failures.store(0, Ordering::Relaxed);
+            h.ejected_until_ms
+                .store(mono_ms() + eject_for.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                route = %self.config.name,
+                upstream = %self.config.upstreams()[i].url,
+                failures = f,
+                eject_ms = eject_for.as_millis() as u64,
+                "upstream ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Active health check result for upstream `i`; logs transitions.
+    pub fn set_down(&self, i: usize, down: bool) {
+        let Some(h) = self.health.get(i) else { return };
+        if h.down.swap(down, Ordering::Relaxed) != down {
+            let upstream = &self.config.upstreams()[i].url;
+            if down {
+                tracing::warn!(route = %self.config.name, %upstream, "upstream failed its health check; taken out of rotation");
+            } else {
+                tracing::info!(route = %self.config.name, %upstream, "upstream healthy again");
+            }
         }
     }
 }
@@ -62,10 +129,24 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub server: ServerConfig,
     pub table: RouteTable<Route>,
+    /// Identity providers of this config (issue 4).
+    pub auth: Arc<crate::auth::AuthSnapshot>,
 }
 
 impl Snapshot {
     pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Snapshot {
+        let auth = Arc::new(crate::auth::AuthSnapshot::detached(&config.oidc));
+        Self::build_with_auth(config, generation, metrics, auth)
+    }
+
+    /// [`Snapshot::build`] with providers prepared by the running gateway
+    /// (`AuthShared::prepare`), so discovery survives reloads.
+    pub fn build_with_auth(
+        config: Config,
+        generation: u64,
+        metrics: &Metrics,
+        auth: Arc<crate::auth::AuthSnapshot>,
+    ) -> Snapshot {
         let table = RouteTable::build(config.routes.into_iter().map(|r| {
             let m = metrics.route(&r.name);
             (r.host.clone(), r.path.clone(), Route::new(r, m))
@@ -75,6 +156,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             server: config.server,
             table,
+            auth,
         }
     }
 
@@ -114,17 +196,29 @@ pub struct Shared {
     /// What the ACME task should keep certificates for; reloads publish here.
     pub acme_plans: watch::Sender<Option<Arc<AcmePlan>>>,
     pub metrics: Arc<Metrics>,
+    /// Sessions, sign-ins in progress, providers (issue 4).
+    pub auth: Arc<crate::auth::AuthShared>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
+        let auth = Arc::new(crate::auth::AuthSnapshot::detached(&config.oidc));
+        Self::with_auth(config, crate::auth::AuthShared::new(), auth)
+    }
+
+    /// [`Shared::new`] with the auth state the gateway prepared.
+    pub fn with_auth(
+        config: Config,
+        auth: Arc<crate::auth::AuthShared>,
+        auth_snapshot: Arc<crate::auth::AuthSnapshot>,
+    ) -> Arc<Shared> {
         let client = UpstreamClient::new(&config.server);
         let config_path = config.source.clone();
         let certs = Arc::new(CertStore::new());
         let plan = publish_certificates(&config, &certs);
         let acme_plans = watch::channel(plan).0;
         let metrics = Arc::new(Metrics::new());
-        let snapshot = Snapshot::build(config, 1, &metrics);
+        let snapshot = Snapshot::build_with_auth(config, 1, &metrics, auth_snapshot);
         metrics.reload_succeeded(snapshot.table.len());
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -136,6 +230,7 @@ impl Shared {
             certs,
             https_port: AtomicU16::new(0),
             acme_plans,
+            auth,
         })
     }
 

@@ -5,6 +5,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::limits_section::{FileHealthCheck, FileSize};
+
 /// A value the user may write as one string or as a list of strings.
 #[derive(Debug)]
 pub struct OneOrMany(pub Vec<String>);
@@ -69,6 +71,18 @@ pub struct FileServer {
     /// `Strict-Transport-Security` on HTTPS responses: `false`, `true`, or a
     /// table `{ max_age = "365d", include_subdomains = false, preload = false }`.
     pub hsts: Option<Spanned<FileHsts>>,
+    /// Most client connections served at once (past it, accepting pauses).
+    pub max_connections: Option<Spanned<i64>>,
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_bytes: Option<Spanned<FileSize>>,
+    /// Longest pause allowed while a client sends a request body.
+    pub request_body_timeout: Option<Spanned<String>>,
+    /// Consecutive failures after which an upstream is skipped (0 = never).
+    pub upstream_eject_after: Option<Spanned<i64>>,
+    /// How long an ejected upstream is skipped.
+    pub upstream_eject_for: Option<Spanned<String>>,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`
@@ -221,13 +235,96 @@ pub struct FileRoute {
     pub preserve_host: Option<bool>,
     /// Time allowed for the upstream's response headers on this route.
     pub timeout: Option<Spanned<String>>,
+    /// Only clients in these networks may use the route.
+    pub allow_ips: Option<Vec<Spanned<String>>>,
+    /// Clients in these networks get 403.
+    pub deny_ips: Option<Vec<Spanned<String>>>,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body: Option<Spanned<FileSize>>,
+    /// Active health checks of the upstreams.
+    pub health_check: Option<Spanned<FileHealthCheck>>,
     /// Override `[server] hsts` for this route.
     pub hsts: Option<Spanned<FileHsts>>,
     /// On the plain HTTP listener, redirect to HTTPS (default true when an
     /// https listener is configured); false serves this route over HTTP too.
     pub https_redirect: Option<bool>,
+    // --- single sign-on (issue 4; checked in `oidc_section`) ---
+    /// `"public"` (default) or `{ oidc = "NAME", groups = [..], emails = [..],
+    /// email_domains = [..] }`.
+    pub auth: Option<Spanned<FileAuth>>,
+    /// Which identity headers the backend gets: `"authentik"` (default with
+    /// oidc auth), `"forwarded"` or `"none"`.
+    pub identity_headers: Option<Spanned<String>>,
+}
+
+// --- single sign-on (issue 4) ------------------------------------------------
+
+/// `[oidc.NAME]`: one OpenID Connect provider (Authentik or any other).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOidc {
+    /// The issuer exactly as the provider publishes it (Authentik:
+    /// `https://auth.example.com/application/o/<slug>/`, trailing slash kept).
+    pub issuer: Spanned<String>,
+    /// The client id of the provider's application for the gateway.
+    pub client_id: Spanned<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Spanned<String>,
+    /// Scopes to ask for (default openid, email, profile, offline_access).
+    pub scopes: Option<Spanned<Vec<String>>>,
+    /// Share sessions across every subdomain of this domain (optional).
+    pub cookie_domain: Option<Spanned<String>>,
+    /// How long a session lasts after login (default "12h").
+    pub session_ttl: Option<Spanned<String>>,
+    /// PEM file with extra CA certificates to trust for the provider.
+    pub ca_file: Option<Spanned<String>>,
+    /// Audiences accepted on bearer tokens besides the client id.
+    pub audiences: Option<Spanned<Vec<String>>>,
+    /// Development only: session cookies without `Secure`, for plain-HTTP setups.
+    pub insecure_cookies: Option<Spanned<bool>>,
+}
+
+/// Route `auth = "public"` or `auth = { oidc = "NAME", ... }`.
+#[derive(Debug)]
+pub enum FileAuth {
+    Keyword(String),
+    Oidc(FileAuthOidc),
+}
+
+impl<'de> Deserialize<'de> for FileAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileAuth;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"public\" or a table { oidc = \"NAME\", groups = [..] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileAuth, E> {
+                Ok(FileAuth::Keyword(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FileAuth, A::Error> {
+                FileAuthOidc::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileAuth::Oidc)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `auth = { oidc = "NAME", groups = [..], emails = [..], email_domains = [..] }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuthOidc {
+    /// The `[oidc.NAME]` provider users sign in with.
+    pub oidc: String,
+    /// Allow members of any of these groups.
+    pub groups: Option<Vec<String>>,
+    /// Allow these email addresses.
+    pub emails: Option<Vec<String>>,
+    /// Allow any email address in these domains.
+    pub email_domains: Option<Vec<String>>,
 }
 
 /// The whole file, section by section. Each section is deserialised on its
 /// own (see `validate`) so one broken route does not hide errors in others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "route"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "oidc", "route"];

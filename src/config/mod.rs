@@ -8,6 +8,8 @@
 
 mod duration;
 mod file;
+mod limits_section;
+mod oidc_section;
 mod tls_section;
 mod validate;
 
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use limits_section::{HealthCheck, RouteLimits, parse_size};
+pub use oidc_section::{IdentityHeaders, OidcConfig, OidcPolicy, RouteAuth};
 pub use tls_section::pattern_covers;
 pub use validate::{load, parse, parse_host_pattern, parse_upstream};
 
@@ -31,6 +35,9 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// `[[certificate]]`: certificates from files or self-signed.
     pub certificates: Vec<CertificateConfig>,
+    /// `[oidc.NAME]` identity providers, sorted by name (routes refer to
+    /// them by index).
+    pub oidc: Vec<OidcConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -96,6 +103,13 @@ pub struct ServerConfig {
     /// Runtime worker threads; 0 = one per core.
     pub workers: usize,
     pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub request_body_timeout: Duration,
+    /// Consecutive upstream failures before it is skipped; 0 = never.
+    pub upstream_eject_after: u32,
+    pub upstream_eject_for: Duration,
+    pub h2_max_concurrent_streams: u32,
     /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
     pub hsts: Option<http::HeaderValue>,
 }
@@ -171,8 +185,22 @@ pub struct RouteConfig {
     pub hsts: Option<http::HeaderValue>,
     /// On the plain listener, redirect to HTTPS (only when https is configured).
     pub https_redirect: bool,
+    /// Client-address rules, body limit, health checks.
+    pub limits: RouteLimits,
+    /// Who may use this route: public, or signed in through an OIDC provider.
+    pub auth: RouteAuth,
     /// 1-based line of the `[[route]]` in the file, for messages.
     pub line: usize,
+}
+
+impl RouteConfig {
+    /// The route's upstreams (empty for redirect and respond routes).
+    pub fn upstreams(&self) -> &[UpstreamTarget] {
+        match &self.action {
+            Action::Upstream(list) => list,
+            _ => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

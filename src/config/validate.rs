@@ -53,6 +53,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let mut acme_raw = None;
     let mut certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
+    let mut oidc_raw = None;
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
@@ -62,6 +63,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             "certificate" => {
                 certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
             }
+            "oidc" => oidc_raw = Some(value),
             other => cx.err(
                 Some(span),
                 other,
@@ -81,13 +83,16 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             certificates.push(c);
         }
     }
+    // SSO providers before routes: routes refer to them (issue 4).
+    let oidc = oidc_raw.map(|v| cx.oidc(v)).unwrap_or_default();
     let mut routes = Vec::with_capacity(routes_raw.len());
     for (index, span, raw) in routes_raw {
-        if let Some(r) = cx.route(index, span, raw, &server) {
+        if let Some(r) = cx.route(index, span, raw, &server, &oidc) {
             routes.push(r);
         }
     }
     cx.check_route_set(&routes);
+    cx.check_oidc_routes(&routes, &oidc);
     if server.https.is_some() {
         cx.check_tls_coverage(&routes, &certificates, acme.is_some());
     }
@@ -106,6 +111,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             server,
             acme,
             certificates,
+            oidc: oidc.list,
             routes,
         })
     } else {
@@ -286,21 +292,7 @@ impl<'a> Cx<'a> {
             );
         }
 
-        let mut trusted_proxies = Vec::new();
-        for c in raw.trusted_proxies.unwrap_or_default() {
-            let text = c.get_ref().trim();
-            let parsed = text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(n) => trusted_proxies.push(n.trunc()),
-                Err(_) => self.err(
-                    Some(c.span()),
-                    "server.trusted_proxies",
-                    format!("`{text}` is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
-                ),
-            }
-        }
+        let trusted_proxies = self.cidrs("server.trusted_proxies", raw.trusted_proxies);
 
         let workers = match raw.workers {
             None => 0,
@@ -352,6 +344,37 @@ impl<'a> Cx<'a> {
                 Duration::from_secs(30),
             ),
             workers,
+            max_connections: self.int_in(
+                "server.max_connections",
+                raw.max_connections,
+                1..=1_000_000,
+                16_384,
+            ) as usize,
+            max_header_bytes: self
+                .size("server.max_header_bytes", raw.max_header_bytes, 8192)
+                .unwrap_or(64 * 1024) as usize,
+            request_body_timeout: self.duration(
+                "server.request_body_timeout",
+                raw.request_body_timeout,
+                Duration::from_secs(60),
+            ),
+            upstream_eject_after: self.int_in(
+                "server.upstream_eject_after",
+                raw.upstream_eject_after,
+                0..=1000,
+                3,
+            ) as u32,
+            upstream_eject_for: self.duration(
+                "server.upstream_eject_for",
+                raw.upstream_eject_for,
+                Duration::from_secs(10),
+            ),
+            h2_max_concurrent_streams: self.int_in(
+                "server.h2_max_concurrent_streams",
+                raw.h2_max_concurrent_streams,
+                1..=10_000,
+                256,
+            ) as u32,
             tls_handshake_timeout: self.duration(
                 "server.tls_handshake_timeout",
                 raw.tls_handshake_timeout,
@@ -370,6 +393,7 @@ impl<'a> Cx<'a> {
         span: Range<usize>,
         raw: FileRoute,
         server: &ServerConfig,
+        oidc: &super::oidc_section::OidcSet,
     ) -> Option<RouteConfig> {
         let key = format!("route[{index}]");
         let errors_before = self.errors.len();
@@ -441,6 +465,16 @@ impl<'a> Cx<'a> {
             None => server.hsts.clone(),
             Some(h) => self.hsts(&format!("{key}.hsts"), h),
         };
+        let limits = self.route_limits(
+            &key,
+            super::limits_section::RawRouteLimits {
+                allow_ips: raw.allow_ips,
+                deny_ips: raw.deny_ips,
+                max_body: raw.max_body,
+                health_check: raw.health_check,
+            },
+        );
+        let auth = self.route_auth(&key, raw.auth, raw.identity_headers, oidc);
 
         if self.errors.len() != errors_before {
             return None;
@@ -475,8 +509,32 @@ impl<'a> Cx<'a> {
             timeout,
             hsts,
             https_redirect: raw.https_redirect.unwrap_or(true),
+            limits,
+            auth: auth?,
             line: self.line_of(span.start),
         })
+    }
+
+    /// An integer in `range`, or `default` when absent.
+    pub(super) fn int_in(
+        &mut self,
+        key: &str,
+        v: Option<Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        match v {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.err(
+                    Some(v.span()),
+                    key,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
+                default
+            }
+        }
     }
 
     pub(super) fn line_of(&self, offset: usize) -> usize {

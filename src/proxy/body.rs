@@ -1,13 +1,23 @@
 //! One body type for everything the gateway sends: streamed bodies from the
 //! other side of the proxy, and small fixed bodies we make ourselves. An enum
 //! rather than a boxed trait object, so no allocation per request.
+//!
+//! Request bodies going upstream are wrapped in [`Limited`] (only when the
+//! request has a body): it enforces the route's `max_body` and the server's
+//! `request_body_timeout`, and records which limit tripped so the caller can
+//! answer 413 or 408 instead of a generic upstream error.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Default)]
 pub enum Body {
@@ -17,6 +27,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// Streamed from a client or an upstream.
     Incoming(Incoming),
+    /// A client's request body under limits.
+    Limited(Box<Limited>),
 }
 
 impl Body {
@@ -38,16 +50,17 @@ impl From<Incoming> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Incoming(i) => Pin::new(i).poll_frame(cx),
+            Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
+            Body::Limited(l) => l.poll(cx),
         }
     }
 
@@ -56,6 +69,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) => i.is_end_stream(),
+            Body::Limited(l) => l.inner.is_end_stream(),
         }
     }
 
@@ -65,6 +79,81 @@ impl http_body::Body for Body {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Incoming(i) => i.size_hint(),
+            Body::Limited(l) => l.inner.size_hint(),
+        }
+    }
+}
+
+/// Which limit stopped a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tripped {
+    TooLarge = 1,
+    Idle = 2,
+}
+
+/// Shared between a [`Limited`] body and whoever sent it upstream.
+#[derive(Debug, Clone, Default)]
+pub struct TripWire(Arc<AtomicU8>);
+
+impl TripWire {
+    pub fn get(&self) -> Option<Tripped> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(Tripped::TooLarge),
+            2 => Some(Tripped::Idle),
+            _ => None,
+        }
+    }
+    fn set(&self, t: Tripped) {
+        self.0.store(t as u8, Ordering::Release);
+    }
+}
+
+/// A request body with a size limit and an idle timeout between frames.
+#[derive(Debug)]
+pub struct Limited {
+    inner: Incoming,
+    limit: Option<u64>,
+    seen: u64,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    wire: TripWire,
+}
+
+impl Limited {
+    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration, wire: TripWire) -> Self {
+        Limited {
+            inner,
+            limit,
+            seen: 0,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            wire,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.seen += d.len() as u64;
+                    if self.limit.is_some_and(|l| self.seen > l) {
+                        self.wire.set(Tripped::TooLarge);
+                        return Poll::Ready(Some(Err("request body over the route's max_body".into())));
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.wire.set(Tripped::Idle);
+                    return Poll::Ready(Some(Err("request body stalled past request_body_timeout".into())));
+                }
+                Poll::Pending
+            }
         }
     }
 }

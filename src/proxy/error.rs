@@ -31,6 +31,24 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The upstream answered with something that is not HTTP, or hung up.
     UpstreamBroken,
+    /// The client's address is not allowed on this route.
+    AddressDenied,
+    /// The request body is larger than the route allows.
+    PayloadTooLarge,
+    /// The client stopped sending its request body.
+    RequestTimeout,
+    // --- single sign-on (issue 4) ---
+    /// A protected route and no session or bearer token (non-browser clients).
+    Unauthorized,
+    /// A bearer token that does not verify.
+    InvalidToken,
+    /// Signed in, but the route's policy does not allow this user (the page
+    /// naming the user comes from [`forbidden_response`]).
+    Forbidden,
+    /// The identity provider cannot be reached, so nobody can sign in now.
+    LoginUnavailable,
+    /// A sign-in callback we refuse; the reason is safe to show.
+    LoginFailed(&'static str),
     /// A bug or resource problem on our side.
     Internal,
 }
@@ -43,18 +61,33 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UpstreamUnavailable | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::AddressDenied => StatusCode::FORBIDDEN,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Unauthorized | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::LoginUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::LoginFailed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn side(self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::Misdirected => {
-                Side::Downstream
-            }
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::Misdirected
+            | ProxyError::AddressDenied
+            | ProxyError::PayloadTooLarge
+            | ProxyError::RequestTimeout
+            | ProxyError::Unauthorized
+            | ProxyError::InvalidToken
+            | ProxyError::Forbidden
+            | ProxyError::LoginFailed(_) => Side::Downstream,
             ProxyError::UpstreamUnavailable
             | ProxyError::UpstreamTimeout
-            | ProxyError::UpstreamBroken => Side::Upstream,
+            | ProxyError::UpstreamBroken
+            | ProxyError::LoginUnavailable => Side::Upstream,
             ProxyError::Internal => Side::Internal,
         }
     }
@@ -68,6 +101,14 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamBroken => "upstream_broken",
+            ProxyError::AddressDenied => "address_denied",
+            ProxyError::PayloadTooLarge => "payload_too_large",
+            ProxyError::RequestTimeout => "request_timeout",
+            ProxyError::Unauthorized => "unauthorized",
+            ProxyError::InvalidToken => "invalid_token",
+            ProxyError::Forbidden => "forbidden",
+            ProxyError::LoginUnavailable => "login_unavailable",
+            ProxyError::LoginFailed(_) => "login_failed",
             ProxyError::Internal => "internal",
         }
     }
@@ -88,6 +129,18 @@ impl ProxyError {
             ProxyError::UpstreamBroken => {
                 "The service behind this address sent an invalid response."
             }
+            ProxyError::AddressDenied => "Your network address is not allowed to use this site.",
+            ProxyError::PayloadTooLarge => "The request body is larger than this site accepts.",
+            ProxyError::RequestTimeout => "The request body did not arrive in time.",
+            ProxyError::Unauthorized => {
+                "Sign-in is required. Open this address in a browser, or send a bearer token from the identity provider."
+            }
+            ProxyError::InvalidToken => "The bearer token was not accepted.",
+            ProxyError::Forbidden => "Your account is not allowed to use this site.",
+            ProxyError::LoginUnavailable => {
+                "Sign-in is not available right now because the identity provider cannot be reached. Please try again shortly."
+            }
+            ProxyError::LoginFailed(reason) => reason,
             ProxyError::Internal => "Something went wrong on our side.",
         }
     }
@@ -98,13 +151,45 @@ impl ProxyError {
         request_id: &HeaderValue,
         accept: Option<&HeaderValue>,
     ) -> Response<Body> {
-        render(
+        let mut resp = render(
             self.status(),
             self.explanation(),
             request_id,
             wants_json(accept),
-        )
+        );
+        // issue 4: 401s say how to authenticate.
+        let challenge = match self {
+            ProxyError::Unauthorized => Some("Bearer realm=\"portcullis\""),
+            ProxyError::InvalidToken => {
+                Some("Bearer realm=\"portcullis\", error=\"invalid_token\"")
+            }
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        resp
     }
+}
+
+/// The 403 for a signed-in user the route's policy refuses: names the user
+/// (their username, nothing from their tokens) so they know which account
+/// they are signed in with.
+pub fn forbidden_response(
+    user: &str,
+    request_id: &HeaderValue,
+    accept: Option<&HeaderValue>,
+) -> Response<Body> {
+    let text = format!(
+        "You are signed in as {user}, but this account is not allowed to use this site. Ask an administrator for access, or sign out at /.portcullis/logout and use another account."
+    );
+    render(
+        ProxyError::Forbidden.status(),
+        &text,
+        request_id,
+        wants_json(accept),
+    )
 }
 
 /// True when the client asked for JSON rather than a page.
@@ -128,6 +213,25 @@ pub fn render(
     request_id: &HeaderValue,
     json: bool,
 ) -> Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    render_titled(
+        status,
+        &format!("{} {reason}", status.as_u16()),
+        explanation,
+        request_id,
+        json,
+    )
+}
+
+/// [`render`] with a page title other than the status line (e.g. the
+/// signed-out page).
+pub fn render_titled(
+    status: StatusCode,
+    title: &str,
+    explanation: &str,
+    request_id: &HeaderValue,
+    json: bool,
+) -> Response<Body> {
     let id = request_id.to_str().unwrap_or("");
     let reason = status.canonical_reason().unwrap_or("Error");
     let (body, content_type) = if json {
@@ -143,12 +247,12 @@ pub fn render(
             format!(
                 "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
                  <meta name=\"viewport\" content=\"width=device-width\">\
-                 <title>{code} {reason}</title>\
+                 <title>{title}</title>\
                  <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
                  small{{color:#666}}</style></head>\
-                 <body><h1>{code} {reason}</h1><p>{text}</p>\
+                 <body><h1>{title}</h1><p>{text}</p>\
                  <p><small>Request ID: <code>{id}</code></small></p></body></html>\n",
-                code = status.as_u16(),
+                title = html_escape(title),
                 text = html_escape(explanation),
                 id = html_escape(id),
             ),
@@ -196,6 +300,14 @@ mod tests {
             (ProxyError::UpstreamUnavailable, 502),
             (ProxyError::UpstreamBroken, 502),
             (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::AddressDenied, 403),
+            (ProxyError::PayloadTooLarge, 413),
+            (ProxyError::RequestTimeout, 408),
+            (ProxyError::Unauthorized, 401),
+            (ProxyError::InvalidToken, 401),
+            (ProxyError::Forbidden, 403),
+            (ProxyError::LoginUnavailable, 503),
+            (ProxyError::LoginFailed("x"), 400),
             (ProxyError::Internal, 500),
         ];
         for (e, code) in cases {

@@ -6,13 +6,14 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::Body;
+use super::body::{Body, Limited, TripWire, Tripped};
 use super::error::ProxyError;
 use super::headers;
 use crate::config::{ServerConfig, UpstreamTarget};
@@ -40,7 +41,7 @@ impl UpstreamClient {
         UpstreamClient { client }
     }
 
-    async fn send(
+    pub async fn send(
         &self,
         req: Request<Body>,
         timeout: Duration,
@@ -92,34 +93,140 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The request as it left the client, reduced to what forwarding needs.
 pub struct Forward<'a> {
     pub route: &'a Route,
-    pub target: &'a UpstreamTarget,
+    pub server: &'a ServerConfig,
     /// The host as the client sent it (with port), for a preserved Host header.
     pub host_header: &'a str,
 }
 
-/// Sends `req` (headers already sanitised by the caller) to the upstream.
+/// Sends `req` (headers already sanitised by the caller) to one of the
+/// route's upstreams. Idempotent requests without a body that could not
+/// connect are retried on the next usable upstream (nothing was sent).
+/// Returns the outcome and the index of the upstream that answered or
+/// failed last.
 pub async fn forward(
     client: &UpstreamClient,
     fwd: Forward<'_>,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
+) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
+    let route = fwd.route;
+    let limits = &route.config.limits;
+    if let (Some(max), Some(len)) = (limits.max_body, content_length(req.headers()))
+        && len > max
+    {
+        return (Err(ProxyError::PayloadTooLarge), None);
+    }
     let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    parts.uri = upstream_uri(fwd.target, &fwd.route.config, &parts.uri)?;
+    let has_body = !body.is_end_stream();
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    let host = if fwd.route.config.preserve_host {
-        HeaderValue::from_str(fwd.host_header)
+    let host = if route.config.preserve_host {
+        HeaderValue::from_str(fwd.host_header).ok()
     } else {
-        HeaderValue::from_str(fwd.target.authority.as_str())
-    }
-    .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?;
-    parts.headers.insert(header::HOST, host);
+        None
+    };
+    let wire = TripWire::default();
 
-    let out = Request::from_parts(parts, Body::Incoming(body));
-    let mut resp = client.send(out, fwd.route.config.timeout).await?;
+    let retry = !has_body
+        && !upgrade
+        && route.config.upstreams().len() > 1
+        && matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        );
+    if !retry {
+        let Some(i) = route.pick_upstream(&[]) else {
+            return (Err(ProxyError::UpstreamUnavailable), None);
+        };
+        let target = &route.config.upstreams()[i];
+        parts.uri = match upstream_uri(target, &route.config, &parts.uri) {
+            Ok(u) => u,
+            Err(e) => return (Err(e), None),
+        };
+        set_host(&mut parts.headers, host.as_ref(), target);
+        let body = if has_body {
+            Body::Limited(Box::new(Limited::new(
+                body,
+                limits.max_body,
+                fwd.server.request_body_timeout,
+                wire.clone(),
+            )))
+        } else {
+            Body::Empty
+        };
+        let out = Request::from_parts(parts, body);
+        let r = send_one(client, &fwd, i, out, client_upgrade, &wire).await;
+        return (r, Some(i));
+    }
+
+    let mut tried: Vec<usize> = Vec::with_capacity(route.config.upstreams().len());
+    let mut last = Err(ProxyError::UpstreamUnavailable);
+    while let Some(i) = route.pick_upstream(&tried) {
+        tried.push(i);
+        let target = &route.config.upstreams()[i];
+        let mut out = Request::new(Body::Empty);
+        *out.method_mut() = parts.method.clone();
+        *out.version_mut() = Version::HTTP_11;
+        *out.uri_mut() = match upstream_uri(target, &route.config, &parts.uri) {
+            Ok(u) => u,
+            Err(e) => return (Err(e), None),
+        };
+        *out.headers_mut() = parts.headers.clone();
+        set_host(out.headers_mut(), host.as_ref(), target);
+        match send_one(client, &fwd, i, out, None, &wire).await {
+            Err(ProxyError::UpstreamUnavailable) => {
+                last = Err(ProxyError::UpstreamUnavailable);
+                tracing::debug!(route = %route.config.name, upstream = %target.url, "connect failed; trying the next upstream");
+            }
+            other => return (other, Some(i)),
+        }
+    }
+    (last, tried.last().copied())
+}
+
+fn set_host(h: &mut http::HeaderMap, preserved: Option<&HeaderValue>, target: &UpstreamTarget) {
+    let v = match preserved {
+        Some(v) => v.clone(),
+        None => match HeaderValue::from_str(target.authority.as_str()) {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+    };
+    h.insert(header::HOST, v);
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// One attempt against upstream `i`: health bookkeeping, body limits, and
+/// the upgrade tunnel after a 101.
+async fn send_one(
+    client: &UpstreamClient,
+    fwd: &Forward<'_>,
+    i: usize,
+    req: Request<Body>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    wire: &TripWire,
+) -> Result<Response<Body>, ProxyError> {
+    let route = fwd.route;
+    let result = client.send(req, route.config.timeout).await;
+    if let Some(t) = wire.get() {
+        // The client's body broke the request, not the upstream.
+        return Err(match t {
+            Tripped::TooLarge => ProxyError::PayloadTooLarge,
+            Tripped::Idle => ProxyError::RequestTimeout,
+        });
+    }
+    route.report(
+        i,
+        result.is_ok(),
+        fwd.server.upstream_eject_after,
+        fwd.server.upstream_eject_for,
+    );
+    let mut resp = result?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -128,7 +235,7 @@ pub async fn forward(
             return Err(ProxyError::UpstreamBroken);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let route = fwd.route.config.name.clone();
+        let route = route.config.name.clone();
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
@@ -197,6 +304,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             hsts: None,
             https_redirect: true,
+            limits: Default::default(),
+            auth: Default::default(),
             line: 1,
         }
     }

@@ -6,6 +6,8 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod health;
+pub mod normalize;
 pub mod server;
 
 use std::convert::Infallible;
@@ -173,6 +175,25 @@ async fn route_request<'a>(
     request_id: &HeaderValue,
     outcome: &mut Outcome<'a>,
 ) -> Result<Response<Body>, ProxyError> {
+    // Framing the backend could read differently from us: refuse.
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "The request has both Content-Length and Transfer-Encoding.",
+        ));
+    }
+    if headers::is_upgrade_request(h) && has_body(&req) {
+        return Err(ProxyError::BadRequest("An upgrade request may not have a body."));
+    }
+
+    // One normalised path for routing, auth and the backend.
+    if let std::borrow::Cow::Owned(p) = normalize::normalize_path(req.uri().path())
+        .map_err(|e| ProxyError::BadRequest(e.reason()))?
+    {
+        let uri = with_path(req.uri(), &p)?;
+        *req.uri_mut() = uri;
+    }
+
     // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
     // if both are present they must agree.
     let header_host = match req.headers().get(header::HOST) {
@@ -198,9 +219,6 @@ async fn route_request<'a>(
         .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
 
     let path = req.uri().path();
-    if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest("The request target is not a path."));
-    }
     if let Some(sni) = conn.sni.as_deref()
         && host != sni
     {
@@ -220,12 +238,22 @@ async fn route_request<'a>(
         return Ok(acme_challenge(shared, token));
     }
     if routing_prefix_is_reserved(path) {
-        return Err(ProxyError::NoRoute);
+        // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
+        let raw_host = raw_host.to_string();
+        return crate::auth::endpoint(shared, snap, conn, req, &raw_host, request_id).await;
     }
 
     let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route);
     outcome.hsts = Some(route.config.hsts.clone());
+
+    let peer = crate::state::canonical_ip(conn.peer.ip());
+    let peer_trusted = snap.is_trusted_proxy(peer);
+    let client_ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
+    outcome.client_ip = Some(client_ip);
+    if !route.config.limits.allows(client_ip) {
+        return Err(ProxyError::AddressDenied);
+    }
 
     if conn.proto == "http" && route.config.https_redirect {
         let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
@@ -234,20 +262,28 @@ async fn route_request<'a>(
         }
     }
 
+    // issue 4: the auth gate (public routes pass at once).
+    let who = match crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await
+    {
+        Ok(who) => who,
+        Err(stop) => return stop.into_result(&mut outcome.error),
+    };
+    if let Some(w) = &who {
+        outcome.user = Some(w.identity().display_name().to_string());
+    }
+
     match &route.config.action {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => Ok(redirect(r, req.uri())),
         Action::Upstream(_) => {
-            let target = route.pick_upstream().ok_or(ProxyError::Internal)?;
-            outcome.upstream = Some(target.url.as_str());
-
-            let peer = crate::state::canonical_ip(conn.peer.ip());
-            let peer_trusted = snap.is_trusted_proxy(peer);
-            let client_ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
-            outcome.client_ip = Some(client_ip);
             let host_header = raw_host.to_string();
             let h = req.headers_mut();
             headers::strip_spoofable(h, peer_trusted);
+            // issue 4: our cookies never reach a backend; then who the user is.
+            crate::auth::strip_session_cookie(h);
+            if let Some(w) = &who {
+                crate::auth::apply_identity(h, route, w);
+            }
             let origin = headers::Origin {
                 peer,
                 peer_trusted,
@@ -259,14 +295,17 @@ async fn route_request<'a>(
 
             let fwd = Forward {
                 route,
-                target,
+                server: &snap.server,
                 host_header: &host_header,
             };
-            let result = forward::forward(&shared.client, fwd, req).await;
-            if let Err(e) = &result {
+            let (result, used) = forward::forward(&shared.client, fwd, req).await;
+            outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());
+            if let Err(e) = &result
+                && e.side() == error::Side::Upstream
+            {
                 tracing::warn!(
                     route = %route.config.name,
-                    upstream = %target.url,
+                    upstream = outcome.upstream.unwrap_or("(none usable)"),
                     request_id = request_id.to_str().unwrap_or(""),
                     error = e.kind(),
                     "upstream request failed"
@@ -310,6 +349,27 @@ fn https_redirect(host: &str, port: u16, uri: &http::Uri) -> Response<Body> {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
+}
+
+/// True when the request announces a body.
+fn has_body(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || content_length(req.headers()).is_some_and(|n| n > 0)
+}
+
+/// The same URI with another path (query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
+    let mut parts = uri.clone().into_parts();
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| ProxyError::BadRequest("The request target is not valid."))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("The request target is not valid."))
 }
 
 fn routing_prefix_is_reserved(path: &str) -> bool {

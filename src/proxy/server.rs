@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::{ConnInfo, handle};
 use crate::config::ServerConfig;
@@ -28,11 +28,17 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
         // Without a timer hyper silently skips this; with it a slow client
         // cannot hold a connection open by trickling header bytes.
         .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_bytes)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(server.h2_max_concurrent_streams)
+        .max_header_list_size(server.max_header_bytes as u32)
+        // Rapid-reset protection: a client resetting streams it opened
+        // faster than we answer gets a GOAWAY (h2 >= 0.4.4 also counts
+        // locally reset streams).
         .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
@@ -78,16 +84,27 @@ impl Default for Drain {
     }
 }
 
-/// Accepts plain TCP connections until shutdown.
+/// Accepts plain TCP connections until shutdown. `slots` bounds the
+/// connections served at once across the public listeners: when none is
+/// free, accepting pauses (the kernel's backlog holds new clients) instead
+/// of failing.
 pub async fn accept_loop(
     listener: TcpListener,
     proto: &'static str,
     shared: Arc<Shared>,
     builder: Arc<HttpBuilder>,
+    slots: Arc<Semaphore>,
     mut drain: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = drain.changed() => break,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -113,6 +130,7 @@ pub async fn accept_loop(
         let drain = drain.clone();
         tokio::spawn(async move {
             serve_connection(TokioIo::new(stream), info, shared, &builder, drain).await;
+            drop(permit);
         });
     }
     tracing::debug!(listener = proto, "stopped accepting");

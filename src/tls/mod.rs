@@ -19,7 +19,7 @@ use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::StartHandshake;
 
 pub use store::CertStore;
@@ -105,10 +105,18 @@ pub async fn accept_loop(
     tls: Arc<TlsContext>,
     shared: Arc<Shared>,
     builder: Arc<HttpBuilder>,
+    slots: Arc<Semaphore>,
     mut drain: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = drain.changed() => break,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -163,6 +171,7 @@ pub async fn accept_loop(
                 drain,
             )
             .await;
+            drop(permit);
         });
     }
 }

@@ -1,0 +1,600 @@
+//! The browser sign-in flow and the gateway's own endpoints under
+//! `/.portcullis/`: the redirect to the provider, the callback, logout,
+//! the signed-out page, and back-channel logout.
+//!
+//! Where to return after sign-in is kept server-side, keyed by `state`,
+//! and is always an absolute URL on the host the user asked for; nothing
+//! in a query parameter can point it elsewhere. A short-lived cookie binds
+//! the `state` to the browser that started the sign-in, so a callback URL
+//! captured from someone else's sign-in does not log a victim in.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use openidconnect::OAuth2TokenResponse as _;
+use openidconnect::TokenResponse as _;
+
+use super::jwt::{self, JwtError};
+use super::provider::{FlowError, merge_userinfo, user_claims};
+use super::session::{decode_id, for_each_cookie, unix_now};
+use super::store::{SessionRecord, SubjectKey};
+use super::{AuthShared, AuthSnapshot, ProviderView};
+use crate::proxy::body::Body;
+use crate::proxy::error::{self, ProxyError};
+
+/// How long a started sign-in may take.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+/// Sign-ins in progress at once; beyond this, new ones get a 503.
+const MAX_PENDING: usize = 100_000;
+/// How long a request waits for discovery before answering 503.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
+
+/// Session cookie names: `__Host-` (host-only, Secure, Path=/) unless a
+/// `cookie_domain` is set or cookies are insecure, where browsers refuse it.
+pub const COOKIE_HOST: &str = "__Host-portcullis";
+pub const COOKIE_PLAIN: &str = "portcullis_session";
+/// The cookie binding a sign-in in progress to its browser.
+pub const LOGIN_COOKIE_HOST: &str = "__Host-portcullis-login";
+pub const LOGIN_COOKIE_PLAIN: &str = "portcullis_login";
+/// Every cookie of ours: never forwarded to a backend.
+pub const OUR_COOKIES: [&str; 4] = [COOKIE_HOST, COOKIE_PLAIN, LOGIN_COOKIE_HOST, LOGIN_COOKIE_PLAIN];
+
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// A sign-in between the redirect to the provider and the callback.
+struct Pending {
+    provider: String,
+    issuer: String,
+    nonce: String,
+    pkce_verifier: String,
+    redirect_uri: String,
+    return_to: String,
+    /// The host (with port) the sign-in started on; the callback must match.
+    host: String,
+    binding: String,
+    started: Instant,
+}
+
+/// Sign-ins in progress, keyed by `state`. In memory: a restart in the
+/// middle of a sign-in just means signing in again.
+#[derive(Default)]
+pub struct PendingLogins {
+    map: DashMap<String, Pending>,
+}
+
+impl PendingLogins {
+    fn insert(&self, state: String, p: Pending) -> bool {
+        if self.map.len() >= MAX_PENDING {
+            self.purge();
+            if self.map.len() >= MAX_PENDING {
+                return false;
+            }
+        }
+        self.map.insert(state, p);
+        true
+    }
+
+    /// Removes and returns the sign-in for `state` (each state works once).
+    fn take(&self, state: &str) -> Option<Pending> {
+        let (_, p) = self.map.remove(state)?;
+        (p.started.elapsed() < LOGIN_TTL).then_some(p)
+    }
+
+    /// Drops sign-ins that were never finished.
+    pub fn purge(&self) {
+        self.map.retain(|_, p| p.started.elapsed() < LOGIN_TTL);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Where the user wanted to go, as the gateway saw the request.
+pub struct LoginTarget<'a> {
+    /// `http` or `https`, as the browser reached us.
+    pub scheme: &'static str,
+    /// The Host the browser used (validated, may carry a port).
+    pub host: &'a str,
+    pub path_and_query: &'a str,
+}
+
+/// An absolute URL on `host` for a path and query. Leading runs of `/` and
+/// `\` collapse to one `/`, so `//evil.example` stays a path on this host.
+pub fn return_to(scheme: &str, host: &str, path_and_query: &str) -> String {
+    let pq = if path_and_query.starts_with('/') {
+        path_and_query
+    } else {
+        "/"
+    };
+    let rest = pq.trim_start_matches(['/', '\\']);
+    let rest: String = rest.chars().filter(|c| !c.is_control()).collect();
+    format!("{scheme}://{host}/{rest}")
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("the OS random number generator failed");
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn login_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        LOGIN_COOKIE_HOST
+    } else {
+        LOGIN_COOKIE_PLAIN
+    }
+}
+
+/// A `Set-Cookie` value. `domain` only for the session cookie.
+fn cookie(name: &str, value: &str, max_age: u64, secure: bool, domain: Option<&str>) -> HeaderValue {
+    let mut s = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax");
+    if secure {
+        s.push_str("; Secure");
+    }
+    if let Some(d) = domain {
+        s.push_str("; Domain=");
+        s.push_str(d);
+    }
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn session_cookie(view: &ProviderView, value: &str, max_age: u64) -> HeaderValue {
+    let cfg = &view.config;
+    cookie(
+        view.cookie_name,
+        value,
+        max_age,
+        !cfg.insecure_cookies,
+        cfg.cookie_domain.as_deref(),
+    )
+}
+
+fn redirect(location: &str) -> Result<Response<Body>, ProxyError> {
+    let mut r = Response::new(Body::Empty);
+    *r.status_mut() = StatusCode::FOUND;
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(location).map_err(|_| ProxyError::Internal)?,
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// Sends the browser to the provider.
+pub(super) async fn start_login(
+    auth: &AuthShared,
+    view: &ProviderView,
+    target: &LoginTarget<'_>,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ProxyError> {
+    let secure = !view.config.insecure_cookies;
+    if secure && target.scheme != "https" {
+        // A Secure cookie set over plain HTTP is dropped by the browser:
+        // redirecting would loop forever.
+        return Err(ProxyError::BadRequest(
+            "Sign-in needs HTTPS: open this address with https://.",
+        ));
+    }
+    let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
+        return Err(ProxyError::LoginUnavailable);
+    };
+    let redirect_uri = format!("{}://{}/.portcullis/callback", target.scheme, target.host);
+    let req = view
+        .provider
+        .authorize(&d, &view.config.scopes, &redirect_uri)
+        .map_err(|e| {
+            tracing::error!(provider = %view.config.name, error = %e, "cannot build the authorization URL");
+            ProxyError::Internal
+        })?;
+    let login_cookie = login_cookie_name(secure);
+    let mut binding = None;
+    for_each_cookie(headers, login_cookie, |v| {
+        let ok = v.len() == 22 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            binding = Some(v.to_string());
+        }
+        ok
+    });
+    let binding = binding.unwrap_or_else(random_token);
+    let pending = Pending {
+        provider: view.config.name.clone(),
+        issuer: view.config.issuer.clone(),
+        nonce: req.nonce,
+        pkce_verifier: req.pkce_verifier,
+        redirect_uri,
+        return_to: return_to(target.scheme, target.host, target.path_and_query),
+        host: target.host.to_ascii_lowercase(),
+        binding: binding.clone(),
+        started: Instant::now(),
+    };
+    if !auth.pending.insert(req.state, pending) {
+        tracing::warn!("too many sign-ins in progress; refusing new ones for now");
+        return Err(ProxyError::LoginUnavailable);
+    }
+    let mut resp = redirect(&req.url)?;
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        cookie(login_cookie, &binding, LOGIN_TTL.as_secs(), secure, None),
+    );
+    Ok(resp)
+}
+
+/// The first value of each wanted query parameter.
+fn query_params<'q, const N: usize>(query: &'q str, names: [&str; N]) -> [Option<String>; N] {
+    let mut out: [Option<String>; N] = std::array::from_fn(|_| None);
+    for (k, v) in openidconnect::url::form_urlencoded::parse(query.as_bytes()) {
+        if let Some(i) = names.iter().position(|n| *n == k)
+            && out[i].is_none()
+        {
+            out[i] = Some(v.into_owned());
+        }
+    }
+    let _: &'q str = query;
+    out
+}
+
+/// Constant-time comparison for the binding cookie.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// `/.portcullis/callback`: checks the answer, makes a new session, and
+/// sends the browser back where it started.
+pub(super) async fn callback(
+    auth: &AuthShared,
+    snap: &AuthSnapshot,
+    req: &Request<Incoming>,
+    raw_host: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let [code, state, err, iss] =
+        query_params(req.uri().query().unwrap_or(""), ["code", "state", "error", "iss"]);
+    let Some(state) = state else {
+        return Err(ProxyError::LoginFailed(
+            "The sign-in answer is incomplete. Go back to the site and sign in again.",
+        ));
+    };
+    let Some(p) = auth.pending.take(&state) else {
+        return Err(ProxyError::LoginFailed(
+            "This sign-in has expired or was already used. Go back to the site and sign in again.",
+        ));
+    };
+    let view = snap
+        .by_name(&p.provider)
+        .filter(|v| v.config.issuer == p.issuer)
+        .ok_or(ProxyError::LoginFailed(
+            "The sign-in settings changed meanwhile. Go back to the site and sign in again.",
+        ))?;
+    let secure = !view.config.insecure_cookies;
+    let mut bound = false;
+    for_each_cookie(req.headers(), login_cookie_name(secure), |v| {
+        bound = same_secret(v, &p.binding);
+        bound
+    });
+    if !bound {
+        tracing::warn!(provider = %p.provider, "sign-in callback from a browser that did not start it; refused");
+        return Err(ProxyError::LoginFailed(
+            "This sign-in was started in another browser. Go back to the site and sign in again.",
+        ));
+    }
+    if !raw_host.eq_ignore_ascii_case(&p.host) {
+        return Err(ProxyError::LoginFailed(
+            "This sign-in was started on another site address. Go back to the site and sign in again.",
+        ));
+    }
+    if let Some(e) = err {
+        tracing::info!(provider = %p.provider, error = %e, "the provider did not sign the user in");
+        return Err(ProxyError::LoginFailed(
+            "The identity provider did not sign you in.",
+        ));
+    }
+    if let Some(iss) = iss
+        && iss != view.config.issuer
+    {
+        tracing::warn!(provider = %p.provider, iss = %iss, "callback names another issuer (mix-up?); refused");
+        return Err(ProxyError::LoginFailed(
+            "The sign-in answer came from another identity provider.",
+        ));
+    }
+    let Some(code) = code else {
+        return Err(ProxyError::LoginFailed(
+            "The sign-in answer is incomplete. Go back to the site and sign in again.",
+        ));
+    };
+    let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
+        return Err(ProxyError::LoginUnavailable);
+    };
+    let tokens = match view
+        .provider
+        .exchange_code(&d, &code, &p.pkce_verifier, &p.redirect_uri)
+        .await
+    {
+        Ok(t) => t,
+        Err(FlowError::Unavailable(e)) => {
+            tracing::warn!(provider = %p.provider, error = %e, "code exchange failed");
+            return Err(ProxyError::LoginUnavailable);
+        }
+        Err(e) => {
+            tracing::warn!(provider = %p.provider, error = %e, "code exchange refused");
+            return Err(ProxyError::LoginFailed(
+                "The identity provider did not accept this sign-in. Go back to the site and sign in again.",
+            ));
+        }
+    };
+    let Some(id_token) = tokens.id_token() else {
+        tracing::warn!(provider = %p.provider, "token response has no ID token");
+        return Err(ProxyError::LoginFailed(
+            "The identity provider's answer could not be verified.",
+        ));
+    };
+    let claims = match view
+        .provider
+        .verify_id_token(d.clone(), id_token, Some(&p.nonce))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(provider = %p.provider, error = %e, "ID token refused");
+            return Err(ProxyError::LoginFailed(
+                "The identity provider's answer could not be verified.",
+            ));
+        }
+    };
+    let mut user = user_claims(&claims);
+    if user.email.is_none() && user.groups.is_empty() {
+        // Providers set to keep claims out of the ID token: ask userinfo.
+        match view
+            .provider
+            .userinfo(&d, tokens.access_token().secret(), &user.sub)
+            .await
+        {
+            Ok(info) => user = merge_userinfo(user, &info),
+            Err(e) => tracing::debug!(provider = %p.provider, error = %e, "userinfo unavailable"),
+        }
+    }
+    let now = unix_now();
+    let record = SessionRecord {
+        provider: view.config.name.clone(),
+        issuer: view.config.issuer.clone(),
+        sid: claims.additional_claims().sid.clone(),
+        created: now,
+        expires: now + view.config.session_ttl.as_secs(),
+        id_token: Some(id_token.to_string()),
+        access_token: Some(tokens.access_token().secret().clone()),
+        access_expires: tokens.expires_in().map(|d| now + d.as_secs()),
+        refresh_token: tokens.refresh_token().map(|r| r.secret().clone()),
+        user,
+    };
+    let sessions = auth.sessions().ok_or(ProxyError::Internal)?;
+    // Never reuse an id the browser brought along (session fixation).
+    let mut old = Vec::new();
+    for_each_cookie(req.headers(), view.cookie_name, |v| {
+        if let Some(id) = decode_id(v) {
+            old.push(id);
+        }
+        false
+    });
+    for id in old {
+        sessions.end(id).await;
+    }
+    let session = sessions.create(record).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot store a new session");
+        ProxyError::Internal
+    })?;
+    tracing::info!(
+        provider = %view.config.name,
+        user = %session.identity.display_name(),
+        "signed in"
+    );
+    let mut resp = redirect(&p.return_to)?;
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        session_cookie(
+            view,
+            &super::session::encode_id(&session.id),
+            view.config.session_ttl.as_secs(),
+        ),
+    );
+    Ok(resp)
+}
+
+/// `/.portcullis/logout`: ends the session, clears the cookie, and sends
+/// the browser to the provider's end-session endpoint (or straight to the
+/// signed-out page).
+pub(super) async fn logout(
+    auth: &AuthShared,
+    snap: &AuthSnapshot,
+    headers: &HeaderMap,
+    scheme: &str,
+    raw_host: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let signed_out = format!("{scheme}://{raw_host}/.portcullis/logged-out");
+    let mut ended = None;
+    if let Some(sessions) = auth.sessions() {
+        let mut ids = Vec::new();
+        for name in [COOKIE_HOST, COOKIE_PLAIN] {
+            for_each_cookie(headers, name, |v| {
+                if let Some(id) = decode_id(v) {
+                    ids.push(id);
+                }
+                false
+            });
+        }
+        for id in ids {
+            if let Some(rec) = sessions.end(id).await {
+                ended.get_or_insert(rec);
+            }
+        }
+    }
+    let view = ended.as_ref().and_then(|r| snap.by_name(&r.provider));
+    let mut location = signed_out.clone();
+    if let (Some(rec), Some(view)) = (&ended, view) {
+        tracing::info!(provider = %rec.provider, user = %rec.user.username, "signed out");
+        if let Some(d) = view.provider.ensure(Duration::from_secs(2)).await
+            && let Some(end) = &d.end_session
+            && let Ok(mut url) = openidconnect::url::Url::parse(end)
+        {
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(t) = &rec.id_token {
+                    q.append_pair("id_token_hint", t);
+                }
+                q.append_pair("client_id", &view.config.client_id);
+                q.append_pair("post_logout_redirect_uri", &signed_out);
+            }
+            location = url.to_string();
+        }
+    }
+    let mut resp = redirect(&location)?;
+    let h = resp.headers_mut();
+    match view {
+        Some(v) => {
+            h.append(header::SET_COOKIE, session_cookie(v, "", 0));
+        }
+        None => {
+            h.append(header::SET_COOKIE, cookie(COOKIE_HOST, "", 0, true, None));
+            h.append(header::SET_COOKIE, cookie(COOKIE_PLAIN, "", 0, false, None));
+        }
+    }
+    Ok(resp)
+}
+
+/// `/.portcullis/logged-out`.
+pub(super) fn logged_out(request_id: &HeaderValue, accept: Option<&HeaderValue>) -> Response<Body> {
+    error::render_titled(
+        StatusCode::OK,
+        "Signed out",
+        "You are signed out. Close this tab, or open the site again to sign in.",
+        request_id,
+        error::wants_json(accept),
+    )
+}
+
+/// `/.portcullis/backchannel-logout`: the provider tells us a user's
+/// session there ended; end ours.
+pub(super) async fn backchannel(
+    auth: &AuthShared,
+    snap: &AuthSnapshot,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    const BAD: ProxyError = ProxyError::BadRequest("The logout token is not valid.");
+    if req.method() != Method::POST {
+        return Err(ProxyError::BadRequest(
+            "Back-channel logout takes a POST with a logout_token.",
+        ));
+    }
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::BadRequest("The logout request body is too large or broken."))?
+        .to_bytes();
+    let token = openidconnect::url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+        .ok_or(BAD)?;
+    let jwt = jwt::parse(&token).map_err(|_| BAD)?;
+    let iss = jwt.str_claim("iss").ok_or(BAD)?;
+    let view = snap
+        .providers
+        .iter()
+        .filter(|v| v.config.issuer == iss)
+        .find(|v| jwt.check_audience(std::iter::once(v.config.client_id.as_str())).is_ok())
+        .ok_or(BAD)?;
+    let Some(mut d) = view.provider.ensure(DISCOVERY_WAIT).await else {
+        return Err(ProxyError::LoginUnavailable);
+    };
+    let secret = Some(view.provider.client_secret());
+    let mut checked = jwt.verify_signature(&d.id_token_algs, d.jwks(), secret);
+    if checked == Err(JwtError::NoMatchingKey)
+        && let Some(newer) = view.provider.refetch_jwks(&d).await
+    {
+        d = newer;
+        checked = jwt.verify_signature(&d.id_token_algs, d.jwks(), secret);
+    }
+    let valid = checked
+        .and_then(|_| jwt.check_times(unix_now(), false))
+        .and_then(|_| {
+            if !jwt.has_iat() {
+                return Err(JwtError::Claims("no iat"));
+            }
+            if jwt.claims.contains_key("nonce") {
+                return Err(JwtError::Claims("a logout token has no nonce"));
+            }
+            match jwt.claims.get("events").and_then(|e| e.get(BACKCHANNEL_EVENT)) {
+                Some(serde_json::Value::Object(_)) => Ok(()),
+                _ => Err(JwtError::Claims("no back-channel logout event")),
+            }
+        });
+    if let Err(e) = valid {
+        tracing::warn!(provider = %view.config.name, error = %e, "back-channel logout token refused");
+        return Err(BAD);
+    }
+    let key = match (jwt.str_claim("sid"), jwt.str_claim("sub")) {
+        (Some(sid), _) => SubjectKey::Sid(sid.to_string()),
+        (None, Some(sub)) => SubjectKey::Sub(sub.to_string()),
+        (None, None) => return Err(BAD),
+    };
+    let sessions = auth.sessions().ok_or(ProxyError::Internal)?;
+    let ended = sessions.end_matching(&view.config.name, key).await;
+    tracing::info!(provider = %view.config.name, sessions = ended, "back-channel logout");
+    let mut r = Response::new(Body::Empty);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_to_stays_on_host() {
+        let cases = [
+            ("/app?x=1", "https://a.test/app?x=1"),
+            ("//evil.example/x", "https://a.test/evil.example/x"),
+            ("/\\evil.example", "https://a.test/evil.example"),
+            ("/\\/evil.example", "https://a.test/evil.example"),
+            ("/%2F%2Fevil.example", "https://a.test/%2F%2Fevil.example"),
+            ("https://evil.example/", "https://a.test/"),
+            ("", "https://a.test/"),
+        ];
+        for (pq, want) in cases {
+            assert_eq!(return_to("https", "a.test", pq), want, "{pq}");
+        }
+    }
+
+    #[test]
+    fn query_params_take_the_first() {
+        let [a, b, c] = query_params("code=1&state=x%20y&code=2", ["code", "state", "error"]);
+        assert_eq!(a.as_deref(), Some("1"));
+        assert_eq!(b.as_deref(), Some("x y"));
+        assert_eq!(c, None);
+    }
+
+    #[test]
+    fn cookies_have_the_flags() {
+        let c = cookie(COOKIE_HOST, "v", 60, true, None);
+        assert_eq!(
+            c,
+            "__Host-portcullis=v; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
+        );
+        let c = cookie(COOKIE_PLAIN, "v", 60, true, Some("example.com"));
+        assert!(c.to_str().unwrap().ends_with("; Secure; Domain=example.com"));
+    }
+}

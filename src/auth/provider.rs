@@ -1,0 +1,551 @@
+//! One identity provider at run time: discovery (at start, on reload, and
+//! retried in the background while the provider is down), the JWKS cache
+//! (refetched, rate-limited, when a token names an unknown `kid`), and the
+//! OpenID Connect exchanges: authorization URL with PKCE, code exchange,
+//! ID token verification, refresh and userinfo.
+//!
+//! A `Provider` outlives reloads as long as its identity (issuer, client
+//! id, secret, CA file) is unchanged, so reloads keep the discovered
+//! metadata and a reload never makes logins fail while it rediscovers.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
+    CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    AccessToken, AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId,
+    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IdToken, IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, SignatureVerificationError, StandardErrorResponse, StandardTokenResponse,
+    SubjectIdentifier, UserInfoClaims,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::Mutex;
+
+use super::http::ProviderHttp;
+use crate::config::{OidcConfig, Secret};
+
+/// Bound on one exchange with the provider.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests may trigger a discovery attempt at most this often.
+const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// A token with an unknown `kid` refetches the JWKS at most this often.
+const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Background discovery retry: doubling from 1 s up to this.
+const DISCOVERY_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Claims beyond the standard ones: Authentik's `groups`, and `sid`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraClaims {
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub sid: Option<String>,
+}
+impl AdditionalClaims for ExtraClaims {}
+
+/// `groups` as a list (Authentik), tolerating a single string.
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum G {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<G>::deserialize(d)? {
+        None => None,
+        Some(G::One(s)) => Some(vec![s]),
+        Some(G::Many(v)) => Some(v),
+    })
+}
+
+type IdFields = IdTokenFields<
+    ExtraClaims,
+    EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+pub type TokenResponse = StandardTokenResponse<IdFields, CoreTokenType>;
+pub type OidcIdToken =
+    IdToken<ExtraClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+pub type IdClaims = IdTokenClaims<ExtraClaims, CoreGenderClaim>;
+pub type UserInfo = UserInfoClaims<ExtraClaims, CoreGenderClaim>;
+type OidcClient = openidconnect::Client<
+    ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    TokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// What discovery found, with a client built from it.
+pub struct Discovered {
+    metadata: ProviderMetadataWithLogout,
+    client: OidcClient,
+    /// `id_token_signing_alg_values_supported`: exactly these are accepted
+    /// on ID tokens and logout tokens.
+    pub id_token_algs: Vec<CoreJwsSigningAlgorithm>,
+    pub end_session: Option<String>,
+}
+
+impl Discovered {
+    fn new(metadata: ProviderMetadataWithLogout, client_id: &str, secret: &Secret) -> Self {
+        let client = OidcClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(client_id.to_string()),
+            Some(ClientSecret::new(secret.expose().to_string())),
+        );
+        Discovered {
+            id_token_algs: metadata.id_token_signing_alg_values_supported().clone(),
+            end_session: metadata
+                .additional_metadata()
+                .end_session_endpoint
+                .as_ref()
+                .map(|u| u.url().to_string()),
+            client,
+            metadata,
+        }
+    }
+
+    pub fn jwks(&self) -> &CoreJsonWebKeySet {
+        self.metadata.jwks()
+    }
+}
+
+/// Why an exchange with the provider failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlowError {
+    /// Not reachable, timed out, or answered with garbage: try later.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider refused (e.g. `invalid_grant`).
+    #[error("provider refused: {0}")]
+    Rejected(String),
+    /// What it sent does not verify.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+fn token_error<RE: std::error::Error + 'static>(
+    e: RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
+) -> FlowError {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let mut s = r.error().to_string();
+            if let Some(d) = r.error_description() {
+                s.push_str(": ");
+                s.push_str(d);
+            }
+            FlowError::Rejected(s)
+        }
+        RequestTokenError::Request(e) => {
+            FlowError::Unavailable(crate::proxy::forward::error_chain(&e))
+        }
+        RequestTokenError::Parse(e, _) => {
+            FlowError::Unavailable(format!("unreadable token response: {e}"))
+        }
+        RequestTokenError::Other(s) => FlowError::Unavailable(s),
+    }
+}
+
+/// A login about to be sent to the provider.
+pub struct AuthRequest {
+    pub url: String,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+/// One provider at run time.
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    secret: Secret,
+    ca_file: Option<PathBuf>,
+    http: ProviderHttp,
+    current: ArcSwapOption<Discovered>,
+    /// Serialises discovery attempts; holds the time of the last one.
+    discovery: Mutex<Option<Instant>>,
+    /// Serialises JWKS refetches; holds the time of the last one.
+    jwks_fetch: Mutex<Option<Instant>>,
+    retrying: AtomicBool,
+}
+
+impl Provider {
+    pub fn new(cfg: &OidcConfig) -> Result<Arc<Provider>, String> {
+        let http = ProviderHttp::new(cfg.ca_file.as_deref(), HTTP_TIMEOUT)?;
+        Ok(Arc::new(Provider {
+            name: cfg.name.clone(),
+            issuer: cfg.issuer.clone(),
+            client_id: cfg.client_id.clone(),
+            secret: cfg.client_secret.clone(),
+            ca_file: cfg.ca_file.clone(),
+            http,
+            current: ArcSwapOption::empty(),
+            discovery: Mutex::new(None),
+            jwks_fetch: Mutex::new(None),
+            retrying: AtomicBool::new(false),
+        }))
+    }
+
+    /// Same provider and client as `cfg` (so a reload may keep this one)?
+    pub fn same_identity(&self, cfg: &OidcConfig) -> bool {
+        self.name == cfg.name
+            && self.issuer == cfg.issuer
+            && self.client_id == cfg.client_id
+            && self.secret == cfg.client_secret
+            && self.ca_file == cfg.ca_file
+    }
+
+    pub fn client_secret(&self) -> &str {
+        self.secret.expose()
+    }
+
+    /// The discovered metadata, if discovery has succeeded.
+    #[inline]
+    pub fn discovered(&self) -> Option<Arc<Discovered>> {
+        self.current.load_full()
+    }
+
+    async fn fetch(&self) -> Result<Discovered, String> {
+        let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
+        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| crate::proxy::forward::error_chain(&e))?;
+        Ok(Discovered::new(metadata, &self.client_id, &self.secret))
+    }
+
+    /// Runs discovery now (waiting for one already running) and publishes
+    /// the result. On failure the previous metadata, if any, stays.
+    pub async fn discover(&self) -> Result<Arc<Discovered>, String> {
+        let mut last = self.discovery.lock().await;
+        *last = Some(Instant::now());
+        self.discover_locked().await
+    }
+
+    async fn discover_locked(&self) -> Result<Arc<Discovered>, String> {
+        match self.fetch().await {
+            Ok(d) => {
+                let d = Arc::new(d);
+                let algs: Vec<String> = d
+                    .id_token_algs
+                    .iter()
+                    .filter_map(|a| serde_json::to_value(a).ok())
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
+                tracing::info!(
+                    provider = %self.name,
+                    issuer = %self.issuer,
+                    id_token_algs = %algs.join(","),
+                    keys = d.jwks().keys().len(),
+                    end_session = d.end_session.is_some(),
+                    "OIDC provider discovered"
+                );
+                self.current.store(Some(d.clone()));
+                Ok(d)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    provider = %self.name,
+                    issuer = %self.issuer,
+                    error = %e,
+                    "OIDC discovery failed; logins through this provider answer 503 until it succeeds"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The metadata, discovering now if there is none yet (rate-limited,
+    /// bounded by `wait`). `None` means the provider is unavailable.
+    pub async fn ensure(&self, wait: Duration) -> Option<Arc<Discovered>> {
+        if let Some(d) = self.discovered() {
+            return Some(d);
+        }
+        let attempt = async {
+            let mut last = self.discovery.lock().await;
+            // Someone else may have succeeded while we waited for the lock.
+            if let Some(d) = self.discovered() {
+                return Some(d);
+            }
+            if last.is_some_and(|t| t.elapsed() < DISCOVERY_MIN_INTERVAL) {
+                return None;
+            }
+            *last = Some(Instant::now());
+            self.discover_locked().await.ok()
+        };
+        tokio::time::timeout(wait, attempt).await.ok().flatten()
+    }
+
+    /// Refetches the JWKS after a token named a key we do not have; at most
+    /// once per [`JWKS_MIN_INTERVAL`]. Returns the new metadata if the key
+    /// set changed.
+    pub async fn refetch_jwks(&self, seen: &Arc<Discovered>) -> Option<Arc<Discovered>> {
+        let mut last = self.jwks_fetch.lock().await;
+        if let Some(now) = self.discovered()
+            && !Arc::ptr_eq(&now, seen)
+        {
+            // Refreshed while we waited.
+            return Some(now);
+        }
+        if last.is_some_and(|t| t.elapsed() < JWKS_MIN_INTERVAL) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        let fetched = CoreJsonWebKeySet::fetch_async(seen.metadata.jwks_uri(), &self.http).await;
+        match fetched {
+            Ok(jwks) => {
+                tracing::info!(
+                    provider = %self.name,
+                    keys = jwks.keys().len(),
+                    "refetched the provider's signing keys (unknown key id)"
+                );
+                let metadata = seen.metadata.clone().set_jwks(jwks);
+                let d = Arc::new(Discovered::new(metadata, &self.client_id, &self.secret));
+                self.current.store(Some(d.clone()));
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    provider = %self.name,
+                    error = %crate::proxy::forward::error_chain(&e),
+                    "cannot refetch the provider's signing keys"
+                );
+                None
+            }
+        }
+    }
+
+    /// Starts a background task that retries discovery with back-off until
+    /// it succeeds or this provider is dropped (a reload replaced it). One
+    /// per provider at a time.
+    pub fn retry_in_background(self: &Arc<Self>) {
+        if self.discovered().is_some() || self.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Provider> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                if p.discovered().is_some() {
+                    p.retrying.store(false, Ordering::Release);
+                    return;
+                }
+                {
+                    let mut last = p.discovery.lock().await;
+                    if p.discovered().is_none() {
+                        *last = Some(Instant::now());
+                        let _ = p.discover_locked().await;
+                    }
+                }
+                if p.discovered().is_some() {
+                    p.retrying.store(false, Ordering::Release);
+                    return;
+                }
+                drop(p);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(DISCOVERY_RETRY_MAX);
+            }
+        });
+    }
+
+    /// The authorization URL for a new login: code flow, PKCE S256, fresh
+    /// `state` and `nonce`.
+    pub fn authorize(
+        &self,
+        d: &Discovered,
+        scopes: &[String],
+        redirect_uri: &str,
+    ) -> Result<AuthRequest, String> {
+        let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|e| e.to_string())?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state, nonce) = d
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            // `openid` is added by the client itself.
+            .add_scopes(
+                scopes
+                    .iter()
+                    .filter(|s| *s != "openid")
+                    .map(|s| Scope::new(s.clone())),
+            )
+            .set_pkce_challenge(challenge)
+            .set_redirect_uri(Cow::Owned(redirect))
+            .url();
+        Ok(AuthRequest {
+            url: url.to_string(),
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Exchanges an authorization code.
+    pub async fn exchange_code(
+        &self,
+        d: &Discovered,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<TokenResponse, FlowError> {
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        d.client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| FlowError::Unavailable(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
+            .set_redirect_uri(Cow::Owned(redirect))
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)
+    }
+
+    /// Exchanges a refresh token.
+    pub async fn refresh(&self, d: &Discovered, refresh_token: &str) -> Result<TokenResponse, FlowError> {
+        let rt = RefreshToken::new(refresh_token.to_string());
+        d.client
+            .exchange_refresh_token(&rt)
+            .map_err(|e| FlowError::Unavailable(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)
+    }
+
+    /// Verifies an ID token (signature with an advertised algorithm, `iss`,
+    /// `aud`, `exp`, and the nonce when given), refetching the JWKS once if
+    /// the token names an unknown key.
+    pub async fn verify_id_token(
+        &self,
+        mut d: Arc<Discovered>,
+        token: &OidcIdToken,
+        nonce: Option<&str>,
+    ) -> Result<IdClaims, FlowError> {
+        let mut refetched = false;
+        loop {
+            let result = {
+                let verifier = d.client.id_token_verifier();
+                match nonce {
+                    Some(n) => {
+                        let n = Nonce::new(n.to_string());
+                        token.claims(&verifier, &n).cloned()
+                    }
+                    // Refreshed ID tokens carry no nonce.
+                    None => token
+                        .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                        .cloned(),
+                }
+            };
+            match result {
+                Ok(c) => return Ok(c),
+                Err(ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                )) if !refetched => {
+                    refetched = true;
+                    match self.refetch_jwks(&d).await {
+                        Some(newer) => d = newer,
+                        None => {
+                            return Err(FlowError::Invalid(
+                                "signed with an unknown key".to_string(),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => return Err(FlowError::Invalid(e.to_string())),
+            }
+        }
+    }
+
+    /// Userinfo for `sub`, used when the ID token lacks the profile claims.
+    pub async fn userinfo(
+        &self,
+        d: &Discovered,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<UserInfo, FlowError> {
+        let req = d
+            .client
+            .user_info(
+                AccessToken::new(access_token.to_string()),
+                Some(SubjectIdentifier::new(sub.to_string())),
+            )
+            .map_err(|e| FlowError::Unavailable(e.to_string()))?;
+        req.request_async(&self.http)
+            .await
+            .map_err(|e| FlowError::Unavailable(crate::proxy::forward::error_chain(&e)))
+    }
+}
+
+/// The user as the ID token describes them.
+pub fn user_claims(c: &IdClaims) -> crate::auth::identity::UserClaims {
+    let sub = c.subject().as_str().to_string();
+    let email = c.email().map(|e| e.as_str().to_string());
+    let preferred = c.preferred_username().map(|u| u.as_str());
+    crate::auth::identity::UserClaims {
+        username: crate::auth::identity::username_of(preferred, email.as_deref(), &sub),
+        email_verified: c.email_verified(),
+        name: c
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_string()),
+        groups: c.additional_claims().groups.clone().unwrap_or_default(),
+        email,
+        sub,
+    }
+}
+
+/// Fills what the ID token left out from a userinfo answer.
+pub fn merge_userinfo(
+    mut user: crate::auth::identity::UserClaims,
+    info: &UserInfo,
+) -> crate::auth::identity::UserClaims {
+    if user.email.is_none() {
+        user.email = info.email().map(|e| e.as_str().to_string());
+        user.email_verified = info.email_verified();
+    }
+    if user.name.is_none() {
+        user.name = info
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_string());
+    }
+    if user.groups.is_empty()
+        && let Some(g) = &info.additional_claims().groups
+    {
+        user.groups = g.clone();
+    }
+    if user.username == user.sub
+        && let Some(u) = info.preferred_username()
+    {
+        user.username = u.as_str().to_string();
+    }
+    user
+}

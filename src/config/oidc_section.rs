@@ -1,0 +1,605 @@
+//! Validation of the single sign-on parts of the config: `[oidc.NAME]`
+//! providers, route `auth` and `identity_headers`, and whether every
+//! protected route can receive its provider's session cookie.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeValue, ValueDeserializer};
+
+use super::file::{FileAuth, FileOidc};
+use super::validate::{Cx, resolve_relative};
+use super::{HostPattern, RouteConfig, Secret, parse_duration};
+
+/// Scopes asked for when the config does not say: `offline_access` makes
+/// Authentik issue a refresh token.
+pub const DEFAULT_SCOPES: [&str; 4] = ["openid", "email", "profile", "offline_access"];
+const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// `[oidc.NAME]`, checked. The client secret is read from its file here.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The NAME in `[oidc.NAME]`.
+    pub name: String,
+    /// Exactly as configured (trailing slash kept); compared byte for byte
+    /// with the discovery document and every token's `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub client_secret_file: PathBuf,
+    pub scopes: Vec<String>,
+    /// Lowercase, no leading dot.
+    pub cookie_domain: Option<String>,
+    pub session_ttl: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token audiences accepted besides `client_id`.
+    pub audiences: Vec<String>,
+    /// Dev only: cookies without `Secure` (and so without the `__Host-` prefix).
+    pub insecure_cookies: bool,
+    /// 1-based line of the `[oidc.NAME]` table.
+    pub line: usize,
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Default)]
+pub enum RouteAuth {
+    #[default]
+    Public,
+    /// Signed in through a provider, and allowed by the policy.
+    Oidc(Arc<OidcPolicy>),
+}
+
+/// `auth = { oidc = "NAME", groups, emails, email_domains }` plus the
+/// route's `identity_headers`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcPolicy {
+    /// The provider's name.
+    pub provider: String,
+    /// Index of the provider in [`Config::oidc`](super::Config::oidc).
+    pub provider_index: usize,
+    /// Allowed if in any of these groups (exact, case-sensitive).
+    pub groups: Vec<String>,
+    /// Allowed if the email is one of these (lowercase).
+    pub emails: Vec<String>,
+    /// Allowed if the email's domain is one of these (lowercase, no `@`).
+    pub email_domains: Vec<String>,
+    pub identity_headers: IdentityHeaders,
+}
+
+impl OidcPolicy {
+    /// True when any signed-in user of the provider is allowed.
+    pub fn allows_everyone(&self) -> bool {
+        self.groups.is_empty() && self.emails.is_empty() && self.email_domains.is_empty()
+    }
+}
+
+/// Which identity headers a backend receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityHeaders {
+    /// The Authentik proxy outpost's `X-authentik-*` headers.
+    Authentik,
+    /// oauth2-proxy's `X-Forwarded-User`, `-Email`, `-Preferred-Username`, `-Groups`.
+    Forwarded,
+    None,
+}
+
+/// The checked providers, plus the names of `[oidc.NAME]` tables that had
+/// errors (so routes naming them do not get a second, misleading error).
+#[derive(Debug, Default)]
+pub(super) struct OidcSet {
+    pub list: Vec<OidcConfig>,
+    pub broken: Vec<String>,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Cx<'_> {
+    /// `[oidc.NAME]` tables.
+    pub(super) fn oidc(&mut self, value: Spanned<DeValue<'_>>) -> OidcSet {
+        let span = value.span();
+        let mut set = OidcSet::default();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.err(
+                Some(span),
+                "oidc",
+                "`oidc` must hold named tables: [oidc.NAME]".into(),
+            );
+            return set;
+        };
+        for (name, v) in table {
+            let name_span = name.span();
+            let name = name.get_ref().to_string();
+            let key = format!("oidc.{name}");
+            if !valid_name(&name) {
+                self.err(
+                    Some(name_span),
+                    &key,
+                    "a provider name uses 1-64 letters, digits, - or _".into(),
+                );
+                set.broken.push(name);
+                continue;
+            }
+            let v_span = v.span();
+            if !matches!(v.get_ref(), DeValue::Table(_)) {
+                self.err(
+                    Some(v_span),
+                    &key,
+                    format!("`{key}` must be a table: [{key}]"),
+                );
+                set.broken.push(name);
+                continue;
+            }
+            let raw = match FileOidc::deserialize(ValueDeserializer::from(v)) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.err(e.span().or(Some(v_span)), &key, e.message().to_string());
+                    set.broken.push(name);
+                    continue;
+                }
+            };
+            // The table header's line: the name's span is on it.
+            let line = self.line_of(name_span.start);
+            match self.oidc_provider(&key, name.clone(), line, raw) {
+                Some(c) => set.list.push(c),
+                None => set.broken.push(name),
+            }
+        }
+        set.list.sort_by(|a, b| a.name.cmp(&b.name));
+        set
+    }
+
+    fn oidc_provider(
+        &mut self,
+        key: &str,
+        name: String,
+        line: usize,
+        raw: FileOidc,
+    ) -> Option<OidcConfig> {
+        let before = self.errors.len();
+
+        let issuer = raw.issuer.get_ref().trim().to_string();
+        let issuer_ok = match issuer.parse::<http::Uri>() {
+            Ok(u) => {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.query().is_none()
+                    && !issuer.contains('#')
+            }
+            Err(_) => false,
+        };
+        if !issuer_ok {
+            self.err(
+                Some(raw.issuer.span()),
+                &format!("{key}.issuer"),
+                format!(
+                    "`{issuer}` is not an http(s) URL without query; write the issuer exactly as the provider shows it, e.g. \"https://auth.example.com/application/o/portcullis/\""
+                ),
+            );
+        }
+
+        let client_id = raw.client_id.get_ref().trim().to_string();
+        if client_id.is_empty() {
+            self.err(
+                Some(raw.client_id.span()),
+                &format!("{key}.client_id"),
+                "empty client_id".into(),
+            );
+        }
+
+        let secret_path = resolve_relative(self.file, Path::new(raw.client_secret_file.get_ref()));
+        let client_secret = match std::fs::read_to_string(&secret_path) {
+            Ok(t) if !t.trim().is_empty() => Some(Secret::new(t.trim().to_string())),
+            Ok(_) => {
+                self.err(
+                    Some(raw.client_secret_file.span()),
+                    &format!("{key}.client_secret_file"),
+                    format!("{} is empty", secret_path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.err(
+                    Some(raw.client_secret_file.span()),
+                    &format!("{key}.client_secret_file"),
+                    format!("cannot read {}: {e}", secret_path.display()),
+                );
+                None
+            }
+        };
+
+        let scopes = match raw.scopes {
+            None => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            Some(s) => {
+                let span = s.span();
+                let list = s.into_inner();
+                if !list.iter().any(|x| x == "openid") {
+                    self.err(
+                        Some(span.clone()),
+                        &format!("{key}.scopes"),
+                        "must include \"openid\"".into(),
+                    );
+                }
+                if list
+                    .iter()
+                    .any(|x| x.is_empty() || x.bytes().any(|b| b <= b' ' || b == b'"' || b == 0x7f))
+                {
+                    self.err(
+                        Some(span),
+                        &format!("{key}.scopes"),
+                        "a scope is one word without spaces or quotes".into(),
+                    );
+                }
+                list
+            }
+        };
+
+        let cookie_domain = raw.cookie_domain.and_then(|d| {
+            let text = d.get_ref().trim().trim_start_matches('.');
+            match super::parse_host_pattern(text) {
+                Ok(HostPattern::Exact(h)) => Some(h),
+                _ => {
+                    self.err(
+                        Some(d.span()),
+                        &format!("{key}.cookie_domain"),
+                        format!(
+                            "`{}` is not a domain name (e.g. \"example.com\")",
+                            d.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+
+        let session_ttl = match raw.session_ttl {
+            None => DEFAULT_SESSION_TTL,
+            Some(t) => match parse_duration(t.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(
+                        Some(t.span()),
+                        &format!("{key}.session_ttl"),
+                        "must be above zero".into(),
+                    );
+                    DEFAULT_SESSION_TTL
+                }
+                Err(msg) => {
+                    self.err(Some(t.span()), &format!("{key}.session_ttl"), msg);
+                    DEFAULT_SESSION_TTL
+                }
+            },
+        };
+
+        let ca_file = raw.ca_file.and_then(|f| {
+            let p = resolve_relative(self.file, Path::new(f.get_ref()));
+            match check_pem_certs(&p) {
+                Ok(()) => Some(p),
+                Err(msg) => {
+                    self.err(Some(f.span()), &format!("{key}.ca_file"), msg);
+                    None
+                }
+            }
+        });
+
+        let audiences = match raw.audiences {
+            None => Vec::new(),
+            Some(a) => {
+                let span = a.span();
+                let list = a.into_inner();
+                if list.iter().any(|x| x.trim().is_empty()) {
+                    self.err(
+                        Some(span),
+                        &format!("{key}.audiences"),
+                        "empty audience".into(),
+                    );
+                }
+                list
+            }
+        };
+
+        let insecure_cookies = raw.insecure_cookies.map(|b| *b.get_ref()).unwrap_or(false);
+
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(OidcConfig {
+            name,
+            issuer,
+            client_id,
+            client_secret: client_secret?,
+            client_secret_file: secret_path,
+            scopes,
+            cookie_domain,
+            session_ttl,
+            ca_file,
+            audiences,
+            insecure_cookies,
+            line,
+        })
+    }
+
+    /// A route's `auth` and `identity_headers`.
+    pub(super) fn route_auth(
+        &mut self,
+        key: &str,
+        auth: Option<Spanned<FileAuth>>,
+        identity_headers: Option<Spanned<String>>,
+        oidc: &OidcSet,
+    ) -> Option<RouteAuth> {
+        let ih_key = format!("{key}.identity_headers");
+        let headers = match &identity_headers {
+            None => None,
+            Some(h) => match h.get_ref().as_str() {
+                "authentik" => Some(IdentityHeaders::Authentik),
+                "forwarded" => Some(IdentityHeaders::Forwarded),
+                "none" => Some(IdentityHeaders::None),
+                other => {
+                    self.err(
+                        Some(h.span()),
+                        &ih_key,
+                        format!("`{other}`: use \"authentik\", \"forwarded\" or \"none\""),
+                    );
+                    return None;
+                }
+            },
+        };
+        let auth_key = format!("{key}.auth");
+        let Some(auth) = auth else {
+            if let Some(h) = &identity_headers {
+                self.err(
+                    Some(h.span()),
+                    &ih_key,
+                    "identity headers need a signed-in user: set auth = { oidc = \"NAME\" }".into(),
+                );
+                return None;
+            }
+            return Some(RouteAuth::Public);
+        };
+        let span = auth.span();
+        match auth.into_inner() {
+            FileAuth::Keyword(k) if k == "public" => {
+                if let Some(h) = &identity_headers {
+                    self.err(
+                        Some(h.span()),
+                        &ih_key,
+                        "identity headers need a signed-in user: this route is public".into(),
+                    );
+                    return None;
+                }
+                Some(RouteAuth::Public)
+            }
+            FileAuth::Keyword(other) => {
+                self.err(
+                    Some(span),
+                    &auth_key,
+                    format!("`{other}`: use \"public\" or {{ oidc = \"NAME\" }}"),
+                );
+                None
+            }
+            FileAuth::Oidc(t) => {
+                let Some(index) = oidc.list.iter().position(|p| p.name == t.oidc) else {
+                    if !oidc.broken.contains(&t.oidc) {
+                        let known: Vec<&str> = oidc.list.iter().map(|p| p.name.as_str()).collect();
+                        let msg = if known.is_empty() {
+                            format!(
+                                "unknown provider `{}`: there is no [oidc.{}] section",
+                                t.oidc, t.oidc
+                            )
+                        } else {
+                            format!(
+                                "unknown provider `{}`; known providers: {}",
+                                t.oidc,
+                                known.join(", ")
+                            )
+                        };
+                        self.err(Some(span), &auth_key, msg);
+                    }
+                    return None;
+                };
+                let mut bad = Vec::new();
+                let groups = t.groups.unwrap_or_default();
+                if groups.iter().any(|g| g.is_empty()) {
+                    bad.push("an empty group name");
+                }
+                let emails: Vec<String> = t
+                    .emails
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e.trim().to_ascii_lowercase())
+                    .collect();
+                if emails
+                    .iter()
+                    .any(|e| e.len() < 3 || e.starts_with('@') || !e.contains('@'))
+                {
+                    bad.push("an entry in `emails` that is not an email address");
+                }
+                let email_domains: Vec<String> = t
+                    .email_domains
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+                    .collect();
+                if email_domains
+                    .iter()
+                    .any(|d| !matches!(super::parse_host_pattern(d), Ok(HostPattern::Exact(_))))
+                {
+                    bad.push(
+                        "an entry in `email_domains` that is not a domain (e.g. \"example.com\")",
+                    );
+                }
+                if !bad.is_empty() {
+                    for b in bad {
+                        self.err(Some(span.clone()), &auth_key, b.to_string());
+                    }
+                    return None;
+                }
+                Some(RouteAuth::Oidc(Arc::new(OidcPolicy {
+                    provider: t.oidc,
+                    provider_index: index,
+                    groups,
+                    emails,
+                    email_domains,
+                    identity_headers: headers.unwrap_or(IdentityHeaders::Authentik),
+                })))
+            }
+        }
+    }
+
+    /// A protected route's host must be inside its provider's
+    /// `cookie_domain`, or the browser never sends the cookie back there
+    /// (a login loop).
+    pub(super) fn check_oidc_routes(&mut self, routes: &[RouteConfig], oidc: &OidcSet) {
+        for r in routes {
+            let RouteAuth::Oidc(p) = &r.auth else {
+                continue;
+            };
+            let Some(provider) = oidc.list.get(p.provider_index) else {
+                continue;
+            };
+            let Some(domain) = &provider.cookie_domain else {
+                continue;
+            };
+            let inside = |h: &str| h == domain || h.ends_with(&format!(".{domain}"));
+            let ok = match &r.host {
+                HostPattern::Exact(h) | HostPattern::Wildcard(h) => inside(h),
+                HostPattern::Any => false,
+            };
+            if !ok {
+                self.err(
+                    Some(self.line_span(r.line)),
+                    "route.auth",
+                    format!(
+                        "host `{}` is outside cookie_domain `{domain}` of [oidc.{}]: the session cookie would never reach it",
+                        r.host, provider.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The file exists and holds at least one PEM certificate.
+fn check_pem_certs(p: &Path) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    if !p.is_file() {
+        return Err(format!("{} does not exist", p.display()));
+    }
+    let mut n = 0;
+    for c in CertificateDer::pem_file_iter(p).map_err(|e| format!("{}: {e}", p.display()))? {
+        c.map_err(|e| format!("{}: {e}", p.display()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(format!("{} holds no PEM certificate", p.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, IdentityHeaders, RouteAuth, parse};
+    use std::path::Path;
+
+    fn with_secret(src: &str) -> (tempfile::TempDir, Result<crate::Config, Vec<ConfigError>>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        let path = dir.path().join("t.toml");
+        let r = parse(&path, src).map_err(|e| e.0);
+        (dir, r)
+    }
+
+    const PROVIDER: &str = "[server]\nhttp = \"127.0.0.1:0\"\n\n[oidc.authentik]\nissuer = \"https://auth.example.com/application/o/portcullis/\"\nclient_id = \"portcullis\"\nclient_secret_file = \"secret\"\n";
+
+    #[test]
+    fn provider_defaults_and_route_policy() {
+        let src = format!(
+            "{PROVIDER}\n[[route]]\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = {{ oidc = \"authentik\", groups = [\"admins\"], emails = [\"Bob@Example.org\"], email_domains = [\"@Example.com\"] }}\n\n[[route]]\nhost = \"b.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"public\"\n"
+        );
+        let (_d, c) = with_secret(&src);
+        let c = c.unwrap();
+        let p = &c.oidc[0];
+        assert_eq!(
+            p.issuer,
+            "https://auth.example.com/application/o/portcullis/"
+        );
+        assert_eq!(p.client_secret.expose(), "s3cret");
+        assert_eq!(p.scopes, ["openid", "email", "profile", "offline_access"]);
+        assert_eq!(p.session_ttl.as_secs(), 12 * 3600);
+        assert!(!p.insecure_cookies);
+        assert_eq!(p.line, 4);
+        let RouteAuth::Oidc(pol) = &c.routes[0].auth else {
+            panic!("route 1 should be protected")
+        };
+        assert_eq!(pol.provider_index, 0);
+        assert_eq!(pol.emails, ["bob@example.org"]);
+        assert_eq!(pol.email_domains, ["example.com"]);
+        assert_eq!(pol.identity_headers, IdentityHeaders::Authentik);
+        assert!(matches!(c.routes[1].auth, RouteAuth::Public));
+        assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let src = "[server]\nhttp = \"127.0.0.1:0\"\n\n[oidc.a]\nissuer = \"not a url\"\nclient_id = \"\"\nclient_secret_file = \"missing\"\nscopes = [\"email\"]\nsession_ttl = \"12x\"\n\n[oidc.b]\nissuer = \"https://x/\"\n\n[[route]]\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = { oidc = \"nope\" }\n\n[[route]]\nhost = \"b.example.com\"\nupstream = \"http://127.0.0.1:1\"\nidentity_headers = \"forwarded\"\n\n[[route]]\nhost = \"c.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = { oidc = \"a\" }\n\n[[route]]\nhost = \"d.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"private\"\n";
+        let (_d, r) = with_secret(src);
+        let e = r.unwrap_err();
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        for want in [
+            (5, "oidc.a.issuer"),
+            (6, "oidc.a.client_id"),
+            (7, "oidc.a.client_secret_file"),
+            (8, "oidc.a.scopes"),
+            (9, "oidc.a.session_ttl"),
+            (11, "oidc.b"),
+            (17, "route[1].auth"),
+            (22, "route[2].identity_headers"),
+            (32, "route[4].auth"),
+        ] {
+            assert!(got.contains(&want), "missing {want:?} in {e:#?}");
+        }
+        // Route 3 names the broken provider `a`: no second error for it.
+        assert!(!got.iter().any(|(l, _)| *l == 27), "{e:#?}");
+        let unknown = e.iter().find(|e| e.key == "route[1].auth").unwrap();
+        assert!(unknown.message.contains("nope"), "{unknown}");
+        assert!(
+            unknown
+                .to_string()
+                .starts_with(&format!("{}:17:", Path::new(&e[0].file).display()))
+        );
+    }
+
+    #[test]
+    fn cookie_domain_must_cover_protected_hosts() {
+        let src = format!(
+            "{PROVIDER}cookie_domain = \".Example.com\"\n\n[[route]]\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = {{ oidc = \"authentik\" }}\n\n[[route]]\nhost = \"a.other.org\"\nupstream = \"http://127.0.0.1:1\"\nauth = {{ oidc = \"authentik\" }}\n"
+        );
+        let (_d, r) = with_secret(&src);
+        let e = r.unwrap_err();
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].line, 15, "{e:#?}");
+        assert!(
+            e[0].message.contains("cookie_domain `example.com`"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_provider_are_errors() {
+        let src = format!("{PROVIDER}cookie_domian = \"x.com\"\n");
+        let (_d, r) = with_secret(&src);
+        let e = r.unwrap_err();
+        assert!(
+            e.iter().any(|e| e.key == "oidc.authentik" && e.line == 8),
+            "{e:#?}"
+        );
+    }
+}
