@@ -137,8 +137,7 @@ fn health(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> anyhow:
                 .await
                 .with_context(|| format!("cannot reach the admin listener at {addr}"))?;
             let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await?;
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let req = http::Request::get(path)
                 .header(http::header::HOST, addr.to_string())

@@ -42,7 +42,8 @@ pub struct UpstreamHealth {
 
 impl UpstreamHealth {
     fn usable(&self, now_ms: u64) -> bool {
-        !self.down.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        !self.down.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 }
 

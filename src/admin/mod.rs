@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::Action;
 use crate::proxy::body::Body;
+use crate::proxy::server::DrainState;
 use crate::reload::{ReloadHandle, ReloadOutcome};
 use crate::state::Shared;
 use crate::telemetry::metrics::CertGauge;
@@ -27,7 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     reload: ReloadHandle,
-    mut drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<DrainState>,
 ) {
     loop {
         let (stream, _peer) = tokio::select! {
@@ -73,8 +74,8 @@ async fn handle(
         (&Method::GET, "/metrics") => metrics(&shared),
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         (&Method::POST, "/reload") => match authorize(&shared, &req) {
-            Err(r) => r,
-            Ok(()) => match reload.reload().await {
+            Some(refusal) => refusal,
+            None => match reload.reload().await {
                 Some(outcome @ ReloadOutcome::Reloaded { .. }) => {
                     json_response(StatusCode::OK, &outcome)
                 }
@@ -86,13 +87,13 @@ async fn handle(
         },
         (_, "/reload") => method_not_allowed("POST"),
         (&Method::GET, "/routes") => match authorize(&shared, &req) {
-            Err(r) => r,
-            Ok(()) => routes_view(&shared),
+            Some(refusal) => refusal,
+            None => routes_view(&shared),
         },
         (_, "/routes") => method_not_allowed("GET"),
         (&Method::GET, "/certificates") => match authorize(&shared, &req) {
-            Err(r) => r,
-            Ok(()) => certificates_view(&shared),
+            Some(refusal) => refusal,
+            None => certificates_view(&shared),
         },
         (_, "/certificates") => method_not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -100,27 +101,31 @@ async fn handle(
     Ok(resp)
 }
 
-/// Checks `Authorization: Bearer <token>` when a token is configured.
-fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+/// Checks `Authorization: Bearer <token>` when a token is configured:
+/// `None` lets the request through, `Some` is the 401 to answer with.
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
     let snap = shared.current();
-    let Some(token) = &snap.server.admin_token else {
-        return Ok(());
-    };
+    // No token configured: open (the config allows that on loopback only).
+    let token = snap.server.admin_token.as_ref()?;
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme is case-insensitive (RFC 9110 11.1): `bearer` is fine.
+        .and_then(|v| {
+            let (scheme, token) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim);
     match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => None,
         _ => {
             let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
             );
-            Err(r)
+            Some(r)
         }
     }
 }

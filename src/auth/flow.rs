@@ -43,7 +43,12 @@ pub const COOKIE_PLAIN: &str = "portcullis_session";
 pub const LOGIN_COOKIE_HOST: &str = "__Host-portcullis-login";
 pub const LOGIN_COOKIE_PLAIN: &str = "portcullis_login";
 /// Every cookie of ours: never forwarded to a backend.
-pub const OUR_COOKIES: [&str; 4] = [COOKIE_HOST, COOKIE_PLAIN, LOGIN_COOKIE_HOST, LOGIN_COOKIE_PLAIN];
+pub const OUR_COOKIES: [&str; 4] = [
+    COOKIE_HOST,
+    COOKIE_PLAIN,
+    LOGIN_COOKIE_HOST,
+    LOGIN_COOKIE_PLAIN,
+];
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
@@ -138,7 +143,13 @@ fn login_cookie_name(secure: bool) -> &'static str {
 }
 
 /// A `Set-Cookie` value. `domain` only for the session cookie.
-fn cookie(name: &str, value: &str, max_age: u64, secure: bool, domain: Option<&str>) -> HeaderValue {
+fn cookie(
+    name: &str,
+    value: &str,
+    max_age: u64,
+    secure: bool,
+    domain: Option<&str>,
+) -> HeaderValue {
     let mut s = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax");
     if secure {
         s.push_str("; Secure");
@@ -202,7 +213,9 @@ pub(super) async fn start_login(
     let login_cookie = login_cookie_name(secure);
     let mut binding = None;
     for_each_cookie(headers, login_cookie, |v| {
-        let ok = v.len() == 22 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok = v.len() == 22
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             binding = Some(v.to_string());
         }
@@ -263,8 +276,10 @@ pub(super) async fn callback(
     req: &Request<Incoming>,
     raw_host: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let [code, state, err, iss] =
-        query_params(req.uri().query().unwrap_or(""), ["code", "state", "error", "iss"]);
+    let [code, state, err, iss] = query_params(
+        req.uri().query().unwrap_or(""),
+        ["code", "state", "error", "iss"],
+    );
     let Some(state) = state else {
         return Err(ProxyError::LoginFailed(
             "The sign-in answer is incomplete. Go back to the site and sign in again.",
@@ -514,7 +529,10 @@ pub(super) async fn backchannel(
         .providers
         .iter()
         .filter(|v| v.config.issuer == iss)
-        .find(|v| jwt.check_audience(std::iter::once(v.config.client_id.as_str())).is_ok())
+        .find(|v| {
+            jwt.check_audience(std::iter::once(v.config.client_id.as_str()))
+                .is_ok()
+        })
         .ok_or(BAD)?;
     let Some(mut d) = view.provider.ensure(DISCOVERY_WAIT).await else {
         return Err(ProxyError::LoginUnavailable);
@@ -536,7 +554,11 @@ pub(super) async fn backchannel(
             if jwt.claims.contains_key("nonce") {
                 return Err(JwtError::Claims("a logout token has no nonce"));
             }
-            match jwt.claims.get("events").and_then(|e| e.get(BACKCHANNEL_EVENT)) {
+            match jwt
+                .claims
+                .get("events")
+                .and_then(|e| e.get(BACKCHANNEL_EVENT))
+            {
                 Some(serde_json::Value::Object(_)) => Ok(()),
                 _ => Err(JwtError::Claims("no back-channel logout event")),
             }
@@ -595,6 +617,10 @@ mod tests {
             "__Host-portcullis=v; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
         );
         let c = cookie(COOKIE_PLAIN, "v", 60, true, Some("example.com"));
-        assert!(c.to_str().unwrap().ends_with("; Secure; Domain=example.com"));
+        assert!(
+            c.to_str()
+                .unwrap()
+                .ends_with("; Secure; Domain=example.com")
+        );
     }
 }

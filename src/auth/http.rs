@@ -108,7 +108,9 @@ impl ProviderHttp {
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
                         HttpError::TooLarge
                     } else {
                         HttpError::Transport(e.to_string())

@@ -175,10 +175,7 @@ mod tests {
         c.email_verified = Some(false);
         assert_eq!(Identity::new(c.clone()).policy_email(), None);
         c.email_verified = None;
-        assert_eq!(
-            Identity::new(c).policy_email(),
-            Some("alice@example.com")
-        );
+        assert_eq!(Identity::new(c).policy_email(), Some("alice@example.com"));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
-use openidconnect::{JsonWebKey as _, JsonWebKeyAlgorithm, JsonWebKeyUse as _, JwsSigningAlgorithm as _};
+use openidconnect::{
+    JsonWebKey as _, JsonWebKeyAlgorithm, JsonWebKeyUse as _, JwsSigningAlgorithm as _,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -60,14 +62,17 @@ pub struct Unverified<'a> {
 pub fn parse(token: &str) -> Result<Unverified<'_>, JwtError> {
     let token = token.trim();
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
     let decode = |x: &str| URL_SAFE_NO_PAD.decode(x).map_err(|_| JwtError::Malformed);
     let header: Header = serde_json::from_slice(&decode(h)?).map_err(|_| JwtError::Malformed)?;
     if header.crit.is_some() {
-        return Err(JwtError::Claims("critical header parameters are not supported"));
+        return Err(JwtError::Claims(
+            "critical header parameters are not supported",
+        ));
     }
     let alg: CoreJwsSigningAlgorithm = serde_json::from_value(Value::String(header.alg.clone()))
         .map_err(|_| JwtError::Algorithm(header.alg.clone()))?;

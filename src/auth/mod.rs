@@ -148,7 +148,9 @@ impl AuthShared {
             .as_ref()
             .is_some_and(|d| *d != config.server.state_dir)
         {
-            tracing::warn!("server.state_dir changed; sessions stay where they are until a restart");
+            tracing::warn!(
+                "server.state_dir changed; sessions stay where they are until a restart"
+            );
         }
         let mut registry = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         registry.retain(|w| w.strong_count() > 0);
@@ -242,10 +244,7 @@ pub enum Stop {
 impl Stop {
     /// For `route_request`: the response to return, noting the error kind
     /// for the access log and metrics.
-    pub fn into_result(
-        self,
-        error: &mut Option<ProxyError>,
-    ) -> Result<Response<Body>, ProxyError> {
+    pub fn into_result(self, error: &mut Option<ProxyError>) -> Result<Response<Body>, ProxyError> {
         match self {
             Stop::Respond(r, e) => {
                 *error = e;
@@ -432,7 +431,11 @@ enum BearerError {
 /// A JWT from the route's provider: signature through its JWKS (an
 /// asymmetric algorithm only), `iss`, `exp`/`nbf`, and an audience that is
 /// the client id or one of `audiences`.
-async fn verify_bearer(view: &ProviderView, token: &str, now: u64) -> Result<Identity, BearerError> {
+async fn verify_bearer(
+    view: &ProviderView,
+    token: &str,
+    now: u64,
+) -> Result<Identity, BearerError> {
     let invalid = |e: jwt::JwtError| BearerError::Invalid(e.to_string());
     let cfg = &view.config;
     let t = jwt::parse(token).map_err(invalid)?;
@@ -510,7 +513,11 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
             if trimmed.is_empty() {
                 continue;
             }
-            let name = trimmed.split(|&b| b == b'=').next().unwrap_or(b"").trim_ascii();
+            let name = trimmed
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
             if OUR_COOKIES.iter().any(|n| n.as_bytes() == name) {
                 continue;
             }
@@ -614,7 +621,8 @@ async fn forward_auth(
         Identified::Who(who) => match decide(policy, who, request_id, accept) {
             Ok(who) => {
                 let mut r = ok();
-                who.identity().apply(r.headers_mut(), policy.identity_headers);
+                who.identity()
+                    .apply(r.headers_mut(), policy.identity_headers);
                 Ok(r)
             }
             Err(stop) => stop.into_result(&mut None),
@@ -680,11 +688,17 @@ mod tests {
         h.insert(header::ACCEPT, HeaderValue::from_static("text/html,*/*"));
         assert!(is_browser(&Method::GET, &h));
         assert!(!is_browser(&Method::POST, &h));
-        h.insert("x-requested-with", HeaderValue::from_static("XMLHttpRequest"));
+        h.insert(
+            "x-requested-with",
+            HeaderValue::from_static("XMLHttpRequest"),
+        );
         assert!(!is_browser(&Method::GET, &h));
 
         let mut a = HeaderMap::new();
-        a.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
+        a.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
         assert_eq!(bearer_token(&a), Some("abc"));
         a.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer_token(&a), None);

@@ -79,8 +79,14 @@ mod tests {
             (policy(&["Admins"], &[], &[]), [false, false, false]),
             (policy(&[], &["bob@example.org"], &[]), [false, true, false]),
             (policy(&[], &[], &["example.com"]), [true, false, false]),
-            (policy(&["admins"], &["bob@example.org"], &[]), [true, true, false]),
-            (policy(&[], &["boss@example.com"], &["example.com"]), [true, false, false]),
+            (
+                policy(&["admins"], &["bob@example.org"], &[]),
+                [true, true, false],
+            ),
+            (
+                policy(&[], &["boss@example.com"], &["example.com"]),
+                [true, false, false],
+            ),
         ];
         for (i, (p, want)) in cases.iter().enumerate() {
             let got = [allows(p, &alice), allows(p, &bob), allows(p, &mallory)];

@@ -23,11 +23,11 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessToken, AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId,
-    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IdToken, IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, SignatureVerificationError, StandardErrorResponse, StandardTokenResponse,
-    SubjectIdentifier, UserInfoClaims,
+    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet,
+    IdToken, IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, SubjectIdentifier,
+    UserInfoClaims,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
@@ -77,8 +77,12 @@ type IdFields = IdTokenFields<
     CoreJwsSigningAlgorithm,
 >;
 pub type TokenResponse = StandardTokenResponse<IdFields, CoreTokenType>;
-pub type OidcIdToken =
-    IdToken<ExtraClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+pub type OidcIdToken = IdToken<
+    ExtraClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
 pub type IdClaims = IdTokenClaims<ExtraClaims, CoreGenderClaim>;
 pub type UserInfo = UserInfoClaims<ExtraClaims, CoreGenderClaim>;
 type OidcClient = openidconnect::Client<
@@ -430,7 +434,11 @@ impl Provider {
     }
 
     /// Exchanges a refresh token.
-    pub async fn refresh(&self, d: &Discovered, refresh_token: &str) -> Result<TokenResponse, FlowError> {
+    pub async fn refresh(
+        &self,
+        d: &Discovered,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, FlowError> {
         let rt = RefreshToken::new(refresh_token.to_string());
         d.client
             .exchange_refresh_token(&rt)
@@ -459,9 +467,7 @@ impl Provider {
                         token.claims(&verifier, &n).cloned()
                     }
                     // Refreshed ID tokens carry no nonce.
-                    None => token
-                        .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-                        .cloned(),
+                    None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())).cloned(),
                 }
             };
             match result {

@@ -132,7 +132,9 @@ impl Session {
     /// Made by this provider (same name and issuer) and not expired.
     #[inline]
     pub fn usable_for(&self, provider: &str, issuer: &str, now: u64) -> bool {
-        now < self.record.expires && self.record.provider == provider && self.record.issuer == issuer
+        now < self.record.expires
+            && self.record.provider == provider
+            && self.record.issuer == issuer
     }
 
     /// The access token has expired and a refresh is possible.
@@ -307,7 +309,11 @@ impl Sessions {
     /// Refreshes `s` with its refresh token, one call per session however
     /// many requests ask at once. Waits at most [`REFRESH_WAIT`]; on any
     /// failure the session stays as it is, with its own expiry.
-    pub async fn refresh(self: &Arc<Self>, s: Arc<Session>, provider: Arc<Provider>) -> Arc<Session> {
+    pub async fn refresh(
+        self: &Arc<Self>,
+        s: Arc<Session>,
+        provider: Arc<Provider>,
+    ) -> Arc<Session> {
         let fut = match self.refreshing.entry(s.id) {
             dashmap::Entry::Occupied(e) => e.get().clone(),
             dashmap::Entry::Vacant(v) => {
@@ -441,7 +447,13 @@ mod tests {
         let v = encode_id(&id);
         assert_eq!(v.len(), 43);
         assert_eq!(decode_id(&v), Some(id));
-        for bad in ["", "short", &"A".repeat(44), &format!("{}=", &v[..42]), &v.replace(|_| true, "+")[..43]] {
+        for bad in [
+            "",
+            "short",
+            &"A".repeat(44),
+            &format!("{}=", &v[..42]),
+            &v.replace(|_| true, "+")[..43],
+        ] {
             assert_eq!(decode_id(bad), None, "{bad}");
         }
         assert_ne!(new_id(), new_id());
@@ -450,8 +462,14 @@ mod tests {
     #[test]
     fn finds_cookies_in_every_header() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; __Host-portcullis=x"));
-        h.append(header::COOKIE, HeaderValue::from_static("__Host-portcullis=\"y\";b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-portcullis=x"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-portcullis=\"y\";b=2"),
+        );
         let mut seen = Vec::new();
         for_each_cookie(&h, "__Host-portcullis", |v| {
             seen.push(v.to_string());

@@ -16,10 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redb::{
-    MultimapTableDefinition, ReadableDatabase as _,
-    ReadableTable as _, TableDefinition,
-};
+use redb::{MultimapTableDefinition, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::identity::UserClaims;
@@ -63,7 +60,10 @@ impl fmt::Debug for SessionRecord {
             .field("created", &self.created)
             .field("expires", &self.expires)
             .field("access_expires", &self.access_expires)
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -201,7 +201,10 @@ fn decode(bytes: &[u8]) -> Option<SessionRecord> {
 }
 
 /// Removes one session and its index entries inside a write transaction.
-fn remove_in(txn: &redb::WriteTransaction, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+fn remove_in(
+    txn: &redb::WriteTransaction,
+    id: &SessionId,
+) -> Result<Option<SessionRecord>, StoreError> {
     let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
     let old = sessions
         .remove(&id[..])
@@ -384,10 +387,19 @@ mod tests {
 
     async fn exercise(store: &dyn SessionStore) {
         let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        store.save(a, record("alice", Some("s1"), 100)).await.unwrap();
-        store.save(b, record("alice", Some("s2"), 200)).await.unwrap();
+        store
+            .save(a, record("alice", Some("s1"), 100))
+            .await
+            .unwrap();
+        store
+            .save(b, record("alice", Some("s2"), 200))
+            .await
+            .unwrap();
         store.save(c, record("bob", None, 50)).await.unwrap();
-        assert_eq!(store.load(a).await.unwrap().unwrap().sid.as_deref(), Some("s1"));
+        assert_eq!(
+            store.load(a).await.unwrap().unwrap().sid.as_deref(),
+            Some("s1")
+        );
         let mut by_sub = store
             .find("authentik".into(), SubjectKey::Sub("alice".into()))
             .await
@@ -401,18 +413,25 @@ mod tests {
                 .unwrap(),
             vec![b]
         );
-        assert!(store
-            .find("other".into(), SubjectKey::Sub("alice".into()))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            store
+                .find("other".into(), SubjectKey::Sub("alice".into()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // Replacing moves the index entries.
-        store.save(b, record("alice", Some("s3"), 300)).await.unwrap();
-        assert!(store
-            .find("authentik".into(), SubjectKey::Sid("s2".into()))
+        store
+            .save(b, record("alice", Some("s3"), 300))
             .await
-            .unwrap()
-            .is_empty());
+            .unwrap();
+        assert!(
+            store
+                .find("authentik".into(), SubjectKey::Sid("s2".into()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let mut purged = store.purge_expired(150).await.unwrap();
         purged.sort();
         assert_eq!(purged, vec![a, c]);
@@ -434,7 +453,9 @@ mod tests {
         {
             let s = RedbStore::open(&state).unwrap();
             exercise(&s).await;
-            s.save([9; 32], record("carol", None, u64::MAX)).await.unwrap();
+            s.save([9; 32], record("carol", None, u64::MAX))
+                .await
+                .unwrap();
             let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
             let dmode = std::fs::metadata(state.join("sessions"))

@@ -54,9 +54,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1024 * 1024,
         "GB" => 1000 * 1000 * 1000,
         "GiB" => 1024 * 1024 * 1024,
-        other => return Err(format!("`{text}`: unknown size unit `{other}` (use B, KB, KiB, MB, MiB, GB, GiB)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown size unit `{other}` (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// `health_check = { path = "/healthz", interval = "10s", timeout = "2s" }`
@@ -107,7 +112,11 @@ pub struct RawRouteLimits {
 }
 
 impl Cx<'_> {
-    pub(super) fn cidrs(&mut self, key: &str, list: Option<Vec<Spanned<String>>>) -> Vec<ipnet::IpNet> {
+    pub(super) fn cidrs(
+        &mut self,
+        key: &str,
+        list: Option<Vec<Spanned<String>>>,
+    ) -> Vec<ipnet::IpNet> {
         let mut out = Vec::new();
         for c in list.unwrap_or_default() {
             let text = c.get_ref().trim();
@@ -126,7 +135,12 @@ impl Cx<'_> {
         out
     }
 
-    pub(super) fn size(&mut self, key: &str, v: Option<Spanned<FileSize>>, min: u64) -> Option<u64> {
+    pub(super) fn size(
+        &mut self,
+        key: &str,
+        v: Option<Spanned<FileSize>>,
+        min: u64,
+    ) -> Option<u64> {
         let v = v?;
         let span: Range<usize> = v.span();
         match v.into_inner().0 {
@@ -154,11 +168,18 @@ impl Cx<'_> {
                 self.err(Some(span.clone()), &k, "path must start with /".into());
                 return None;
             }
-            let dur = |cx: &mut Self, v: Option<String>, d: u64| match v.as_deref().map(super::parse_duration) {
+            let dur = |cx: &mut Self, v: Option<String>, d: u64| match v
+                .as_deref()
+                .map(super::parse_duration)
+            {
                 None => Some(Duration::from_secs(d)),
                 Some(Ok(x)) if !x.is_zero() => Some(x),
                 Some(Ok(_)) => {
-                    cx.err(Some(span.clone()), &k, "interval and timeout must be above zero".into());
+                    cx.err(
+                        Some(span.clone()),
+                        &k,
+                        "interval and timeout must be above zero".into(),
+                    );
                     None
                 }
                 Some(Err(msg)) => {

@@ -260,6 +260,9 @@ impl<'a> Cx<'a> {
 
         let mut admin_token = None;
         let mut admin_token_file = None;
+        // A token file that is set but unreadable is its own error; don't
+        // also claim the key is missing.
+        let admin_token_key_given = raw.admin_token_file.is_some();
         if let Some(f) = raw.admin_token_file {
             let path = resolve_relative(self.file, Path::new(f.get_ref()));
             match std::fs::read_to_string(&path) {
@@ -281,7 +284,7 @@ impl<'a> Cx<'a> {
         }
         if let Some(a) = admin
             && !a.ip().is_loopback()
-            && admin_token.is_none()
+            && !admin_token_key_given
         {
             self.err(
                 admin_span,

@@ -84,7 +84,7 @@ impl http_body::Body for Body {
     }
 }
 
-/// Which limit stopped a request body.
+/// Which limit stopped a request body (or that it finished).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tripped {
     TooLarge = 1,
@@ -96,6 +96,11 @@ pub enum Tripped {
 pub struct TripWire(Arc<AtomicU8>);
 
 impl TripWire {
+    /// True once the whole body has been read from the client.
+    pub fn body_done(&self) -> bool {
+        self.0.load(Ordering::Acquire) == DONE
+    }
+
     pub fn get(&self) -> Option<Tripped> {
         match self.0.load(Ordering::Acquire) {
             1 => Some(Tripped::TooLarge),
@@ -107,6 +112,8 @@ impl TripWire {
         self.0.store(t as u8, Ordering::Release);
     }
 }
+
+const DONE: u8 = 3;
 
 /// A request body with a size limit and an idle timeout between frames.
 #[derive(Debug)]
@@ -138,7 +145,9 @@ impl Limited {
                     self.seen += d.len() as u64;
                     if self.limit.is_some_and(|l| self.seen > l) {
                         self.wire.set(Tripped::TooLarge);
-                        return Poll::Ready(Some(Err("request body over the route's max_body".into())));
+                        return Poll::Ready(Some(Err(
+                            "request body over the route's max_body".into()
+                        )));
                     }
                 }
                 let deadline = tokio::time::Instant::now() + self.idle;
@@ -146,11 +155,16 @@ impl Limited {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.wire.0.store(DONE, Ordering::Release);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if self.timer.as_mut().poll(cx).is_ready() {
                     self.wire.set(Tripped::Idle);
-                    return Poll::Ready(Some(Err("request body stalled past request_body_timeout".into())));
+                    return Poll::Ready(Some(Err(
+                        "request body stalled past request_body_timeout".into(),
+                    )));
                 }
                 Poll::Pending
             }

@@ -41,6 +41,32 @@ impl UpstreamClient {
         UpstreamClient { client }
     }
 
+    /// Like [`send`](Self::send), but the response deadline starts only once
+    /// the request body has been sent: a long upload to a backend that
+    /// reads it all before answering is not a timeout. (A stalled upload is
+    /// caught by `request_body_timeout` instead.)
+    async fn send_after_body(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+        wire: &TripWire,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let fut = self.client.request(req);
+        tokio::pin!(fut);
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                r = &mut fut => return r.map_err(|e| classify(&e)),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if wire.body_done() {
+                        return Err(ProxyError::UpstreamTimeout);
+                    }
+                    deadline = tokio::time::Instant::now() + timeout;
+                }
+            }
+        }
+    }
+
     pub async fn send(
         &self,
         req: Request<Body>,
@@ -134,7 +160,12 @@ pub async fn forward(
         && route.config.upstreams().len() > 1
         && matches!(
             parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
         );
     if !retry {
         let Some(i) = route.pick_upstream(&[]) else {
@@ -212,7 +243,13 @@ async fn send_one(
     wire: &TripWire,
 ) -> Result<Response<Body>, ProxyError> {
     let route = fwd.route;
-    let result = client.send(req, route.config.timeout).await;
+    let result = if matches!(req.body(), Body::Limited(_)) {
+        client
+            .send_after_body(req, route.config.timeout, wire)
+            .await
+    } else {
+        client.send(req, route.config.timeout).await
+    };
     if let Some(t) = wire.get() {
         // The client's body broke the request, not the upstream.
         return Err(match t {

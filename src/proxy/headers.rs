@@ -121,9 +121,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// True when the request asks for a protocol upgrade (WebSocket etc.).
+/// `Upgrade: h2c` is not relayed: the upgrade header is then dropped like
+/// any other hop-by-hop header and the request proxied as plain HTTP/1.1.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
+    headers.get(header::UPGRADE).is_some_and(|u| {
+        !u.as_bytes()
+            .split(|&b| b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    }) && headers.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str()
                 .map(|s| {
                     s.split(',')

@@ -98,7 +98,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
                 v if is_unreserved(v) => decoded.push(v),
                 v => {
                     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                    decoded.extend_from_slice(&[b'%', HEX[(v >> 4) as usize], HEX[(v & 15) as usize]]);
+                    decoded.extend_from_slice(&[
+                        b'%',
+                        HEX[(v >> 4) as usize],
+                        HEX[(v & 15) as usize],
+                    ]);
                 }
             }
             i += 3;
@@ -173,7 +177,10 @@ mod tests {
 
     #[test]
     fn borrows_when_clean() {
-        assert!(matches!(normalize_path("/api/v1/users").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_path("/api/v1/users").unwrap(),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

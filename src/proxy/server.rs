@@ -43,22 +43,31 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
     b
 }
 
+/// Where shutdown is: serving, finishing in-flight requests, or closing
+/// whatever is left once the grace period is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DrainState {
+    Serving,
+    Graceful,
+    Close,
+}
+
 /// Tells connections to wind down, then waits until they have.
 ///
-/// Every accept loop and connection task holds a receiver; `drain` flips
-/// the flag, and `wait` completes when every receiver has been dropped.
+/// Every accept loop and connection task holds a receiver; `drain` moves
+/// the state on, and completes when every receiver has been dropped.
 pub struct Drain {
-    tx: watch::Sender<bool>,
+    tx: watch::Sender<DrainState>,
 }
 
 impl Drain {
     pub fn new() -> Self {
         Drain {
-            tx: watch::channel(false).0,
+            tx: watch::channel(DrainState::Serving).0,
         }
     }
 
-    pub fn watcher(&self) -> watch::Receiver<bool> {
+    pub fn watcher(&self) -> watch::Receiver<DrainState> {
         self.tx.subscribe()
     }
 
@@ -67,13 +76,19 @@ impl Drain {
         self.tx.receiver_count()
     }
 
-    /// Signals shutdown and waits up to `grace` for everything to finish.
-    /// Returns how many were still open when the grace period ran out.
+    /// Signals shutdown and waits up to `grace` for everything to finish;
+    /// then closes what is left. Returns how many were still open when the
+    /// grace period ran out.
     pub async fn drain(self, grace: Duration) -> usize {
-        let _ = self.tx.send(true);
+        let _ = self.tx.send(DrainState::Graceful);
         match tokio::time::timeout(grace, self.tx.closed()).await {
             Ok(()) => 0,
-            Err(_) => self.tx.receiver_count(),
+            Err(_) => {
+                let left = self.tx.receiver_count();
+                let _ = self.tx.send(DrainState::Close);
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.tx.closed()).await;
+                left
+            }
         }
     }
 }
@@ -94,7 +109,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     builder: Arc<HttpBuilder>,
     slots: Arc<Semaphore>,
-    mut drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<DrainState>,
 ) {
     let local = listener.local_addr().ok();
     loop {
@@ -142,7 +157,7 @@ pub async fn serve_connection<I>(
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     builder: &HttpBuilder,
-    mut drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<DrainState>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -158,7 +173,11 @@ pub async fn serve_connection<I>(
         r = conn.as_mut() => r,
         _ = drain.changed() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn.as_mut() => r,
+                // Grace period over: drop the connection as it is.
+                _ = drain.wait_for(|s| *s == DrainState::Close) => Ok(()),
+            }
         }
     };
     listener.open_connections.fetch_sub(1, Relaxed);

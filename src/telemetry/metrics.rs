@@ -102,6 +102,29 @@ pub struct ListenerMetrics {
     pub connections: AtomicU64,
 }
 
+/// One request counted in a listener's in-flight gauge until this is
+/// dropped. hyper drops a request's handler future when the client goes
+/// away mid-request, so a plain increment/decrement pair around the await
+/// leaks one in-flight request per abandoned request; a guard cannot.
+#[must_use = "the request stops counting as in flight when this is dropped"]
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicI64);
+
+impl<'a> InFlight<'a> {
+    #[inline]
+    pub fn enter(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// All process metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -463,5 +486,23 @@ mod tests {
         );
         // The same handle after a "reload".
         assert!(Arc::ptr_eq(&r, &m.route("app")));
+    }
+
+    #[test]
+    fn in_flight_guard_leaves_the_gauge_when_dropped() {
+        let l = ListenerMetrics::default();
+        let a = InFlight::enter(&l.in_flight);
+        let b = InFlight::enter(&l.in_flight);
+        assert_eq!(l.in_flight.load(Relaxed), 2);
+        drop(a);
+        assert_eq!(l.in_flight.load(Relaxed), 1);
+        // A future holding the guard that is dropped before it finishes
+        // (what hyper does when the client goes away) leaves the gauge too.
+        let fut = async move {
+            let _b = b;
+            std::future::pending::<()>().await;
+        };
+        drop(fut);
+        assert_eq!(l.in_flight.load(Relaxed), 0);
     }
 }

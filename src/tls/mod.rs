@@ -25,7 +25,7 @@ use tokio_rustls::StartHandshake;
 pub use store::CertStore;
 
 use crate::proxy::ConnInfo;
-use crate::proxy::server::{HttpBuilder, serve_connection};
+use crate::proxy::server::{DrainState, HttpBuilder, serve_connection};
 use crate::state::Shared;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
@@ -106,7 +106,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     builder: Arc<HttpBuilder>,
     slots: Arc<Semaphore>,
-    mut drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<DrainState>,
 ) {
     let local = listener.local_addr().ok();
     loop {

@@ -1,0 +1,233 @@
+//! The `portcullis` command line: `check`, `reload` against a running
+//! binary, and `--help` of every subcommand.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::gateway::expand;
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env_remove("PORTCULLIS_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run portcullis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_config(dir: &Path, name: &str, toml: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, expand(toml, dir)).unwrap();
+    p.display().to_string()
+}
+
+const VALID: &str = r#"[server]
+http = "127.0.0.1:8080"
+admin = "127.0.0.1:9180"
+
+[[route]]
+host = "app.example.com"
+upstream = "http://127.0.0.1:3000"
+
+[[route]]
+host = "*.example.com"
+redirect = "https://www.example.com"
+
+[[route]]
+host = "app.example.com"
+path = "/status"
+respond = { body = "ok" }
+"#;
+
+/// Four errors, each on a known line.
+const BROKEN: &str = r#"[server]
+http = "127.0.0.1:8080"
+admin = "127.0.0.1:9180"
+grace_period = "soon"
+
+[[route]]
+host = "a.test"
+upstream = "10.0.0.1"
+
+[[route]]
+host = "b.test"
+hots = "typo"
+respond = {}
+
+[[route]]
+host = "https://c.test"
+respond = {}
+"#;
+
+#[test]
+fn check_prints_a_one_line_summary_for_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "ok.toml", VALID);
+    let out = portcullis(&["check", "--config", &path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let line = lines[0];
+    assert!(line.contains(&path), "{line}");
+    assert!(line.contains("3 routes"), "{line}");
+    assert!(line.contains("2 hosts"), "{line}");
+    assert!(line.contains("http 127.0.0.1:8080"), "{line}");
+    assert!(line.contains("admin 127.0.0.1:9180"), "{line}");
+
+    // -c works as well as --config.
+    let out = portcullis(&["check", "-c", &path]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn check_prints_every_error_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "broken.toml", BROKEN);
+    let out = portcullis(&["check", "--config", &path]);
+    assert!(!out.status.success(), "a broken config passed check");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for (line, key) in [
+        (4, "server.grace_period"),
+        (8, "route[1].upstream"),
+        (12, "route[2]"),
+        (16, "route[3].host"),
+    ] {
+        let prefix = format!("{path}:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.trim_start().starts_with(&prefix) && l.contains(&format!(": {key}: "))),
+            "no error for {key} at line {line} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 errors"), "{stderr}");
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+
+    // A missing file is an error too, naming the file.
+    let missing = dir.path().join("nope.toml").display().to_string();
+    let out = portcullis(&["check", "--config", &missing]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&missing),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_reloads_a_running_gateway_and_reports_rejection() {
+    let server = "[server]\nhttp = \"{{HTTP}}\"\nadmin = \"{{ADMIN}}\"\nadmin_token_file = \"admin.token\"\n\n";
+    let route =
+        |body: &str| format!("[[route]]\nhost = \"*\"\nrespond = {{ body = \"{body}\" }}\n");
+    let gw = support::gateway::Gateway::builder(&format!("{server}{}", route("v1")))
+        .file("admin.token", "cli-token")
+        .spawn_binary()
+        .await;
+    let c = gw.client();
+    let config = gw.config_path().display().to_string();
+    let admin = gw.admin_addr().to_string();
+    assert_eq!(c.get(&gw.url("/")).await.text(), "v1");
+
+    // Success: the token comes from admin_token_file in the config.
+    gw.rewrite_config(&format!("{server}{}", route("v2")));
+    let out = portcullis(&["reload", "--config", &config, "--admin", &admin]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("reloaded: generation 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(c.get(&gw.url("/")).await.text(), "v2");
+
+    // A config that fails validation is not sent; every error is printed.
+    gw.rewrite_config(&format!("{server}[[route]]\nhost = \"*\"\nupstream = \"nope\"\n\n[[route]]\nhost = \"b.test\"\nrespond = {{ status = 42 }}\n"));
+    let out = portcullis(&["reload", "--config", &config, "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("route[1].upstream"), "{stderr}");
+    assert!(stderr.contains("route[2].respond"), "{stderr}");
+    assert!(stderr.contains("not reloading"), "{stderr}");
+    assert_eq!(c.get(&gw.url("/")).await.text(), "v2");
+
+    // The gateway itself rejects its (broken) file: the command says so
+    // and lists the gateway's errors. (The command reads admin address and
+    // token from a separate, valid file here.)
+    let other_dir = tempfile::tempdir().unwrap();
+    std::fs::write(other_dir.path().join("admin.token"), "cli-token").unwrap();
+    let other = write_config(
+        other_dir.path(),
+        "cli.toml",
+        &format!("{server}{}", route("x")),
+    );
+    let out = portcullis(&["reload", "--config", &other, "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("reload rejected"), "{stderr}");
+    assert!(stderr.contains(&format!("{config}:")), "{stderr}");
+    assert!(stderr.contains("route[1].upstream"), "{stderr}");
+    assert_eq!(c.get(&gw.url("/")).await.text(), "v2");
+
+    // A wrong token is refused.
+    std::fs::write(other_dir.path().join("admin.token"), "wrong-token").unwrap();
+    let out = portcullis(&["reload", "--config", &other, "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+
+    // Nothing listening: a clear error.
+    drop(gw);
+    let out = portcullis(&["reload", "--config", &other, "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach the admin listener"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_of_every_subcommand_is_complete() {
+    let out = portcullis(&["--help"]);
+    assert!(out.status.success());
+    let top = text(&out.stdout);
+    for word in ["run", "check", "reload", "--log-format", "--version"] {
+        assert!(
+            top.contains(word),
+            "`portcullis --help` lacks {word}:\n{top}"
+        );
+    }
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "run",
+            &["--config", "PORTCULLIS_CONFIG", "SIGHUP", "SIGTERM"],
+        ),
+        ("check", &["--config", "PORTCULLIS_CONFIG"]),
+        ("reload", &["--config", "--admin"]),
+    ];
+    for (sub, words) in cases {
+        let out = portcullis(&[sub, "--help"]);
+        assert!(out.status.success(), "{sub} --help failed");
+        let help = text(&out.stdout);
+        for word in words {
+            assert!(
+                help.contains(word),
+                "`portcullis {sub} --help` lacks {word}:\n{help}"
+            );
+        }
+    }
+    let out = portcullis(&["--version"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
