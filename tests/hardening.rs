@@ -150,9 +150,16 @@ async fn framing_tricks_are_refused() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&all);
-    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one response only: {text}");
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "one response only: {text}"
+    );
     assert!(!text.contains("/smuggled"), "{text}");
-    assert!(!text.to_lowercase().contains("\"content-length\""), "{text}");
+    assert!(
+        !text.to_lowercase().contains("\"content-length\""),
+        "{text}"
+    );
     assert_eq!(backend.served(), 1);
 
     let r = raw(
@@ -672,9 +679,13 @@ async fn the_route_timeout_starts_after_the_upload_not_before() {
     }
     s.write_all(b"0\r\n\r\n").await.unwrap();
     let mut all = Vec::new();
-    within("the response", Duration::from_secs(20), s.read_to_end(&mut all))
-        .await
-        .unwrap();
+    within(
+        "the response",
+        Duration::from_secs(20),
+        s.read_to_end(&mut all),
+    )
+    .await
+    .unwrap();
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"body_len\":50"), "{text}");
