@@ -134,6 +134,7 @@ async fn run(
     let mut account: Option<(String, Account)> = None;
     let mut retry: HashMap<String, HostRetry> = HashMap::new();
     let mut served: BTreeSet<String> = BTreeSet::new();
+    let mut ari: HashMap<String, AriAdvice> = HashMap::new();
     loop {
         let plan = plans.borrow_and_update().clone();
         let Some(plan) = plan else {
@@ -164,12 +165,39 @@ async fn run(
 
         let now = Instant::now();
         let wall = now_secs();
+        // The CA's renewal advice (RFC 9773), where it offers any: needs the
+        // account, which is otherwise only loaded when an order is due.
+        if account.is_none()
+            && storage.load_account().is_some()
+            && plan.hosts.iter().any(|h| store.acme_entry(h).is_some())
+            && let Ok(a) = get_account(&plan.config, &storage).await
+        {
+            account = Some((plan.config.directory.clone(), a));
+        }
+        if let Some((_, acct)) = &account {
+            for host in &plan.hosts {
+                if let Some(e) = store.acme_entry(host) {
+                    refresh_ari(acct, host, &e, &mut ari).await;
+                }
+            }
+        }
+        ari.retain(|h, _| plan.hosts.contains(h));
+
         let mut due = Vec::new();
         let mut wake = now + Duration::from_secs(3600);
         for host in &plan.hosts {
             let renew_in = match store.acme_entry(host) {
                 None => 0,
-                Some(e) => renew_at(host, &e).saturating_sub(wall).max(0),
+                Some(e) => {
+                    let mut at = renew_at(host, &e);
+                    if let Some(a) = ari.get(host)
+                        && Some(a.not_after) == e.facts.as_ref().map(|f| f.not_after)
+                        && let Some(t) = a.renew_at
+                    {
+                        at = at.min(t);
+                    }
+                    at.saturating_sub(wall).max(0)
+                }
             };
             let mut at = now + Duration::from_secs(renew_in as u64);
             if let Some(r) = retry.get(host) {
@@ -306,6 +334,74 @@ fn record_failure(
         "no certificate yet"
     };
     tracing::error!(host, retry_in_s = delay.as_secs(), "{msg}; {keeps}");
+}
+
+/// What the CA's renewal-info endpoint said about one certificate.
+struct AriAdvice {
+    /// Which certificate the advice is for.
+    not_after: i64,
+    /// A time in the suggested window (Unix seconds); None if the CA has
+    /// no renewal info.
+    renew_at: Option<i64>,
+    /// When to ask again.
+    next_query: Instant,
+}
+
+/// Asks the CA's renewal-info endpoint (RFC 9773) when the cached advice
+/// is missing, stale, or for an older certificate. CAs without it are
+/// asked once per certificate.
+async fn refresh_ari(
+    account: &Account,
+    host: &str,
+    entry: &CertEntry,
+    cache: &mut HashMap<String, AriAdvice>,
+) {
+    let Some(not_after) = entry.facts.as_ref().map(|f| f.not_after) else {
+        return;
+    };
+    if cache
+        .get(host)
+        .is_some_and(|a| a.not_after == not_after && a.next_query > Instant::now())
+    {
+        return;
+    }
+    let Some(der) = entry.key.cert.first() else {
+        return;
+    };
+    let Ok(id) = instant_acme::CertificateIdentifier::try_from(der) else {
+        return;
+    };
+    let advice = match account.renewal_info(&id).await {
+        Ok((info, retry_after)) => {
+            let start = info.suggested_window.start.unix_timestamp();
+            let end = info.suggested_window.end.unix_timestamp().max(start);
+            // A stable point in the window, so many hosts spread out.
+            let seed = ring::digest::digest(&ring::digest::SHA256, host.as_bytes());
+            let r = u32::from_le_bytes(seed.as_ref()[..4].try_into().unwrap_or_default()) as i64;
+            let at = start + r % (end - start + 1);
+            tracing::debug!(host, renew_at = at, "ACME renewal info received");
+            AriAdvice {
+                not_after,
+                renew_at: Some(at),
+                next_query: Instant::now()
+                    + retry_after.clamp(Duration::from_secs(60), Duration::from_secs(86_400)),
+            }
+        }
+        Err(instant_acme::Error::Unsupported(_)) => AriAdvice {
+            not_after,
+            renew_at: None,
+            next_query: Instant::now() + Duration::from_secs(365 * 86_400),
+        },
+        Err(e) => {
+            tracing::debug!(host, error = %e, "ACME renewal info unavailable");
+            AriAdvice {
+                not_after,
+                renew_at: None,
+                next_query: Instant::now() + Duration::from_secs(6 * 3600),
+            }
+        }
+    };
+    cache.insert(host.to_string(), advice);
 }
 
 /// When to renew: a third of the lifetime before expiry, minus a stable
