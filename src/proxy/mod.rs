@@ -13,7 +13,6 @@ pub mod server;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -52,7 +51,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let listener = shared.metrics.listener(conn.proto);
-    listener.in_flight.fetch_add(1, Relaxed);
+    // Decremented on drop: hyper drops this future when the client goes away.
+    let _in_flight = crate::telemetry::metrics::InFlight::enter(&listener.in_flight);
     let snap = shared.current();
     let request_id = headers::request_id(req.headers(), &shared.request_ids);
     let accept = req.headers().get(header::ACCEPT).cloned();
@@ -107,7 +107,6 @@ pub async fn handle(
     if let Some(kind) = outcome.error.and_then(upstream_error_index) {
         route_metrics.upstream_error(kind);
     }
-    listener.in_flight.fetch_sub(1, Relaxed);
 
     if let Some(f) = logged {
         tracing::info!(

@@ -1,0 +1,1029 @@
+//! The deployment files in `config/` and the Dockerfile, checked by parsing
+//! them (Docker and systemd do not run here): every file the compose stack
+//! mounts exists, the pieces point at each other correctly (ports, service
+//! names, secrets, datasource uids, label names), and the Dockerfile and
+//! systemd unit say what the README promises.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_norway::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config_dir() -> PathBuf {
+    root().join("config")
+}
+
+fn read(rel: &str) -> String {
+    let p = root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_norway::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"))
+}
+
+fn toml_file(rel: &str) -> toml::Value {
+    toml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not TOML: {e}"))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+}
+
+fn seq(v: &Value) -> Vec<&Value> {
+    v.as_sequence()
+        .map(|s| s.iter().collect())
+        .unwrap_or_default()
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_mapping()
+        .map(|m| m.keys().map(|k| s(k).to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A service's networks, short (list) or long (mapping) syntax.
+fn networks(svc: &Value) -> BTreeSet<String> {
+    match &svc["networks"] {
+        Value::Sequence(l) => l.iter().map(|n| s(n).to_string()).collect(),
+        Value::Mapping(_) => keys(&svc["networks"]).into_iter().collect(),
+        _ => BTreeSet::from(["default".to_string()]),
+    }
+}
+
+/// `(source, target)` of each volume entry of a service.
+fn mounts(svc: &Value) -> Vec<(String, String)> {
+    seq(&svc["volumes"])
+        .into_iter()
+        .map(|v| match v {
+            Value::String(short) => {
+                let mut parts = short.splitn(3, ':');
+                let src = parts.next().unwrap().to_string();
+                let dst = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("volume `{short}` has no target"))
+                    .to_string();
+                (src, dst)
+            }
+            long => (
+                s(&long["source"]).to_string(),
+                s(&long["target"]).to_string(),
+            ),
+        })
+        .collect()
+}
+
+fn is_path(src: &str) -> bool {
+    src.starts_with('.') || src.starts_with('/') || src.starts_with('~')
+}
+
+/// A service's secret names, short or long syntax.
+fn service_secrets(svc: &Value) -> BTreeSet<String> {
+    seq(&svc["secrets"])
+        .into_iter()
+        .map(|v| match v {
+            Value::String(n) => n.clone(),
+            long => s(&long["source"]).to_string(),
+        })
+        .collect()
+}
+
+fn env(svc: &Value, key: &str) -> Option<String> {
+    match &svc["environment"] {
+        Value::Mapping(m) => m.get(key).map(|v| match v {
+            Value::String(x) => x.clone(),
+            other => serde_norway::to_string(other).unwrap().trim().to_string(),
+        }),
+        Value::Sequence(l) => l
+            .iter()
+            .find_map(|e| s(e).strip_prefix(&format!("{key}=")).map(String::from)),
+        _ => None,
+    }
+}
+
+struct Compose {
+    doc: Value,
+}
+
+impl Compose {
+    fn load() -> Compose {
+        Compose {
+            doc: yaml("config/compose.yaml"),
+        }
+    }
+    fn services(&self) -> BTreeMap<String, &Value> {
+        self.doc["services"]
+            .as_mapping()
+            .expect("services")
+            .iter()
+            .map(|(k, v)| (s(k).to_string(), v))
+            .collect()
+    }
+    fn service(&self, name: &str) -> &Value {
+        let v = &self.doc["services"][name];
+        assert!(v.is_mapping(), "compose.yaml has no service `{name}`");
+        v
+    }
+    /// The repo file a service mounts at `target`.
+    fn mounted_at(&self, service: &str, target: &str) -> PathBuf {
+        let (src, _) = mounts(self.service(service))
+            .into_iter()
+            .find(|(_, dst)| dst == target)
+            .unwrap_or_else(|| panic!("{service} mounts nothing at {target}"));
+        assert!(src.starts_with('.'), "{service}: {src} is not a repo path");
+        config_dir().join(src)
+    }
+    fn portcullis_ip(&self) -> String {
+        s(&self.service("portcullis")["networks"]["edge"]["ipv4_address"]).to_string()
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a.canonicalize().ok() == b.canonicalize().ok() && a.exists()
+}
+
+// --- compose.yaml --------------------------------------------------------------
+
+#[test]
+fn compose_file_parses_and_every_mounted_repo_file_exists() {
+    let c = Compose::load();
+    let services = c.services();
+    let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    let want = BTreeSet::from([
+        "portcullis",
+        "postgresql",
+        "authentik-server",
+        "authentik-worker",
+        "prometheus",
+        "grafana",
+        "loki",
+        "promtail",
+    ]);
+    assert_eq!(names, want, "the master stack's services");
+
+    let volumes: BTreeSet<String> = keys(&c.doc["volumes"]).into_iter().collect();
+    let declared_networks: BTreeSet<String> = keys(&c.doc["networks"]).into_iter().collect();
+    let secrets: BTreeSet<String> = keys(&c.doc["secrets"]).into_iter().collect();
+    let allowed_host_paths = ["/var/run/docker.sock"];
+    let mut used_volumes = BTreeSet::new();
+    for (name, svc) in &services {
+        for (src, dst) in mounts(svc) {
+            assert!(dst.starts_with('/'), "{name}: target {dst} is not absolute");
+            if src.starts_with('.') {
+                let p = config_dir().join(&src);
+                assert!(
+                    p.exists(),
+                    "{name} mounts {src}, which is not in the repo ({})",
+                    p.display()
+                );
+            } else if is_path(&src) {
+                assert!(
+                    allowed_host_paths.contains(&src.as_str()),
+                    "{name} mounts host path {src}"
+                );
+            } else {
+                assert!(
+                    volumes.contains(&src),
+                    "{name} uses volume {src}, not declared under volumes:"
+                );
+                used_volumes.insert(src);
+            }
+        }
+        for n in networks(svc) {
+            assert!(
+                declared_networks.contains(&n),
+                "{name}: network {n} not declared"
+            );
+        }
+        for sec in service_secrets(svc) {
+            assert!(secrets.contains(&sec), "{name}: secret {sec} not declared");
+        }
+        let deps: Vec<String> = match &svc["depends_on"] {
+            Value::Sequence(l) => l.iter().map(|d| s(d).to_string()).collect(),
+            Value::Mapping(_) => keys(&svc["depends_on"]),
+            _ => vec![],
+        };
+        for d in deps {
+            assert!(services.contains_key(&d), "{name} depends on unknown {d}");
+        }
+        // Images are pinned, never `latest`.
+        if let Some(image) = svc["image"].as_str() {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+                "{name}: image {image} is not pinned to a tag"
+            );
+        }
+        if let Value::Mapping(_) = &svc["build"] {
+            let ctx = config_dir().join(s(&svc["build"]["context"]));
+            let file = svc["build"]["dockerfile"].as_str().unwrap_or("Dockerfile");
+            assert!(
+                ctx.join(file).is_file(),
+                "{name}: no {file} in {}",
+                ctx.display()
+            );
+            assert!(
+                same_file(&ctx, &root()),
+                "{name}: build context is the repo root"
+            );
+        }
+    }
+    assert_eq!(used_volumes, volumes, "declared volumes nobody uses");
+
+    // Secret files are the operator's to create, in git-ignored config/secrets.
+    let gitignore = read("config/secrets/.gitignore");
+    assert!(
+        gitignore.lines().any(|l| l.trim() == "*"),
+        "config/secrets/.gitignore ignores everything"
+    );
+    let readme = read("README.md");
+    let section = readme_section(&readme, "## Deploy with Docker Compose");
+    for name in &secrets {
+        let file = s(&c.doc["secrets"][name.as_str()]["file"]);
+        assert!(
+            file.starts_with("./secrets/"),
+            "secret {name} comes from {file}, outside config/secrets"
+        );
+        let base = file.trim_start_matches("./secrets/");
+        assert!(
+            section.contains(base),
+            "README's compose section does not say how to create secrets/{base}"
+        );
+    }
+}
+
+fn readme_section<'a>(readme: &'a str, heading: &str) -> &'a str {
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no `{heading}`"))
+        + 1;
+    let rest = &readme[start..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
+    &rest[..end]
+}
+
+#[test]
+fn only_portcullis_is_published_and_only_on_80_and_443() {
+    let c = Compose::load();
+    for (name, svc) in c.services() {
+        let ports: Vec<String> = seq(&svc["ports"])
+            .into_iter()
+            .map(|p| match p {
+                Value::String(x) => x.clone(),
+                other => format!(
+                    "{}:{}",
+                    other["published"].as_u64().unwrap_or(0),
+                    other["target"].as_u64().unwrap_or(0)
+                ),
+            })
+            .collect();
+        if name == "portcullis" {
+            let mut ports = ports;
+            ports.sort();
+            assert_eq!(
+                ports,
+                ["443:443", "80:80"],
+                "portcullis publishes 80 and 443 only"
+            );
+        } else {
+            assert!(
+                ports.is_empty(),
+                "{name} publishes {ports:?}: only Portcullis faces the network"
+            );
+        }
+    }
+}
+
+#[test]
+fn compose_wiring_matches_the_portcullis_config() {
+    let c = Compose::load();
+    let pc = c.service("portcullis");
+    // The config it runs with.
+    let config_path = c.mounted_at("portcullis", "/etc/portcullis/portcullis.toml");
+    assert!(same_file(&config_path, &config_dir().join("compose.toml")));
+    let cfg = toml_file("config/compose.toml");
+    let server = &cfg["server"];
+
+    // Admin: reachable by Prometheus over the network, so it has a token.
+    let admin = server["admin"].as_str().unwrap();
+    let admin_port = admin.rsplit_once(':').unwrap().1;
+    assert!(
+        admin.starts_with("0.0.0.0:"),
+        "admin {admin} must listen beyond loopback in a container"
+    );
+    assert!(server.get("admin_token_file").is_some());
+    let prom = yaml("config/prometheus.yml");
+    let targets: Vec<String> = seq(&prom["scrape_configs"])
+        .into_iter()
+        .filter(|j| j["job_name"] == "portcullis")
+        .flat_map(|j| {
+            seq(&j["static_configs"])
+                .into_iter()
+                .flat_map(|sc| seq(&sc["targets"]))
+        })
+        .map(|t| s(t).to_string())
+        .collect();
+    assert_eq!(targets, [format!("portcullis:{admin_port}")]);
+    // The HEALTHCHECK probes 127.0.0.1 on the same port.
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("PORTCULLIS_ADMIN=127.0.0.1:{admin_port}")),
+        "the Dockerfile's PORTCULLIS_ADMIN does not match server.admin {admin}"
+    );
+
+    // Every secret file the config names is a compose secret granted to it.
+    let granted = service_secrets(pc);
+    let mut file_keys = Vec::new();
+    collect_file_keys(&cfg, &mut file_keys);
+    assert!(file_keys.len() >= 2);
+    for (key, path) in file_keys {
+        let name = path
+            .strip_prefix("/run/secrets/")
+            .unwrap_or_else(|| panic!("{key} = {path}: not a compose secret"));
+        assert!(
+            granted.contains(name),
+            "{key} = {path}: secret {name} not granted to portcullis"
+        );
+    }
+
+    // state_dir is a named volume.
+    let state = server["state_dir"].as_str().unwrap();
+    assert!(
+        mounts(pc)
+            .iter()
+            .any(|(src, dst)| dst == state && !is_path(src)),
+        "state_dir {state} is not on a volume"
+    );
+
+    // Every upstream is a service on a network Portcullis shares.
+    let services = c.services();
+    let pc_nets = networks(pc);
+    for r in cfg["route"].as_array().unwrap() {
+        let Some(up) = r.get("upstream") else {
+            continue;
+        };
+        let ups: Vec<&str> = match up {
+            toml::Value::String(u) => vec![u.as_str()],
+            toml::Value::Array(a) => a.iter().filter_map(|u| u.as_str()).collect(),
+            _ => panic!("upstream {up:?}"),
+        };
+        for u in ups {
+            let host = u
+                .trim_start_matches("http://")
+                .split([':', '/'])
+                .next()
+                .unwrap();
+            let svc = services
+                .get(host)
+                .unwrap_or_else(|| panic!("upstream {u}: no compose service {host}"));
+            assert!(
+                !networks(svc).is_disjoint(&pc_nets),
+                "upstream {u}: {host} shares no network with portcullis"
+            );
+        }
+    }
+
+    // Grafana and Authentik trust exactly Portcullis' fixed address.
+    let ip = c.portcullis_ip();
+    let subnet = s(&c.doc["networks"]["edge"]["ipam"]["config"][0]["subnet"]);
+    let net: ipnet::IpNet = subnet.parse().unwrap();
+    assert!(
+        net.contains(&ip.parse::<std::net::IpAddr>().unwrap()),
+        "{ip} in {subnet}"
+    );
+    let grafana = c.service("grafana");
+    assert_eq!(
+        env(grafana, "GF_AUTH_PROXY_WHITELIST").as_deref(),
+        Some(ip.as_str())
+    );
+    assert_eq!(
+        env(
+            c.service("authentik-server"),
+            "AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS"
+        ),
+        Some(format!("{ip}/32"))
+    );
+    // Grafana reads the user from a header Portcullis sends on its route.
+    assert_eq!(
+        env(grafana, "GF_AUTH_PROXY_ENABLED").as_deref(),
+        Some("true")
+    );
+    let header = env(grafana, "GF_AUTH_PROXY_HEADER_NAME").unwrap();
+    assert_eq!(header.to_ascii_lowercase(), "x-authentik-username");
+    let grafana_route = cfg["route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["upstream"]
+                .as_str()
+                .is_some_and(|u| u.contains("//grafana:"))
+        })
+        .expect("a route to grafana");
+    assert!(
+        grafana_route["auth"].get("oidc").is_some(),
+        "grafana is behind SSO"
+    );
+    assert_eq!(
+        grafana_route
+            .get("identity_headers")
+            .and_then(|v| v.as_str())
+            .unwrap_or("authentik"),
+        "authentik"
+    );
+    // Grafana's auth proxy only sees Portcullis' address if the two share
+    // exactly one network (the edge one).
+    let shared: Vec<_> = networks(grafana).intersection(&pc_nets).cloned().collect();
+    assert_eq!(shared, ["edge"]);
+
+    // Authentik 2025.10+ needs no Redis; server and worker run one tag.
+    let server_img = s(&c.service("authentik-server")["image"]);
+    assert_eq!(server_img, s(&c.service("authentik-worker")["image"]));
+    let version = server_img.rsplit_once(':').unwrap().1;
+    let mut v = version.split('.').map(|p| p.parse::<u32>().unwrap());
+    let (major, minor) = (v.next().unwrap(), v.next().unwrap());
+    assert!(
+        (major, minor) >= (2025, 10),
+        "Authentik {version} still needs Redis"
+    );
+}
+
+fn collect_file_keys(v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                if k.ends_with("_file") {
+                    out.push((k.clone(), v.as_str().unwrap().to_string()));
+                }
+                collect_file_keys(v, out);
+            }
+        }
+        toml::Value::Array(a) => a.iter().for_each(|v| collect_file_keys(v, out)),
+        _ => {}
+    }
+}
+
+// --- Prometheus, Loki, Promtail -----------------------------------------------
+
+#[test]
+fn prometheus_scrapes_the_admin_listener_metrics_path() {
+    let c = Compose::load();
+    let prom = yaml("config/prometheus.yml");
+    let job = seq(&prom["scrape_configs"])
+        .into_iter()
+        .find(|j| j["job_name"] == "portcullis")
+        .expect("a portcullis job");
+    assert_eq!(
+        job["metrics_path"].as_str().unwrap_or("/metrics"),
+        "/metrics"
+    );
+    assert_eq!(job["scheme"].as_str().unwrap_or("http"), "http");
+    for j in seq(&prom["scrape_configs"]) {
+        for sc in seq(&j["static_configs"]) {
+            for t in seq(&sc["targets"]) {
+                let host = s(t).split(':').next().unwrap();
+                assert!(
+                    host == "localhost" || c.services().contains_key(host),
+                    "scrape target {} is not a compose service",
+                    s(t)
+                );
+            }
+        }
+    }
+    // Mounted where the command line says.
+    let svc = c.service("prometheus");
+    let flag = seq(&svc["command"])
+        .into_iter()
+        .map(s)
+        .find_map(|a| a.strip_prefix("--config.file="))
+        .expect("--config.file");
+    assert!(same_file(
+        &c.mounted_at("prometheus", flag),
+        &config_dir().join("prometheus.yml")
+    ));
+}
+
+#[test]
+fn loki_config_parses_and_stores_on_its_volume() {
+    let c = Compose::load();
+    let loki = yaml("config/loki.yml");
+    assert_eq!(loki["server"]["http_listen_port"].as_u64(), Some(3100));
+    let prefix = s(&loki["common"]["path_prefix"]);
+    assert!(
+        mounts(c.service("loki"))
+            .iter()
+            .any(|(src, dst)| dst == prefix && !is_path(src))
+    );
+    let schema = &loki["schema_config"]["configs"][0];
+    assert_eq!(s(&schema["store"]), "tsdb");
+    assert_eq!(s(&schema["schema"]), "v13");
+    let cmd: Vec<&str> = seq(&c.service("loki")["command"])
+        .into_iter()
+        .map(s)
+        .collect();
+    let file = cmd
+        .iter()
+        .find_map(|a| a.strip_prefix("-config.file="))
+        .expect("-config.file");
+    assert!(same_file(
+        &c.mounted_at("loki", file),
+        &config_dir().join("loki.yml")
+    ));
+}
+
+/// Labels Promtail attaches to Portcullis' lines.
+fn promtail_labels(p: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for job in seq(&p["scrape_configs"]) {
+        for r in seq(&job["relabel_configs"]) {
+            if let Some(t) = r["target_label"].as_str()
+                && !t.starts_with("__")
+            {
+                out.insert(t.to_string());
+            }
+        }
+        fn stages(v: &Value, out: &mut BTreeSet<String>) {
+            for st in seq(v) {
+                if let Value::Mapping(_) = &st["labels"] {
+                    out.extend(keys(&st["labels"]));
+                }
+                if let Value::Mapping(_) = &st["match"] {
+                    stages(&st["match"]["stages"], out);
+                }
+            }
+        }
+        stages(&job["pipeline_stages"], &mut out);
+    }
+    out
+}
+
+#[test]
+fn promtail_ships_docker_logs_to_loki_with_few_labels() {
+    let c = Compose::load();
+    let p = yaml("config/promtail.yml");
+    let loki = yaml("config/loki.yml");
+    let url = s(&p["clients"][0]["url"]);
+    assert_eq!(
+        url,
+        format!(
+            "http://loki:{}/loki/api/v1/push",
+            loki["server"]["http_listen_port"].as_u64().unwrap()
+        )
+    );
+    assert!(!networks(c.service("promtail")).is_disjoint(&networks(c.service("loki"))));
+
+    let job = &p["scrape_configs"][0];
+    let sd = &job["docker_sd_configs"][0];
+    let socket = s(&sd["host"]).strip_prefix("unix://").expect("unix socket");
+    assert!(
+        mounts(c.service("promtail"))
+            .iter()
+            .any(|(src, dst)| src == socket && dst == socket)
+    );
+    let filter = s(&sd["filters"][0]["values"][0]);
+    assert_eq!(
+        filter,
+        format!("com.docker.compose.project={}", s(&c.doc["name"]))
+    );
+    let positions = Path::new(s(&p["positions"]["filename"]))
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        mounts(c.service("promtail"))
+            .iter()
+            .any(|(_, dst)| *dst == positions),
+        "positions are kept on a volume"
+    );
+
+    // The JSON stage reads the fields our lines have, the timestamp stage
+    // our timestamp field.
+    let text = read("config/promtail.yml");
+    for field in ["level", "target", "route", "status", "timestamp"] {
+        assert!(
+            text.contains(&format!("{field}: {field}")),
+            "json stage extracts {field}"
+        );
+    }
+    assert!(text.contains("format: RFC3339Nano"));
+
+    let labels = promtail_labels(&p);
+    let allowed = BTreeSet::from(
+        [
+            "service",
+            "container",
+            "stream",
+            "level",
+            "target",
+            "route",
+            "status_class",
+        ]
+        .map(String::from),
+    );
+    assert!(
+        labels.is_subset(&allowed),
+        "labels {labels:?} beyond {allowed:?}"
+    );
+    for must in ["service", "level", "target", "route", "status_class"] {
+        assert!(labels.contains(must), "no `{must}` label");
+    }
+
+    // Every label the dashboard's Loki queries select on is one Promtail sets.
+    let d: serde_json::Value =
+        serde_json::from_str(&read("config/grafana/portcullis.json")).unwrap();
+    for panel in d["panels"].as_array().unwrap() {
+        if panel["datasource"]["uid"] != "loki" {
+            continue;
+        }
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let selector = &expr[expr.find('{').unwrap() + 1..expr.find('}').unwrap()];
+            for matcher in selector.split(',') {
+                let name = matcher.trim().split(['=', '!', '~']).next().unwrap().trim();
+                assert!(
+                    labels.contains(name),
+                    "Loki query selects on `{name}`, which Promtail does not set: {expr}"
+                );
+            }
+        }
+    }
+}
+
+// --- Grafana ---------------------------------------------------------------------
+
+#[test]
+fn grafana_provisioning_matches_the_dashboard() {
+    let c = Compose::load();
+    let prov = c.mounted_at("grafana", "/etc/grafana/provisioning");
+    assert!(same_file(&prov, &config_dir().join("grafana/provisioning")));
+
+    let mut uids = BTreeMap::new();
+    for entry in std::fs::read_dir(prov.join("datasources")).unwrap() {
+        let path = entry.unwrap().path();
+        let v: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["apiVersion"].as_u64(), Some(1));
+        for ds in seq(&v["datasources"]) {
+            uids.insert(
+                s(&ds["uid"]).to_string(),
+                (s(&ds["type"]).to_string(), s(&ds["url"]).to_string()),
+            );
+        }
+    }
+    assert_eq!(
+        uids["prometheus"],
+        (
+            "prometheus".to_string(),
+            "http://prometheus:9090".to_string()
+        )
+    );
+    assert_eq!(
+        uids["loki"],
+        ("loki".to_string(), "http://loki:3100".to_string())
+    );
+    let gnets = networks(c.service("grafana"));
+    for svc in ["prometheus", "loki"] {
+        assert!(
+            !networks(c.service(svc)).is_disjoint(&gnets),
+            "grafana cannot reach {svc}"
+        );
+    }
+
+    // The dashboard provider reads the folder the dashboard is mounted in.
+    let providers: Value = serde_norway::from_str(
+        &std::fs::read_to_string(prov.join("dashboards/portcullis.yml")).unwrap(),
+    )
+    .unwrap();
+    let folder = s(&providers["providers"][0]["options"]["path"]).to_string();
+    let dash = c.mounted_at("grafana", &format!("{folder}/portcullis.json"));
+    assert!(same_file(
+        &dash,
+        &config_dir().join("grafana/portcullis.json")
+    ));
+
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dash).unwrap()).unwrap();
+    assert_eq!(d["uid"], "portcullis");
+    let mut ids = BTreeSet::new();
+    fn datasources(v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(ds) = o.get("datasource")
+                    && let Some(uid) = ds["uid"].as_str()
+                {
+                    out.push((
+                        uid.to_string(),
+                        ds["type"].as_str().unwrap_or("").to_string(),
+                    ));
+                }
+                o.values().for_each(|v| datasources(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| datasources(v, out)),
+            _ => {}
+        }
+    }
+    for p in d["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel id {} twice",
+            p["id"]
+        );
+        assert!(p["gridPos"]["w"].as_u64().is_some_and(|w| w <= 24));
+        if p["type"] != "row" {
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            assert!(
+                targets
+                    .iter()
+                    .all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty()))
+            );
+        }
+    }
+    let mut used = Vec::new();
+    datasources(&d["panels"], &mut used);
+    datasources(&d["templating"], &mut used);
+    for (uid, kind) in used {
+        let (t, _) = uids.get(&uid).unwrap_or_else(|| {
+            panic!("the dashboard uses datasource uid {uid}, which is not provisioned")
+        });
+        assert_eq!(*t, kind, "datasource {uid}");
+    }
+}
+
+// --- systemd -----------------------------------------------------------------------
+
+/// `[Section]` → key → every value (keys may repeat).
+fn unit_file(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {line}"));
+        assert!(!section.is_empty(), "{line} outside a section");
+        out.entry(section.clone())
+            .or_default()
+            .entry(k.trim().to_string())
+            .or_default()
+            .push(v.trim().to_string());
+    }
+    out
+}
+
+#[test]
+fn systemd_unit_reloads_with_sighup_and_is_hardened() {
+    let unit = unit_file(&read("config/portcullis.service"));
+    let svc = &unit["Service"];
+    let one = |k: &str| -> &str {
+        let v = svc.get(k).unwrap_or_else(|| panic!("no {k}="));
+        assert_eq!(v.len(), 1, "{k} set more than once");
+        &v[0]
+    };
+    let reload = one("ExecReload");
+    assert!(
+        reload.contains("kill") && reload.contains("-HUP") && reload.contains("$MAINPID"),
+        "ExecReload={reload}"
+    );
+    let start = one("ExecStart");
+    assert!(
+        start.contains(" run ") && start.contains("--config"),
+        "ExecStart={start}"
+    );
+    assert_eq!(one("User"), "portcullis");
+    assert_eq!(one("NoNewPrivileges"), "yes");
+    assert_eq!(one("ProtectSystem"), "strict");
+    assert!(
+        one("AmbientCapabilities")
+            .split_whitespace()
+            .any(|c| c == "CAP_NET_BIND_SERVICE")
+    );
+    assert_eq!(one("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
+    assert_eq!(one("Restart"), "on-failure");
+    assert!(unit["Install"]["WantedBy"].contains(&"multi-user.target".to_string()));
+
+    // The config it runs is the example, and the only writable path is the
+    // example's state_dir.
+    let env: Vec<&String> = svc["Environment"].iter().collect();
+    assert!(
+        env.iter()
+            .any(|e| *e == "PORTCULLIS_CONFIG=/etc/portcullis/portcullis.toml")
+    );
+    let cfg = toml_file("config/portcullis.toml");
+    let state = cfg["server"]["state_dir"].as_str().unwrap();
+    assert_eq!(one("ReadWritePaths"), state);
+    assert_eq!(format!("/var/lib/{}", one("StateDirectory")), state);
+    let admin = cfg["server"]["admin"].as_str().unwrap();
+    assert!(
+        admin.starts_with("127.0.0.1:"),
+        "the host example keeps admin on loopback: {admin}"
+    );
+}
+
+// --- Dockerfile ----------------------------------------------------------------------
+
+/// (INSTRUCTION, arguments) with continuation lines joined and comments
+/// dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in read("Dockerfile").lines() {
+        let t = line.trim();
+        if cur.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if t.starts_with('#') {
+            continue; // a comment inside a continued instruction
+        }
+        if let Some(part) = t.strip_suffix('\\') {
+            cur.push_str(part);
+            cur.push(' ');
+            continue;
+        }
+        cur.push_str(t);
+        let (ins, args) = cur.split_once(char::is_whitespace).unwrap_or((&cur, ""));
+        out.push((ins.to_ascii_uppercase(), args.trim().to_string()));
+        cur.clear();
+    }
+    out
+}
+
+fn json_array(args: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|e| panic!("not an exec-form array ({e}): {args}"))
+}
+
+/// A path is excluded by .dockerignore (which uses only plain paths and
+/// `**/name` here; anything fancier fails this helper loudly).
+fn dockerignored(path: &str) -> bool {
+    read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .any(|pat| {
+            assert!(
+                !pat.contains(['!', '?', '[']) && !pat.trim_start_matches("**/").contains('*'),
+                "unsupported .dockerignore pattern {pat}"
+            );
+            match pat.strip_prefix("**/") {
+                Some(name) => path.split('/').any(|c| c == name),
+                None => path == pat || path.starts_with(&format!("{pat}/")),
+            }
+        })
+}
+
+#[test]
+fn dockerfile_is_multi_stage_locked_and_unprivileged() {
+    let ins = dockerfile();
+    let froms: Vec<&String> = ins
+        .iter()
+        .filter(|(i, _)| i == "FROM")
+        .map(|(_, a)| a)
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage");
+    let builder = froms[0];
+    let (image, stage) = builder
+        .split_once(" AS ")
+        .or_else(|| builder.split_once(" as "))
+        .expect("named build stage");
+    let tag = image.rsplit_once(':').unwrap().1;
+    assert!(
+        image.contains("/rust:") && tag.ends_with("-bookworm"),
+        "builder {image}"
+    );
+    let mut v = tag
+        .split('-')
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap());
+    // edition 2024 with let-chains needs 1.88.
+    assert!(
+        (v.next().unwrap(), v.next().unwrap()) >= (1, 88),
+        "builder {image}"
+    );
+    let runtime = froms.last().unwrap();
+    assert!(
+        runtime.ends_with("debian:bookworm-slim"),
+        "runtime {runtime}"
+    );
+
+    let runs: Vec<&String> = ins
+        .iter()
+        .filter(|(i, _)| i == "RUN")
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        runs.iter().any(|r| r.contains("cargo build")
+            && r.contains("--release")
+            && r.contains("--locked"))
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("apt-get install") && r.contains("ca-certificates"))
+    );
+
+    let user = &ins.iter().rfind(|(i, _)| i == "USER").expect("USER").1;
+    let uid = user.split(':').next().unwrap();
+    assert!(uid != "root" && uid != "0", "runs as {user}");
+    let volumes: Vec<&String> = ins
+        .iter()
+        .filter(|(i, _)| i == "VOLUME")
+        .map(|(_, a)| a)
+        .collect();
+    assert!(volumes.iter().any(|v| v.contains("/var/lib/portcullis")));
+    let exposed: BTreeSet<&str> = ins
+        .iter()
+        .filter(|(i, _)| i == "EXPOSE")
+        .flat_map(|(_, a)| a.split_whitespace())
+        .collect();
+    assert_eq!(exposed, BTreeSet::from(["80", "443"]));
+
+    // HEALTHCHECK with the binary's own subcommand, which exists.
+    let hc = &ins
+        .iter()
+        .find(|(i, _)| i == "HEALTHCHECK")
+        .expect("HEALTHCHECK")
+        .1;
+    let cmd = json_array(hc.split_once("CMD").expect("HEALTHCHECK CMD").1.trim());
+    assert_eq!(cmd, ["portcullis", "health"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["health", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PORTCULLIS_ADMIN"));
+
+    // The default command runs the config where compose mounts it.
+    let entry = json_array(&ins.iter().find(|(i, _)| i == "ENTRYPOINT").unwrap().1);
+    let cmd = json_array(&ins.iter().find(|(i, _)| i == "CMD").unwrap().1);
+    let argv: Vec<String> = entry.into_iter().chain(cmd).collect();
+    let at = argv.iter().position(|a| a == "--config").expect("--config");
+    assert_eq!(argv[at + 1], "/etc/portcullis/portcullis.toml");
+    assert!(argv.contains(&"run".to_string()));
+    let compose = Compose::load();
+    compose.mounted_at("portcullis", &argv[at + 1]);
+
+    // Every COPY from the context exists and is not .dockerignored; the
+    // release build gets every file Cargo.toml names (its benches).
+    let mut copied = Vec::new();
+    for (i, args) in &ins {
+        if i != "COPY" || args.contains("--from=") {
+            continue;
+        }
+        let parts: Vec<&str> = args
+            .split_whitespace()
+            .filter(|p| !p.starts_with("--"))
+            .collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(root().join(src).exists(), "COPY {src}: not in the repo");
+            assert!(!dockerignored(src), "COPY {src}: excluded by .dockerignore");
+            copied.push(src.to_string());
+        }
+    }
+    assert!(
+        ins.iter()
+            .any(|(i, a)| i == "COPY" && a.contains(&format!("--from={stage}")))
+    );
+    let manifest = toml_file("Cargo.toml");
+    for b in manifest
+        .get("bench")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let path = b
+            .get("path")
+            .and_then(|p| p.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| format!("benches/{}.rs", b["name"].as_str().unwrap()));
+        assert!(
+            copied
+                .iter()
+                .any(|c| path == *c || path.starts_with(&format!("{c}/")))
+                && !dockerignored(&path),
+            "the build needs {path} (a [[bench]] in Cargo.toml) but the Dockerfile does not copy it"
+        );
+    }
+    for must in ["Cargo.toml", "Cargo.lock", "src"] {
+        assert!(copied.iter().any(|c| c == must), "COPY {must}");
+    }
+    for excluded in ["target", ".git", "config/secrets"] {
+        assert!(
+            dockerignored(excluded),
+            ".dockerignore keeps {excluded} out of the context"
+        );
+    }
+}
