@@ -256,7 +256,7 @@ impl Cx<'_> {
                 }
                 HostPattern::Wildcard(s) => {
                     let name = format!("*.{s}");
-                    let has = certs.iter().any(|c| c.hosts.iter().any(|h| *h == r.host));
+                    let has = certs.iter().any(|c| c.hosts.contains(&r.host));
                     if !has && reported.insert(name.clone()) {
                         self.err(
                             Some(self.line_span(r.line)),

@@ -176,6 +176,9 @@ pub async fn accept_loop(
     }
 }
 
+// Returned once per connection and moved straight into the connection
+// task: boxing the stream would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Handshake {
     Done(tokio_rustls::server::TlsStream<TcpStream>, String),
     UnknownName,
