@@ -11,7 +11,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::{ConnInfo, handle};
 use crate::config::ServerConfig;
@@ -99,10 +100,57 @@ impl Default for Drain {
     }
 }
 
-/// Accepts plain TCP connections until shutdown. `slots` bounds the
-/// connections served at once across the public listeners: when none is
-/// free, accepting pauses (the kernel's backlog holds new clients) instead
-/// of failing.
+/// One accepted client connection, holding its connection slot.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Waits for a free connection slot, then for the next client; `None`
+/// once shutdown starts. `slots` bounds the connections served at once
+/// across the public listeners: when none is free, accepting pauses (the
+/// kernel's backlog holds new clients) instead of failing. Accept errors
+/// (EMFILE and friends) back off instead of spinning; the connections we
+/// have keep being served.
+pub async fn accept_next(
+    listener: &TcpListener,
+    proto: &str,
+    slots: &Arc<Semaphore>,
+    drain: &mut watch::Receiver<DrainState>,
+) -> Option<Accepted> {
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok()?,
+            _ = drain.changed() => return None,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = proto, error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.changed() => return None,
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .or_else(|_| listener.local_addr())
+            .unwrap_or(peer);
+        return Some(Accepted {
+            stream,
+            peer,
+            local,
+            permit,
+        });
+    }
+}
+
+/// Accepts plain TCP connections until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
     proto: &'static str,
@@ -111,32 +159,16 @@ pub async fn accept_loop(
     slots: Arc<Semaphore>,
     mut drain: watch::Receiver<DrainState>,
 ) {
-    let local = listener.local_addr().ok();
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = drain.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the
-                    // connections we have keep being served.
-                    tracing::warn!(listener = proto, error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = drain.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some(Accepted {
+        stream,
+        peer,
+        local,
+        permit,
+    }) = accept_next(&listener, proto, &slots, &mut drain).await
+    {
         let info = Arc::new(ConnInfo {
             peer,
-            local: stream.local_addr().ok().or(local).unwrap_or(peer),
+            local,
             proto,
             sni: None,
         });

@@ -25,7 +25,7 @@ use tokio_rustls::StartHandshake;
 pub use store::CertStore;
 
 use crate::proxy::ConnInfo;
-use crate::proxy::server::{DrainState, HttpBuilder, serve_connection};
+use crate::proxy::server::{Accepted, DrainState, HttpBuilder, accept_next, serve_connection};
 use crate::state::Shared;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
@@ -108,28 +108,13 @@ pub async fn accept_loop(
     slots: Arc<Semaphore>,
     mut drain: watch::Receiver<DrainState>,
 ) {
-    let local = listener.local_addr().ok();
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = drain.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(listener = "https", error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = drain.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+    while let Some(Accepted {
+        stream,
+        peer,
+        local,
+        permit,
+    }) = accept_next(&listener, "https", &slots, &mut drain).await
+    {
         let tls = tls.clone();
         let shared = shared.clone();
         let builder = builder.clone();
