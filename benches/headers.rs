@@ -125,9 +125,14 @@ fn map(sets: &[&[(&str, &str)]]) -> HeaderMap {
     h
 }
 
-fn origin(host: &str) -> Origin<'_> {
+/// The peer as the connection formats it once.
+static PEER: std::sync::LazyLock<HeaderValue> =
+    std::sync::LazyLock::new(|| HeaderValue::from_static("127.0.0.1"));
+
+fn origin(host: &HeaderValue) -> Origin<'_> {
     Origin {
         peer: "127.0.0.1".parse().unwrap(),
+        peer_value: &PEER,
         peer_trusted: false,
         proto: "http",
         host,
@@ -141,17 +146,16 @@ fn request_pipeline(req: &mut HeaderMap, ids: &RequestIds) -> HeaderValue {
     let peer: IpAddr = "127.0.0.1".parse().unwrap();
     let id = request_id(req, ids);
     let cip = client_ip(req, peer, |_| false);
-    let host_header = req
+    let host = req
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
     strip_spoofable(req, false);
-    set_forwarded(req, &origin(&host_header), cip);
+    set_forwarded(req, &origin(&host), cip);
     req.insert(REQUEST_ID, id.clone());
     let upgrade = is_upgrade_request(req);
     remove_hop_by_hop(req, upgrade);
-    req.insert(header::HOST, HeaderValue::from_str(&host_header).unwrap());
+    req.insert(header::HOST, host);
     id
 }
 
@@ -182,7 +186,8 @@ fn allocation_report() {
     let spoof = map(&[BROWSER, SPOOFING]);
     let resp = map(&[RESPONSE]);
     let id = ids.next();
-    let o = origin("app.example.com");
+    let host = HeaderValue::from_static("app.example.com");
+    let o = origin(&host);
     let peer = o.peer;
     let rows: Vec<(&str, u64)> = vec![
         (
@@ -242,7 +247,8 @@ fn bench(c: &mut Criterion) {
     let browser = map(&[BROWSER]);
     let spoof = map(&[BROWSER, SPOOFING]);
     let resp = map(&[RESPONSE]);
-    let o = origin("app.example.com");
+    let host = HeaderValue::from_static("app.example.com");
+    let o = origin(&host);
     let peer = o.peer;
 
     let mut g = c.benchmark_group("headers");

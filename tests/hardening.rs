@@ -690,3 +690,32 @@ async fn the_route_timeout_starts_after_the_upload_not_before() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"body_len\":50"), "{text}");
 }
+
+#[tokio::test]
+async fn two_host_headers_are_refused() {
+    let backend = Backend::echo().await;
+    let gw = gateway_with(
+        &format!(
+            "[[route]]\nhost = \"a.test\"\nupstream = \"{}\"\n\n[[route]]\nhost = \"b.test\"\nupstream = \"{}\"\n",
+            backend.url(),
+            backend.url()
+        ),
+        "",
+    )
+    .await;
+    for (first, second) in [("a.test", "b.test"), ("b.test", "a.test")] {
+        let r = raw(
+            gw.http_addr(),
+            &[
+                "GET / HTTP/1.1",
+                &format!("Host: {first}"),
+                &format!("Host: {second}"),
+                "Connection: close",
+            ],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 400, "Host: {first} + Host: {second}");
+    }
+    assert_eq!(backend.served(), 0);
+}

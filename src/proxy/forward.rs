@@ -1,17 +1,29 @@
-//! Forwarding one request to an upstream over a pooled keep-alive client,
-//! streaming bodies both ways, and relaying protocol upgrades (WebSocket)
-//! once the backend has agreed with a 101.
+//! Forwarding one request to an upstream, streaming bodies both ways, and
+//! relaying protocol upgrades (WebSocket) once the backend has agreed with
+//! a 101.
+//!
+//! Two ways to reach an upstream:
+//! - an HTTP/1 client connection keeps its own upstream connections
+//!   ([`ConnUpstreams`]): its requests are sequential, so the upstream
+//!   connection it used last is idle again when the next request comes,
+//!   and reusing it costs no pool lookup, no lock contention and no hand-off
+//!   to another task. This is the hot path.
+//! - HTTP/2 client connections (many concurrent streams), retries and
+//!   health checks use the shared keep-alive pool ([`UpstreamClient`]).
 
 use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use super::body::{Body, Limited, TripWire, Tripped};
 use super::error::ProxyError;
@@ -41,32 +53,6 @@ impl UpstreamClient {
         UpstreamClient { client }
     }
 
-    /// Like [`send`](Self::send), but the response deadline starts only once
-    /// the request body has been sent: a long upload to a backend that
-    /// reads it all before answering is not a timeout. (A stalled upload is
-    /// caught by `request_body_timeout` instead.)
-    async fn send_after_body(
-        &self,
-        req: Request<Body>,
-        timeout: Duration,
-        wire: &TripWire,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let fut = self.client.request(req);
-        tokio::pin!(fut);
-        let mut deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            tokio::select! {
-                r = &mut fut => return r.map_err(|e| classify(&e)),
-                _ = tokio::time::sleep_until(deadline) => {
-                    if wire.body_done() {
-                        return Err(ProxyError::UpstreamTimeout);
-                    }
-                    deadline = tokio::time::Instant::now() + timeout;
-                }
-            }
-        }
-    }
-
     pub async fn send(
         &self,
         req: Request<Body>,
@@ -76,6 +62,134 @@ impl UpstreamClient {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+/// The upstream connections one HTTP/1 client connection owns, at most one
+/// per upstream address (a few, for routes with several upstreams). They
+/// close when the client connection closes.
+#[derive(Default)]
+pub struct ConnUpstreams {
+    slots: std::sync::Mutex<Vec<(Authority, SendRequest<Body>)>>,
+}
+
+const CONN_UPSTREAM_SLOTS: usize = 4;
+
+impl std::fmt::Debug for ConnUpstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnUpstreams")
+    }
+}
+
+impl ConnUpstreams {
+    fn take(&self, a: &Authority) -> Option<SendRequest<Body>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let i = slots.iter().position(|(k, _)| k == a)?;
+        Some(slots.swap_remove(i).1)
+    }
+
+    fn put(&self, a: &Authority, s: SendRequest<Body>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= CONN_UPSTREAM_SLOTS {
+            slots.remove(0);
+        }
+        slots.push((a.clone(), s));
+    }
+
+    /// Sends `req` over this client connection's own connection to
+    /// `target`, opening one when there is none or it was closed. A request
+    /// the old connection did not take (closed under us) is resent once on
+    /// a fresh connection: nothing of it was sent.
+    async fn send(
+        &self,
+        target: &UpstreamTarget,
+        req: Request<Body>,
+        server: &ServerConfig,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = match self.take(&target.authority) {
+            Some(s) if !s.is_closed() => s,
+            _ => connect(target, server.upstream_connect_timeout).await?,
+        };
+        if sender.ready().await.is_err() {
+            sender = connect(target, server.upstream_connect_timeout).await?;
+        }
+        let fut = sender.try_send_request(req);
+        self.put(&target.authority, sender);
+        match fut.await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    let mut fresh = connect(target, server.upstream_connect_timeout).await?;
+                    let fut = fresh.send_request(req);
+                    self.put(&target.authority, fresh);
+                    fut.await.map_err(|e| classify_hyper(&e))
+                }
+                None => Err(classify_hyper(e.error())),
+            },
+        }
+    }
+}
+
+/// Opens one HTTP/1.1 connection to an upstream.
+async fn connect(
+    target: &UpstreamTarget,
+    connect_timeout: Duration,
+) -> Result<SendRequest<Body>, ProxyError> {
+    let host = target
+        .authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = target.authority.port_u16().unwrap_or(80);
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await
+    {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(ProxyError::UpstreamTimeout);
+        }
+        Ok(Err(_)) => return Err(ProxyError::UpstreamUnavailable),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ProxyError::UpstreamUnavailable)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+fn classify_hyper(e: &hyper::Error) -> ProxyError {
+    if e.is_timeout() {
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::UpstreamBroken
+    }
+}
+
+/// Waits for response headers: `timeout` from the end of the upload
+/// (`wire` tells when the body is done; `None` for bodiless requests).
+async fn await_response(
+    fut: impl std::future::Future<Output = Result<Response<Incoming>, ProxyError>>,
+    timeout: Duration,
+    wire: Option<&TripWire>,
+) -> Result<Response<Incoming>, ProxyError> {
+    tokio::pin!(fut);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep_until(deadline) => {
+                if wire.is_none_or(TripWire::body_done) {
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+                deadline = tokio::time::Instant::now() + timeout;
+            }
         }
     }
 }
@@ -119,9 +233,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The request as it left the client, reduced to what forwarding needs.
 pub struct Forward<'a> {
     pub route: &'a Route,
+    /// The client connection's own upstream connections (HTTP/1 clients).
+    pub conn: Option<&'a ConnUpstreams>,
     pub server: &'a ServerConfig,
     /// The host as the client sent it (with port), for a preserved Host header.
-    pub host_header: &'a str,
+    pub host_value: &'a HeaderValue,
 }
 
 /// Sends `req` (headers already sanitised by the caller) to one of the
@@ -148,11 +264,7 @@ pub async fn forward(
     let has_body = !body.is_end_stream();
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    let host = if route.config.preserve_host {
-        HeaderValue::from_str(fwd.host_header).ok()
-    } else {
-        None
-    };
+    let host = route.config.preserve_host.then(|| fwd.host_value.clone());
     let wire = TripWire::default();
 
     let retry = !has_body
@@ -243,12 +355,20 @@ async fn send_one(
     wire: &TripWire,
 ) -> Result<Response<Body>, ProxyError> {
     let route = fwd.route;
-    let result = if matches!(req.body(), Body::Limited(_)) {
-        client
-            .send_after_body(req, route.config.timeout, wire)
-            .await
-    } else {
-        client.send(req, route.config.timeout).await
+    // The response deadline starts once the request body has been sent: a
+    // long upload to a backend that reads it all before answering is not a
+    // timeout (a stalled one is `request_body_timeout`'s business).
+    let body_wire = matches!(req.body(), Body::Limited(_)).then_some(wire);
+    let timeout = route.config.timeout;
+    let result = match fwd.conn {
+        Some(own) => {
+            let target = &route.config.upstreams()[i];
+            await_response(own.send(target, req, fwd.server), timeout, body_wire).await
+        }
+        None => {
+            let fut = async { client.client.request(req).await.map_err(|e| classify(&e)) };
+            await_response(fut, timeout, body_wire).await
+        }
     };
     if let Some(t) = wire.get() {
         // The client's body broke the request, not the upstream.

@@ -89,21 +89,28 @@ pub fn is_forwarding_header(name: &str) -> bool {
 /// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
 /// survive so an upgrade can be relayed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: one pass over the names; most requests and responses
+    // carry none of these (or only `connection: keep-alive`).
+    if !headers.keys().any(|n| is_hop_by_hop(n.as_str())) {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for token in s.split(',') {
-                let t = token.trim();
-                if t.is_empty()
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || t.eq_ignore_ascii_case("close")
-                    || t.eq_ignore_ascii_case("upgrade")
-                {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                    named.push(n);
-                }
+        // Byte-wise: one non-ASCII byte elsewhere in the value must not
+        // make us forward the headers it names (found by fuzzing).
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let t = token.trim_ascii();
+            // `keep-alive` is removed below anyway; `upgrade` is handled
+            // last. Any other option, `close` included, may also be the
+            // name of a header that must not cross (found by fuzzing).
+            if t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t) {
+                named.push(n);
             }
         }
     }
@@ -120,6 +127,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Is this (lowercase) name one of the fixed hop-by-hop headers, or
+/// `upgrade`?
+fn is_hop_by_hop(n: &str) -> bool {
+    match n.as_bytes().first() {
+        Some(b'c') => n == "connection",
+        Some(b'k') => n == "keep-alive",
+        Some(b'p') => {
+            n == "proxy-connection" || n == "proxy-authenticate" || n == "proxy-authorization"
+        }
+        Some(b't') => n == "te" || n == "trailer" || n == "transfer-encoding",
+        Some(b'u') => n == "upgrade",
+        _ => false,
+    }
+}
+
 /// True when the request asks for a protocol upgrade (WebSocket etc.).
 /// `Upgrade: h2c` is not relayed: the upgrade header is then dropped like
 /// any other hop-by-hop header and the request proxied as plain HTTP/1.1.
@@ -129,13 +151,13 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .split(|&b| b == b',')
             .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
     }) && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-                .unwrap_or(false)
-        })
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// Removes every client-sent identity header and, unless the peer is a
@@ -163,51 +185,56 @@ pub fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
 pub struct Origin<'a> {
     /// The TCP peer.
     pub peer: IpAddr,
+    /// The TCP peer as a header value, formatted once per connection.
+    pub peer_value: &'a HeaderValue,
     /// Is the TCP peer a trusted proxy?
     pub peer_trusted: bool,
     /// `http` or `https`, as the client reached us.
     pub proto: &'static str,
     /// The host the client asked for, as sent.
-    pub host: &'a str,
+    pub host: &'a HeaderValue,
+}
+
+/// An IP address as a header value.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. From an
 /// untrusted peer the client's own values were already removed, so these
 /// replace them; from a trusted proxy the peer is appended to its chain and
 /// its `-Proto`/`-Host` are kept.
+///
+/// The common case (untrusted peer) copies no bytes: the peer and host
+/// values are shared, reference-counted header values.
 pub fn set_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>, client_ip: IpAddr) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let peer = origin.peer.to_string();
-    let chain = if origin.peer_trusted {
+    let chain = if origin.peer_trusted && headers.contains_key(&xff) {
         let prior: Vec<&str> = headers
             .get_all(&xff)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if prior.is_empty() {
-            peer
-        } else {
-            format!("{}, {peer}", prior.join(", "))
-        }
+        HeaderValue::try_from(format!("{}, {}", prior.join(", "), origin.peer))
+            .unwrap_or_else(|_| origin.peer_value.clone())
     } else {
-        peer
+        origin.peer_value.clone()
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
-    }
+    headers.insert(xff, chain);
     let proto = HeaderName::from_static("x-forwarded-proto");
     if !origin.peer_trusted || !headers.contains_key(&proto) {
         headers.insert(proto, HeaderValue::from_static(origin.proto));
     }
     let fhost = HeaderName::from_static("x-forwarded-host");
-    if (!origin.peer_trusted || !headers.contains_key(&fhost))
-        && let Ok(v) = HeaderValue::from_str(origin.host)
-    {
-        headers.insert(fhost, v);
+    if !origin.peer_trusted || !headers.contains_key(&fhost) {
+        headers.insert(fhost, origin.host.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
-    }
+    let real = if client_ip == origin.peer {
+        origin.peer_value.clone()
+    } else {
+        ip_value(client_ip)
+    };
+    headers.insert(HeaderName::from_static("x-real-ip"), real);
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted
@@ -388,6 +415,21 @@ mod tests {
     }
 
     #[test]
+    fn connection_named_headers_go_even_in_odd_values() {
+        // Fuzzing found both: `close` doubling as a header name, and a
+        // non-ASCII byte that made the whole value unreadable.
+        let mut h = map(&[("connection", "close"), ("close", "1"), ("x-keep", "1")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, \xff").unwrap(),
+        );
+        h.append("x-secret", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
     fn upgrade_survives_when_kept() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade_request(&h));
@@ -398,11 +440,15 @@ mod tests {
 
     #[test]
     fn forwarded_replaced_or_appended() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let peer_value = ip_value(peer);
+        let host = HeaderValue::from_static("app.example.com");
         let origin = Origin {
-            peer: "10.0.0.9".parse().unwrap(),
+            peer,
+            peer_value: &peer_value,
             peer_trusted: false,
             proto: "https",
-            host: "app.example.com",
+            host: &host,
         };
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, &origin, origin.peer);

@@ -30,7 +30,7 @@ use crate::state::{Shared, Snapshot};
 pub const RESERVED_PREFIX: &str = "/.portcullis";
 
 /// What a connection knows about itself.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -38,6 +38,28 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// The TLS server name the client asked for (lowercase), on https.
     pub sni: Option<Box<str>>,
+    /// This connection's own upstream connections (used by HTTP/1 clients).
+    pub upstreams: forward::ConnUpstreams,
+    /// The peer's address as a header value, formatted once.
+    pub peer_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        proto: &'static str,
+        sni: Option<Box<str>>,
+    ) -> Self {
+        ConnInfo {
+            peer,
+            local,
+            proto,
+            sni,
+            upstreams: Default::default(),
+            peer_value: headers::ip_value(crate::state::canonical_ip(peer.ip())),
+        }
+    }
 }
 
 /// Where ACME HTTP-01 validators fetch their tokens.
@@ -194,7 +216,14 @@ async fn route_request<'a>(
 
     // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
     // if both are present they must agree.
-    let header_host = match req.headers().get(header::HOST) {
+    let mut host_headers = req.headers().get_all(header::HOST).iter();
+    let first_host = host_headers.next();
+    if host_headers.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "The request has more than one Host header.",
+        ));
+    }
+    let header_host = match first_host {
         Some(h) => Some(
             h.to_str()
                 .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
@@ -266,7 +295,9 @@ async fn route_request<'a>(
         Ok(who) => who,
         Err(stop) => return stop.into_result(&mut outcome.error),
     };
-    if let Some(w) = &who {
+    if let Some(w) = &who
+        && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+    {
         outcome.user = Some(w.identity().display_name().to_string());
     }
 
@@ -274,7 +305,13 @@ async fn route_request<'a>(
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => Ok(redirect(r, req.uri())),
         Action::Upstream(_) => {
-            let host_header = raw_host.to_string();
+            // The Host as sent, reused (not copied) for X-Forwarded-Host and
+            // a preserved Host upstream.
+            let host_value = match first_host {
+                Some(v) => v.clone(),
+                None => HeaderValue::from_str(raw_host)
+                    .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
+            };
             let h = req.headers_mut();
             headers::strip_spoofable(h, peer_trusted);
             // issue 4: our cookies never reach a backend; then who the user is.
@@ -284,17 +321,20 @@ async fn route_request<'a>(
             }
             let origin = headers::Origin {
                 peer,
+                peer_value: &conn.peer_value,
                 peer_trusted,
                 proto: conn.proto,
-                host: &host_header,
+                host: &host_value,
             };
             headers::set_forwarded(h, &origin, client_ip);
             h.insert(headers::REQUEST_ID, request_id.clone());
 
+            let own = (req.version() < http::Version::HTTP_2).then_some(&conn.upstreams);
             let fwd = Forward {
                 route,
+                conn: own,
                 server: &snap.server,
-                host_header: &host_header,
+                host_value: &host_value,
             };
             let (result, used) = forward::forward(&shared.client, fwd, req).await;
             outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());

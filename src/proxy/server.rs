@@ -166,12 +166,7 @@ pub async fn accept_loop(
         permit,
     }) = accept_next(&listener, proto, &slots, &mut drain).await
     {
-        let info = Arc::new(ConnInfo {
-            peer,
-            local,
-            proto,
-            sni: None,
-        });
+        let info = Arc::new(ConnInfo::new(peer, local, proto, None));
         let shared = shared.clone();
         let builder = builder.clone();
         let drain = drain.clone();

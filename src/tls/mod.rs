@@ -142,12 +142,12 @@ pub async fn accept_loop(
                 }
                 Handshake::Challenge => return,
             };
-            let info = Arc::new(ConnInfo {
+            let info = Arc::new(ConnInfo::new(
                 peer,
                 local,
-                proto: "https",
-                sni: Some(sni.into_boxed_str()),
-            });
+                "https",
+                Some(sni.into_boxed_str()),
+            ));
             serve_connection(
                 hyper_util::rt::TokioIo::new(stream),
                 info,
