@@ -1,6 +1,5 @@
-//! The browser sign-in flow and the gateway's own endpoints under
-//! `/.portcullis/`: the redirect to the provider, the callback, logout,
-//! the signed-out page, and back-channel logout.
+//! The browser sign-in flow: the redirect to the provider and the
+//! callback at `/.portcullis/callback` (sign-out is in `logout`).
 //!
 //! Where to return after sign-in is kept server-side, keyed by `state`,
 //! and is always an absolute URL on the host the user asked for; nothing
@@ -14,26 +13,24 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Limited};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use openidconnect::OAuth2TokenResponse as _;
 use openidconnect::TokenResponse as _;
 
-use super::jwt::{self, JwtError};
 use super::provider::{FlowError, merge_userinfo, user_claims};
 use super::session::{decode_id, for_each_cookie, unix_now};
-use super::store::{SessionRecord, SubjectKey};
+use super::store::SessionRecord;
 use super::{AuthShared, AuthSnapshot, ProviderView};
 use crate::proxy::body::Body;
-use crate::proxy::error::{self, ProxyError};
+use crate::proxy::error::ProxyError;
 
 /// How long a started sign-in may take.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Sign-ins in progress at once; beyond this, new ones get a 503.
 const MAX_PENDING: usize = 100_000;
 /// How long a request waits for discovery before answering 503.
-const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
+pub(super) const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// Session cookie names: `__Host-` (host-only, Secure, Path=/) unless a
 /// `cookie_domain` is set or cookies are insecure, where browsers refuse it.
@@ -49,8 +46,6 @@ pub const OUR_COOKIES: [&str; 4] = [
     LOGIN_COOKIE_HOST,
     LOGIN_COOKIE_PLAIN,
 ];
-
-const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// A sign-in between the redirect to the provider and the callback.
 struct Pending {
@@ -143,7 +138,7 @@ fn login_cookie_name(secure: bool) -> &'static str {
 }
 
 /// A `Set-Cookie` value. `domain` only for the session cookie.
-fn cookie(
+pub(super) fn cookie(
     name: &str,
     value: &str,
     max_age: u64,
@@ -161,7 +156,7 @@ fn cookie(
     HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""))
 }
 
-fn session_cookie(view: &ProviderView, value: &str, max_age: u64) -> HeaderValue {
+pub(super) fn session_cookie(view: &ProviderView, value: &str, max_age: u64) -> HeaderValue {
     let cfg = &view.config;
     cookie(
         view.cookie_name,
@@ -172,7 +167,7 @@ fn session_cookie(view: &ProviderView, value: &str, max_age: u64) -> HeaderValue
     )
 }
 
-fn redirect(location: &str) -> Result<Response<Body>, ProxyError> {
+pub(super) fn redirect(location: &str) -> Result<Response<Body>, ProxyError> {
     let mut r = Response::new(Body::Empty);
     *r.status_mut() = StatusCode::FOUND;
     let h = r.headers_mut();
@@ -199,7 +194,7 @@ pub(super) async fn start_login(
             "Sign-in needs HTTPS: open this address with https://.",
         ));
     }
-    let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
+    let Some(d) = view.provider.reachable(DISCOVERY_WAIT).await else {
         return Err(ProxyError::LoginUnavailable);
     };
     let redirect_uri = format!("{}://{}/.portcullis/callback", target.scheme, target.host);
@@ -342,6 +337,7 @@ pub(super) async fn callback(
     {
         Ok(t) => t,
         Err(FlowError::Unavailable(e)) => {
+            view.provider.note_unreachable();
             tracing::warn!(provider = %p.provider, error = %e, "code exchange failed");
             return Err(ProxyError::LoginUnavailable);
         }
@@ -427,158 +423,6 @@ pub(super) async fn callback(
         ),
     );
     Ok(resp)
-}
-
-/// `/.portcullis/logout`: ends the session, clears the cookie, and sends
-/// the browser to the provider's end-session endpoint (or straight to the
-/// signed-out page).
-pub(super) async fn logout(
-    auth: &AuthShared,
-    snap: &AuthSnapshot,
-    headers: &HeaderMap,
-    scheme: &str,
-    raw_host: &str,
-) -> Result<Response<Body>, ProxyError> {
-    let signed_out = format!("{scheme}://{raw_host}/.portcullis/logged-out");
-    let mut ended = None;
-    if let Some(sessions) = auth.sessions() {
-        let mut ids = Vec::new();
-        for name in [COOKIE_HOST, COOKIE_PLAIN] {
-            for_each_cookie(headers, name, |v| {
-                if let Some(id) = decode_id(v) {
-                    ids.push(id);
-                }
-                false
-            });
-        }
-        for id in ids {
-            if let Some(rec) = sessions.end(id).await {
-                ended.get_or_insert(rec);
-            }
-        }
-    }
-    let view = ended.as_ref().and_then(|r| snap.by_name(&r.provider));
-    let mut location = signed_out.clone();
-    if let (Some(rec), Some(view)) = (&ended, view) {
-        tracing::info!(provider = %rec.provider, user = %rec.user.username, "signed out");
-        if let Some(d) = view.provider.ensure(Duration::from_secs(2)).await
-            && let Some(end) = &d.end_session
-            && let Ok(mut url) = openidconnect::url::Url::parse(end)
-        {
-            {
-                let mut q = url.query_pairs_mut();
-                if let Some(t) = &rec.id_token {
-                    q.append_pair("id_token_hint", t);
-                }
-                q.append_pair("client_id", &view.config.client_id);
-                q.append_pair("post_logout_redirect_uri", &signed_out);
-            }
-            location = url.to_string();
-        }
-    }
-    let mut resp = redirect(&location)?;
-    let h = resp.headers_mut();
-    match view {
-        Some(v) => {
-            h.append(header::SET_COOKIE, session_cookie(v, "", 0));
-        }
-        None => {
-            h.append(header::SET_COOKIE, cookie(COOKIE_HOST, "", 0, true, None));
-            h.append(header::SET_COOKIE, cookie(COOKIE_PLAIN, "", 0, false, None));
-        }
-    }
-    Ok(resp)
-}
-
-/// `/.portcullis/logged-out`.
-pub(super) fn logged_out(request_id: &HeaderValue, accept: Option<&HeaderValue>) -> Response<Body> {
-    error::render_titled(
-        StatusCode::OK,
-        "Signed out",
-        "You are signed out. Close this tab, or open the site again to sign in.",
-        request_id,
-        error::wants_json(accept),
-    )
-}
-
-/// `/.portcullis/backchannel-logout`: the provider tells us a user's
-/// session there ended; end ours.
-pub(super) async fn backchannel(
-    auth: &AuthShared,
-    snap: &AuthSnapshot,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    const BAD: ProxyError = ProxyError::BadRequest("The logout token is not valid.");
-    if req.method() != Method::POST {
-        return Err(ProxyError::BadRequest(
-            "Back-channel logout takes a POST with a logout_token.",
-        ));
-    }
-    let body = Limited::new(req.into_body(), 64 * 1024)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::BadRequest("The logout request body is too large or broken."))?
-        .to_bytes();
-    let token = openidconnect::url::form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "logout_token")
-        .map(|(_, v)| v.into_owned())
-        .ok_or(BAD)?;
-    let jwt = jwt::parse(&token).map_err(|_| BAD)?;
-    let iss = jwt.str_claim("iss").ok_or(BAD)?;
-    let view = snap
-        .providers
-        .iter()
-        .filter(|v| v.config.issuer == iss)
-        .find(|v| {
-            jwt.check_audience(std::iter::once(v.config.client_id.as_str()))
-                .is_ok()
-        })
-        .ok_or(BAD)?;
-    let Some(mut d) = view.provider.ensure(DISCOVERY_WAIT).await else {
-        return Err(ProxyError::LoginUnavailable);
-    };
-    let secret = Some(view.provider.client_secret());
-    let mut checked = jwt.verify_signature(&d.id_token_algs, d.jwks(), secret);
-    if checked == Err(JwtError::NoMatchingKey)
-        && let Some(newer) = view.provider.refetch_jwks(&d).await
-    {
-        d = newer;
-        checked = jwt.verify_signature(&d.id_token_algs, d.jwks(), secret);
-    }
-    let valid = checked
-        .and_then(|_| jwt.check_times(unix_now(), false))
-        .and_then(|_| {
-            if !jwt.has_iat() {
-                return Err(JwtError::Claims("no iat"));
-            }
-            if jwt.claims.contains_key("nonce") {
-                return Err(JwtError::Claims("a logout token has no nonce"));
-            }
-            match jwt
-                .claims
-                .get("events")
-                .and_then(|e| e.get(BACKCHANNEL_EVENT))
-            {
-                Some(serde_json::Value::Object(_)) => Ok(()),
-                _ => Err(JwtError::Claims("no back-channel logout event")),
-            }
-        });
-    if let Err(e) = valid {
-        tracing::warn!(provider = %view.config.name, error = %e, "back-channel logout token refused");
-        return Err(BAD);
-    }
-    let key = match (jwt.str_claim("sid"), jwt.str_claim("sub")) {
-        (Some(sid), _) => SubjectKey::Sid(sid.to_string()),
-        (None, Some(sub)) => SubjectKey::Sub(sub.to_string()),
-        (None, None) => return Err(BAD),
-    };
-    let sessions = auth.sessions().ok_or(ProxyError::Internal)?;
-    let ended = sessions.end_matching(&view.config.name, key).await;
-    tracing::info!(provider = %view.config.name, sessions = ended, "back-channel logout");
-    let mut r = Response::new(Body::Empty);
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(1);
 const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Background discovery retry: doubling from 1 s up to this.
 const DISCOVERY_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a reachability probe before a login is trusted.
+const PROBE_OK_FOR: Duration = Duration::from_secs(2);
+const PROBE_FAILED_FOR: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Claims beyond the standard ones: Authentik's `groups`, and `sid`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -196,6 +200,8 @@ pub struct Provider {
     discovery: Mutex<Option<Instant>>,
     /// Serialises JWKS refetches; holds the time of the last one.
     jwks_fetch: Mutex<Option<Instant>>,
+    /// Last reachability probe: when, and whether it answered.
+    probe: Mutex<Option<(Instant, bool)>>,
     retrying: AtomicBool,
 }
 
@@ -212,6 +218,7 @@ impl Provider {
             current: ArcSwapOption::empty(),
             discovery: Mutex::new(None),
             jwks_fetch: Mutex::new(None),
+            probe: Mutex::new(None),
             retrying: AtomicBool::new(false),
         }))
     }
@@ -303,6 +310,43 @@ impl Provider {
             self.discover_locked().await.ok()
         };
         tokio::time::timeout(wait, attempt).await.ok().flatten()
+    }
+
+    /// The metadata, if the provider is reachable right now: a browser is
+    /// only sent to a provider that answers (a dead one would leave the
+    /// user on a browser error page; a 503 from us says what is wrong).
+    /// Probes the discovery document, cached briefly.
+    pub async fn reachable(&self, wait: Duration) -> Option<Arc<Discovered>> {
+        let d = self.ensure(wait).await?;
+        let mut probe = self.probe.lock().await;
+        if let Some((at, ok)) = *probe {
+            let valid_for = if ok { PROBE_OK_FOR } else { PROBE_FAILED_FOR };
+            if at.elapsed() < valid_for {
+                return ok.then_some(d);
+            }
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let req = http::Request::get(url).body(Vec::new()).ok()?;
+        let ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.http.send(req)).await,
+            Ok(Ok(r)) if r.status().is_success()
+        );
+        if !ok {
+            tracing::warn!(provider = %self.name, issuer = %self.issuer, "identity provider not reachable; new logins answer 503");
+        }
+        *probe = Some((Instant::now(), ok));
+        ok.then_some(d)
+    }
+
+    /// Records that an exchange could not reach the provider, so the next
+    /// logins answer 503 at once instead of sending browsers there.
+    pub fn note_unreachable(&self) {
+        if let Ok(mut p) = self.probe.try_lock() {
+            *p = Some((Instant::now(), false));
+        }
     }
 
     /// Refetches the JWKS after a token named a key we do not have; at most

@@ -398,6 +398,9 @@ impl Sessions {
                 rec.refresh_token = None;
             }
             Err(e) => {
+                if matches!(e, FlowError::Unavailable(_)) {
+                    provider.note_unreachable();
+                }
                 tracing::warn!(provider = %provider.name, error = %e, "session refresh failed; retrying later");
                 s.defer_refresh(now + REFRESH_RETRY);
                 return s;

@@ -27,7 +27,9 @@ pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option<
         Some(b'.') => &host[..host.len() - 1],
         _ => host,
     };
-    if host.is_empty() || host.len() > HOST_BUF_LEN {
+    // One trailing dot is the absolute form of a name; a second one (found
+    // by fuzzing: `a..:80` became `a.`) is no host at all.
+    if host.is_empty() || host.len() > HOST_BUF_LEN || host.last() == Some(&b'.') {
         return None;
     }
     let ipv6 = host[0] == b'[';
@@ -70,6 +72,9 @@ mod tests {
             ("example.com:http", None),
             ("a/b", None),
             ("[::1]x", None),
+            ("a..", None),
+            ("...:80", None),
+            (".", None),
         ];
         for (raw, want) in cases {
             let mut buf = [0u8; HOST_BUF_LEN];
