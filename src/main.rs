@@ -92,15 +92,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => {
-            init_logging(cli.log_format);
-            match run(&config) {
+            let logs = init_logging(cli.log_format);
+            let code = match run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("portcullis: {e:#}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            logs.flush();
+            code
         }
         Command::Reload { config, admin } => match reload(&config, admin) {
             Ok(code) => code,
@@ -177,8 +179,14 @@ fn check(path: &Path) -> ExitCode {
 fn run(path: &Path) -> anyhow::Result<()> {
     portcullis::install_crypto_provider();
     let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
+    // One worker: a current-thread runtime skips the work-stealing
+    // scheduler's cross-thread bookkeeping on every wake-up.
+    let mut rt = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.server.workers > 1 {
         rt.worker_threads(config.server.workers);
     }
     let rt = rt.enable_all().build().context("starting the runtime")?;

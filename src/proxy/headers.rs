@@ -200,6 +200,12 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
+// Constants, so the names are checked at compile time, not per request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. From an
 /// untrusted peer the client's own values were already removed, so these
 /// replace them; from a trusted proxy the peer is appended to its chain and
@@ -208,7 +214,7 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
 /// The common case (untrusted peer) copies no bytes: the peer and host
 /// values are shared, reference-counted header values.
 pub fn set_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>, client_ip: IpAddr) {
-    let xff = HeaderName::from_static("x-forwarded-for");
+    let xff = X_FORWARDED_FOR;
     let chain = if origin.peer_trusted && headers.contains_key(&xff) {
         let prior: Vec<&str> = headers
             .get_all(&xff)
@@ -221,11 +227,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>, client_ip: Ip
         origin.peer_value.clone()
     };
     headers.insert(xff, chain);
-    let proto = HeaderName::from_static("x-forwarded-proto");
+    let proto = X_FORWARDED_PROTO;
     if !origin.peer_trusted || !headers.contains_key(&proto) {
         headers.insert(proto, HeaderValue::from_static(origin.proto));
     }
-    let fhost = HeaderName::from_static("x-forwarded-host");
+    let fhost = X_FORWARDED_HOST;
     if !origin.peer_trusted || !headers.contains_key(&fhost) {
         headers.insert(fhost, origin.host.clone());
     }
@@ -234,7 +240,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>, client_ip: Ip
     } else {
         ip_value(client_ip)
     };
-    headers.insert(HeaderName::from_static("x-real-ip"), real);
+    headers.insert(X_REAL_IP, real);
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted

@@ -3,6 +3,7 @@
 //! `RUST_LOG`-style. Access-log lines use the target `portcullis::access`.
 
 pub mod metrics;
+pub mod writer;
 
 use std::io::IsTerminal;
 
@@ -17,8 +18,10 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber. `filter` defaults to `RUST_LOG`, then `info`.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global subscriber. `filter` defaults to `RUST_LOG`, then
+/// `info`. Returns the buffered stdout to flush before exiting.
+pub fn init_logging(format: LogFormat) -> writer::BufferedStdout {
+    let out = writer::BufferedStdout::start();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
@@ -27,7 +30,7 @@ pub fn init_logging(format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(out.clone());
     let result = if json {
         builder
             .json()
@@ -40,4 +43,5 @@ pub fn init_logging(format: LogFormat) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+    out
 }
