@@ -719,3 +719,49 @@ async fn two_host_headers_are_refused() {
     }
     assert_eq!(backend.served(), 0);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A backend that counts the TCP connections it accepts.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let seen = conns.clone();
+    let backend = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"pooled")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let gw = gateway_with(
+        &format!("[[route]]\nhost = \"a.test\"\nupstream = \"http://{addr}\"\n"),
+        "",
+    )
+    .await;
+    // Sequential requests from fresh client connections share one
+    // upstream connection.
+    let c = TestClient::to_fresh_connections(gw.http_addr());
+    for _ in 0..20 {
+        let r = c.get("http://a.test/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "pooled");
+    }
+    assert!(
+        conns.load(Ordering::SeqCst) <= 2,
+        "20 sequential requests opened {} upstream connections",
+        conns.load(Ordering::SeqCst)
+    );
+    backend.abort();
+}

@@ -29,6 +29,9 @@ pub enum Body {
     Incoming(Incoming),
     /// A client's request body under limits.
     Limited(Box<Limited>),
+    /// An upstream response whose connection goes back to the pool when
+    /// the body has been read to its end (dropped early, it closes).
+    Pooled(Incoming, Option<super::pool::Lease>),
 }
 
 impl Body {
@@ -38,6 +41,19 @@ impl Body {
             Body::Empty
         } else {
             Body::Full(Some(b))
+        }
+    }
+}
+
+impl Body {
+    /// An upstream response body that returns its connection at the end.
+    pub fn pooled(inner: Incoming, lease: super::pool::Lease) -> Self {
+        if inner.is_end_stream() {
+            // Nothing to read: the connection is free already.
+            lease.release();
+            Body::Incoming(inner)
+        } else {
+            Body::Pooled(inner, Some(lease))
         }
     }
 }
@@ -61,6 +77,15 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
             Body::Limited(l) => l.poll(cx),
+            Body::Pooled(i, lease) => {
+                let r = Pin::new(&mut *i).poll_frame(cx).map_err(Into::into);
+                if matches!(r, Poll::Ready(None)) || i.is_end_stream() {
+                    if let Some(l) = lease.take() {
+                        l.release();
+                    }
+                }
+                r
+            }
         }
     }
 
@@ -70,6 +95,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) => i.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
+            Body::Pooled(i, _) => i.is_end_stream(),
         }
     }
 
@@ -80,6 +106,7 @@ impl http_body::Body for Body {
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Incoming(i) => i.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
+            Body::Pooled(i, _) => i.size_hint(),
         }
     }
 }

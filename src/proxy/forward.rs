@@ -2,32 +2,25 @@
 //! relaying protocol upgrades (WebSocket) once the backend has agreed with
 //! a 101.
 //!
-//! Two ways to reach an upstream:
-//! - an HTTP/1 client connection keeps its own upstream connections
-//!   ([`ConnUpstreams`]): its requests are sequential, so the upstream
-//!   connection it used last is idle again when the next request comes,
-//!   and reusing it costs no pool lookup, no lock contention and no hand-off
-//!   to another task. This is the hot path.
-//! - HTTP/2 client connections (many concurrent streams), retries and
-//!   health checks use the shared keep-alive pool ([`UpstreamClient`]).
+//! Requests go over per-thread pooled upstream connections
+//! ([`super::pool`]); health checks use the shared hyper-util client
+//! ([`UpstreamClient`]).
 
 use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use super::body::{Body, Limited, TripWire, Tripped};
 use super::error::ProxyError;
 use super::headers;
+use super::pool;
 use crate::config::{ServerConfig, UpstreamTarget};
 use crate::state::Route;
 
@@ -66,119 +59,13 @@ impl UpstreamClient {
     }
 }
 
-/// The upstream connections one HTTP/1 client connection owns, at most one
-/// per upstream address (a few, for routes with several upstreams). They
-/// close when the client connection closes.
-#[derive(Default)]
-pub struct ConnUpstreams {
-    slots: std::sync::Mutex<Vec<(Authority, SendRequest<Body>)>>,
-}
-
-const CONN_UPSTREAM_SLOTS: usize = 4;
-
-impl std::fmt::Debug for ConnUpstreams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnUpstreams")
-    }
-}
-
-impl ConnUpstreams {
-    fn take(&self, a: &Authority) -> Option<SendRequest<Body>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let i = slots.iter().position(|(k, _)| k == a)?;
-        Some(slots.swap_remove(i).1)
-    }
-
-    fn put(&self, a: &Authority, s: SendRequest<Body>) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if slots.len() >= CONN_UPSTREAM_SLOTS {
-            slots.remove(0);
-        }
-        slots.push((a.clone(), s));
-    }
-
-    /// Sends `req` over this client connection's own connection to
-    /// `target`, opening one when there is none or it was closed. A request
-    /// the old connection did not take (closed under us) is resent once on
-    /// a fresh connection: nothing of it was sent.
-    async fn send(
-        &self,
-        target: &UpstreamTarget,
-        req: Request<Body>,
-        server: &ServerConfig,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = match self.take(&target.authority) {
-            Some(s) if !s.is_closed() => s,
-            _ => connect(target, server.upstream_connect_timeout).await?,
-        };
-        if sender.ready().await.is_err() {
-            sender = connect(target, server.upstream_connect_timeout).await?;
-        }
-        let fut = sender.try_send_request(req);
-        self.put(&target.authority, sender);
-        match fut.await {
-            Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    let mut fresh = connect(target, server.upstream_connect_timeout).await?;
-                    let fut = fresh.send_request(req);
-                    self.put(&target.authority, fresh);
-                    fut.await.map_err(|e| classify_hyper(&e))
-                }
-                None => Err(classify_hyper(e.error())),
-            },
-        }
-    }
-}
-
-/// Opens one HTTP/1.1 connection to an upstream.
-async fn connect(
-    target: &UpstreamTarget,
-    connect_timeout: Duration,
-) -> Result<SendRequest<Body>, ProxyError> {
-    let host = target
-        .authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = target.authority.port_u16().unwrap_or(80);
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await
-    {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return Err(ProxyError::UpstreamTimeout);
-        }
-        Ok(Err(_)) => return Err(ProxyError::UpstreamUnavailable),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ProxyError::UpstreamUnavailable)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-fn classify_hyper(e: &hyper::Error) -> ProxyError {
-    if e.is_timeout() {
-        ProxyError::UpstreamTimeout
-    } else {
-        ProxyError::UpstreamBroken
-    }
-}
-
 /// Waits for response headers: `timeout` from the end of the upload
 /// (`wire` tells when the body is done; `None` for bodiless requests).
-async fn await_response(
-    fut: impl std::future::Future<Output = Result<Response<Incoming>, ProxyError>>,
+async fn await_response<T>(
+    fut: impl std::future::Future<Output = Result<T, ProxyError>>,
     timeout: Duration,
     wire: Option<&TripWire>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<T, ProxyError> {
     tokio::pin!(fut);
     let mut deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -233,8 +120,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The request as it left the client, reduced to what forwarding needs.
 pub struct Forward<'a> {
     pub route: &'a Route,
-    /// The client connection's own upstream connections (HTTP/1 clients).
-    pub conn: Option<&'a ConnUpstreams>,
     pub server: &'a ServerConfig,
     /// The host as the client sent it (with port), for a preserved Host header.
     pub host_value: &'a HeaderValue,
@@ -246,7 +131,6 @@ pub struct Forward<'a> {
 /// Returns the outcome and the index of the upstream that answered or
 /// failed last.
 pub async fn forward(
-    client: &UpstreamClient,
     fwd: Forward<'_>,
     mut req: Request<Incoming>,
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
@@ -300,7 +184,7 @@ pub async fn forward(
             Body::Empty
         };
         let out = Request::from_parts(parts, body);
-        let r = send_one(client, &fwd, i, out, client_upgrade, &wire).await;
+        let r = send_one(&fwd, i, out, client_upgrade, &wire).await;
         return (r, Some(i));
     }
 
@@ -318,7 +202,7 @@ pub async fn forward(
         };
         *out.headers_mut() = parts.headers.clone();
         set_host(out.headers_mut(), host.as_ref(), target);
-        match send_one(client, &fwd, i, out, None, &wire).await {
+        match send_one(&fwd, i, out, None, &wire).await {
             Err(ProxyError::UpstreamUnavailable) => {
                 last = Err(ProxyError::UpstreamUnavailable);
                 tracing::debug!(route = %route.config.name, upstream = %target.url, "connect failed; trying the next upstream");
@@ -347,7 +231,6 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 /// One attempt against upstream `i`: health bookkeeping, body limits, and
 /// the upgrade tunnel after a 101.
 async fn send_one(
-    client: &UpstreamClient,
     fwd: &Forward<'_>,
     i: usize,
     req: Request<Body>,
@@ -360,16 +243,8 @@ async fn send_one(
     // timeout (a stalled one is `request_body_timeout`'s business).
     let body_wire = matches!(req.body(), Body::Limited(_)).then_some(wire);
     let timeout = route.config.timeout;
-    let result = match fwd.conn {
-        Some(own) => {
-            let target = &route.config.upstreams()[i];
-            await_response(own.send(target, req, fwd.server), timeout, body_wire).await
-        }
-        None => {
-            let fut = async { client.client.request(req).await.map_err(|e| classify(&e)) };
-            await_response(fut, timeout, body_wire).await
-        }
-    };
+    let target = &route.config.upstreams()[i];
+    let result = await_response(pool::send(target, req, fwd.server), timeout, body_wire).await;
     if let Some(t) = wire.get() {
         // The client's body broke the request, not the upstream.
         return Err(match t {
@@ -383,7 +258,7 @@ async fn send_one(
         fwd.server.upstream_eject_after,
         fwd.server.upstream_eject_for,
     );
-    let mut resp = result?;
+    let (mut resp, lease) = result?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -408,7 +283,14 @@ async fn send_one(
     }
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, switching);
-    Ok(Response::from_parts(parts, Body::Incoming(body)))
+    // After a 101 the connection belongs to the tunnel; otherwise it goes
+    // back to the pool when the body ends.
+    let body = if switching {
+        Body::Incoming(body)
+    } else {
+        Body::pooled(body, lease)
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The URI sent upstream: the target's scheme and authority, its base path,

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod normalize;
+pub mod pool;
 pub mod server;
 
 use std::convert::Infallible;
@@ -38,8 +39,6 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// The TLS server name the client asked for (lowercase), on https.
     pub sni: Option<Box<str>>,
-    /// This connection's own upstream connections (used by HTTP/1 clients).
-    pub upstreams: forward::ConnUpstreams,
     /// The peer's address as a header value, formatted once.
     pub peer_value: HeaderValue,
 }
@@ -56,7 +55,6 @@ impl ConnInfo {
             local,
             proto,
             sni,
-            upstreams: Default::default(),
             peer_value: headers::ip_value(crate::state::canonical_ip(peer.ip())),
         }
     }
@@ -329,14 +327,12 @@ async fn route_request<'a>(
             headers::set_forwarded(h, &origin, client_ip);
             h.insert(headers::REQUEST_ID, request_id.clone());
 
-            let own = (req.version() < http::Version::HTTP_2).then_some(&conn.upstreams);
             let fwd = Forward {
                 route,
-                conn: own,
                 server: &snap.server,
                 host_value: &host_value,
             };
-            let (result, used) = forward::forward(&shared.client, fwd, req).await;
+            let (result, used) = forward::forward(fwd, req).await;
             outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());
             if let Err(e) = &result
                 && e.side() == error::Side::Upstream
