@@ -397,7 +397,10 @@ mod tests {
             Body::Full(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),
             _ => panic!("a page"),
         };
-        assert!(body.contains("signed in as &lt;b&gt;bob&lt;/b&gt;"), "{body}");
+        assert!(
+            body.contains("signed in as &lt;b&gt;bob&lt;/b&gt;"),
+            "{body}"
+        );
     }
 
     #[test]

@@ -27,10 +27,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
+use super::backend::{Backend, Echo};
 use super::client::{Resp, TestBody, TestClient};
+use super::gateway::Gateway;
 
-/// How long the provider may take to print its ready line.
+/// How long one start of the provider may take to print its ready line
+/// (normally about a second; generous for a busy two-core machine).
 const START_BOUND: Duration = Duration::from_secs(30);
+
+/// Providers starting at once in this test process. Node spends its start
+/// compiling the library; ten at a time on two cores starve each other.
+static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 fn peer_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/oidc")
@@ -72,13 +79,31 @@ impl IdpBuilder {
         self.env("BACKCHANNEL_LOGOUT_URI", uri)
     }
 
+    /// Starts the provider. A start that does not get ready in time is
+    /// retried (twice) with a fresh process, so one stalled node start on a
+    /// busy machine does not fail a test; each stall is reported on stderr.
     pub async fn start(self) -> Idp {
+        let _slot = STARTING.acquire().await.expect("semaphore never closed");
         let dir = peer_dir();
         if !dir.join("node_modules/oidc-provider").is_dir() {
             panic!(
                 "the OIDC test provider's dependencies are missing: run `npm ci` in tests/peers/oidc"
             );
         }
+        let mut last = String::new();
+        for attempt in 1..=3 {
+            match self.try_start(&dir).await {
+                Ok(idp) => return idp,
+                Err(e) => {
+                    eprintln!("OIDC test provider start attempt {attempt} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        panic!("the OIDC test provider did not start: {last}");
+    }
+
+    async fn try_start(&self, dir: &std::path::Path) -> Result<Idp, String> {
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("provider.mjs"))
             .env("EXIT_ON_STDIN_CLOSE", "1")
@@ -101,9 +126,17 @@ impl IdpBuilder {
             let stderr = child.stderr.take().unwrap();
             let logs = logs.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
+                let mut r = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                // Bytes, not `lines()`: a non-UTF-8 line must not stop the
+                // draining (a full pipe would block the provider).
+                while let Ok(n) = std::io::BufRead::read_until(&mut r, b'\n', &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
                     logs.lock().unwrap().push(line);
+                    buf.clear();
                 }
             });
         }
@@ -123,25 +156,30 @@ impl IdpBuilder {
         let line = match ready {
             Ok(l) => l,
             Err(_) => {
+                let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                    .unwrap_or_default();
+                let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", child.id()))
+                    .unwrap_or_default();
                 let _ = child.kill();
                 let status = child.wait().ok();
-                panic!(
-                    "the OIDC test provider did not get ready ({status:?}); its log:\n{}",
+                return Err(format!(
+                    "no ready line (exit: {status:?}; /proc stat: {}; wchan: {wchan}); its log:\n{}",
+                    state.trim(),
                     logs.lock().unwrap().join("\n")
-                );
+                ));
             }
         };
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("provider ready line is not JSON ({e}): {line}"));
         assert_eq!(v["ready"], true, "{line}");
-        Idp {
+        Ok(Idp {
             stdin: child.stdin.take(),
             child,
             port: v["port"].as_u64().unwrap() as u16,
             issuer: v["issuer"].as_str().unwrap().to_string(),
             logs,
             client: TestClient::new(),
-        }
+        })
     }
 }
 
@@ -725,4 +763,138 @@ pub fn with_query_param(url: &str, key: &str, value: &str) -> String {
 /// Convenience: a JSON body for `mint`.
 pub fn mint_for(user: &str) -> Value {
     json!({ "user": user })
+}
+
+// ---------------------------------------------------------------------------
+// A whole SSO setup for the sso*.rs tests.
+
+/// The test provider's client secret.
+pub const CLIENT_SECRET: &str = "portcullis-secret";
+/// The session cookie name with `insecure_cookies = true`.
+pub const PLAIN_COOKIE: &str = "portcullis_session";
+
+/// Options for [`SsoEnv::start`].
+#[derive(Default)]
+pub struct SsoOpts {
+    /// Extra lines for `[server]`.
+    pub server: &'static str,
+    /// Extra lines for `[oidc.authentik]`.
+    pub provider: &'static str,
+    /// A fixed http port (back-channel tests need it before start).
+    pub port: Option<u16>,
+    pub idp: Option<IdpBuilder>,
+}
+
+/// A provider, an echo backend and a gateway with one provider
+/// (`authentik`, insecure cookies for plain HTTP) and these routes:
+/// `app` (any user), `admins` (group admins), `bob` (email), `domain`
+/// (email domain example.com), `fwd` (oauth2-proxy headers), `none` (no
+/// identity headers), `public` — each `<name>.localtest`.
+pub struct SsoEnv {
+    pub idp: Idp,
+    pub backend: Backend,
+    pub gw: Gateway,
+}
+
+impl SsoEnv {
+    pub async fn start(o: SsoOpts) -> SsoEnv {
+        let idp = o.idp.unwrap_or_default().start().await;
+        let backend = Backend::echo().await;
+        let http = match o.port {
+            Some(p) => format!("127.0.0.1:{p}"),
+            None => "{{HTTP}}".to_string(),
+        };
+        let toml = format!(
+            r#"
+[server]
+http = "{http}"
+admin = "{{{{ADMIN}}}}"
+state_dir = "{{{{DIR}}}}/state"
+{server}
+
+[oidc.authentik]
+issuer = "{issuer}"
+client_id = "portcullis"
+client_secret_file = "secret"
+insecure_cookies = true
+{provider}
+
+[[route]]
+host = "app.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik" }}
+
+[[route]]
+host = "admins.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik", groups = ["admins"] }}
+
+[[route]]
+host = "bob.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik", emails = ["BOB@example.org"] }}
+
+[[route]]
+host = "domain.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik", email_domains = ["example.com"] }}
+
+[[route]]
+host = "fwd.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik" }}
+identity_headers = "forwarded"
+
+[[route]]
+host = "none.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik" }}
+identity_headers = "none"
+
+[[route]]
+host = "public.localtest"
+upstream = "{up}"
+"#,
+            server = o.server,
+            provider = o.provider,
+            issuer = idp.issuer(),
+            up = backend.url(),
+        );
+        let gw = Gateway::builder(&toml)
+            .file("secret", CLIENT_SECRET)
+            .start()
+            .await;
+        SsoEnv { idp, backend, gw }
+    }
+
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.gw.http_addr().port())
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(self.gw.http_addr())
+    }
+
+    /// A browser signed in as `user` on `host`; returns it and the backend's
+    /// echo of the first request.
+    pub async fn signed_in(&self, user: &str, host: &str) -> (Browser, Echo) {
+        let mut b = self.browser();
+        let r = b.login(&self.url(host, "/"), user).await;
+        assert_eq!(r.status, StatusCode::OK, "login as {user}: {}", r.text());
+        (b, Echo(r.json()))
+    }
+
+    /// A non-browser request carrying only the session cookie.
+    pub async fn with_session(&self, host: &str, path: &str, session: &str) -> Resp {
+        self.gw
+            .client()
+            .get_with(
+                &self.url(host, path),
+                &[
+                    ("accept", "application/json"),
+                    ("cookie", &format!("{PLAIN_COOKIE}={session}")),
+                ],
+            )
+            .await
+    }
 }
