@@ -146,6 +146,28 @@ async fn policies_allow_and_deny_by_group_email_and_domain() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert!(r.json()["message"].as_str().unwrap().contains("bob"));
     assert_eq!(env.backend.served(), 4);
+
+    // The outcomes show up in the metrics.
+    let text = support::client::TestClient::to(env.gw.admin_addr())
+        .get(&env.gw.admin_url("/metrics"))
+        .await
+        .text();
+    let value = |event: &str| -> u64 {
+        let key = format!("portcullis_auth_events_total{{event=\"{event}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("login_ok") >= 7, "every sign-in counts:\n{text}");
+    assert_eq!(
+        value("denied"),
+        4,
+        "three denied sign-ins and one JSON request"
+    );
+    assert_eq!(value("login_failed"), 0);
 }
 
 /// Every spelling of every identity header a client could send.

@@ -172,6 +172,15 @@ fn routes_view(shared: &Shared) -> Response<Body> {
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
+    // The session manager owns its refresh counts; copy them in.
+    if let Some(s) = shared.auth.sessions() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let a = &shared.metrics.auth;
+        a.refresh_ok.store(s.refresh_ok.load(Relaxed), Relaxed);
+        a.refresh_failed
+            .store(s.refresh_failed.load(Relaxed), Relaxed);
+        a.sessions_active.store(s.cached_len() as i64, Relaxed);
+    }
     let certs: Vec<CertGauge> = shared
         .certs
         .entries()

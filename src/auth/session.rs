@@ -163,6 +163,9 @@ pub struct Sessions {
     store: Arc<dyn SessionStore>,
     cache: IdMap<Arc<Session>>,
     refreshing: IdMap<Shared<BoxFuture<'static, Arc<Session>>>>,
+    /// Refresh outcomes, for `portcullis_auth_events_total`.
+    pub refresh_ok: std::sync::atomic::AtomicU64,
+    pub refresh_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Sessions {
@@ -171,6 +174,8 @@ impl Sessions {
             store,
             cache: IdMap::default(),
             refreshing: IdMap::default(),
+            refresh_ok: Default::default(),
+            refresh_failed: Default::default(),
         }
     }
 
@@ -370,11 +375,15 @@ impl Sessions {
                             rec.id_token = Some(idt.to_string());
                         }
                         Ok(_) => {
+                            self.refresh_failed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(provider = %provider.name, "refreshed ID token names another user; not refreshing this session again");
                             s.defer_refresh(u64::MAX);
                             return s;
                         }
                         Err(e) => {
+                            self.refresh_failed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(provider = %provider.name, error = %e, "refreshed ID token does not verify");
                             s.defer_refresh(now + REFRESH_RETRY);
                             return s;
@@ -386,9 +395,13 @@ impl Sessions {
                 if let Some(rt) = tokens.refresh_token() {
                     rec.refresh_token = Some(rt.secret().clone());
                 }
+                self.refresh_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(provider = %provider.name, user = %rec.user.username, "session refreshed");
             }
             Err(FlowError::Rejected(e)) => {
+                self.refresh_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     provider = %provider.name,
                     user = %rec.user.username,
@@ -398,6 +411,8 @@ impl Sessions {
                 rec.refresh_token = None;
             }
             Err(e) => {
+                self.refresh_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if matches!(e, FlowError::Unavailable(_)) {
                     provider.note_unreachable();
                 }

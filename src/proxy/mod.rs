@@ -14,6 +14,7 @@ pub mod server;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -265,7 +266,27 @@ async fn route_request<'a>(
     if routing_prefix_is_reserved(path) {
         // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
         let raw_host = raw_host.to_string();
-        return crate::auth::endpoint(shared, snap, conn, req, &raw_host, request_id).await;
+        let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
+        let counter = match endpoint {
+            "/callback" => Some(true),
+            "/logout" => Some(false),
+            _ => None,
+        };
+        let r = crate::auth::endpoint(shared, snap, conn, req, &raw_host, request_id).await;
+        let a = &shared.metrics.auth;
+        match (counter, &r) {
+            // A callback that ends in a redirect with a new session is a login.
+            (Some(true), Ok(resp))
+                if resp.status().is_redirection()
+                    && resp.headers().contains_key(header::SET_COOKIE) =>
+            {
+                a.login_ok.fetch_add(1, Relaxed)
+            }
+            (Some(true), _) => a.login_failed.fetch_add(1, Relaxed),
+            (Some(false), Ok(_)) => a.logout.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        return r;
     }
 
     let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
@@ -290,8 +311,26 @@ async fn route_request<'a>(
     // issue 4: the auth gate (public routes pass at once).
     let who = match crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await
     {
-        Ok(who) => who,
-        Err(stop) => return stop.into_result(&mut outcome.error),
+        Ok(who) => {
+            if let Some(crate::auth::Who::Bearer(_)) = &who {
+                shared.metrics.auth.bearer_ok.fetch_add(1, Relaxed);
+            }
+            who
+        }
+        Err(stop) => {
+            let a = &shared.metrics.auth;
+            match &stop {
+                crate::auth::Stop::Error(ProxyError::InvalidToken) => {
+                    a.bearer_rejected.fetch_add(1, Relaxed);
+                }
+                crate::auth::Stop::Respond(_, Some(ProxyError::Forbidden))
+                | crate::auth::Stop::Error(ProxyError::Forbidden) => {
+                    a.denied.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+            return stop.into_result(&mut outcome.error);
+        }
     };
     if let Some(w) = &who
         && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)

@@ -383,7 +383,7 @@ impl Metrics {
             &mut out,
             "portcullis_sessions_active",
             "gauge",
-            "Live single sign-on sessions.",
+            "Single sign-on sessions in the hot cache (signed-in users seen since start or restored from the store).",
         );
         let _ = writeln!(
             out,
