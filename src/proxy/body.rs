@@ -79,10 +79,10 @@ impl http_body::Body for Body {
             Body::Limited(l) => l.poll(cx),
             Body::Pooled(i, lease) => {
                 let r = Pin::new(&mut *i).poll_frame(cx).map_err(Into::into);
-                if matches!(r, Poll::Ready(None)) || i.is_end_stream() {
-                    if let Some(l) = lease.take() {
-                        l.release();
-                    }
+                if (matches!(r, Poll::Ready(None)) || i.is_end_stream())
+                    && let Some(l) = lease.take()
+                {
+                    l.release();
                 }
                 r
             }

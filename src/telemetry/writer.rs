@@ -59,7 +59,11 @@ pub struct Line<'a> {
 
 impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut w = self.out.inner.lock().map_err(|_| io::Error::other("log buffer poisoned"))?;
+        let mut w = self
+            .out
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("log buffer poisoned"))?;
         w.write_all(buf)?;
         if self.urgent {
             w.flush()?;
