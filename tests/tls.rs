@@ -145,6 +145,17 @@ respond = { body = "plain ok" }
         "HSTS is never sent over plain HTTP"
     );
 
+    // Logout needs the Secure session cookie: it goes to HTTPS first.
+    let r =
+        s.gw.client()
+            .get_with(&s.gw.url("/.portcullis/logout"), &[("host", "app.test")])
+            .await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://app.test:{port}/.portcullis/logout").as_str())
+    );
+
     let r =
         s.gw.client()
             .get_with(&s.gw.url("/"), &[("host", "plain.test")])

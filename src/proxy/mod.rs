@@ -267,6 +267,15 @@ async fn route_request<'a>(
         // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
         let raw_host = raw_host.to_string();
         let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
+        // The session cookie is Secure: a logout over plain HTTP would not
+        // carry it, so send it to HTTPS first (other endpoints, such as
+        // forward-auth from a proxy on the internal network, stay as they are).
+        if conn.proto == "http" && endpoint == "/logout" {
+            let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
+            if port != 0 {
+                return Ok(https_redirect(host, port, req.uri()));
+            }
+        }
         let counter = match endpoint {
             "/callback" => Some(true),
             "/logout" => Some(false),
