@@ -2,8 +2,16 @@
 
 use std::time::Duration;
 
+/// The longest duration the config accepts: longer than any sensible
+/// timeout, TTL or HSTS max-age, and far from the point where
+/// `Instant::now() + d` overflows and panics (found by fuzzing:
+/// `timeout = "18446744073709551615s"` validated, then every proxied
+/// request panicked).
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
 /// Parses a duration written as one or more `<number><unit>` pairs, units
-/// `ms`, `s`, `m`, `h`, `d`. A bare `"0"` is accepted as zero.
+/// `ms`, `s`, `m`, `h`, `d`. A bare `"0"` is accepted as zero. At most
+/// [`MAX_DURATION`] (10 years).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s == "0" {
@@ -47,6 +55,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         };
         total = total.saturating_add(part);
     }
+    if total > MAX_DURATION {
+        return Err(format!("`{s}` is too long: at most 3650d (10 years)"));
+    }
     Ok(total)
 }
 
@@ -63,6 +74,7 @@ mod tests {
             ("1h30m", Duration::from_secs(5400)),
             ("2d", Duration::from_secs(2 * 86_400)),
             ("0", Duration::ZERO),
+            ("3650d", MAX_DURATION),
         ];
         for (text, want) in cases {
             assert_eq!(parse_duration(text).unwrap(), want, "{text}");
@@ -71,7 +83,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_a_reason() {
-        for bad in ["", "s", "10", "10x", "ten seconds", "-1s"] {
+        for bad in [
+            "",
+            "s",
+            "10",
+            "10x",
+            "ten seconds",
+            "-1s",
+            "3651d",
+            "18446744073709551615s",
+            "9223372036854775807s1s",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }
