@@ -23,8 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use instant_acme::{Account, AccountCredentials, NewAccount};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -467,25 +465,7 @@ async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, Str
 
 /// The HTTPS client for the CA: system roots plus `ca_file`.
 fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    if let Some(f) = ca_file {
-        let certs =
-            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for c in certs {
-            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
-            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::tls::files::client_config(ca_file)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +21,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use openidconnect::{AsyncHttpClient, HttpRequest, HttpResponse};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 
 /// Largest response body we read from a provider (discovery, JWKS, tokens).
 const MAX_BODY: usize = 1 << 20;
@@ -48,35 +46,11 @@ pub struct ProviderHttp {
     timeout: Duration,
 }
 
-/// The system roots, loaded once per process.
-fn native_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
-}
-
 impl ProviderHttp {
     /// A client trusting the system roots and, if given, the CA
     /// certificates in `ca_file`.
     pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in native_roots() {
-            let _ = roots.add(c.clone());
-        }
-        if let Some(f) = ca_file {
-            let certs =
-                CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
-            for c in certs {
-                let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
-                roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = crate::tls::files::client_config(ca_file)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -69,6 +69,32 @@ pub fn self_signed(names: &[String]) -> Result<Arc<CertifiedKey>, String> {
     certified_key(vec![cert.der().clone()], der).map(Arc::new)
 }
 
+/// A TLS client config for talking to an outside service (the ACME CA,
+/// the OIDC provider): the system roots (loaded once per process) plus
+/// the CA certificates in `ca_file`, if given.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    static NATIVE: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs) {
+        let _ = roots.add(c.clone());
+    }
+    if let Some(f) = ca_file {
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 /// What the admin view and the renewal schedule need to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFacts {
