@@ -50,6 +50,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let table = table.into_inner();
 
     let mut server_raw = None;
+    let mut server_span = None;
     let mut acme_raw = None;
     let mut certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
@@ -57,7 +58,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
-            "server" => server_raw = cx.section::<FileServer>("server", value),
+            "server" => {
+                server_span = Some(span.clone());
+                server_raw = cx.section::<FileServer>("server", value)
+            }
             "route" => routes_raw = cx.array_of_tables::<FileRoute>("route", value),
             "acme" => acme_raw = cx.section::<FileAcme>("acme", value).map(|a| (span, a)),
             "certificate" => {
@@ -99,7 +103,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
 
     if server.http.is_none() && server.https.is_none() {
         cx.err(
-            None,
+            server_span,
             "server",
             "no listener: set `http` and/or `https` in [server]".to_string(),
         );
