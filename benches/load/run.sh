@@ -172,8 +172,8 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 read -r P_BACKEND P_NGINX P_NGINX_LOG P_NGINX_TLS P_PORT P_PORT_ADMIN P_PORT_LOG P_PORT_LOG_ADMIN \
-    P_PORT_TLS P_PORT_TLS_ADMIN P_RELOAD P_RELOAD_ADMIN P_RSS P_RSS_ADMIN \
-    <<<"$(python3 "$TOOLS" ports 14)"
+    P_PORT_TLS P_PORT_TLS_ADMIN P_RELOAD P_RELOAD_ADMIN P_RSS P_RSS_ADMIN P_AUTH P_AUTH_ADMIN \
+    <<<"$(python3 "$TOOLS" ports 16)"
 
 BODY=$(printf '0123456789%.0s' {1..10}) # exactly 100 bytes
 
@@ -393,10 +393,8 @@ todo_tls() {
     row "| new TLS handshakes (ECDSA P-256) | proxy CPU per handshake | $why | $why | | | ≤ 0.7× |"
     row "| memory (TLS) | RSS per idle TLS keep-alive conn | $why | $why | | | ≤ 16 KiB |"
 }
-todo_auth_vs_public() {
-    # TODO(sso): same route twice, `auth = "public"` and `auth = { oidc = ... }`
-    # with a pre-made session cookie (wrk -H "Cookie: ..."), portcullis only.
-    row "| authenticated vs public route (portcullis only) | req/s auth / public | n/a | not yet available (needs an IdP-free session for the bench; SSO scenario not written yet) | | | ≥ 0.95× |"
+todo_auth_vs_public() { # WHY
+    row "| authenticated vs public route (portcullis only) | req/s auth / public | n/a | not measured: $1 | | | ≥ 0.95× |"
 }
 
 # ---------------------------------------------------------------------------
@@ -435,6 +433,66 @@ cp "$W/portcullis_reload.toml" "$W/portcullis_reload.toml.orig"
 { cat "$W/portcullis_reload.toml"; printf '\n[[route]]\nhost = "extra.example.com"\nupstream = "http://127.0.0.1:%s"\n' "$P_BACKEND"; } \
     >"$W/portcullis_reload.alt.toml"
 
+# Authenticated vs public: one portcullis instance with the same backend
+# behind two hosts, one public, one behind single sign-on through the
+# Authentik-shaped test provider (tests/peers/oidc, real oidc-provider). A
+# real browserless login gives wrk a session cookie; the access token lives
+# an hour, so no refresh happens during the runs: what is measured is the
+# per-request session check plus the identity headers.
+AUTH=0
+AUTH_WHY=""
+start_auth() {
+    local peer="$ROOT/tests/peers/oidc"
+    command -v node >/dev/null 2>&1 || install_pkgs nodejs npm || true
+    if ! command -v node >/dev/null 2>&1; then AUTH_WHY="node is not installed"; return; fi
+    if [ ! -d "$peer/node_modules/oidc-provider" ]; then
+        log "npm ci in tests/peers/oidc"
+        (cd "$peer" && npm ci --no-audit --no-fund >&2) || { AUTH_WHY="npm ci failed in tests/peers/oidc"; return; }
+    fi
+    start_bg idp PORT=0 LOG=0 EXIT_ON_STDIN_CLOSE=0 ACCESS_TOKEN_TTL=3600 ID_TOKEN_TTL=3600 \
+        -- taskset -c "$LOAD_CPUS" node "$peer/provider.mjs"
+    local issuer=""
+    for _ in $(seq 300); do
+        issuer=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["issuer"])' \
+            "$W/idp.stdout" 2>/dev/null) && break
+        sleep 0.1
+    done
+    if [ -z "$issuer" ]; then AUTH_WHY="the OIDC test provider did not start: $(tail -3 "$W/idp.stderr")"; return; fi
+    printf 'portcullis-secret' >"$W/oidc-secret"
+    cat >"$W/auth-extra.toml" <<EOF_AUTH
+
+[oidc.bench]
+issuer = "$issuer"
+client_id = "portcullis"
+client_secret_file = "$W/oidc-secret"
+insecure_cookies = true
+
+[[route]]
+host = "public.bench"
+upstream = "http://127.0.0.1:$P_BACKEND"
+
+[[route]]
+host = "auth.bench"
+upstream = "http://127.0.0.1:$P_BACKEND"
+auth = { oidc = "bench" }
+identity_headers = "authentik"
+EOF_AUTH
+    start_portcullis portcullis_auth "$P_AUTH" "$P_AUTH_ADMIN" warn http "$W/auth-extra.toml"
+    wait_ready "$P_AUTH" portcullis_auth
+    # Discovery runs in the background: retry the login for a few seconds.
+    for _ in $(seq 50); do
+        AUTH_COOKIE=$(python3 "$TOOLS" login "$P_AUTH" auth.bench alice alice-pw 2>"$W/login.err") && break
+        AUTH_COOKIE=""
+        sleep 0.2
+    done
+    if [ -z "$AUTH_COOKIE" ]; then AUTH_WHY="login failed: $(cat "$W/login.err")"; return; fi
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: auth.bench' -H "Cookie: $AUTH_COOKIE" "http://127.0.0.1:$P_AUTH/")
+    [ "$code" = 200 ] || { AUTH_WHY="the session cookie got HTTP $code"; return; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: auth.bench' "http://127.0.0.1:$P_AUTH/")
+    [ "$code" = 401 ] || { AUTH_WHY="without the cookie the route answered $code, not 401"; return; }
+    AUTH=1
+}
 wait_ready "$P_BACKEND" backend
 for n in nginx:$P_NGINX nginx_log:$P_NGINX_LOG portcullis:$P_PORT portcullis_log:$P_PORT_LOG portcullis_reload:$P_RELOAD; do
     wait_ready "${n#*:}" "${n%%:*}"
@@ -443,6 +501,8 @@ if [ $TLS = 1 ]; then
     wait_ready "$P_NGINX_TLS" nginx_tls tls
     wait_ready "$P_PORT_TLS" portcullis_tls tls
 fi
+start_auth
+[ $AUTH = 1 ] || log "authenticated-route scenario skipped: $AUTH_WHY"
 
 # Sanity: every proxy returns the backend's 100 bytes. (On the TLS
 # instances Host must match SNI, so no Host override there.)
@@ -501,13 +561,18 @@ for ((round = 1; round <= ROUNDS; round++)); do
         scenario_rss rss_tls "$round" nginx tls
         scenario_rss rss_tls "$round" portcullis tls
     fi
+    if [ $AUTH = 1 ]; then
+        scenario auth_route "$round" public portcullis_auth wrk "http://127.0.0.1:$P_AUTH/" 50 -H "Host: public.bench"
+        scenario auth_route "$round" auth portcullis_auth wrk "http://127.0.0.1:$P_AUTH/" 50 -H "Host: auth.bench" \
+            -H "Cookie: $AUTH_COOKIE"
+    fi
     scenario_reload "$round"
     result after_load rss_kib nginx "$round" "$(rss_kib nginx)"
     result after_load rss_kib portcullis "$round" "$(rss_kib portcullis)"
 done
 
 [ $TLS = 1 ] || todo_tls
-todo_auth_vs_public
+[ $AUTH = 1 ] || todo_auth_vs_public "$AUTH_WHY"
 
 # ---------------------------------------------------------------------------
 # The table.

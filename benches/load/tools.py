@@ -14,6 +14,11 @@
   tools.py wrk FILE                   parse one wrk --latency output -> key=value lines
   tools.py h2load FILE                parse one h2load output -> key=value lines
   tools.py routes N BACKEND           print N [[route]] tables (mixed exact/wildcard)
+  tools.py login PORT HOST USER PASSWORD
+                                      sign in through the gateway on 127.0.0.1:PORT
+                                      (route HOST, plain HTTP, insecure cookies) and
+                                      the OIDC test provider; print "name=value" of
+                                      the gateway's session cookie
   tools.py report TSV ROUNDS THREADS  print the Markdown table from the results TSV
 """
 
@@ -277,6 +282,71 @@ ABS_GOALS = {
 }
 
 
+def cmd_login(port, host, user, password):
+    """A browserless login: follows redirects between the gateway (reached on
+    127.0.0.1:PORT with the route's Host) and the provider, posts the
+    provider's login form, keeps cookies per host (paths ignored: one login
+    never sets two cookies of one name)."""
+    import http.client
+    import urllib.parse
+
+    port = int(port)
+    jar = {}  # host -> {name: value}
+
+    def send(method, url, body=None):
+        u = urllib.parse.urlsplit(url)
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        if u.hostname == gateway_host:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+        headers = {"Host": u.netloc, "Accept": "text/html", "User-Agent": "bench-login"}
+        cookies = jar.get(u.hostname, {})
+        if cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, target, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read().decode("utf-8", "replace")
+        for k, v in resp.getheaders():
+            if k.lower() == "set-cookie":
+                name, _, rest = v.partition("=")
+                value = rest.split(";", 1)[0]
+                if "max-age=0" in v.lower().replace(" ", ""):
+                    jar.setdefault(u.hostname, {}).pop(name.strip(), None)
+                else:
+                    jar.setdefault(u.hostname, {})[name.strip()] = value
+        conn.close()
+        return resp.status, resp.getheader("Location"), data
+
+    gateway_host = host
+    url = f"http://{host}/"
+    method, body = "GET", None
+    for _ in range(20):
+        status, location, page = send(method, url, body)
+        method, body = "GET", None
+        if status in (301, 302, 303, 307, 308) and location:
+            url = urllib.parse.urljoin(url, location)
+            continue
+        if status == 200 and 'name="password"' in page:
+            action = re.search(r'<form[^>]*action="([^"]+)"', page)
+            if not action:
+                break
+            url = urllib.parse.urljoin(url, action.group(1))
+            method = "POST"
+            body = urllib.parse.urlencode({"login": user, "password": password})
+            continue
+        if status == 200 and urllib.parse.urlsplit(url).netloc.split(":")[0] == host:
+            for name, value in jar.get(host, {}).items():
+                if name in ("portcullis_session", "__Host-portcullis"):
+                    print(f"{name}={value}")
+                    return 0
+        break
+    print(f"login through {host} failed at {method} {url}: last status {status}", file=sys.stderr)
+    return 1
+
+
 def fmt(v):
     if v != v:  # nan
         return "n/a"
@@ -367,6 +437,23 @@ def cmd_report(tsv, rounds, threads):
         print(f"| reload under load | seconds for 100 reloads (median) | | {fmt(median(rl['reload_secs']))} | | | |")
         print(f"| reload under load | req/s during reloads (median) | | {fmt(median(rl['rps']))} | | | |")
 
+    # Authenticated vs public route: portcullis against itself.
+    pub, auth = series("auth_route", "rps", "public"), series("auth_route", "rps", "auth")
+    rs = [auth[r] / pub[r] for r in sorted(set(pub) & set(auth)) if pub[r]]
+    if rs:
+        mr = statistics.median(rs)
+        print(f"| authenticated vs public route (portcullis only, 50 conns, session cookie) | req/s auth / public | "
+              f"{fmt(median(pub))} (public) | {fmt(median(auth))} (auth) | {' '.join(f'{x:.2f}' for x in rs)} | "
+              f"{mr:.2f}× | ≥ 0.95× {'✅' if mr >= 0.95 else '❌'} |")
+        cpub, cauth = series("auth_route", "cpu_us", "public"), series("auth_route", "cpu_us", "auth")
+        rs = [cauth[r] / cpub[r] for r in sorted(set(cpub) & set(cauth)) if cpub[r]]
+        if rs:
+            print(f"| authenticated vs public route | CPU µs/req auth / public | {fmt(median(cpub))} | "
+                  f"{fmt(median(cauth))} | {' '.join(f'{x:.2f}' for x in rs)} | {statistics.median(rs):.2f}× | — |")
+        errs = sum(series("auth_route", "errors", "auth").values())
+        if errs:
+            print(f"| authenticated vs public route | non-2xx + socket errors on the authenticated route | | {errs:.0f} | | | 0 ❌ |")
+
     direct = series("direct", "rps", "backend")
     if direct:
         print(f"| backend hit directly (no proxy), 50 conns | req/s | | | | | {fmt(median(direct))} (context) |")
@@ -387,6 +474,7 @@ def main():
     fn = {
         "ports": cmd_ports, "wait": cmd_wait, "idle": cmd_idle, "reload": cmd_reload,
         "wrk": cmd_wrk, "h2load": cmd_h2load, "routes": cmd_routes, "report": cmd_report,
+        "login": cmd_login,
     }.get(cmd)
     if fn is None:
         print(__doc__)
