@@ -79,18 +79,10 @@ pub async fn handle(
     let accept = req.headers().get(header::ACCEPT).cloned();
     let method = req.method().clone();
     let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
+    // Reference-counted clones, not copies: the request moves on below.
     let logged = log.then(|| AccessFields {
-        host: req
-            .uri()
-            .host()
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("")
-            .to_string(),
-        path: req.uri().path().to_string(),
+        uri: req.uri().clone(),
+        host: req.headers().get(header::HOST).cloned(),
         bytes_in: content_length(req.headers()),
     });
 
@@ -130,23 +122,31 @@ pub async fn handle(
     }
 
     if let Some(f) = logged {
-        tracing::info!(
-            target: "portcullis::access",
-            request_id = request_id.to_str().unwrap_or(""),
-            client_ip = %outcome.client_ip.unwrap_or(conn.peer.ip()),
-            method = %method,
-            host = %f.host,
-            path = %f.path,
-            status = resp.status().as_u16(),
-            bytes_in = f.bytes_in,
-            bytes_out = http_body::Body::size_hint(resp.body()).exact(),
-            duration_ms = took.as_secs_f64() * 1000.0,
-            route = outcome.route.map_or("", |r| r.config.name.as_str()),
-            upstream = outcome.upstream.unwrap_or(""),
-            user = outcome.user.as_deref().unwrap_or(""),
-            error = outcome.error.map(|e| e.kind()).unwrap_or(""),
-            "request"
-        );
+        let client_ip = outcome.client_ip.unwrap_or(conn.peer.ip());
+        let peer_ip = crate::state::canonical_ip(conn.peer.ip());
+        crate::telemetry::access::AccessLine {
+            request_id: request_id.to_str().unwrap_or(""),
+            client_ip,
+            client_text: (client_ip == peer_ip)
+                .then(|| conn.peer_value.to_str().ok())
+                .flatten(),
+            method: method.as_str(),
+            host: f
+                .uri
+                .host()
+                .or_else(|| f.host.as_ref().and_then(|h| h.to_str().ok()))
+                .unwrap_or(""),
+            path: f.uri.path(),
+            status: resp.status().as_u16(),
+            bytes_in: f.bytes_in,
+            bytes_out: http_body::Body::size_hint(resp.body()).exact(),
+            duration: took,
+            route: outcome.route.map_or("", |r| r.config.name.as_str()),
+            upstream: outcome.upstream.unwrap_or(""),
+            user: outcome.user.as_deref().unwrap_or(""),
+            error: outcome.error.map(|e| e.kind()).unwrap_or(""),
+        }
+        .emit();
     }
     Ok(resp)
 }
@@ -154,8 +154,8 @@ pub async fn handle(
 /// Fields of the access-log line that must be copied before the request
 /// is handed on (only when access logging is enabled).
 struct AccessFields {
-    host: String,
-    path: String,
+    uri: http::Uri,
+    host: Option<HeaderValue>,
     bytes_in: Option<u64>,
 }
 

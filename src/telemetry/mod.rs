@@ -2,6 +2,7 @@
 //! `docker logs`), a human format on request or on a terminal. The filter is
 //! `RUST_LOG`-style. Access-log lines use the target `portcullis::access`.
 
+pub mod access;
 pub mod metrics;
 pub mod writer;
 
@@ -32,6 +33,7 @@ pub fn init_logging(format: LogFormat) -> writer::BufferedStdout {
         .with_env_filter(filter)
         .with_writer(out.clone());
     let result = if json {
+        access::install_json(out.clone());
         builder
             .json()
             .flatten_event(true)

@@ -43,6 +43,13 @@ impl BufferedStdout {
         BufferedStdout { inner }
     }
 
+    /// Appends one complete line (the access log's fast path).
+    pub fn write_line(&self, line: &[u8]) {
+        if let Ok(mut w) = self.inner.lock() {
+            let _ = w.write_all(line);
+        }
+    }
+
     /// Writes out whatever is buffered (call before exiting).
     pub fn flush(&self) {
         if let Ok(mut w) = self.inner.lock() {
