@@ -61,16 +61,18 @@ impl UpstreamClient {
 
 /// Waits for response headers: `timeout` from the end of the upload
 /// (`wire` tells when the body is done; `None` for bodiless requests).
+///
+/// Takes the future pinned by the caller: an `async fn` moving its argument
+/// into a local would hold two copies of it in its state.
 async fn await_response<T>(
-    fut: impl std::future::Future<Output = Result<T, ProxyError>>,
+    mut fut: std::pin::Pin<&mut impl std::future::Future<Output = Result<T, ProxyError>>>,
     timeout: Duration,
     wire: Option<&TripWire>,
 ) -> Result<T, ProxyError> {
-    tokio::pin!(fut);
     let mut deadline = tokio::time::Instant::now() + timeout;
     loop {
         tokio::select! {
-            r = &mut fut => return r,
+            r = fut.as_mut() => return r,
             _ = tokio::time::sleep_until(deadline) => {
                 if wire.is_none_or(TripWire::body_done) {
                     return Err(ProxyError::UpstreamTimeout);
@@ -244,7 +246,8 @@ async fn send_one(
     let body_wire = matches!(req.body(), Body::Limited(_)).then_some(wire);
     let timeout = route.config.timeout;
     let target = &route.config.upstreams()[i];
-    let result = await_response(pool::send(target, req, fwd.server), timeout, body_wire).await;
+    let send = std::pin::pin!(pool::send(target, req, fwd.server));
+    let result = await_response(send, timeout, body_wire).await;
     if let Some(t) = wire.get() {
         // The client's body broke the request, not the upstream.
         return Err(match t {

@@ -118,8 +118,17 @@ pub async fn send(
     ))
 }
 
-/// Opens one HTTP/1.1 connection to an upstream.
-async fn connect(
+/// Opens one HTTP/1.1 connection to an upstream. Boxed: connecting (DNS,
+/// TCP, timer, handshake) is the rare path, and inline its state would
+/// make every proxied request's future kilobytes bigger.
+fn connect(
+    target: &UpstreamTarget,
+    connect_timeout: Duration,
+) -> std::pin::Pin<Box<impl Future<Output = Result<SendRequest<Body>, ProxyError>> + Send + '_>> {
+    Box::pin(connect_inner(target, connect_timeout))
+}
+
+async fn connect_inner(
     target: &UpstreamTarget,
     connect_timeout: Duration,
 ) -> Result<SendRequest<Body>, ProxyError> {
