@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -18,21 +18,39 @@ use super::{ConnInfo, handle};
 use crate::config::ServerConfig;
 use crate::state::Shared;
 
-pub type HttpBuilder = auto::Builder<TokioExecutor>;
+/// The HTTP/1.1 and HTTP/2 server settings shared by every public
+/// connection. Which one serves a connection is decided before hyper sees
+/// it: ALPN on TLS, a peek at the first bytes on plain TCP (`PRI` starts
+/// the h2c prior-knowledge preface). hyper-util's auto builder would
+/// instead read the first bytes itself and replay them, which splits the
+/// first request over two reads and makes hyper grow every connection's
+/// read buffer from 8 to 16 KiB; it also puts a replay wrapper on every
+/// read and write.
+pub struct HttpBuilder {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// How long a plain connection may stay silent before its first byte
+    /// (the header read timeout, which hyper applies from then on).
+    first_byte_timeout: Duration,
+}
 
-/// The HTTP/1.1 + HTTP/2 (h2c prior knowledge, or ALPN `h2` on TLS) server
-/// settings shared by every public connection.
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
 pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Without a timer hyper silently skips this; with it a slow client
         // cannot hold a connection open by trickling header bytes.
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_bytes)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(server.h2_max_concurrent_streams)
         .max_header_list_size(server.max_header_bytes as u32)
         // Rapid-reset protection: a client resetting streams it opened
@@ -41,7 +59,37 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
         .max_pending_accept_reset_streams(50)
         .max_local_error_reset_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
+    HttpBuilder {
+        h1,
+        h2,
+        first_byte_timeout: server.header_read_timeout,
+    }
+}
+
+/// The h2c prior-knowledge preface starts with the method `PRI`, which
+/// HTTP/1 reserves for exactly this; anything else is HTTP/1 (and hyper's
+/// to accept or refuse). `None`: the client closed or went quiet first.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
+    const PRI: &[u8] = b"PRI";
+    let look = async {
+        let mut buf = [0u8; 3];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != PRI[..n] {
+                return Some(Protocol::Http1);
+            }
+            if n == PRI.len() {
+                return Some(Protocol::Http2);
+            }
+            // "P" or "PR" so far: peeking again at once would spin on the
+            // same bytes; the rest is normally in the same packet anyway.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(timeout, look).await.ok().flatten()
 }
 
 /// Where shutdown is: serving, finishing in-flight requests, or closing
@@ -169,18 +217,26 @@ pub async fn accept_loop(
         let info = Arc::new(ConnInfo::new(peer, local, proto, None));
         let shared = shared.clone();
         let builder = builder.clone();
-        let drain = drain.clone();
+        let mut drain = drain.clone();
         tokio::spawn(async move {
-            serve_connection(TokioIo::new(stream), info, shared, &builder, drain).await;
+            let proto = tokio::select! {
+                p = sniff(&stream, builder.first_byte_timeout) => p,
+                _ = drain.changed() => None,
+            };
+            if let Some(proto) = proto {
+                serve_connection(TokioIo::new(stream), proto, info, shared, &builder, drain).await;
+            }
             drop(permit);
         });
     }
     tracing::debug!(listener = proto, "stopped accepting");
 }
 
-/// Serves HTTP on one established connection (plain or TLS).
+/// Serves HTTP on one established connection (plain or TLS) with the
+/// protocol already chosen.
 pub async fn serve_connection<I>(
     io: I,
+    proto: Protocol,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     builder: &HttpBuilder,
@@ -193,22 +249,96 @@ pub async fn serve_connection<I>(
     let listener = metrics.listener(info.proto);
     listener.connections.fetch_add(1, Relaxed);
     listener.open_connections.fetch_add(1, Relaxed);
-    let svc = service_fn(move |req| handle(shared.clone(), info.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = drain.changed() => {
-            conn.as_mut().graceful_shutdown();
+    // Boxed per request: hyper keeps room for one in-flight request future
+    // per connection for the connection's whole life, so an idle
+    // keep-alive connection then holds a pointer instead of the whole
+    // request state machine (several KiB).
+    let svc = service_fn(move |req| Box::pin(handle(shared.clone(), info.clone(), req)));
+    // Both connection types have the same shape; a macro instead of a trait
+    // that would have to restate hyper's bounds.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                // Grace period over: drop the connection as it is.
-                _ = drain.wait_for(|s| *s == DrainState::Close) => Ok(()),
+                _ = drain.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        // Grace period over: drop the connection as it is.
+                        _ = drain.wait_for(|s| *s == DrainState::Close) => Ok(()),
+                    }
+                }
             }
-        }
+        }};
+    }
+    let result = match proto {
+        Protocol::Http1 => drive!(builder.h1.serve_connection(io, svc).with_upgrades()),
+        Protocol::Http2 => drive!(builder.h2.serve_connection(io, svc)),
     };
     listener.open_connections.fetch_sub(1, Relaxed);
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What `sniff` decides for a client that sends `parts` with a pause
+    /// between them (then closes).
+    async fn sniffed(parts: &[&'static [u8]]) -> Option<Protocol> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parts: Vec<&'static [u8]> = parts.to_vec();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            for p in parts {
+                c.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Hold the socket until the server has decided.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let p = sniff(&server, Duration::from_secs(2)).await;
+        client.await.unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_pick_the_protocol() {
+        assert_eq!(
+            sniffed(&[b"GET / HTTP/1.1\r\n"]).await,
+            Some(Protocol::Http1)
+        );
+        assert_eq!(
+            sniffed(&[b"PUT /x HTTP/1.1\r\n"]).await,
+            Some(Protocol::Http1)
+        );
+        assert_eq!(
+            sniffed(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).await,
+            Some(Protocol::Http2)
+        );
+        // The preface trickled in: waits for the third byte.
+        assert_eq!(
+            sniffed(&[b"P", b"R", b"I * HTTP/2.0"]).await,
+            Some(Protocol::Http2)
+        );
+        assert_eq!(sniffed(&[b"P", b"OST"]).await, Some(Protocol::Http1));
+        // Nothing sent before close.
+        assert_eq!(sniffed(&[]).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_given_up_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(sniff(&server, Duration::from_millis(50)).await, None);
     }
 }

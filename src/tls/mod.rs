@@ -25,7 +25,9 @@ use tokio_rustls::StartHandshake;
 pub use store::CertStore;
 
 use crate::proxy::ConnInfo;
-use crate::proxy::server::{Accepted, DrainState, HttpBuilder, accept_next, serve_connection};
+use crate::proxy::server::{
+    Accepted, DrainState, HttpBuilder, Protocol, accept_next, serve_connection,
+};
 use crate::state::Shared;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
@@ -148,8 +150,13 @@ pub async fn accept_loop(
                 "https",
                 Some(sni.into_boxed_str()),
             ));
+            let proto = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
             serve_connection(
                 hyper_util::rt::TokioIo::new(stream),
+                proto,
                 info,
                 shared,
                 &builder,
