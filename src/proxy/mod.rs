@@ -281,7 +281,12 @@ async fn route_request<'a>(
             "/logout" => Some(false),
             _ => None,
         };
-        let r = crate::auth::endpoint(shared, snap, conn, req, &raw_host, request_id).await;
+        // Boxed: the login callback's state (code exchange, token checks)
+        // is several KiB that every proxied request would otherwise carry.
+        let r = Box::pin(crate::auth::endpoint(
+            shared, snap, conn, req, &raw_host, request_id,
+        ))
+        .await;
         let a = &shared.metrics.auth;
         match (counter, &r) {
             // A callback that ends in a redirect with a new session is a login.
