@@ -219,6 +219,51 @@ pub struct UpstreamTarget {
     pub authority: http::uri::Authority,
     /// Path prefix to put in front of the forwarded path; "" for none.
     pub base_path: String,
+    /// The authority as the upstream connection pool's key, hashed once
+    /// here rather than byte by byte on every request.
+    pub pool_key: PoolKey,
+}
+
+/// An upstream address (lowercased `host:port`) with its hash computed
+/// once. Equal addresses in different config generations are equal keys,
+/// so pooled connections survive reloads.
+#[derive(Debug, Clone)]
+pub struct PoolKey {
+    hash: u64,
+    name: std::sync::Arc<str>,
+}
+
+impl PoolKey {
+    pub fn new(authority: &http::uri::Authority) -> Self {
+        use std::hash::{Hash, Hasher};
+        let name: std::sync::Arc<str> = authority.as_str().to_ascii_lowercase().into();
+        // Fixed keys: the names come from the config file, not from clients.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        PoolKey {
+            hash: h.finish(),
+            name,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && (std::sync::Arc::ptr_eq(&self.name, &other.name) || self.name == other.name)
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -773,6 +773,7 @@ pub fn parse_upstream(text: &str) -> Result<UpstreamTarget, String> {
     Ok(UpstreamTarget {
         url: text.to_string(),
         scheme,
+        pool_key: super::PoolKey::new(&authority),
         authority,
         base_path,
     })

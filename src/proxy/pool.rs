@@ -16,9 +16,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use super::body::Body;
 use super::error::ProxyError;
-use crate::config::{ServerConfig, UpstreamTarget};
+use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 
 /// Idle connections kept per upstream address and thread.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -37,19 +37,41 @@ struct Idle {
     since: Instant,
 }
 
+/// The pool map's hasher: [`PoolKey`] is hashed already, so this only
+/// passes its `u64` through.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by PoolKey; kept correct for any other input.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Pools = HashMap<PoolKey, Vec<Idle>, BuildHasherDefault<PreHashed>>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<Authority, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Pools> = RefCell::new(Pools::default());
 }
 
 /// A connection on its way back to the pool once the response body ends.
 pub struct Lease {
-    authority: Authority,
+    key: PoolKey,
     sender: SendRequest<Body>,
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lease({})", self.authority)
+        write!(f, "Lease({})", self.key.as_str())
     }
 }
 
@@ -60,7 +82,7 @@ impl Lease {
             return;
         }
         IDLE.with_borrow_mut(|pool| {
-            let list = pool.entry(self.authority).or_default();
+            let list = pool.entry(self.key).or_default();
             if list.len() >= MAX_IDLE_PER_UPSTREAM {
                 list.remove(0);
             }
@@ -72,7 +94,7 @@ impl Lease {
     }
 }
 
-fn take_idle(a: &Authority, max_idle: Duration) -> Option<SendRequest<Body>> {
+fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(a)?;
         // Newest first: it is the most likely to still be open.
@@ -92,7 +114,7 @@ pub async fn send(
     req: Request<Body>,
     server: &ServerConfig,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-    let mut sender = match take_idle(&target.authority, server.upstream_idle_timeout) {
+    let mut sender = match take_idle(&target.pool_key, server.upstream_idle_timeout) {
         Some(s) => s,
         None => connect(target, server.upstream_connect_timeout).await?,
     };
@@ -112,7 +134,7 @@ pub async fn send(
     Ok((
         resp,
         Lease {
-            authority: target.authority.clone(),
+            key: target.pool_key.clone(),
             sender,
         },
     ))
@@ -165,5 +187,26 @@ fn classify(e: &hyper::Error) -> ProxyError {
         ProxyError::UpstreamTimeout
     } else {
         ProxyError::UpstreamBroken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> PoolKey {
+        PoolKey::new(&s.parse().unwrap())
+    }
+
+    #[test]
+    fn pool_keys_match_across_configs_and_letter_case() {
+        let mut pools = Pools::default();
+        pools.insert(key("Backend.Internal:8080"), Vec::new());
+        // A key built by a later config generation finds the same pool.
+        assert!(pools.contains_key(&key("backend.internal:8080")));
+        assert!(!pools.contains_key(&key("backend.internal:8081")));
+        assert!(!pools.contains_key(&key("backend.internal")));
+        assert_eq!(key("A:1"), key("a:1"));
+        assert_ne!(key("a:1"), key("a:2"));
     }
 }
