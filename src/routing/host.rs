@@ -33,23 +33,30 @@ pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option<
         return None;
     }
     let ipv6 = host[0] == b'[';
+    // An empty label (`.a`, `a..b`) names no host: 400, rather than a
+    // name that can never match a route or a certificate.
+    let mut prev = b'.';
     for (i, &b) in host.iter().enumerate() {
         let ok = b.is_ascii_alphanumeric()
             || b == b'-'
-            || b == b'.'
+            || (b == b'.' && (ipv6 || prev != b'.'))
             || b == b'_'
             || (ipv6 && matches!(b, b'[' | b']' | b':'));
         if !ok {
             return None;
         }
         buf[i] = b.to_ascii_lowercase();
+        prev = b;
     }
     // Only ASCII was written, so this cannot fail.
     std::str::from_utf8(&buf[..host.len()]).ok()
 }
 
 fn is_port(b: &[u8]) -> bool {
-    !b.is_empty() && b.len() <= 5 && b.iter().all(u8::is_ascii_digit)
+    !b.is_empty()
+        && b.len() <= 5
+        && b.iter().all(u8::is_ascii_digit)
+        && b.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
 }
 
 #[cfg(test)]
@@ -75,6 +82,12 @@ mod tests {
             ("a..", None),
             ("...:80", None),
             (".", None),
+            (".example.com", None),
+            ("a..b", None),
+            ("www..example.com:443", None),
+            ("example.com:65535", Some("example.com")),
+            ("example.com:65536", None),
+            ("example.com:99999", None),
         ];
         for (raw, want) in cases {
             let mut buf = [0u8; HOST_BUF_LEN];
