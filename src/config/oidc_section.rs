@@ -195,21 +195,13 @@ impl Cx<'_> {
         }
 
         let secret_path = resolve_relative(self.file, Path::new(raw.client_secret_file.get_ref()));
-        let client_secret = match std::fs::read_to_string(&secret_path) {
-            Ok(t) if !t.trim().is_empty() => Some(Secret::new(t.trim().to_string())),
-            Ok(_) => {
+        let client_secret = match Secret::read_file(&secret_path) {
+            Ok(secret) => Some(secret),
+            Err(message) => {
                 self.err(
                     Some(raw.client_secret_file.span()),
                     &format!("{key}.client_secret_file"),
-                    format!("{} is empty", secret_path.display()),
-                );
-                None
-            }
-            Err(e) => {
-                self.err(
-                    Some(raw.client_secret_file.span()),
-                    &format!("{key}.client_secret_file"),
-                    format!("cannot read {}: {e}", secret_path.display()),
+                    message,
                 );
                 None
             }

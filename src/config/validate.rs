@@ -269,21 +269,12 @@ impl<'a> Cx<'a> {
         let admin_token_key_given = raw.admin_token_file.is_some();
         if let Some(f) = raw.admin_token_file {
             let path = resolve_relative(self.file, Path::new(f.get_ref()));
-            match std::fs::read_to_string(&path) {
-                Ok(t) if !t.trim().is_empty() => {
-                    admin_token = Some(Secret::new(t.trim().to_string()));
+            match Secret::read_file(&path) {
+                Ok(secret) => {
+                    admin_token = Some(secret);
                     admin_token_file = Some(path);
                 }
-                Ok(_) => self.err(
-                    Some(f.span()),
-                    "server.admin_token_file",
-                    format!("{} is empty", path.display()),
-                ),
-                Err(e) => self.err(
-                    Some(f.span()),
-                    "server.admin_token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                ),
+                Err(message) => self.err(Some(f.span()), "server.admin_token_file", message),
             }
         }
         if let Some(a) = admin
