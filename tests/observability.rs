@@ -1248,6 +1248,116 @@ upstream = "{}"
     }
 }
 
+/// Access-log lines of `logs` by request id.
+fn access_lines(logs: &str) -> BTreeMap<String, serde_json::Value> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portcullis::access")
+        .filter_map(|v| Some((v["request_id"].as_str()?.to_string(), v)))
+        .collect()
+}
+
+/// Sends a raw HTTP/1.1 request on a new connection.
+async fn raw_request(addr: SocketAddr, path: &str, id: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: {id}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn access_log_lines_are_written_when_the_response_ends_or_the_client_leaves() {
+    let echo = Backend::echo().await;
+    let toml = format!(
+        r#"
+[server]
+http = "{{{{HTTP}}}}"
+admin = "{{{{ADMIN}}}}"
+state_dir = "{{{{DIR}}}}/state"
+
+[[route]]
+name = "app"
+host = "app.test"
+upstream = "{}"
+"#,
+        echo.url()
+    );
+    let proc = Gateway::builder(&toml).spawn_binary().await;
+    let addr = proc.http_addr();
+
+    // A whole download: the bytes that went out, counted at the end.
+    const BIG: u64 = 4_000_000;
+    let full = proc
+        .client()
+        .get_with(
+            &format!("http://app.test/bytes?n={BIG}"),
+            &[("x-request-id", "whole")],
+        )
+        .await;
+    assert_eq!(full.status, StatusCode::OK);
+    assert_eq!(full.body.len() as u64, BIG);
+
+    // A client that leaves before the backend answers: 499.
+    let s = raw_request(addr, "/hold", "gone-early").await;
+    support::wait_for(
+        "the backend to hold the request",
+        Duration::from_secs(10),
+        || {
+            let n = echo.holding();
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    drop(s);
+
+    // A client that leaves in the middle of a large body.
+    const HUGE: u64 = 500_000_000;
+    let mut s = raw_request(addr, &format!("/bytes?n={HUGE}"), "gone-midway").await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 256 * 1024 {
+        use tokio::io::AsyncReadExt;
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the gateway closed first");
+        got += n;
+    }
+    drop(s);
+
+    let lines = support::wait_for("three access-log lines", Duration::from_secs(15), || {
+        let logs = proc.logs();
+        async move {
+            let l = access_lines(&logs);
+            ["whole", "gone-early", "gone-midway"]
+                .iter()
+                .all(|id| l.contains_key(*id))
+                .then_some(l)
+        }
+    })
+    .await;
+    echo.release();
+
+    let whole = &lines["whole"];
+    assert_eq!(whole["status"], 200, "{whole}");
+    assert_eq!(whole["bytes_out"], BIG, "{whole}");
+    assert_eq!(whole["error"], "", "{whole}");
+
+    let early = &lines["gone-early"];
+    assert_eq!(early["status"], 499, "{early}");
+    assert_eq!(early["error"], "client_closed", "{early}");
+    assert_eq!(early["path"], "/hold", "{early}");
+
+    let midway = &lines["gone-midway"];
+    assert_eq!(midway["status"], 200, "{midway}");
+    assert_eq!(midway["error"], "client_closed", "{midway}");
+    assert_eq!(midway["route"], "app", "{midway}");
+    let out = midway["bytes_out"].as_u64().expect("bytes_out");
+    assert!(
+        out > 0 && out < HUGE,
+        "only what was sent is counted: {midway}"
+    );
+}
+
 // --- admin API ----------------------------------------------------------------
 
 #[tokio::test]

@@ -32,6 +32,8 @@ pub enum Body {
     /// An upstream response whose connection goes back to the pool when
     /// the body has been read to its end (dropped early, it closes).
     Pooled(Incoming, Option<super::pool::Lease>),
+    /// A response whose access-log line is written when it ends.
+    Logged(Box<super::access::Logged>),
 }
 
 impl Body {
@@ -86,6 +88,7 @@ impl http_body::Body for Body {
                 }
                 r
             }
+            Body::Logged(l) => l.poll(cx),
         }
     }
 
@@ -96,6 +99,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => i.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
             Body::Pooled(i, _) => i.is_end_stream(),
+            Body::Logged(l) => l.inner().is_end_stream(),
         }
     }
 
@@ -107,6 +111,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => i.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
             Body::Pooled(i, _) => i.size_hint(),
+            Body::Logged(l) => l.size_hint(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! routing a request to its action, forwarding (`forward`), header rules
 //! (`headers`) and the one error → status/page mapping (`error`).
 
+pub mod access;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -79,12 +80,10 @@ pub async fn handle(
     let accept = req.headers().get(header::ACCEPT).cloned();
     let method = req.method().clone();
     let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
-    // Reference-counted clones, not copies: the request moves on below.
-    let logged = log.then(|| AccessFields {
-        uri: req.uri().clone(),
-        host: req.headers().get(header::HOST).cloned(),
-        bytes_in: content_length(req.headers()),
-    });
+    // Written when the response ends, or with 499 if this future is
+    // dropped first (the client went away).
+    let mut pending =
+        access::Guard(log.then(|| access::Record::start(start, &conn, &request_id, &req)));
 
     let mut outcome = Outcome::default();
     let mut resp = match route_request(&shared, &snap, &conn, req, &request_id, &mut outcome).await
@@ -121,42 +120,18 @@ pub async fn handle(
         route_metrics.upstream_error(kind);
     }
 
-    if let Some(f) = logged {
-        let client_ip = outcome.client_ip.unwrap_or(conn.peer.ip());
-        let peer_ip = crate::state::canonical_ip(conn.peer.ip());
-        crate::telemetry::access::AccessLine {
-            request_id: request_id.to_str().unwrap_or(""),
-            client_ip,
-            client_text: (client_ip == peer_ip)
-                .then(|| conn.peer_value.to_str().ok())
-                .flatten(),
-            method: method.as_str(),
-            host: f
-                .uri
-                .host()
-                .or_else(|| f.host.as_ref().and_then(|h| h.to_str().ok()))
-                .unwrap_or(""),
-            path: f.uri.path(),
-            status: resp.status().as_u16(),
-            bytes_in: f.bytes_in,
-            bytes_out: http_body::Body::size_hint(resp.body()).exact(),
-            duration: took,
-            route: outcome.route.map_or("", |r| r.config.name.as_str()),
-            upstream: outcome.upstream.unwrap_or(""),
-            user: outcome.user.as_deref().unwrap_or(""),
-            error: outcome.error.map(|e| e.kind()).unwrap_or(""),
-        }
-        .emit();
+    if let Some(mut rec) = pending.0.take() {
+        rec.status = resp.status().as_u16();
+        rec.client_ip = outcome.client_ip;
+        rec.route = outcome
+            .route
+            .map_or_else(String::new, |r| r.config.name.clone());
+        rec.upstream = outcome.upstream.unwrap_or("").to_string();
+        rec.user = outcome.user.take().unwrap_or_default();
+        rec.error = outcome.error.map(|e| e.kind()).unwrap_or("");
+        resp = resp.map(|body| access::Logged::wrap(body, rec));
     }
     Ok(resp)
-}
-
-/// Fields of the access-log line that must be copied before the request
-/// is handed on (only when access logging is enabled).
-struct AccessFields {
-    uri: http::Uri,
-    host: Option<HeaderValue>,
-    bytes_in: Option<u64>,
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
