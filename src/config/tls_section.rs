@@ -8,7 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::file::{FileAcme, FileCertificate, FileHsts};
-use super::validate::{Cx, parse_host_pattern, resolve_relative};
+use super::route_section::parse_host_pattern;
+use super::validate::{Cx, resolve_relative};
 use super::{
     AcmeConfig, CertSource, CertificateConfig, ChallengeKind, HostPattern, RouteConfig,
     parse_duration,

@@ -1,0 +1,459 @@
+//! Validation of `[[route]]` tables: host patterns, paths, the action
+//! (upstreams, redirect or fixed response) with its options, and the route
+//! set as a whole (no two routes for one host and path, unique names).
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::file::{FileRedirect, FileRespond, FileRoute};
+use super::validate::Cx;
+use super::{Action, HostPattern, Redirect, Respond, RouteConfig, ServerConfig, UpstreamTarget};
+
+impl Cx<'_> {
+    pub(super) fn route(
+        &mut self,
+        index: usize,
+        span: Range<usize>,
+        raw: FileRoute,
+        server: &ServerConfig,
+        oidc: &super::oidc_section::OidcSet,
+    ) -> Option<RouteConfig> {
+        let key = format!("route[{index}]");
+        let errors_before = self.errors.len();
+
+        let host = match parse_host_pattern(raw.host.get_ref()) {
+            Ok(h) => Some(h),
+            Err(msg) => {
+                self.err(Some(raw.host.span()), &format!("{key}.host"), msg);
+                None
+            }
+        };
+        let path = match raw.path {
+            None => Some("/".to_string()),
+            Some(p) => match normalize_route_path(p.get_ref()) {
+                Ok(p) => Some(p),
+                Err(msg) => {
+                    self.err(Some(p.span()), &format!("{key}.path"), msg);
+                    None
+                }
+            },
+        };
+
+        let n_actions = raw.upstream.is_some() as u8
+            + raw.redirect.is_some() as u8
+            + raw.respond.is_some() as u8;
+        if n_actions != 1 {
+            self.err(
+                Some(span.clone()),
+                &key,
+                if n_actions == 0 {
+                    "a route needs one of `upstream`, `redirect` or `respond`".to_string()
+                } else {
+                    "a route takes only one of `upstream`, `redirect` or `respond`".to_string()
+                },
+            );
+        }
+        let action = if let Some(up) = raw.upstream {
+            let up_span = up.span();
+            let list = up.into_inner().0;
+            if list.is_empty() {
+                self.err(
+                    Some(up_span.clone()),
+                    &format!("{key}.upstream"),
+                    "empty list".into(),
+                );
+            }
+            let mut targets = Vec::new();
+            for u in list {
+                match parse_upstream(&u) {
+                    Ok(t) => targets.push(t),
+                    Err(msg) => self.err(Some(up_span.clone()), &format!("{key}.upstream"), msg),
+                }
+            }
+            Some(Action::Upstream(targets))
+        } else if let Some(r) = raw.redirect {
+            self.redirect(&key, r).map(Action::Redirect)
+        } else if let Some(r) = raw.respond {
+            self.respond(&key, r).map(Action::Respond)
+        } else {
+            None
+        };
+
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            raw.timeout,
+            server.upstream_timeout,
+        );
+        let hsts = match raw.hsts {
+            None => server.hsts.clone(),
+            Some(h) => self.hsts(&format!("{key}.hsts"), h),
+        };
+        let limits = self.route_limits(
+            &key,
+            super::limits_section::RawRouteLimits {
+                allow_ips: raw.allow_ips,
+                deny_ips: raw.deny_ips,
+                max_body: raw.max_body,
+                health_check: raw.health_check,
+            },
+        );
+        let auth = self.route_auth(&key, raw.auth, raw.identity_headers, oidc);
+
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        let (host, path, action) = (host?, path?, action?);
+        let name = match raw.name {
+            Some(n) => {
+                let ok = !n.get_ref().is_empty()
+                    && n.get_ref().len() <= 128
+                    && n.get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./*".contains(&b));
+                if !ok {
+                    self.err(
+                        Some(n.span()),
+                        &format!("{key}.name"),
+                        "use 1-128 letters, digits or - _ . / *".into(),
+                    );
+                    return None;
+                }
+                n.into_inner()
+            }
+            None => format!("{host}{path}"),
+        };
+        Some(RouteConfig {
+            name,
+            host,
+            path,
+            action,
+            strip_prefix: raw.strip_prefix.unwrap_or(false),
+            preserve_host: raw.preserve_host.unwrap_or(true),
+            timeout,
+            hsts,
+            https_redirect: raw.https_redirect.unwrap_or(true),
+            limits,
+            auth: auth?,
+            line: self.line_of(span.start),
+        })
+    }
+
+    /// An integer in `range`, or `default` when absent.
+    pub(super) fn int_in(
+        &mut self,
+        key: &str,
+        v: Option<Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        match v {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.err(
+                    Some(v.span()),
+                    key,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset)
+    }
+
+    /// A zero-width span at the start of a 1-based line.
+    pub(super) fn line_span(&self, line: usize) -> Range<usize> {
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        start..start
+    }
+
+    fn redirect(&mut self, key: &str, r: Spanned<FileRedirect>) -> Option<Redirect> {
+        let span = r.span();
+        let (to, status, keep_path) = match r.into_inner() {
+            FileRedirect::To(to) => (to, None, true),
+            FileRedirect::Full(t) => (t.to, t.status, t.keep_path.unwrap_or(true)),
+        };
+        let k = format!("{key}.redirect");
+        let target = to.as_str();
+        let valid = if target.starts_with('/') {
+            !target.starts_with("//") && !target.contains('\\')
+        } else {
+            match target.parse::<http::Uri>() {
+                Ok(u) => {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                }
+                Err(_) => false,
+            }
+        };
+        if !valid {
+            self.err(
+                Some(span),
+                &k,
+                format!("`{target}` is not an absolute http(s) URL or a path starting with /"),
+            );
+            return None;
+        }
+        let status = match status {
+            None => http::StatusCode::PERMANENT_REDIRECT,
+            Some(s) => match s {
+                301 | 302 | 303 | 307 | 308 => http::StatusCode::from_u16(s as u16).ok()?,
+                other => {
+                    self.err(
+                        Some(span),
+                        &k,
+                        format!("status {other} is not a redirect; use 301, 302, 303, 307 or 308"),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Redirect {
+            to,
+            status,
+            keep_path,
+        })
+    }
+
+    fn respond(&mut self, key: &str, r: Spanned<FileRespond>) -> Option<Respond> {
+        let r = r.into_inner();
+        let k = format!("{key}.respond");
+        let status = match r.status {
+            None => http::StatusCode::OK,
+            Some(s) => match u16::try_from(*s.get_ref())
+                .ok()
+                .filter(|c| (200..=599).contains(c))
+                .and_then(|c| http::StatusCode::from_u16(c).ok())
+            {
+                Some(c) => c,
+                None => {
+                    self.err(Some(s.span()), &k, "status must be 200-599".into());
+                    return None;
+                }
+            },
+        };
+        let content_type = match r.content_type {
+            None => http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            Some(ct) => match http::HeaderValue::from_str(ct.get_ref()) {
+                Ok(v) => v,
+                Err(_) => {
+                    self.err(
+                        Some(ct.span()),
+                        &k,
+                        "content_type is not a valid header value".into(),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Respond {
+            status,
+            body: bytes::Bytes::from(r.body.unwrap_or_default()),
+            content_type,
+        })
+    }
+
+    pub(super) fn check_route_set(&mut self, routes: &[RouteConfig]) {
+        let mut seen: HashMap<(&HostPattern, &str), usize> = HashMap::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut dups = Vec::new();
+        for r in routes {
+            if let Some(first) = seen.insert((&r.host, r.path.as_str()), r.line) {
+                dups.push((
+                    r.line,
+                    "route",
+                    format!(
+                        "host `{}` path `{}` is already routed at line {first}",
+                        r.host, r.path
+                    ),
+                ));
+            }
+            if let Some(first) = names.insert(r.name.as_str(), r.line) {
+                dups.push((
+                    r.line,
+                    "route.name",
+                    format!("name `{}` is already used at line {first}", r.name),
+                ));
+            }
+        }
+        for (line, key, msg) in dups {
+            let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+            self.err(Some(start..start), key, msg);
+        }
+    }
+}
+
+/// `example.com`, `*.example.com` or `*`; case-insensitive, trailing dot ignored.
+pub fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+    if text == "*" {
+        return Ok(HostPattern::Any);
+    }
+    if text.contains("://") || text.contains('/') {
+        return Err(format!(
+            "`{text}` looks like a URL; `host` takes a name only (e.g. \"app.example.com\")"
+        ));
+    }
+    let lower = text.trim_end_matches('.').to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, lower),
+    };
+    if !is_dns_name(&name) {
+        return Err(format!(
+            "`{text}` is not a host name (letters, digits, '-', dot-separated; `*.` only as the first label; no port)"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Wildcard(name)
+    } else {
+        HostPattern::Exact(name)
+    })
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Route paths: must start with `/`, no query, no dot segments, no empty
+/// segments; a trailing `/` is dropped (`/app/` and `/app` are the same prefix).
+pub fn normalize_route_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("`{text}` must start with /"));
+    }
+    if text.contains(['?', '#', '\\', '%']) || text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "`{text}`: a route path may not contain ?, #, \\, %, spaces or control characters"
+        ));
+    }
+    let trimmed = if text.len() > 1 {
+        text.trim_end_matches('/')
+    } else {
+        text
+    };
+    if trimmed.is_empty() {
+        return Ok("/".into());
+    }
+    if trimmed != "/" {
+        for seg in trimmed[1..].split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(format!("`{text}` has an empty, `.` or `..` segment"));
+            }
+        }
+    }
+    Ok(trimmed.to_string())
+}
+
+/// `http://host:port[/base]`.
+pub fn parse_upstream(text: &str) -> Result<UpstreamTarget, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("`{text}` needs a scheme, e.g. http://{text}"))?;
+    if scheme != http::uri::Scheme::HTTP {
+        return Err(format!(
+            "`{text}`: only http:// upstreams are supported (TLS is terminated here; backends are on the private network)"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{text}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{text}`: credentials in upstream URLs are not supported"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{text}`: an upstream URL may not have a query"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(UpstreamTarget {
+        url: text.to_string(),
+        scheme,
+        pool_key: super::PoolKey::new(&authority),
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(
+            parse_host_pattern("App.Example.COM.").unwrap(),
+            HostPattern::Exact("app.example.com".into())
+        );
+        assert_eq!(
+            parse_host_pattern("*.example.com").unwrap(),
+            HostPattern::Wildcard("example.com".into())
+        );
+        assert_eq!(parse_host_pattern("*").unwrap(), HostPattern::Any);
+        for bad in [
+            "",
+            "a..b",
+            "https://x.com",
+            "x.com:8080",
+            "a.*.com",
+            "-a.com",
+            "x.com/y",
+        ] {
+            assert!(parse_host_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_paths() {
+        let ok = [
+            ("/", "/"),
+            ("/app", "/app"),
+            ("/app/", "/app"),
+            ("/a/b", "/a/b"),
+        ];
+        for (i, want) in ok {
+            assert_eq!(normalize_route_path(i).unwrap(), want);
+        }
+        for bad in ["app", "/a//b", "/a/../b", "/a?x", "/a b", "/%2e"] {
+            assert!(normalize_route_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstreams() {
+        let t = parse_upstream("http://10.0.0.3:3000/base/").unwrap();
+        assert_eq!(t.authority.as_str(), "10.0.0.3:3000");
+        assert_eq!(t.base_path, "/base");
+        for bad in [
+            "10.0.0.3:3000",
+            "ftp://x",
+            "https://x",
+            "http://u:p@x",
+            "http://x/?q=1",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+}
