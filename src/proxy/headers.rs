@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection and never cross the proxy.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; UPGRADE_BIT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -89,57 +89,80 @@ pub fn is_forwarding_header(name: &str) -> bool {
 /// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
 /// survive so an upgrade can be relayed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: one pass over the names; most requests and responses
-    // carry none of these (or only `connection: keep-alive`).
-    if !headers.keys().any(|n| is_hop_by_hop(n.as_str())) {
-        return;
-    }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        // Byte-wise: one non-ASCII byte elsewhere in the value must not
-        // make us forward the headers it names (found by fuzzing).
-        for token in v.as_bytes().split(|&b| b == b',') {
-            let t = token.trim_ascii();
-            // `keep-alive` is removed below anyway; `upgrade` is handled
-            // last. Any other option, `close` included, may also be the
-            // name of a header that must not cross (found by fuzzing).
-            if t.is_empty()
-                || t.eq_ignore_ascii_case(b"keep-alive")
-                || t.eq_ignore_ascii_case(b"upgrade")
-            {
-                continue;
-            }
-            if let Ok(n) = HeaderName::from_bytes(t) {
-                named.push(n);
-            }
+    // One pass over the names notes which of these are present: most
+    // requests carry none, most upstream responses only `connection:
+    // keep-alive`, so only those are removed (each removal hashes a name).
+    let mut present = 0u16;
+    for n in headers.keys() {
+        if let Some(i) = hop_by_hop_index(n.as_str()) {
+            present |= 1 << i;
         }
     }
-    for n in named {
-        headers.remove(n);
+    if present == 0 {
+        return;
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            // Byte-wise: one non-ASCII byte elsewhere in the value must not
+            // make us forward the headers it names (found by fuzzing).
+            for token in v.as_bytes().split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                // `keep-alive` is removed below anyway; `upgrade` is handled
+                // last. Any other option, `close` included, may also be the
+                // name of a header that must not cross (found by fuzzing).
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"upgrade")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t) {
+                    named.push(n);
+                }
+            }
+        }
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << UPGRADE_BIT) != 0 {
         headers.remove(header::UPGRADE);
     }
 }
 
-/// Is this (lowercase) name one of the fixed hop-by-hop headers, or
-/// `upgrade`?
-fn is_hop_by_hop(n: &str) -> bool {
-    match n.as_bytes().first() {
-        Some(b'c') => n == "connection",
-        Some(b'k') => n == "keep-alive",
-        Some(b'p') => {
-            n == "proxy-connection" || n == "proxy-authenticate" || n == "proxy-authorization"
-        }
-        Some(b't') => n == "te" || n == "trailer" || n == "transfer-encoding",
-        Some(b'u') => n == "upgrade",
-        _ => false,
-    }
+/// `upgrade`'s bit in [`hop_by_hop_index`]'s numbering (after [`HOP_BY_HOP`]).
+const UPGRADE_BIT: usize = 8;
+
+/// The index in [`HOP_BY_HOP`] of this (lowercase) name, or
+/// [`UPGRADE_BIT`] for `upgrade`.
+fn hop_by_hop_index(n: &str) -> Option<usize> {
+    let i = match n.as_bytes().first()? {
+        b'c' if n == "connection" => 0,
+        b'k' if n == "keep-alive" => 1,
+        b'p' => match n {
+            "proxy-connection" => 2,
+            "proxy-authenticate" => 3,
+            "proxy-authorization" => 4,
+            _ => return None,
+        },
+        b't' => match n {
+            "te" => 5,
+            "trailer" => 6,
+            "transfer-encoding" => 7,
+            _ => return None,
+        },
+        b'u' if n == "upgrade" => UPGRADE_BIT,
+        _ => return None,
+    };
+    Some(i)
 }
 
 /// True when the request asks for a protocol upgrade (WebSocket etc.).
@@ -347,6 +370,17 @@ fn hex(v: u64, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_bits_match_the_table() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(n.as_str()), Some(i), "{n}");
+        }
+        assert_eq!(hop_by_hop_index("upgrade"), Some(UPGRADE_BIT));
+        for other in ["", "host", "x-te", "tee", "proxy", "content-length"] {
+            assert_eq!(hop_by_hop_index(other), None, "{other}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
