@@ -645,3 +645,37 @@ async fn trusted_proxies_extend_the_chain_but_never_pass_identity() {
     assert!(echo.header_all("x-forwarded-user").is_empty());
     assert!(echo.header_all("x_authentik_username").is_empty());
 }
+
+/// Backends get the request target in origin form (`/path?query`), as
+/// nginx sends it, never `GET http://backend:port/path` (absolute form,
+/// meant for proxies, which some frameworks mishandle).
+#[tokio::test]
+async fn backends_get_origin_form_request_targets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before sending a request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let gw = Gateway::start(&proxy_route("o.test", &upstream, "")).await;
+    let r = gw.client().get("http://o.test/x/y?z=1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let head = backend.await.unwrap();
+    let line = head.lines().next().unwrap();
+    assert_eq!(line, "GET /x/y?z=1 HTTP/1.1", "request line sent: {head}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nhost: o.test\r\n"),
+        "{head}"
+    );
+}
