@@ -82,6 +82,13 @@ async fn serves_the_certificate_for_each_sni_and_negotiates_h2() {
     .await
     .expect("handshake for app.test verifies against the test CA");
     assert_eq!(hs.alpn.as_deref(), Some(&b"h2"[..]), "h2 chosen by ALPN");
+    // The client lists AES-256-GCM first; the server's order (Mozilla
+    // intermediate) wins.
+    assert_eq!(
+        hs.suite,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+        "server cipher preference"
+    );
     let r = get(hs, "app.test", "/hello").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);

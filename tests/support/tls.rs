@@ -74,6 +74,8 @@ pub fn roots_from_pem(pem: &str) -> rustls::RootCertStore {
 /// What a handshake showed.
 #[derive(Debug)]
 pub struct Handshake {
+    /// The cipher suite the server chose.
+    pub suite: Option<rustls::CipherSuite>,
     pub alpn: Option<Vec<u8>>,
     pub chain: Vec<CertificateDer<'static>>,
     pub stream: tokio_rustls::client::TlsStream<TcpStream>,
@@ -115,6 +117,7 @@ pub async fn handshake(
     let (_, conn) = stream.get_ref();
     Ok(Handshake {
         alpn: conn.alpn_protocol().map(|p| p.to_vec()),
+        suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
         chain: conn
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
