@@ -143,7 +143,10 @@ pub async fn accept_loop(
         let shared = shared.clone();
         let builder = builder.clone();
         let drain = drain.clone();
-        tokio::spawn(async move {
+        // Boxed: the task's state (handshake, then the connection with its
+        // TLS stream) is ~13 KiB, which tokio would otherwise copy on
+        // spawn and again when the task's stage changes.
+        tokio::spawn(Box::pin(async move {
             let timeout = tls.handshake_timeout;
             let m = &shared.metrics;
             let Ok(done) = tokio::time::timeout(timeout, handshake(stream, &tls)).await else {
@@ -186,7 +189,7 @@ pub async fn accept_loop(
             )
             .await;
             drop(permit);
-        });
+        }));
     }
 }
 
