@@ -339,10 +339,6 @@ async fn route_request<'a>(
                     .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
             };
             let h = req.headers_mut();
-            // Room for what is added below (X-Forwarded-*, X-Real-IP,
-            // X-Request-Id, Host, identity headers) in one growth rather
-            // than several: hyper sizes the map for the parsed headers.
-            h.reserve(12);
             headers::strip_spoofable(h, peer_trusted);
             // issue 4: our cookies never reach a backend; then who the user is.
             crate::auth::strip_session_cookie(h);
