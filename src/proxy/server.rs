@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -234,52 +235,65 @@ pub async fn accept_loop(
 
 /// Serves HTTP on one established connection (plain or TLS) with the
 /// protocol already chosen.
-pub async fn serve_connection<I>(
+///
+/// Not an `async fn`: the connection is built here and only it moves into
+/// the returned future. An `async fn` keeps its arguments for its whole
+/// life, so the stream (with its TLS state) would be held twice for as long
+/// as the connection lives.
+pub fn serve_connection<I>(
     io: I,
     proto: Protocol,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     builder: &HttpBuilder,
     mut drain: watch::Receiver<DrainState>,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
+    let label = info.proto;
     let metrics = shared.metrics.clone();
-    let listener = metrics.listener(info.proto);
-    listener.connections.fetch_add(1, Relaxed);
-    listener.open_connections.fetch_add(1, Relaxed);
     // Boxed per request: hyper keeps room for one in-flight request future
     // per connection for the connection's whole life, so an idle
     // keep-alive connection then holds a pointer instead of the whole
     // request state machine (several KiB).
     let svc = service_fn(move |req| Box::pin(handle(shared.clone(), info.clone(), req)));
-    // Both connection types have the same shape; a macro instead of a trait
-    // that would have to restate hyper's bounds.
+    // One future per protocol, each owning only its connection (matching
+    // on an enum inside one future would keep a moved-from copy too).
     macro_rules! drive {
         ($conn:expr) => {{
             let conn = $conn;
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = drain.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        // Grace period over: drop the connection as it is.
-                        _ = drain.wait_for(|s| *s == DrainState::Close) => Ok(()),
+            async move {
+                let listener = metrics.listener(label);
+                listener.connections.fetch_add(1, Relaxed);
+                listener.open_connections.fetch_add(1, Relaxed);
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = drain.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            // Grace period over: drop the connection as it is.
+                            _ = drain.wait_for(|s| *s == DrainState::Close) => Ok(()),
+                        }
                     }
+                };
+                listener.open_connections.fetch_sub(1, Relaxed);
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             }
         }};
     }
-    let result = match proto {
-        Protocol::Http1 => drive!(builder.h1.serve_connection(io, svc).with_upgrades()),
-        Protocol::Http2 => drive!(builder.h2.serve_connection(io, svc)),
-    };
-    listener.open_connections.fetch_sub(1, Relaxed);
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    match proto {
+        Protocol::Http1 => {
+            Either::Left(drive!(builder.h1.serve_connection(io, svc).with_upgrades()))
+        }
+        // Boxed: HTTP/2 connections are few and long-lived; inline, their
+        // larger state would make every HTTP/1 connection's task bigger.
+        Protocol::Http2 => Either::Right(Box::pin(drive!(builder.h2.serve_connection(io, svc)))),
     }
 }
 

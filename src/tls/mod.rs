@@ -149,7 +149,10 @@ pub async fn accept_loop(
         tokio::spawn(Box::pin(async move {
             let timeout = tls.handshake_timeout;
             let m = &shared.metrics;
-            let Ok(done) = tokio::time::timeout(timeout, handshake(stream, &tls)).await else {
+            // The handshake's state is boxed on its own and freed once it is
+            // done, so the connection does not carry it for its life.
+            let hs = Box::pin(handshake(stream, &tls));
+            let Ok(done) = tokio::time::timeout(timeout, hs).await else {
                 m.tls_handshake_failures.fetch_add(1, Relaxed);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
