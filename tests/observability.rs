@@ -1280,6 +1280,11 @@ state_dir = "{{{{DIR}}}}/state"
 name = "app"
 host = "app.test"
 upstream = "{}"
+
+[[route]]
+name = "fixed"
+host = "fixed.test"
+respond = {{ status = 200, body = "hello" }}
 "#,
         echo.url()
     );
@@ -1297,6 +1302,18 @@ upstream = "{}"
         .await;
     assert_eq!(full.status, StatusCode::OK);
     assert_eq!(full.body.len() as u64, BIG);
+
+    // HEAD: the body is never sent, and that is not the client leaving.
+    let head = proc
+        .client()
+        .request(
+            Method::HEAD,
+            "http://fixed.test/",
+            &[("x-request-id", "head")],
+            "",
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
 
     // A client that leaves before the backend answers: 499.
     let s = raw_request(addr, "/hold", "gone-early").await;
@@ -1324,11 +1341,11 @@ upstream = "{}"
     }
     drop(s);
 
-    let lines = support::wait_for("three access-log lines", Duration::from_secs(15), || {
+    let lines = support::wait_for("four access-log lines", Duration::from_secs(15), || {
         let logs = proc.logs();
         async move {
             let l = access_lines(&logs);
-            ["whole", "gone-early", "gone-midway"]
+            ["whole", "head", "gone-early", "gone-midway"]
                 .iter()
                 .all(|id| l.contains_key(*id))
                 .then_some(l)
@@ -1341,6 +1358,11 @@ upstream = "{}"
     assert_eq!(whole["status"], 200, "{whole}");
     assert_eq!(whole["bytes_out"], BIG, "{whole}");
     assert_eq!(whole["error"], "", "{whole}");
+
+    let head = &lines["head"];
+    assert_eq!(head["status"], 200, "{head}");
+    assert_eq!(head["method"], "HEAD", "{head}");
+    assert_eq!(head["error"], "", "{head}");
 
     let early = &lines["gone-early"];
     assert_eq!(early["status"], 499, "{early}");

@@ -178,8 +178,9 @@ impl Drop for Logged {
     /// hyper stops polling once a body of known length is complete, and
     /// drops a body whose client went away: tell the two apart.
     fn drop(&mut self) {
-        if self.record.is_some() {
-            let error = if self.inner.is_end_stream() {
+        if let Some(r) = &self.record {
+            // A HEAD response's body is never sent, so never polled.
+            let error = if self.inner.is_end_stream() || r.method == Method::HEAD {
                 ""
             } else {
                 "client_closed"
