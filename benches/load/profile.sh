@@ -12,7 +12,8 @@
 #
 # Env: PORTCULLIS_BIN (default: target/release/portcullis, built if missing),
 # DURATION (perf, seconds, default 10), REQUESTS (callgrind, default 20000),
-# CONNS (default 50), TOP (rows shown, default 40), NGINX_TOO=1 (perf: also
+# CONNS (default 50), TOP (rows shown, default 40), LOG_LEVEL (RUST_LOG of
+# portcullis, default warn; info profiles the access log too), NGINX_TOO=1 (perf: also
 # profile the nginx baseline for comparison), KEEP=1 (keep the work dir).
 set -euo pipefail
 
@@ -24,6 +25,7 @@ DURATION=${DURATION:-10}
 REQUESTS=${REQUESTS:-20000}
 CONNS=${CONNS:-50}
 TOP=${TOP:-40}
+LOG_LEVEL=${LOG_LEVEL:-warn}
 [ "$DURATION" -le 15 ] || DURATION=15
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -76,11 +78,11 @@ fill "$HERE/portcullis.toml.in" "$W/portcullis.toml" DIR="$W" NAME=portcullis WO
 
 if [ "$MODE" = callgrind ]; then
     # Instrumentation (and so collection) is on only around the measured requests.
-    RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
+    RUST_LOG=$LOG_LEVEL taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$W/callgrind.out" "$BIN" run --config "$W/portcullis.toml" \
         >/dev/null 2>"$W/valgrind.log" &
 else
-    RUST_LOG=warn taskset -c 0 "$BIN" run --config "$W/portcullis.toml" >/dev/null 2>"$W/portcullis.log" &
+    RUST_LOG=$LOG_LEVEL taskset -c 0 "$BIN" run --config "$W/portcullis.toml" >/dev/null 2>"$W/portcullis.log" &
 fi
 PORTCULLIS=$!
 PIDS+=($PORTCULLIS)

@@ -161,14 +161,21 @@ fn push_padded(out: &mut String, mut n: u64, width: usize) {
         digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// A JSON string: quotes, backslashes and control characters escaped;
 /// other UTF-8 as is.
 fn push_str(out: &mut String, s: &str) {
     out.push('"');
+    // Nearly every value needs no escaping: one scan, one copy.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc: &str = match b {
