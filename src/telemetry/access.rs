@@ -171,7 +171,10 @@ fn push_padded(out: &mut String, mut n: u64, width: usize) {
 fn push_str(out: &mut String, s: &str) {
     out.push('"');
     // Nearly every value needs no escaping: one scan, one copy.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f) {
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+    {
         out.push_str(s);
         out.push('"');
         return;
