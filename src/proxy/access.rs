@@ -60,10 +60,7 @@ impl Record {
             method: req.method().clone(),
             uri: req.uri().clone(),
             host: req.headers().get(http::header::HOST).cloned(),
-            bytes_in: req
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            bytes_in: super::headers::content_length(req.headers()),
             client_ip: None,
             status: CLIENT_CLOSED,
             route: String::new(),

@@ -138,7 +138,7 @@ pub async fn forward(
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
     let route = fwd.route;
     let limits = &route.config.limits;
-    if let (Some(max), Some(len)) = (limits.max_body, content_length(req.headers()))
+    if let (Some(max), Some(len)) = (limits.max_body, headers::content_length(req.headers()))
         && len > max
     {
         return (Err(ProxyError::PayloadTooLarge), None);
@@ -224,10 +224,6 @@ fn set_host(h: &mut http::HeaderMap, preserved: Option<&HeaderValue>, target: &U
         },
     };
     h.insert(header::HOST, v);
-}
-
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// One attempt against upstream `i`: health bookkeeping, body limits, and

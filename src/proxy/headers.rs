@@ -85,6 +85,11 @@ pub fn is_forwarding_header(name: &str) -> bool {
             .any(|e| normalized_eq(n, e.as_bytes()))
 }
 
+/// The request's declared body length (`Content-Length`), if valid.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Removes hop-by-hop headers, including every header named in
 /// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
 /// survive so an upgrade can be relayed.

@@ -134,10 +134,6 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 /// The `portcullis_upstream_errors_total` kind of an error, if upstream.
 fn upstream_error_index(e: ProxyError) -> Option<usize> {
     match e {
@@ -426,7 +422,7 @@ fn same_host(a: &str, b: &str) -> bool {
 /// True when the request announces a body.
 fn has_body(req: &Request<Incoming>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
-        || content_length(req.headers()).is_some_and(|n| n > 0)
+        || headers::content_length(req.headers()).is_some_and(|n| n > 0)
 }
 
 /// The same URI with another path (query kept).
