@@ -1,6 +1,6 @@
 //! The config file: raw serde types (`file`), checked types (this module)
 //! and the validator (`validate`, with one file per part: `route_section`,
-//! `tls_section`, `limits_section`, `oidc_section`) that turns one into the
+//! `route_auth`, `tls_section`, `limits_section`, `oidc_section`) that turns one into the
 //! other, reporting every error at once with file, line and key.
 //!
 //! This module reads files (the config, secret files) but never opens
@@ -11,6 +11,7 @@ mod duration;
 mod file;
 mod limits_section;
 mod oidc_section;
+mod route_auth;
 mod route_section;
 mod tls_section;
 mod validate;
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
-pub use oidc_section::{IdentityHeaders, OidcConfig, OidcPolicy, RouteAuth};
+pub use oidc_section::OidcConfig;
+pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
 pub use tls_section::pattern_covers;
 pub use validate::{load, parse};
