@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use openidconnect::OAuth2TokenResponse as _;
 use openidconnect::TokenResponse as _;
 
-use super::provider::{FlowError, merge_userinfo, user_claims};
+use super::claims::{merge_userinfo, user_claims};
+use super::provider::FlowError;
 use super::session::{decode_id, for_each_cookie, unix_now};
 use super::store::SessionRecord;
 use super::{AuthShared, AuthSnapshot, ProviderView};

@@ -10,6 +10,7 @@
 //! provider or answer 401. This module never picks a backend.
 
 mod bearer;
+pub mod claims;
 pub mod flow;
 mod forward_auth;
 mod gate;

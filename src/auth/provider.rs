@@ -2,7 +2,8 @@
 //! retried in the background while the provider is down), the JWKS cache
 //! (refetched, rate-limited, when a token names an unknown `kid`), and the
 //! OpenID Connect exchanges: authorization URL with PKCE, code exchange,
-//! ID token verification, refresh and userinfo.
+//! ID token verification, refresh and userinfo (the claims themselves are
+//! in `claims`).
 //!
 //! A `Provider` outlives reloads as long as its identity (issuer, client
 //! id, secret, CA file) is unchanged, so reloads keep the discovered
@@ -19,19 +20,17 @@ use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
     CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreTokenIntrospectionResponse,
 };
 use openidconnect::{
-    AccessToken, AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId,
-    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet,
-    IdToken, IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
-    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, SubjectIdentifier,
-    UserInfoClaims,
+    AccessToken, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, SignatureVerificationError, StandardErrorResponse, SubjectIdentifier,
 };
-use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
+use super::claims::{ExtraClaims, IdClaims, OidcIdToken, TokenResponse, UserInfo};
 use super::http::ProviderHttp;
 use crate::config::{OidcConfig, Secret};
 
@@ -48,47 +47,6 @@ const PROBE_OK_FOR: Duration = Duration::from_secs(2);
 const PROBE_FAILED_FOR: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Claims beyond the standard ones: Authentik's `groups`, and `sid`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExtraClaims {
-    #[serde(default, deserialize_with = "string_or_list")]
-    pub groups: Option<Vec<String>>,
-    #[serde(default)]
-    pub sid: Option<String>,
-}
-impl AdditionalClaims for ExtraClaims {}
-
-/// `groups` as a list (Authentik), tolerating a single string.
-fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum G {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Option::<G>::deserialize(d)? {
-        None => None,
-        Some(G::One(s)) => Some(vec![s]),
-        Some(G::Many(v)) => Some(v),
-    })
-}
-
-type IdFields = IdTokenFields<
-    ExtraClaims,
-    EmptyExtraTokenFields,
-    CoreGenderClaim,
-    CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm,
->;
-pub type TokenResponse = StandardTokenResponse<IdFields, CoreTokenType>;
-pub type OidcIdToken = IdToken<
-    ExtraClaims,
-    CoreGenderClaim,
-    CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm,
->;
-pub type IdClaims = IdTokenClaims<ExtraClaims, CoreGenderClaim>;
-pub type UserInfo = UserInfoClaims<ExtraClaims, CoreGenderClaim>;
 type OidcClient = openidconnect::Client<
     ExtraClaims,
     CoreAuthDisplay,
@@ -552,50 +510,4 @@ impl Provider {
             .await
             .map_err(|e| FlowError::Unavailable(crate::proxy::forward::error_chain(&e)))
     }
-}
-
-/// The user as the ID token describes them.
-pub fn user_claims(c: &IdClaims) -> crate::auth::identity::UserClaims {
-    let sub = c.subject().as_str().to_string();
-    let email = c.email().map(|e| e.as_str().to_string());
-    let preferred = c.preferred_username().map(|u| u.as_str());
-    crate::auth::identity::UserClaims {
-        username: crate::auth::identity::username_of(preferred, email.as_deref(), &sub),
-        email_verified: c.email_verified(),
-        name: c
-            .name()
-            .and_then(|n| n.get(None))
-            .map(|n| n.as_str().to_string()),
-        groups: c.additional_claims().groups.clone().unwrap_or_default(),
-        email,
-        sub,
-    }
-}
-
-/// Fills what the ID token left out from a userinfo answer.
-pub fn merge_userinfo(
-    mut user: crate::auth::identity::UserClaims,
-    info: &UserInfo,
-) -> crate::auth::identity::UserClaims {
-    if user.email.is_none() {
-        user.email = info.email().map(|e| e.as_str().to_string());
-        user.email_verified = info.email_verified();
-    }
-    if user.name.is_none() {
-        user.name = info
-            .name()
-            .and_then(|n| n.get(None))
-            .map(|n| n.as_str().to_string());
-    }
-    if user.groups.is_empty()
-        && let Some(g) = &info.additional_claims().groups
-    {
-        user.groups = g.clone();
-    }
-    if user.username == user.sub
-        && let Some(u) = info.preferred_username()
-    {
-        user.username = u.as_str().to_string();
-    }
-    user
 }

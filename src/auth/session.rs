@@ -20,8 +20,9 @@ use http::header::{self, HeaderMap};
 use openidconnect::OAuth2TokenResponse as _;
 use openidconnect::TokenResponse as _;
 
+use super::claims::user_claims;
 use super::identity::{Identity, UserClaims};
-use super::provider::{FlowError, Provider, user_claims};
+use super::provider::{FlowError, Provider};
 use super::store::{SessionId, SessionRecord, SessionStore, StoreError, SubjectKey};
 
 /// How long a request waits for a refresh before going on with the
