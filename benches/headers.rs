@@ -17,9 +17,9 @@ use criterion::{BatchSize, Criterion, criterion_group};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use portcullis::proxy::headers::{
-    Origin, REQUEST_ID, RequestIds, client_ip, is_upgrade_request, remove_hop_by_hop, request_id,
-    set_forwarded, strip_spoofable,
+    Origin, client_ip, is_upgrade_request, remove_hop_by_hop, set_forwarded, strip_spoofable,
 };
+use portcullis::proxy::request_id::{REQUEST_ID, RequestIds, request_id};
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;

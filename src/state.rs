@@ -20,7 +20,7 @@ use crate::acme::AcmePlan;
 
 use crate::config::{Config, RouteConfig, ServerConfig};
 use crate::proxy::forward::UpstreamClient;
-use crate::proxy::headers::RequestIds;
+use crate::proxy::request_id::RequestIds;
 use crate::routing::RouteTable;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::tls::CertStore;

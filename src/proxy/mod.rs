@@ -10,6 +10,7 @@ pub mod headers;
 pub mod health;
 pub mod normalize;
 pub mod pool;
+pub mod request_id;
 pub mod server;
 
 use std::convert::Infallible;
@@ -76,7 +77,7 @@ pub async fn handle(
     // Decremented on drop: hyper drops this future when the client goes away.
     let _in_flight = crate::telemetry::metrics::InFlight::enter(&listener.in_flight);
     let snap = shared.current();
-    let request_id = headers::request_id(req.headers(), &shared.request_ids);
+    let request_id = request_id::request_id(req.headers(), &shared.request_ids);
     let accept = req.headers().get(header::ACCEPT).cloned();
     let method = req.method().clone();
     let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
@@ -95,7 +96,7 @@ pub async fn handle(
         }
     };
     resp.headers_mut()
-        .insert(headers::REQUEST_ID, request_id.clone());
+        .insert(request_id::REQUEST_ID, request_id.clone());
     if conn.proto == "https" {
         let hsts = match &outcome.hsts {
             Some(route_hsts) => route_hsts.as_ref(),
@@ -349,7 +350,7 @@ async fn route_request<'a>(
                 host: &host_value,
             };
             headers::set_forwarded(h, &origin, client_ip);
-            h.insert(headers::REQUEST_ID, request_id.clone());
+            h.insert(request_id::REQUEST_ID, request_id.clone());
 
             let fwd = Forward {
                 route,
