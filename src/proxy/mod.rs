@@ -3,6 +3,7 @@
 //! (`headers`) and the one error → status/page mapping (`error`).
 
 pub mod access;
+mod answers;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -26,7 +27,7 @@ use hyper::body::Incoming;
 use self::body::Body;
 use self::error::ProxyError;
 use self::forward::Forward;
-use crate::config::{Action, Redirect, Respond};
+use crate::config::Action;
 use crate::routing::{HOST_BUF_LEN, normalize_host};
 use crate::state::{Shared, Snapshot};
 
@@ -233,7 +234,7 @@ async fn route_request<'a>(
     if conn.proto == "http"
         && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
     {
-        return Ok(acme_challenge(shared, token));
+        return Ok(answers::acme_challenge(shared, token));
     }
     if routing_prefix_is_reserved(path) {
         // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
@@ -245,7 +246,7 @@ async fn route_request<'a>(
         if conn.proto == "http" && endpoint == "/logout" {
             let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
             if port != 0 {
-                return Ok(https_redirect(host, port, req.uri()));
+                return Ok(answers::https_redirect(host, port, req.uri()));
             }
         }
         let counter = match endpoint {
@@ -290,7 +291,7 @@ async fn route_request<'a>(
     if conn.proto == "http" && route.config.https_redirect {
         let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
         if port != 0 {
-            return Ok(https_redirect(host, port, req.uri()));
+            return Ok(answers::https_redirect(host, port, req.uri()));
         }
     }
 
@@ -325,8 +326,8 @@ async fn route_request<'a>(
     }
 
     match &route.config.action {
-        Action::Respond(r) => Ok(respond(r)),
-        Action::Redirect(r) => Ok(redirect(r, req.uri())),
+        Action::Respond(r) => Ok(answers::respond(r)),
+        Action::Redirect(r) => Ok(answers::redirect(r, req.uri())),
         Action::Upstream(_) => {
             // The Host as sent, reused (not copied) for X-Forwarded-Host and
             // a preserved Host upstream.
@@ -375,41 +376,6 @@ async fn route_request<'a>(
     }
 }
 
-/// Answers an ACME HTTP-01 validator with the key authorization.
-fn acme_challenge(shared: &Shared, token: &str) -> Response<Body> {
-    match shared.certs.http_tokens.get(token) {
-        Some(key_auth) => {
-            let mut r = Response::new(Body::full(key_auth.value().clone()));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            r
-        }
-        None => {
-            let mut r = Response::new(Body::full("unknown challenge token\n"));
-            *r.status_mut() = http::StatusCode::NOT_FOUND;
-            r
-        }
-    }
-}
-
-/// 308 to the same host and path on https.
-fn https_redirect(host: &str, port: u16, uri: &http::Uri) -> Response<Body> {
-    let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    let location = if port == 443 {
-        format!("https://{host}{pq}")
-    } else {
-        format!("https://{host}:{port}{pq}")
-    };
-    let mut resp = Response::new(Body::Empty);
-    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
-}
-
 /// Do two host values name the same host (ignoring case, port and a
 /// trailing dot)? `http://a.test:80/` with `Host: a.test` is one host.
 fn same_host(a: &str, b: &str) -> bool {
@@ -445,65 +411,9 @@ fn routing_prefix_is_reserved(path: &str) -> bool {
     crate::routing::prefix_matches(RESERVED_PREFIX, path)
 }
 
-fn respond(r: &Respond) -> Response<Body> {
-    let mut resp = Response::new(Body::full(r.body.clone()));
-    *resp.status_mut() = r.status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, r.content_type.clone());
-    resp
-}
-
-/// The redirect target: `to`, plus the request path and query unless the
-/// route says `keep_path = false`.
-pub fn redirect_location(r: &Redirect, uri: &http::Uri) -> String {
-    if !r.keep_path {
-        return r.to.clone();
-    }
-    let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    let base = r.to.trim_end_matches('/');
-    // `to` without a path (`https://x`) or with one (`https://x/new/`):
-    // the request path is appended either way.
-    format!("{base}{pq}")
-}
-
-fn redirect(r: &Redirect, uri: &http::Uri) -> Response<Body> {
-    let mut resp = Response::new(Body::Empty);
-    *resp.status_mut() = r.status;
-    if let Ok(v) = HeaderValue::from_str(&redirect_location(r, uri)) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redirect_locations() {
-        let r = |to: &str, keep: bool| Redirect {
-            to: to.into(),
-            status: http::StatusCode::PERMANENT_REDIRECT,
-            keep_path: keep,
-        };
-        let uri: http::Uri = "/a/b?x=1".parse().unwrap();
-        assert_eq!(
-            redirect_location(&r("https://x.com", true), &uri),
-            "https://x.com/a/b?x=1"
-        );
-        assert_eq!(
-            redirect_location(&r("https://x.com/", true), &uri),
-            "https://x.com/a/b?x=1"
-        );
-        assert_eq!(
-            redirect_location(&r("https://x.com/new/", true), &uri),
-            "https://x.com/new/a/b?x=1"
-        );
-        assert_eq!(
-            redirect_location(&r("https://x.com/", false), &uri),
-            "https://x.com/"
-        );
-    }
 
     #[test]
     fn reserved_prefix() {
