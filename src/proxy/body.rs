@@ -29,9 +29,10 @@ pub enum Body {
     Incoming(Incoming),
     /// A client's request body under limits.
     Limited(Box<Limited>),
-    /// An upstream response whose connection goes back to the pool when
-    /// the body has been read to its end (dropped early, it closes).
-    Pooled(Incoming, Option<super::pool::Lease>),
+    /// A backend's response body, read from its connection; the
+    /// connection goes back to the pool when the body has been read to its
+    /// end (dropped early, it closes).
+    Upstream(super::upstream::UpstreamBody),
     /// A response whose access-log line is written when it ends.
     Logged(Box<super::access::Logged>),
 }
@@ -43,19 +44,6 @@ impl Body {
             Body::Empty
         } else {
             Body::Full(Some(b))
-        }
-    }
-}
-
-impl Body {
-    /// An upstream response body that returns its connection at the end.
-    pub fn pooled(inner: Incoming, lease: super::pool::Lease) -> Self {
-        if inner.is_end_stream() {
-            // Nothing to read: the connection is free already.
-            lease.release();
-            Body::Incoming(inner)
-        } else {
-            Body::Pooled(inner, Some(lease))
         }
     }
 }
@@ -79,15 +67,7 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
             Body::Limited(l) => l.poll(cx),
-            Body::Pooled(i, lease) => {
-                let r = Pin::new(&mut *i).poll_frame(cx).map_err(Into::into);
-                if (matches!(r, Poll::Ready(None)) || i.is_end_stream())
-                    && let Some(l) = lease.take()
-                {
-                    l.release();
-                }
-                r
-            }
+            Body::Upstream(u) => u.poll(cx),
             Body::Logged(l) => l.poll(cx),
         }
     }
@@ -98,7 +78,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) => i.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
-            Body::Pooled(i, _) => i.is_end_stream(),
+            Body::Upstream(u) => u.is_end_stream(),
             Body::Logged(l) => l.inner().is_end_stream(),
         }
     }
@@ -110,7 +90,7 @@ impl http_body::Body for Body {
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Incoming(i) => i.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
-            Body::Pooled(i, _) => i.size_hint(),
+            Body::Upstream(u) => u.size_hint(),
             Body::Logged(l) => l.size_hint(),
         }
     }

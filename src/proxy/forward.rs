@@ -21,6 +21,7 @@ use super::body::{Body, Limited, TripWire, Tripped};
 use super::error::ProxyError;
 use super::headers;
 use super::pool;
+use super::upstream as pool_conn;
 use crate::config::{ServerConfig, UpstreamTarget};
 use crate::state::Route;
 
@@ -257,22 +258,19 @@ async fn send_one(
         fwd.server.upstream_eject_after,
         fwd.server.upstream_eject_for,
     );
-    let (mut resp, lease) = result?;
+    let (resp, tunnel) = result?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        let Some(client_upgrade) = client_upgrade else {
+        let (Some(client_upgrade), Some(tunnel)) = (client_upgrade, tunnel) else {
             // A 101 we did not ask for cannot be relayed.
             return Err(ProxyError::UpstreamBroken);
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let route = route.config.name.clone();
         tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let mut c = TokioIo::new(c);
-                    let mut u = TokioIo::new(u);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+            match client_upgrade.await {
+                Ok(c) => {
+                    if let Err(e) = relay_upgraded(TokioIo::new(c), tunnel).await {
                         tracing::debug!(route, error = %e, "upgraded connection ended with an error");
                     }
                 }
@@ -282,14 +280,22 @@ async fn send_one(
     }
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, switching);
-    // After a 101 the connection belongs to the tunnel; otherwise it goes
-    // back to the pool when the body ends.
-    let body = if switching {
-        Body::Incoming(body)
-    } else {
-        Body::pooled(body, lease)
-    };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Relays an upgraded connection both ways until either side closes.
+/// Bytes the backend sent right behind its 101 go to the client first.
+async fn relay_upgraded(
+    mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    backend: pool_conn::Conn,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (mut backend, early) = backend.into_parts();
+    if !early.is_empty() {
+        client.write_all(&early).await?;
+    }
+    tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
+    Ok(())
 }
 
 /// The URI sent upstream: the target's scheme and authority, its base path,

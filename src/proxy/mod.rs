@@ -13,6 +13,7 @@ pub mod normalize;
 pub mod pool;
 pub mod request_id;
 pub mod server;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,39 +1,41 @@
 //! Upstream keep-alive connections, pooled per worker thread.
 //!
 //! A connection is taken for one request and comes back to the pool of the
-//! thread that finishes the response body (see [`Body::Pooled`]), so:
+//! thread that finishes the response body (see [`UpstreamBody`]), so:
 //! - idle client connections hold no upstream connection (memory follows
 //!   concurrency, not the number of open clients);
 //! - taking and returning is a thread-local map lookup: no lock, no
 //!   contention, no hand-off to another task;
 //! - a connection that was closed, or idle longer than
-//!   `upstream_idle_timeout`, is dropped instead of reused.
+//!   `upstream_idle_timeout`, is dropped instead of reused; a sweeper task
+//!   per thread closes those nobody takes, so a quiet pool does not keep
+//!   sockets the backend has given up on.
 //!
-//! A request the pooled connection did not take (it closed under us) is
-//! resent once on a fresh connection: nothing of it was sent.
+//! A body-less request whose reused connection turns out to be closed
+//! (the backend hung up while it sat idle) is resent once on a fresh
+//! connection; idempotent methods only, unless the head could not even be
+//! written.
 //!
-//! [`Body::Pooled`]: super::body::Body::Pooled
+//! [`UpstreamBody`]: super::upstream::UpstreamBody
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 
 use super::body::Body;
 use super::error::ProxyError;
+use super::upstream::{self, Conn, Failure, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 
 /// Idle connections kept per upstream address and thread.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -57,103 +59,152 @@ impl Hasher for PreHashed {
     }
 }
 
-type Pools = HashMap<PoolKey, Vec<Idle>, BuildHasherDefault<PreHashed>>;
+type Pools = HashMap<PoolKey, VecDeque<Idle>, BuildHasherDefault<PreHashed>>;
 
 thread_local! {
     static IDLE: RefCell<Pools> = RefCell::new(Pools::default());
+    /// Whether this thread's sweeper task is running.
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A connection on its way back to the pool once the response body ends.
-pub struct Lease {
-    key: PoolKey,
-    sender: SendRequest<Body>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lease({})", self.key.as_str())
-    }
-}
-
-impl Lease {
-    /// Puts the connection back (the response has been read to its end).
-    pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
+/// Puts a connection back (its response has been read to the end).
+pub fn release(key: &PoolKey, conn: Conn, max_idle: Duration) {
+    IDLE.with_borrow_mut(|pool| {
+        let list = pool.entry(key.clone()).or_default();
+        if list.len() >= MAX_IDLE_PER_UPSTREAM {
+            list.pop_front();
         }
-        IDLE.with_borrow_mut(|pool| {
-            let list = pool.entry(self.key).or_default();
-            if list.len() >= MAX_IDLE_PER_UPSTREAM {
-                list.remove(0);
-            }
-            list.push(Idle {
-                sender: self.sender,
-                since: Instant::now(),
-            });
+        list.push_back(Idle {
+            conn,
+            since: Instant::now(),
         });
+    });
+    if !SWEEPING.get() {
+        start_sweeper(max_idle);
     }
 }
 
-fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<SendRequest<Body>> {
+/// Closes idle connections that expired or that the backend closed, every
+/// half idle timeout (at least each second); ends when the pool is empty.
+fn start_sweeper(max_idle: Duration) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    SWEEPING.set(true);
+    let every = (max_idle / 2).max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let left = IDLE.with_borrow_mut(|pool| {
+                pool.retain(|_, list| {
+                    list.retain(|i| i.since.elapsed() < max_idle && i.conn.is_reusable());
+                    !list.is_empty()
+                });
+                pool.len()
+            });
+            if left == 0 {
+                SWEEPING.set(false);
+                return;
+            }
+        }
+    });
+}
+
+fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<Conn> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(a)?;
         // Newest first: it is the most likely to still be open.
-        while let Some(idle) = list.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < max_idle {
-                return Some(idle.sender);
+        while let Some(idle) = list.pop_back() {
+            if idle.since.elapsed() < max_idle && idle.conn.is_reusable() {
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-/// Sends `req` to `target` over a pooled connection (or a new one).
-/// Returns the response and the lease to release when its body ends.
+/// Sends `req` (its URI in origin form) to `target` over a pooled
+/// connection or a new one. A `101` answer comes back with the connection
+/// for the tunnel; any other answer's body returns the connection to the
+/// pool when it has been read.
 pub async fn send(
     target: &UpstreamTarget,
     req: Request<Body>,
     server: &ServerConfig,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
-    let mut sender = match take_idle(&target.pool_key, server.upstream_idle_timeout) {
-        Some(s) => s,
-        None => connect(target, server.upstream_connect_timeout).await?,
+) -> Result<(Response<Body>, Option<Conn>), ProxyError> {
+    let (mut parts, mut body) = req.into_parts();
+    let has_body = !matches!(body, Body::Empty);
+    let upload = upstream::upload_framing(&parts.method, &mut parts.headers, has_body);
+    let mut head = Vec::new();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    upstream::encode_head(&parts.method, path, &parts.headers, upload, &mut head);
+    drop(parts.headers);
+    let method_is_head = parts.method == Method::HEAD;
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+
+    let max_idle = server.upstream_idle_timeout;
+    let (mut conn, mut reused) = match take_idle(&target.pool_key, max_idle) {
+        Some(c) => (c, true),
+        None => (
+            connect(target, server.upstream_connect_timeout).await?,
+            false,
+        ),
     };
-    if sender.ready().await.is_err() {
-        sender = connect(target, server.upstream_connect_timeout).await?;
-    }
-    let resp = match sender.try_send_request(req).await {
-        Ok(resp) => resp,
-        Err(mut e) => match e.take_message() {
-            Some(req) => {
-                sender = connect(target, server.upstream_connect_timeout).await?;
-                sender.send_request(req).await.map_err(|e| classify(&e))?
+    let (head, sent) = loop {
+        match upstream::exchange(&mut conn, &head, &mut body, upload, method_is_head).await {
+            Ok(answer) => break answer,
+            // The backend closed the idle connection under us: nothing it
+            // could act on reached it, so once more on a fresh one.
+            Err(Failure::NoAnswer) if reused && !has_body && idempotent => {
+                tracing::debug!(upstream = %target.url, "pooled connection was closed; retrying on a new one");
+                conn = connect(target, server.upstream_connect_timeout).await?;
+                reused = false;
             }
-            None => return Err(classify(e.error())),
-        },
+            Err(Failure::ClientBody) => return Err(ProxyError::UpstreamBroken),
+            Err(Failure::NoAnswer) => {
+                tracing::debug!(upstream = %target.url, "the backend closed the connection without answering");
+                return Err(ProxyError::UpstreamBroken);
+            }
+            Err(Failure::Broken(why)) => {
+                tracing::warn!(upstream = %target.url, reason = why, "invalid or broken answer from the backend");
+                return Err(ProxyError::UpstreamBroken);
+            }
+        }
     };
-    Ok((
-        resp,
-        Lease {
-            key: target.pool_key.clone(),
-            sender,
-        },
-    ))
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((resp, Some(conn)));
+    }
+    *resp.body_mut() = UpstreamBody::start(
+        conn,
+        head.framing,
+        head.keep_alive && sent,
+        &target.pool_key,
+        max_idle,
+    );
+    Ok((resp, None))
 }
 
-/// Opens one HTTP/1.1 connection to an upstream. Boxed: connecting (DNS,
-/// TCP, timer, handshake) is the rare path, and inline its state would
-/// make every proxied request's future kilobytes bigger.
+/// Opens one connection to an upstream. Boxed: connecting (DNS, TCP,
+/// timer) is the rare path, and inline its state would make every proxied
+/// request's future bigger.
 fn connect(
     target: &UpstreamTarget,
     connect_timeout: Duration,
-) -> std::pin::Pin<Box<impl Future<Output = Result<SendRequest<Body>, ProxyError>> + Send + '_>> {
+) -> std::pin::Pin<Box<impl Future<Output = Result<Conn, ProxyError>> + Send + '_>> {
     Box::pin(connect_inner(target, connect_timeout))
 }
 
 async fn connect_inner(
     target: &UpstreamTarget,
     connect_timeout: Duration,
-) -> Result<SendRequest<Body>, ProxyError> {
+) -> Result<Conn, ProxyError> {
     let host = target
         .authority
         .host()
@@ -170,24 +221,7 @@ async fn connect_inner(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ProxyError::UpstreamUnavailable)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-fn classify(e: &hyper::Error) -> ProxyError {
-    if e.is_timeout() {
-        ProxyError::UpstreamTimeout
-    } else {
-        ProxyError::UpstreamBroken
-    }
+    Ok(Conn::new(stream))
 }
 
 #[cfg(test)]
@@ -201,7 +235,7 @@ mod tests {
     #[test]
     fn pool_keys_match_across_configs_and_letter_case() {
         let mut pools = Pools::default();
-        pools.insert(key("Backend.Internal:8080"), Vec::new());
+        pools.insert(key("Backend.Internal:8080"), VecDeque::new());
         // A key built by a later config generation finds the same pool.
         assert!(pools.contains_key(&key("backend.internal:8080")));
         assert!(!pools.contains_key(&key("backend.internal:8081")));
