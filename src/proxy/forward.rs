@@ -21,7 +21,7 @@ use super::body::{Body, Limited, TripWire, Tripped};
 use super::error::ProxyError;
 use super::headers;
 use super::pool;
-use super::upstream as pool_conn;
+use super::upstream::{self as pool_conn, Outgoing};
 use crate::config::{ServerConfig, UpstreamTarget};
 use crate::state::Route;
 
@@ -171,10 +171,6 @@ pub async fn forward(
             return (Err(ProxyError::UpstreamUnavailable), None);
         };
         let target = &route.config.upstreams()[i];
-        parts.uri = match upstream_uri(target, &route.config, &parts.uri) {
-            Ok(u) => u,
-            Err(e) => return (Err(e), None),
-        };
         set_host(&mut parts.headers, host.as_ref(), target);
         let body = if has_body {
             Body::Limited(Box::new(Limited::new(
@@ -186,7 +182,8 @@ pub async fn forward(
         } else {
             Body::Empty
         };
-        let out = Request::from_parts(parts, body);
+        let path = upstream_path(target, &route.config, &parts.uri);
+        let out = Outgoing::new(&parts.method, &path, parts.headers, body);
         let r = send_one(&fwd, i, out, client_upgrade, &wire).await;
         return (r, Some(i));
     }
@@ -196,15 +193,10 @@ pub async fn forward(
     while let Some(i) = route.pick_upstream(&tried) {
         tried.push(i);
         let target = &route.config.upstreams()[i];
-        let mut out = Request::new(Body::Empty);
-        *out.method_mut() = parts.method.clone();
-        *out.version_mut() = Version::HTTP_11;
-        *out.uri_mut() = match upstream_uri(target, &route.config, &parts.uri) {
-            Ok(u) => u,
-            Err(e) => return (Err(e), None),
-        };
-        *out.headers_mut() = parts.headers.clone();
-        set_host(out.headers_mut(), host.as_ref(), target);
+        let mut headers = parts.headers.clone();
+        set_host(&mut headers, host.as_ref(), target);
+        let path = upstream_path(target, &route.config, &parts.uri);
+        let out = Outgoing::new(&parts.method, &path, headers, Body::Empty);
         match send_one(&fwd, i, out, None, &wire).await {
             Err(ProxyError::UpstreamUnavailable) => {
                 last = Err(ProxyError::UpstreamUnavailable);
@@ -232,7 +224,7 @@ fn set_host(h: &mut http::HeaderMap, preserved: Option<&HeaderValue>, target: &U
 async fn send_one(
     fwd: &Forward<'_>,
     i: usize,
-    req: Request<Body>,
+    out: Outgoing,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     wire: &TripWire,
 ) -> Result<Response<Body>, ProxyError> {
@@ -240,10 +232,10 @@ async fn send_one(
     // The response deadline starts once the request body has been sent: a
     // long upload to a backend that reads it all before answering is not a
     // timeout (a stalled one is `request_body_timeout`'s business).
-    let body_wire = matches!(req.body(), Body::Limited(_)).then_some(wire);
+    let body_wire = matches!(out.body, Body::Limited(_)).then_some(wire);
     let timeout = route.config.timeout;
     let target = &route.config.upstreams()[i];
-    let send = std::pin::pin!(pool::send(target, req, fwd.server));
+    let send = std::pin::pin!(pool::send(target, out, fwd.server));
     let result = await_response(send, timeout, body_wire).await;
     if let Some(t) = wire.get() {
         // The client's body broke the request, not the upstream.
@@ -298,13 +290,18 @@ async fn relay_upgraded(
     Ok(())
 }
 
-/// The URI sent upstream: the target's scheme and authority, its base path,
-/// then the request path (minus the route prefix with `strip_prefix`) and query.
-pub fn upstream_uri(
-    target: &UpstreamTarget,
+/// The request target sent upstream, in pieces to write one after the
+/// other: the target's base path, the request path (minus the route prefix
+/// with `strip_prefix`), then `?` and the query if there is one. Origin
+/// form (`/path?query`), as nginx sends it; where to connect comes from
+/// the target, the host from the Host header. Every piece was validated
+/// already (the request's URI by the parser and the path normaliser, the
+/// base path with the config).
+pub fn upstream_path<'a>(
+    target: &'a UpstreamTarget,
     route: &crate::config::RouteConfig,
-    uri: &Uri,
-) -> Result<Uri, ProxyError> {
+    uri: &'a Uri,
+) -> [&'a str; 4] {
     let path = uri.path();
     let rest = if route.strip_prefix && route.path != "/" {
         match path.get(route.path.len()..) {
@@ -314,24 +311,10 @@ pub fn upstream_uri(
     } else {
         path
     };
-    let query = uri.query();
-    let mut pq = String::with_capacity(
-        target.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
-    );
-    pq.push_str(&target.base_path);
-    pq.push_str(rest);
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
+    match uri.query() {
+        Some(q) => [&target.base_path, rest, "?", q],
+        None => [&target.base_path, rest, "", ""],
     }
-    // Origin-form (`/path?query`), as nginx sends it: hyper writes the URI
-    // as given, and an absolute URI here would reach the backend as
-    // `GET http://10.0.0.1:8080/path`, which some frameworks mishandle.
-    // Where to connect comes from `target`, the host from the Host header.
-    Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("The request target is not valid."))
 }
 
 #[cfg(test)]
@@ -370,8 +353,8 @@ mod tests {
         ];
         for (target, prefix, strip, req, want) in cases {
             let uri: Uri = req.parse().unwrap();
-            let got = upstream_uri(target, &route(prefix, strip), &uri).unwrap();
-            assert_eq!(got.to_string(), want, "{prefix} {strip} {req}");
+            let got = upstream_path(target, &route(prefix, strip), &uri).concat();
+            assert_eq!(got, want, "{prefix} {strip} {req}");
         }
     }
 }

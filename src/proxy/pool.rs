@@ -23,12 +23,12 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response};
+use http::Response;
 use tokio::net::TcpStream;
 
 use super::body::Body;
 use super::error::ProxyError;
-use super::upstream::{self, Conn, Failure, UpstreamBody};
+use super::upstream::{self, Conn, Failure, Outgoing, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 
 /// Idle connections kept per upstream address and thread.
@@ -123,28 +123,14 @@ fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<Conn> {
     })
 }
 
-/// Sends `req` (its URI in origin form) to `target` over a pooled
-/// connection or a new one. A `101` answer comes back with the connection
-/// for the tunnel; any other answer's body returns the connection to the
-/// pool when it has been read.
+/// Sends `out` to `target` over a pooled connection or a new one. A `101`
+/// answer comes back with the connection for the tunnel; any other
+/// answer's body returns the connection to the pool when it has been read.
 pub async fn send(
     target: &UpstreamTarget,
-    req: Request<Body>,
+    mut out: Outgoing,
     server: &ServerConfig,
 ) -> Result<(Response<Body>, Option<Conn>), ProxyError> {
-    let (mut parts, mut body) = req.into_parts();
-    let has_body = !matches!(body, Body::Empty);
-    let upload = upstream::upload_framing(&parts.method, &mut parts.headers, has_body);
-    let mut head = Vec::new();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    upstream::encode_head(&parts.method, path, &parts.headers, upload, &mut head);
-    drop(parts.headers);
-    let method_is_head = parts.method == Method::HEAD;
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-
     let max_idle = server.upstream_idle_timeout;
     let (mut conn, mut reused) = match take_idle(&target.pool_key, max_idle) {
         Some(c) => (c, true),
@@ -154,11 +140,11 @@ pub async fn send(
         ),
     };
     let (head, sent) = loop {
-        match upstream::exchange(&mut conn, &head, &mut body, upload, method_is_head).await {
+        match upstream::exchange(&mut conn, &mut out).await {
             Ok(answer) => break answer,
             // The backend closed the idle connection under us: nothing it
             // could act on reached it, so once more on a fresh one.
-            Err(Failure::NoAnswer) if reused && !has_body && idempotent => {
+            Err(Failure::NoAnswer) if reused && !out.has_body() && out.idempotent() => {
                 tracing::debug!(upstream = %target.url, "pooled connection was closed; retrying on a new one");
                 conn = connect(target, server.upstream_connect_timeout).await?;
                 reused = false;

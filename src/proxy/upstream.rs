@@ -122,10 +122,11 @@ pub fn upload_framing(method: &Method, headers: &mut HeaderMap, has_body: bool) 
     }
 }
 
-/// Writes the request line and headers (`target` in origin form).
+/// Writes the request line and headers; the request target (origin form)
+/// is the concatenation of `target`'s pieces.
 pub fn encode_head(
     method: &Method,
-    target: &str,
+    target: &[&str],
     headers: &HeaderMap,
     upload: Upload,
     dst: &mut Vec<u8>,
@@ -133,11 +134,14 @@ pub fn encode_head(
     let size: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    dst.reserve(method.as_str().len() + target.len() + size + 48);
+        .sum::<usize>()
+        + target.iter().map(|t| t.len()).sum::<usize>();
+    dst.reserve(method.as_str().len() + size + 48);
     dst.extend_from_slice(method.as_str().as_bytes());
     dst.push(b' ');
-    dst.extend_from_slice(target.as_bytes());
+    for piece in target {
+        dst.extend_from_slice(piece.as_bytes());
+    }
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
         dst.extend_from_slice(name.as_str().as_bytes());
@@ -149,6 +153,49 @@ pub fn encode_head(
         dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     dst.extend_from_slice(b"\r\n");
+}
+
+/// A request ready for one backend: its head encoded, its body framed.
+#[derive(Debug)]
+pub struct Outgoing {
+    head: Vec<u8>,
+    pub body: Body,
+    upload: Upload,
+    method_is_head: bool,
+    idempotent: bool,
+    /// The request's header map, emptied: the response's headers reuse its
+    /// room instead of allocating a map of their own.
+    spare: HeaderMap,
+}
+
+impl Outgoing {
+    /// `target`'s pieces make the request target (origin form); `headers`
+    /// are final (hop-by-hop removed, Host set).
+    pub fn new(method: &Method, target: &[&str], mut headers: HeaderMap, body: Body) -> Self {
+        let has_body = !matches!(body, Body::Empty);
+        let upload = upload_framing(method, &mut headers, has_body);
+        let mut head = Vec::new();
+        encode_head(method, target, &headers, upload, &mut head);
+        headers.clear();
+        Outgoing {
+            head,
+            body,
+            upload,
+            method_is_head: *method == Method::HEAD,
+            idempotent: method.is_idempotent(),
+            spare: headers,
+        }
+    }
+
+    /// True when the request carries a body.
+    pub fn has_body(&self) -> bool {
+        self.upload != Upload::None
+    }
+
+    /// Safe to send again (RFC 9110 9.2.2).
+    pub fn idempotent(&self) -> bool {
+        self.idempotent
+    }
 }
 
 /// Why an exchange failed.
@@ -185,26 +232,28 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Sends the request (`head` already encoded, then `body` framed as
-/// `upload`) and reads the response head. The upload and the wait for the
-/// answer run together: a backend may answer (a 413, say) before it has
-/// read the whole body. Returns the head and whether the whole request was
-/// sent.
-pub async fn exchange(
-    conn: &mut Conn,
-    head: &[u8],
-    body: &mut Body,
-    upload: Upload,
-    method_is_head: bool,
-) -> Result<(Head, bool), Failure> {
+/// Sends the request and reads the response head. The upload and the wait
+/// for the answer run together: a backend may answer (a 413, say) before
+/// it has read the whole body. Returns the head and whether the whole
+/// request was sent.
+pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<(Head, bool), Failure> {
     let Conn { io, buf } = conn;
+    let Outgoing {
+        head,
+        body,
+        upload,
+        method_is_head,
+        spare,
+        ..
+    } = out;
     io.write_all(head).await.map_err(|_| Failure::NoAnswer)?;
     let (mut reader, mut writer) = io.split();
-    if upload == Upload::None {
-        return Ok((read_head(&mut reader, buf, method_is_head).await?, true));
+    if *upload == Upload::None {
+        let head = read_head(&mut reader, buf, *method_is_head, spare).await?;
+        return Ok((head, true));
     }
-    let sending = send_body(&mut writer, body, upload);
-    let answer = read_head(&mut reader, buf, method_is_head);
+    let sending = send_body(&mut writer, body, *upload);
+    let answer = read_head(&mut reader, buf, *method_is_head, spare);
     tokio::pin!(sending, answer);
     let mut sent = false;
     let mut write_failed = false;
@@ -276,11 +325,12 @@ async fn read_head(
     r: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
     method_is_head: bool,
+    spare: &mut HeaderMap,
 ) -> Result<Head, Failure> {
     let mut got_any = !buf.is_empty();
     loop {
         if !buf.is_empty() {
-            if let Some(head) = parse_head(buf, method_is_head)? {
+            if let Some(head) = parse_head(buf, method_is_head, spare)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     continue;
@@ -302,8 +352,13 @@ async fn read_head(
 }
 
 /// Parses one response head from the front of `buf` and consumes it;
-/// `None` when more bytes are needed.
-pub fn parse_head(buf: &mut BytesMut, method_is_head: bool) -> Result<Option<Head>, Failure> {
+/// `None` when more bytes are needed. The headers go into `spare`'s room
+/// (taken, left empty).
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method_is_head: bool,
+    spare: &mut HeaderMap,
+) -> Result<Option<Head>, Failure> {
     // Where each header's name and value sit in the head, so they can be
     // taken from one shared buffer instead of copied one by one.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -351,7 +406,9 @@ pub fn parse_head(buf: &mut BytesMut, method_is_head: bool) -> Result<Option<Hea
     };
     let head = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(count);
     let mut length: Option<u64> = None;
     let mut chunked = None::<bool>;
     let (mut close, mut keep_alive) = (false, false);
@@ -504,7 +561,7 @@ impl Dechunker {
                     }
                     let n = self.size.min(buf.len() as u64) as usize;
                     self.size -= n as u64;
-                    return Ok(Step::Data(buf.split_to(n).freeze()));
+                    return Ok(Step::Data(take(buf, n)));
                 }
                 _ => {}
             }
@@ -632,12 +689,15 @@ impl UpstreamBody {
                     } else {
                         let n = (*rem).min(conn.buf.len() as u64) as usize;
                         *rem -= n as u64;
-                        Ok(Step::Data(conn.buf.split_to(n).freeze()))
+                        Ok(Step::Data(take(&mut conn.buf, n)))
                     }
                 }
                 Reading::Chunked(d) => d.decode(&mut conn.buf),
                 Reading::UntilClose if conn.buf.is_empty() => Ok(Step::More),
-                Reading::UntilClose => Ok(Step::Data(conn.buf.split().freeze())),
+                Reading::UntilClose => {
+                    let n = conn.buf.len();
+                    Ok(Step::Data(take(&mut conn.buf, n)))
+                }
             };
             match step {
                 Ok(Step::Data(b)) => {
@@ -694,6 +754,24 @@ impl UpstreamBody {
     }
 }
 
+/// Bodies up to this size are copied out of the read buffer rather than
+/// shared with it.
+const COPY_BELOW: usize = 2048;
+
+/// The first `n` bytes of `buf`. A small piece is copied: shared, it would
+/// pin the whole read buffer until the client side has written it, and the
+/// connection (back in the pool by then) would need a new buffer for its
+/// next answer. A large one is shared, not copied.
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n < COPY_BELOW {
+        let b = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        b
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
 /// One read from the socket into `buf`'s spare room.
 fn poll_read_buf(
     io: &TcpStream,
@@ -714,7 +792,11 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Option<Head>, Failure> {
-        parse_head(&mut BytesMut::from(s.as_bytes()), false)
+        parse_head(
+            &mut BytesMut::from(s.as_bytes()),
+            false,
+            &mut HeaderMap::new(),
+        )
     }
 
     fn framing(s: &str) -> (Framing, bool) {
@@ -781,7 +863,9 @@ mod tests {
     #[test]
     fn head_responses_have_no_body() {
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"[..]);
-        let h = parse_head(&mut b, true).unwrap().unwrap();
+        let h = parse_head(&mut b, true, &mut HeaderMap::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, Framing::None);
         assert_eq!(h.headers[header::CONTENT_LENGTH], "1234");
         assert!(b.is_empty());
@@ -812,7 +896,9 @@ mod tests {
     fn a_partial_head_waits_and_the_rest_stays_buffered() {
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP"[..]);
-        let h = parse_head(&mut b, false).unwrap().unwrap();
+        let h = parse_head(&mut b, false, &mut HeaderMap::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(&b[..], b"okHTTP");
     }
@@ -890,7 +976,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("a.test"));
         let mut out = Vec::new();
-        encode_head(&Method::POST, "/x?y", &h, Upload::Chunked, &mut out);
+        encode_head(
+            &Method::POST,
+            &["/x", "?", "y"],
+            &h,
+            Upload::Chunked,
+            &mut out,
+        );
         assert_eq!(
             out,
             b"POST /x?y HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n"
