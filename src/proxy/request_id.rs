@@ -56,7 +56,11 @@ impl RequestIds {
         let mut buf = [0u8; 32];
         hex(a, &mut buf[..16]);
         hex(b, &mut buf[16..]);
-        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+        // Owned by a shared allocation from the start: the id is cloned
+        // into the upstream request and the response, and cloning a
+        // value copied from a slice would allocate again to share it.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("hex is a valid header value")
     }
 }
 
