@@ -14,7 +14,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use openidconnect::OAuth2TokenResponse as _;
 use openidconnect::TokenResponse as _;
 
@@ -269,7 +268,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 pub(super) async fn callback(
     auth: &AuthShared,
     snap: &AuthSnapshot,
-    req: &Request<Incoming>,
+    req: &Request<crate::proxy::body::Body>,
     raw_host: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let [code, state, err, iss] = query_params(

@@ -5,7 +5,6 @@
 
 use ::http::header::{self, HeaderName, HeaderValue};
 use ::http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::flow::{self, LoginTarget};
 use super::gate::{Identified, decide, effective_scheme, identify, is_browser, resolve};
@@ -28,7 +27,7 @@ pub(super) async fn forward_auth(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Request<crate::proxy::body::Body>,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {

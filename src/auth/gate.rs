@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Method, Request, Response};
-use hyper::body::Incoming;
 
 use super::flow::{self, LoginTarget};
 use super::identity::Identity;
@@ -69,7 +68,7 @@ pub async fn check(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Request<crate::proxy::body::Body>,
     route: &Route,
     raw_host: &str,
     request_id: &HeaderValue,
@@ -86,7 +85,7 @@ async fn protected(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Request<crate::proxy::body::Body>,
     policy: &OidcPolicy,
     raw_host: &str,
     request_id: &HeaderValue,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 
 use super::flow::{COOKIE_HOST, COOKIE_PLAIN, DISCOVERY_WAIT, cookie, redirect, session_cookie};
 use super::jwt::{self, JwtError};
@@ -97,7 +96,7 @@ pub(super) fn logged_out(request_id: &HeaderValue, accept: Option<&HeaderValue>)
 pub(super) async fn backchannel(
     auth: &AuthShared,
     snap: &AuthSnapshot,
-    req: Request<Incoming>,
+    req: Request<crate::proxy::body::Body>,
 ) -> Result<Response<Body>, ProxyError> {
     const BAD: ProxyError = ProxyError::BadRequest("The logout token is not valid.");
     if req.method() != Method::POST {

@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::config::{Config, OidcConfig, RouteAuth};
 use crate::proxy::ConnInfo;
@@ -312,7 +311,7 @@ pub async fn endpoint(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<crate::proxy::body::Body>,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {

@@ -51,7 +51,7 @@ impl Record {
         start: Instant,
         conn: &Arc<ConnInfo>,
         request_id: &HeaderValue,
-        req: &http::Request<hyper::body::Incoming>,
+        req: &http::Request<crate::proxy::body::Body>,
     ) -> Self {
         Record {
             start,

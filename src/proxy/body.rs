@@ -130,7 +130,7 @@ const DONE: u8 = 3;
 /// A request body with a size limit and an idle timeout between frames.
 #[derive(Debug)]
 pub struct Limited {
-    inner: Incoming,
+    inner: Body,
     limit: Option<u64>,
     seen: u64,
     idle: Duration,
@@ -139,7 +139,7 @@ pub struct Limited {
 }
 
 impl Limited {
-    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration, wire: TripWire) -> Self {
+    pub fn new(inner: Body, limit: Option<u64>, idle: Duration, wire: TripWire) -> Self {
         Limited {
             inner,
             limit,
@@ -166,7 +166,7 @@ impl Limited {
                 self.timer.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 self.wire.0.store(DONE, Ordering::Release);
                 Poll::Ready(None)

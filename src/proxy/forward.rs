@@ -12,7 +12,6 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -51,7 +50,7 @@ impl UpstreamClient {
         &self,
         req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -135,7 +134,7 @@ pub struct Forward<'a> {
 /// failed last.
 pub async fn forward(
     fwd: Forward<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<crate::proxy::body::Body>,
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
     let route = fwd.route;
     let limits = &route.config.limits;

@@ -23,7 +23,6 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use self::body::Body;
 use self::error::ProxyError;
@@ -72,7 +71,7 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<crate::proxy::body::Body>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let listener = shared.metrics.listener(conn.proto);
@@ -165,7 +164,7 @@ async fn route_request<'a>(
     shared: &Shared,
     snap: &'a Snapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<crate::proxy::body::Body>,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'a>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -388,7 +387,7 @@ fn same_host(a: &str, b: &str) -> bool {
 }
 
 /// True when the request announces a body.
-fn has_body(req: &Request<Incoming>) -> bool {
+fn has_body(req: &Request<crate::proxy::body::Body>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
         || headers::content_length(req.headers()).is_some_and(|n| n > 0)
 }

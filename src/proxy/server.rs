@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::body::Body;
 use super::{ConnInfo, handle};
 use crate::config::ServerConfig;
 use crate::state::Shared;
@@ -258,7 +259,13 @@ where
     // per connection for the connection's whole life, so an idle
     // keep-alive connection then holds a pointer instead of the whole
     // request state machine (several KiB).
-    let svc = service_fn(move |req| Box::pin(handle(shared.clone(), info.clone(), req)));
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        Box::pin(handle(
+            shared.clone(),
+            info.clone(),
+            req.map(Body::Incoming),
+        ))
+    });
     // One future per protocol, each owning only its connection (matching
     // on an enum inside one future would keep a moved-from copy too).
     macro_rules! drive {
