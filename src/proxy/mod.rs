@@ -14,6 +14,7 @@ pub mod pool;
 pub mod request_id;
 pub mod server;
 pub mod upstream;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

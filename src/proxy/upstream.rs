@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::body::{Body, BoxError};
+use super::wire::{Dechunker, Step, last_token, parse_length, take};
 use crate::config::PoolKey;
 
 /// Most header lines accepted in a backend's response head (hyper's
@@ -42,8 +43,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const HEAD_READ: usize = 8 * 1024;
 /// Room asked for before each read of a response body.
 const BODY_READ: usize = 16 * 1024;
-/// Bytes of chunk extensions or trailers skipped before giving up.
-const MAX_CHUNK_EXTRAS: usize = 16 * 1024;
 
 /// An open connection to a backend and what has been read from it but
 /// not used yet.
@@ -474,148 +473,6 @@ pub fn parse_head(
     }))
 }
 
-/// A `Content-Length` value: digits only, or a list of identical values.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let mut out = None;
-    for part in v.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part
-            .iter()
-            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
-        if out.is_some_and(|o| o != n) {
-            return None;
-        }
-        out = Some(n);
-    }
-    out
-}
-
-fn last_token(v: &[u8]) -> Option<&[u8]> {
-    v.rsplit(|&b| b == b',')
-        .next()
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-/// Where a chunked body's decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Reading the hex size (`digits` so far).
-    Size(u8),
-    /// Skipping a chunk extension up to CR.
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or the final CRLF).
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-/// Incremental chunked-body decoder.
-#[derive(Debug, Clone)]
-pub struct Dechunker {
-    at: Chunk,
-    size: u64,
-    extras: usize,
-}
-
-/// What the decoder made of the buffered bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    Data(Bytes),
-    /// Needs more bytes.
-    More,
-    End,
-}
-
-impl Default for Dechunker {
-    fn default() -> Self {
-        Dechunker {
-            at: Chunk::Size(0),
-            size: 0,
-            extras: 0,
-        }
-    }
-}
-
-impl Dechunker {
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
-        loop {
-            match self.at {
-                Chunk::Done => return Ok(Step::End),
-                Chunk::Data if self.size == 0 => {
-                    self.at = Chunk::DataCr;
-                    continue;
-                }
-                Chunk::Data => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = self.size.min(buf.len() as u64) as usize;
-                    self.size -= n as u64;
-                    return Ok(Step::Data(take(buf, n)));
-                }
-                _ => {}
-            }
-            let Some(&b) = buf.first() else {
-                return Ok(Step::More);
-            };
-            buf.advance(1);
-            self.at = match (self.at, b) {
-                (Chunk::Size(digits), b) if b.is_ascii_hexdigit() => {
-                    if digits >= 16 {
-                        return Err("chunk size too large");
-                    }
-                    let d = (b as char).to_digit(16).unwrap_or(0);
-                    self.size = (self.size << 4) | u64::from(d);
-                    Chunk::Size(digits + 1)
-                }
-                (Chunk::Size(d), b';' | b' ' | b'\t') if d > 0 => Chunk::Extension,
-                (Chunk::Size(d), b'\r') if d > 0 => Chunk::SizeLf,
-                (Chunk::Size(_), _) => return Err("invalid chunk size"),
-                (Chunk::Extension, b'\r') => Chunk::SizeLf,
-                (Chunk::Extension, b'\n') => return Err("invalid chunk extension"),
-                (Chunk::Extension, _) => {
-                    self.skip_extra()?;
-                    Chunk::Extension
-                }
-                (Chunk::SizeLf, b'\n') if self.size == 0 => Chunk::TrailerStart,
-                (Chunk::SizeLf, b'\n') => Chunk::Data,
-                (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                (Chunk::DataLf, b'\n') => Chunk::Size(0),
-                (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
-                (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
-                (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => {
-                    return Err("invalid trailer");
-                }
-                (Chunk::TrailerStart | Chunk::TrailerLine, _) => {
-                    self.skip_extra()?;
-                    Chunk::TrailerLine
-                }
-                (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
-                (Chunk::EndLf, b'\n') => Chunk::Done,
-                _ => return Err("invalid chunk framing"),
-            };
-        }
-    }
-
-    fn skip_extra(&mut self) -> Result<(), &'static str> {
-        self.extras += 1;
-        if self.extras > MAX_CHUNK_EXTRAS {
-            return Err("chunk extensions or trailers too large");
-        }
-        Ok(())
-    }
-}
-
 /// Where a response body is.
 #[derive(Debug)]
 enum Reading {
@@ -754,24 +611,6 @@ impl UpstreamBody {
     }
 }
 
-/// Bodies up to this size are copied out of the read buffer rather than
-/// shared with it.
-const COPY_BELOW: usize = 2048;
-
-/// The first `n` bytes of `buf`. A small piece is copied: shared, it would
-/// pin the whole read buffer until the client side has written it, and the
-/// connection (back in the pool by then) would need a new buffer for its
-/// next answer. A large one is shared, not copied.
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n < COPY_BELOW {
-        let b = Bytes::copy_from_slice(&buf[..n]);
-        buf.advance(n);
-        b
-    } else {
-        buf.split_to(n).freeze()
-    }
-}
-
 /// One read from the socket into `buf`'s spare room.
 fn poll_read_buf(
     io: &TcpStream,
@@ -901,60 +740,6 @@ mod tests {
             .unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(&b[..], b"okHTTP");
-    }
-
-    fn dechunk(parts: &[&[u8]]) -> Result<Vec<u8>, &'static str> {
-        let mut d = Dechunker::default();
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        for p in parts {
-            buf.extend_from_slice(p);
-            loop {
-                match d.decode(&mut buf)? {
-                    Step::Data(b) => out.extend_from_slice(&b),
-                    Step::More => break,
-                    Step::End => return Ok(out),
-                }
-            }
-        }
-        Err("unfinished")
-    }
-
-    #[test]
-    fn chunked_bodies_decode_across_any_split() {
-        let wire: &[u8] = b"5;name=val\r\nhello\r\nA\r\n, chunked!\r\n0\r\nx-trailer: 1\r\n\r\n";
-        assert_eq!(dechunk(&[wire]).unwrap(), b"hello, chunked!");
-        // Byte by byte.
-        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
-        assert_eq!(dechunk(&bytes).unwrap(), b"hello, chunked!");
-        // Bytes after the end stay in the buffer.
-        let mut d = Dechunker::default();
-        let mut buf = BytesMut::from(&b"0\r\n\r\nNEXT"[..]);
-        assert_eq!(d.decode(&mut buf), Ok(Step::End));
-        assert_eq!(&buf[..], b"NEXT");
-    }
-
-    #[test]
-    fn bad_chunking_is_an_error() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"\r\n",
-            b"5\r\nhelloXX",
-            b"5\nhello\r\n",
-            b"11111111111111111\r\n",
-            b"0\r\nbad\n",
-        ] {
-            assert!(
-                dechunk(&[bad]).is_err(),
-                "accepted {:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let long_ext = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_EXTRAS + 1));
-        assert_eq!(
-            dechunk(&[long_ext.as_bytes()]),
-            Err("chunk extensions or trailers too large")
-        );
     }
 
     #[test]
