@@ -33,6 +33,8 @@ pub enum Body {
     /// connection goes back to the pool when the body has been read to its
     /// end (dropped early, it closes).
     Upstream(super::upstream::UpstreamBody),
+    /// A request body read from an HTTP/1 client connection.
+    Client(super::h1::body::ClientBody),
     /// A response whose access-log line is written when it ends.
     Logged(Box<super::access::Logged>),
 }
@@ -68,6 +70,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
             Body::Limited(l) => l.poll(cx),
             Body::Upstream(u) => u.poll(cx),
+            Body::Client(c) => c.poll(cx),
             Body::Logged(l) => l.poll(cx),
         }
     }
@@ -79,6 +82,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => i.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
             Body::Upstream(u) => u.is_end_stream(),
+            Body::Client(c) => c.is_end_stream(),
             Body::Logged(l) => l.inner().is_end_stream(),
         }
     }
@@ -91,6 +95,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => i.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
             Body::Upstream(u) => u.size_hint(),
+            Body::Client(c) => c.size_hint(),
             Body::Logged(l) => l.size_hint(),
         }
     }

@@ -144,7 +144,15 @@ pub async fn forward(
         return (Err(ProxyError::PayloadTooLarge), None);
     }
     let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| {
+        match req
+            .extensions_mut()
+            .remove::<super::h1::upgrade::OnUpgrade>()
+        {
+            Some(own) => ClientUpgrade::H1(own),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+        }
+    });
 
     let (mut parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
@@ -224,7 +232,7 @@ async fn send_one(
     fwd: &Forward<'_>,
     i: usize,
     out: Outgoing,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     wire: &TripWire,
 ) -> Result<Response<Body>, ProxyError> {
     let route = fwd.route;
@@ -259,19 +267,31 @@ async fn send_one(
         };
         let route = route.config.name.clone();
         tokio::spawn(async move {
-            match client_upgrade.await {
-                Ok(c) => {
-                    if let Err(e) = relay_upgraded(TokioIo::new(c), tunnel).await {
-                        tracing::debug!(route, error = %e, "upgraded connection ended with an error");
-                    }
-                }
-                Err(e) => tracing::debug!(route, error = %e, "upgrade did not complete"),
+            let relayed = match client_upgrade {
+                ClientUpgrade::H1(on) => match on.wait().await {
+                    Ok(c) => relay_upgraded(c, tunnel).await,
+                    Err(e) => Err(e),
+                },
+                ClientUpgrade::Hyper(on) => match on.await {
+                    Ok(c) => relay_upgraded(TokioIo::new(c), tunnel).await,
+                    Err(e) => Err(std::io::Error::other(e)),
+                },
+            };
+            if let Err(e) = relayed {
+                tracing::debug!(route, error = %e, "upgraded connection ended with an error");
             }
         });
     }
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, switching);
     Ok(Response::from_parts(parts, body))
+}
+
+/// Where the client's side of an upgrade comes from: our HTTP/1 server,
+/// or hyper's.
+enum ClientUpgrade {
+    H1(super::h1::upgrade::OnUpgrade),
+    Hyper(hyper::upgrade::OnUpgrade),
 }
 
 /// Relays an upgraded connection both ways until either side closes.

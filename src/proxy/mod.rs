@@ -7,6 +7,7 @@ mod answers;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod normalize;

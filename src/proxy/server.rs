@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -16,23 +16,20 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::body::Body;
-use super::{ConnInfo, handle};
+use super::{ConnInfo, h1, handle};
 use crate::config::ServerConfig;
 use crate::state::Shared;
 
-/// The HTTP/1.1 and HTTP/2 server settings shared by every public
-/// connection. Which one serves a connection is decided before hyper sees
-/// it: ALPN on TLS, a peek at the first bytes on plain TCP (`PRI` starts
-/// the h2c prior-knowledge preface). hyper-util's auto builder would
-/// instead read the first bytes itself and replay them, which splits the
-/// first request over two reads and makes hyper grow every connection's
-/// read buffer from 8 to 16 KiB; it also puts a replay wrapper on every
-/// read and write.
+/// The HTTP/1.x and HTTP/2 server settings shared by every public
+/// connection. Which one serves a connection is decided up front: ALPN on
+/// TLS, a peek at the first bytes on plain TCP (`PRI` starts the h2c
+/// prior-knowledge preface). HTTP/1.x is served by our own codec
+/// ([`super::h1`]), HTTP/2 by hyper.
 pub struct HttpBuilder {
-    h1: http1::Builder,
+    h1: h1::Settings,
     h2: http2::Builder<TokioExecutor>,
     /// How long a plain connection may stay silent before its first byte
-    /// (the header read timeout, which hyper applies from then on).
+    /// (the header read timeout, which applies from then on).
     first_byte_timeout: Duration,
 }
 
@@ -44,13 +41,12 @@ pub enum Protocol {
 }
 
 pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
-    let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        // Without a timer hyper silently skips this; with it a slow client
-        // cannot hold a connection open by trickling header bytes.
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes)
-        .keep_alive(true);
+    let h1 = h1::Settings {
+        // A slow client cannot hold a connection open by trickling header
+        // bytes.
+        header_read_timeout: server.header_read_timeout,
+        max_head: server.max_header_bytes,
+    };
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(server.h2_max_concurrent_streams)
@@ -226,7 +222,7 @@ pub async fn accept_loop(
                 _ = drain.changed() => None,
             };
             if let Some(proto) = proto {
-                serve_connection(TokioIo::new(stream), proto, info, shared, &builder, drain).await;
+                serve_connection(stream, proto, info, shared, &builder, drain).await;
             }
             drop(permit);
         });
@@ -250,32 +246,53 @@ pub fn serve_connection<I>(
     mut drain: watch::Receiver<DrainState>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
     let label = info.proto;
     let metrics = shared.metrics.clone();
-    // Boxed per request: hyper keeps room for one in-flight request future
-    // per connection for the connection's whole life, so an idle
-    // keep-alive connection then holds a pointer instead of the whole
-    // request state machine (several KiB).
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        Box::pin(handle(
-            shared.clone(),
-            info.clone(),
-            req.map(Body::Incoming),
-        ))
-    });
-    // One future per protocol, each owning only its connection (matching
-    // on an enum inside one future would keep a moved-from copy too).
-    macro_rules! drive {
-        ($conn:expr) => {{
-            let conn = $conn;
-            async move {
+    match proto {
+        Protocol::Http1 => {
+            let settings = builder.h1;
+            Either::Left(async move {
                 let listener = metrics.listener(label);
                 listener.connections.fetch_add(1, Relaxed);
                 listener.open_connections.fetch_add(1, Relaxed);
-                let mut conn = std::pin::pin!(conn);
+                let draining = std::sync::atomic::AtomicBool::new(false);
+                let mut conn = std::pin::pin!(h1::serve(io, info, shared, settings, &draining));
+                tokio::select! {
+                    () = conn.as_mut() => {}
+                    _ = drain.changed() => {
+                        // Finish the request in flight, then close.
+                        draining.store(true, Relaxed);
+                        tokio::select! {
+                            () = conn.as_mut() => {}
+                            // Grace period over: drop the connection as it is.
+                            _ = drain.wait_for(|s| *s == DrainState::Close) => {}
+                        }
+                    }
+                }
+                listener.open_connections.fetch_sub(1, Relaxed);
+            })
+        }
+        // Boxed: HTTP/2 connections are few and long-lived; inline, their
+        // larger state would make every HTTP/1 connection's task bigger.
+        Protocol::Http2 => {
+            let h2 = builder.h2.clone();
+            Either::Right(Box::pin(async move {
+                let listener = metrics.listener(label);
+                listener.connections.fetch_add(1, Relaxed);
+                listener.open_connections.fetch_add(1, Relaxed);
+                // Boxed per request: hyper keeps room for one in-flight request
+                // future per stream slot; a pointer is enough.
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    Box::pin(handle(
+                        shared.clone(),
+                        info.clone(),
+                        req.map(Body::Incoming),
+                    ))
+                });
+                let mut conn = std::pin::pin!(h2.serve_connection(TokioIo::new(io), svc));
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
                     _ = drain.changed() => {
@@ -291,16 +308,8 @@ where
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-            }
-        }};
-    }
-    match proto {
-        Protocol::Http1 => {
-            Either::Left(drive!(builder.h1.serve_connection(io, svc).with_upgrades()))
+            }))
         }
-        // Boxed: HTTP/2 connections are few and long-lived; inline, their
-        // larger state would make every HTTP/1 connection's task bigger.
-        Protocol::Http2 => Either::Right(Box::pin(drive!(builder.h2.serve_connection(io, svc)))),
     }
 }
 

@@ -182,15 +182,7 @@ pub async fn accept_loop(
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
-                proto,
-                info,
-                shared,
-                &builder,
-                drain,
-            )
-            .await;
+            serve_connection(stream, proto, info, shared, &builder, drain).await;
             drop(permit);
         }));
     }

@@ -1,0 +1,581 @@
+//! The HTTP/1.x server side of the proxy: reads requests from a client
+//! connection (plain or TLS), runs the handler, writes the responses.
+//!
+//! Why not hyper's HTTP/1 server (HTTP/2 still uses hyper): it keeps an
+//! 8 KiB read buffer and a write buffer allocated for a connection's whole
+//! life, and its per-request machinery (dispatcher, body channel, a timer
+//! allocated per request) was the largest share of the instructions per
+//! proxied request after hyper's client was gone. Here:
+//! - an idle keep-alive connection holds no buffer at all: heads are read
+//!   into a per-thread scratch buffer and parsed in place; only a partial
+//!   head, a pipelined request or body bytes are kept per connection;
+//! - the head is copied once into its own small allocation that the URI
+//!   and header values share;
+//! - the response head and a body that is ready at once go out in one
+//!   write;
+//! - the header read timeout is one timer per connection, pushed forward
+//!   only when less than the full timeout is left (so a connection waits
+//!   between 1 and 1.25 times `header_read_timeout` for a head).
+//!
+//! What it refuses is in [`parse`]; request bodies are fed on demand
+//! ([`body`]); a `101` hands the socket to the upgrade ([`upgrade`]).
+//! While a request without a body is being handled, the connection keeps
+//! reading so that a client that hangs up cancels its request (as hyper
+//! and nginx do).
+
+pub mod body;
+mod parse;
+pub mod upgrade;
+mod write;
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Response, StatusCode, Version};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::oneshot;
+
+use super::body::Body;
+use super::wire::{Dechunker, Step, take};
+use super::{ConnInfo, handle};
+use crate::state::Shared;
+use parse::{BodyFraming, HeadError, Parsed};
+use write::{ConnectionHeader, Framing};
+
+/// How HTTP/1 connections behave (from the server config).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long a head may take to arrive, idle keep-alive time included.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 above).
+    pub max_head: usize,
+}
+
+/// Size of the per-thread buffer heads are read into.
+const SCRATCH: usize = 16 * 1024;
+/// Room asked for before each read of a request body.
+const BODY_READ: usize = 16 * 1024;
+/// Response bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Body pieces at least this big are written as they are, not copied.
+const WRITE_DIRECT: usize = 8 * 1024;
+/// Handler and body-feeding turns in one poll before yielding.
+const TURNS: usize = 32;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Serves HTTP/1 requests on `io` until the client closes, asks to close,
+/// the connection breaks or times out, or `draining` is set and the
+/// connection is between requests.
+pub async fn serve<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    settings: Settings,
+    draining: &AtomicBool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Conn {
+        io,
+        pending: BytesMut::new(),
+    };
+    let t = settings.header_read_timeout;
+    let mut timer = Box::pin(tokio::time::sleep(t + t / 4));
+    loop {
+        if conn.pending.is_empty() && conn.pending.capacity() > 0 {
+            // Idle connections hold no buffer.
+            conn.pending = BytesMut::new();
+        }
+        let now = tokio::time::Instant::now();
+        if timer.deadline() < now + t {
+            timer.as_mut().reset(now + t + t / 4);
+        }
+        let head = {
+            let read = poll_fn(|cx| {
+                if draining.load(Relaxed) && conn.pending.is_empty() {
+                    return Poll::Ready(Ok(None));
+                }
+                conn.poll_head(cx, settings.max_head)
+            });
+            tokio::select! {
+                biased;
+                r = read => r,
+                () = timer.as_mut() => Err(Stop::Timeout),
+            }
+        };
+        let parsed = match head {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(stop) => {
+                let answer = match stop {
+                    Stop::Head(HeadError::Bad(why)) => Some((StatusCode::BAD_REQUEST, why)),
+                    Stop::Head(HeadError::TooLarge) => Some((
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "The request head is too large.",
+                    )),
+                    // A head that started and did not finish in time.
+                    Stop::Timeout if !conn.pending.is_empty() => Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request head took too long to arrive.",
+                    )),
+                    Stop::Timeout => None,
+                };
+                if let Some((status, why)) = answer {
+                    tracing::debug!(peer = %info.peer, %status, reason = why, "request head refused");
+                    let bytes = write::error_response(status, why);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        conn.io.write_all(&bytes).await?;
+                        conn.io.flush().await
+                    })
+                    .await;
+                }
+                break;
+            }
+        };
+
+        let Parsed {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+            upgrade,
+        } = parsed;
+        let method = request.method().clone();
+        let http11 = request.version() == Version::HTTP_11;
+        let (mut req, mut reader) = match framing {
+            BodyFraming::None => (request.map(|()| Body::Empty), None),
+            BodyFraming::Length(n) => {
+                let (b, feed) = body::channel(Some(n));
+                let reader = BodyReader::new(feed, Reading::Length(n), expect_continue);
+                (request.map(|()| Body::Client(b)), Some(reader))
+            }
+            BodyFraming::Chunked => {
+                let (b, feed) = body::channel(None);
+                let reader = BodyReader::new(
+                    feed,
+                    Reading::Chunked(Dechunker::default()),
+                    expect_continue,
+                );
+                (request.map(|()| Body::Client(b)), Some(reader))
+            }
+        };
+        let upgrade_tx = upgrade.then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut().insert(upgrade::OnUpgrade::new(rx));
+            tx
+        });
+
+        // Boxed: an idle connection then holds no request state.
+        let mut fut = Box::pin(handle(shared.clone(), info.clone(), req));
+        let outcome = poll_fn(|cx| conn.poll_handler(fut.as_mut(), &mut reader, cx)).await;
+        drop(fut);
+        let Some(resp) = outcome else {
+            // The client hung up; dropping the handler cancelled the request.
+            break;
+        };
+
+        let body_read = reader
+            .as_ref()
+            .is_none_or(|r| r.feed.complete() && !r.broken);
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
+        let keep = keep_alive && body_read && !draining.load(Relaxed);
+        let connection = if switching {
+            ConnectionHeader::Default
+        } else if !keep {
+            ConnectionHeader::Close
+        } else if !http11 {
+            ConnectionHeader::KeepAlive
+        } else {
+            ConnectionHeader::Default
+        };
+        let close = match write_response(&mut conn.io, resp, &method, http11, connection).await {
+            Ok(close) => close,
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, "response not completed; closing");
+                return;
+            }
+        };
+        if switching && let Some(tx) = upgrade_tx {
+            let early = std::mem::take(&mut conn.pending);
+            let _ = tx.send(upgrade::Upgraded::new(Box::new(conn.io), early));
+            return;
+        }
+        if close {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+}
+
+/// Why waiting for a head ended without one.
+enum Stop {
+    Head(HeadError),
+    Timeout,
+}
+
+struct Conn<I> {
+    io: I,
+    /// Bytes read but not used yet: a partial head, a pipelined request,
+    /// body bytes. Empty and unallocated while the connection idles.
+    pending: BytesMut,
+}
+
+/// What one read made of a head. Lives for one poll; boxing the parsed
+/// head would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum HeadStep {
+    Got(Parsed),
+    More,
+    Eof,
+    Refused(HeadError),
+    Pending,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    /// Reads until a complete request head (`None`: the client closed).
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_head: usize,
+    ) -> Poll<Result<Option<Parsed>, Stop>> {
+        if !self.pending.is_empty() {
+            match parse::parse(&self.pending, max_head) {
+                Ok(Some((p, len))) => {
+                    self.pending.advance(len);
+                    return Poll::Ready(Ok(Some(p)));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(Stop::Head(e))),
+            }
+        }
+        loop {
+            let step = SCRATCH_BUF.with_borrow_mut(|scratch| {
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Pending => return HeadStep::Pending,
+                    Poll::Ready(Err(_)) => return HeadStep::Eof,
+                    Poll::Ready(Ok(())) => {}
+                }
+                let got = rb.filled();
+                if got.is_empty() {
+                    return HeadStep::Eof;
+                }
+                let parsed = if self.pending.is_empty() {
+                    // The usual case: a whole head in one read, parsed where
+                    // it landed; only what follows it is kept.
+                    match parse::parse(got, max_head) {
+                        Ok(Some((p, len))) => {
+                            self.pending.extend_from_slice(&got[len..]);
+                            Ok(Some(p))
+                        }
+                        Ok(None) => {
+                            self.pending.extend_from_slice(got);
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.pending.extend_from_slice(got);
+                    match parse::parse(&self.pending, max_head) {
+                        Ok(Some((p, len))) => {
+                            self.pending.advance(len);
+                            Ok(Some(p))
+                        }
+                        other => other.map(|_| None),
+                    }
+                };
+                match parsed {
+                    Ok(Some(p)) => HeadStep::Got(p),
+                    Ok(None) => HeadStep::More,
+                    Err(e) => HeadStep::Refused(e),
+                }
+            });
+            match step {
+                HeadStep::Got(p) => return Poll::Ready(Ok(Some(p))),
+                HeadStep::More => continue,
+                HeadStep::Eof => return Poll::Ready(Ok(None)),
+                HeadStep::Refused(e) => return Poll::Ready(Err(Stop::Head(e))),
+                HeadStep::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Drives the handler, feeding its request body when asked; watches
+    /// for the client hanging up otherwise. `None`: the client is gone.
+    fn poll_handler<F>(
+        &mut self,
+        mut fut: Pin<&mut F>,
+        reader: &mut Option<BodyReader>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Response<Body>>>
+    where
+        F: Future<Output = Result<Response<Body>, std::convert::Infallible>>,
+    {
+        for _ in 0..TURNS {
+            if let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            if let Some(r) = reader.as_mut().filter(|r| !r.finished) {
+                match r.poll_feed(self, cx) {
+                    // Something was delivered: let the handler use it.
+                    Poll::Ready(()) => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.pending.is_empty() {
+                return Poll::Pending;
+            }
+            // Nothing to feed: a read tells whether the client hung up.
+            let gone = SCRATCH_BUF.with_borrow_mut(|scratch| {
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Pending => false,
+                    Poll::Ready(Err(_)) => true,
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => true,
+                    Poll::Ready(Ok(())) => {
+                        // Pipelined: kept for after this response.
+                        self.pending.extend_from_slice(rb.filled());
+                        false
+                    }
+                }
+            });
+            return if gone {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// How a request body is delimited.
+enum Reading {
+    Length(u64),
+    Chunked(Dechunker),
+}
+
+/// The connection's side of a request body: reads and decodes pieces
+/// when the body asks, after a `100 Continue` if the client expects one.
+struct BodyReader {
+    feed: body::Feed,
+    reading: Reading,
+    /// Bytes of `100 Continue` still to write (then flush).
+    continue_left: usize,
+    continue_flush: bool,
+    /// Done feeding (complete, failed or dropped).
+    finished: bool,
+    /// The body's framing broke: the connection cannot be reused.
+    broken: bool,
+}
+
+impl BodyReader {
+    fn new(feed: body::Feed, reading: Reading, expect_continue: bool) -> Self {
+        BodyReader {
+            feed,
+            reading,
+            continue_left: if expect_continue { CONTINUE.len() } else { 0 },
+            continue_flush: expect_continue,
+            finished: false,
+            broken: false,
+        }
+    }
+
+    /// `Ready`: something was delivered (or the body ended); `Pending`:
+    /// nothing wanted, or waiting for the client.
+    fn poll_feed<I: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<I>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        match self.feed.demand(cx) {
+            body::Demand::Finished => {
+                self.finished = true;
+                return Poll::Pending;
+            }
+            body::Demand::Idle => return Poll::Pending,
+            body::Demand::Read => {}
+        }
+        while self.continue_left > 0 {
+            let from = CONTINUE.len() - self.continue_left;
+            match Pin::new(&mut conn.io).poll_write(cx, &CONTINUE[from..]) {
+                Poll::Ready(Ok(n)) if n > 0 => self.continue_left -= n,
+                Poll::Ready(_) => return self.fail("the client connection broke"),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.continue_flush {
+            match Pin::new(&mut conn.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.continue_flush = false,
+                Poll::Ready(Err(_)) => return self.fail("the client connection broke"),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        loop {
+            let step = match &mut self.reading {
+                Reading::Length(0) => Ok(Step::End),
+                Reading::Length(_) if conn.pending.is_empty() => Ok(Step::More),
+                Reading::Length(rem) => {
+                    let n = (*rem).min(conn.pending.len() as u64) as usize;
+                    *rem -= n as u64;
+                    Ok(Step::Data(take(&mut conn.pending, n)))
+                }
+                Reading::Chunked(d) => d.decode(&mut conn.pending),
+            };
+            match step {
+                Ok(Step::Data(b)) => {
+                    let last = matches!(self.reading, Reading::Length(0));
+                    self.feed.deliver(Ok(Some(b)), last, cx);
+                    self.finished = last;
+                    return Poll::Ready(());
+                }
+                Ok(Step::End) => {
+                    self.feed.deliver(Ok(None), true, cx);
+                    self.finished = true;
+                    return Poll::Ready(());
+                }
+                Err(why) => {
+                    self.broken = true;
+                    return self.fail(why);
+                }
+                Ok(Step::More) => {}
+            }
+            conn.pending.reserve(BODY_READ);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.pending) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.broken = true;
+                    return self.fail("the client closed the connection in the middle of the body");
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<()> {
+        // The body reports it; the connection closes after the response.
+        self.broken = true;
+        self.finished = true;
+        let waker = std::task::Waker::noop();
+        self.feed
+            .deliver(Err(why), false, &Context::from_waker(waker));
+        Poll::Ready(())
+    }
+}
+
+/// Writes one response. `Ok(true)`: the connection must close after it
+/// (it said so, or its body runs until the close).
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    resp: Response<Body>,
+    method: &Method,
+    http11: bool,
+    connection: ConnectionHeader,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let exact = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let (framing, add) = write::framing(method, parts.status, &parts.headers, exact, http11);
+    let connection = if framing == Framing::UntilClose {
+        ConnectionHeader::Close
+    } else {
+        connection
+    };
+    let small = exact.filter(|&n| n < WRITE_DIRECT as u64).unwrap_or(0) as usize;
+    let mut out = Vec::with_capacity(512 + small);
+    write::encode_head(
+        &mut out,
+        parts.status,
+        &parts.headers,
+        framing,
+        add,
+        connection,
+    );
+    parse::recycle(parts.headers);
+    let close = connection == ConnectionHeader::Close;
+    if framing == Framing::None {
+        io.write_all(&out).await?;
+        io.flush().await?;
+        return Ok(close);
+    }
+    let mut sent: u64 = 0;
+    loop {
+        // A piece that is ready now goes out with what is gathered (one
+        // write for head and body); otherwise what is gathered goes first.
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(&out).await?;
+                    io.flush().await?;
+                    out.clear();
+                }
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                let _ = io.write_all(&out).await;
+                return Err(io::Error::other(format!("the response body broke: {e}")));
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue,
+            },
+        };
+        if let Framing::Length(n) = framing
+            && sent + data.len() as u64 > n
+        {
+            let room = (n - sent) as usize;
+            out.extend_from_slice(&data[..room]);
+            let _ = io.write_all(&out).await;
+            return Err(io::Error::other(
+                "the response body is longer than its length",
+            ));
+        }
+        sent += data.len() as u64;
+        if framing == Framing::Chunked {
+            write::encode_chunk(&mut out, &data);
+        } else if out.is_empty() && data.len() >= WRITE_DIRECT {
+            io.write_all(&data).await?;
+            continue;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if out.len() >= WRITE_BATCH {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if let Framing::Length(n) = framing
+        && sent != n
+    {
+        let _ = io.write_all(&out).await;
+        return Err(io::Error::other(
+            "the response body ended before its length",
+        ));
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(write::LAST_CHUNK);
+    }
+    io.write_all(&out).await?;
+    io.flush().await?;
+    Ok(close || framing == Framing::UntilClose)
+}

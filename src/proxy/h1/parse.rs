@@ -1,0 +1,281 @@
+//! Reading a client's request head (RFC 9112), strictly: what httparse
+//! refuses (bad tokens, spaces before colons, obsolete line folding, bare
+//! LF in the request line) is a 400; a head over the size limit or with
+//! more than [`MAX_HEADERS`] lines is a 431; a `Transfer-Encoding` whose
+//! last coding is not `chunked`, or one on an HTTP/1.0 request, is a 400;
+//! so are conflicting `Content-Length` values. `Transfer-Encoding` with
+//! `Content-Length` is read as chunked, the length is dropped, and the
+//! connection is closed after the response (RFC 9112 6.3), so nothing can
+//! be smuggled behind it.
+
+use std::mem::MaybeUninit;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+use crate::proxy::wire::{last_token, parse_length};
+
+/// Most header lines accepted in a request head (hyper's default too).
+pub const MAX_HEADERS: usize = 100;
+
+/// Emptied header maps kept per thread for the next request's head
+/// (a map is two allocations); idle connections hold none.
+const SPARE_MAPS: usize = 64;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn spare_map() -> HeaderMap {
+    SPARES.with_borrow_mut(|s| s.pop()).unwrap_or_default()
+}
+
+/// Keeps a header map (emptied here) for a later request head.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > 64 {
+        return;
+    }
+    map.clear();
+    SPARES.with_borrow_mut(|s| {
+        if s.len() < SPARE_MAPS {
+            s.push(map);
+        }
+    });
+}
+
+/// Why a request head was refused, and with which status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400, with a reason safe to show.
+    Bad(&'static str),
+    /// 431: the head is over the size limit or has too many lines.
+    TooLarge,
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head and what the connection needs to know about it.
+#[derive(Debug)]
+pub struct Parsed {
+    pub request: Request<()>,
+    pub framing: BodyFraming,
+    /// The client allows another request on this connection.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: say so before reading the body.
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header (HTTP/1.1).
+    pub upgrade: bool,
+}
+
+/// Parses the request head at the start of `buf`. `Ok(None)`: incomplete,
+/// read more. On success also returns the head's length in bytes. The
+/// head is copied into its own buffer, so `buf` can be reused at once.
+pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, HeadError> {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_head {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Bad(
+                "Only HTTP/1.0 and HTTP/1.1 are spoken here.",
+            ));
+        }
+        Err(_) => return Err(HeadError::Bad("The request head is malformed.")),
+    };
+    if len > max_head {
+        return Err(HeadError::TooLarge);
+    }
+    // One small copy of the head: the header values and the URI share it,
+    // and the connection's read buffer stays free for the next read.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let from = s.as_ptr() as usize - base;
+        head.slice(from..from + s.len())
+    };
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Bad("The request method is not valid."))?;
+    let uri = Uri::from_maybe_shared(at(req.path.unwrap_or("").as_bytes()))
+        .map_err(|_| HeadError::Bad("The request target is not valid."))?;
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+
+    let mut headers = spare_map();
+    headers.reserve(req.headers.len() + 8);
+    let mut length: Option<u64> = None;
+    let mut chunked = None::<bool>;
+    let (mut close, mut keep_alive, mut conn_upgrade) = (false, false, false);
+    let (mut has_upgrade, mut expect_continue) = (false, false);
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Bad("A header name is not valid."))?;
+        let value = HeaderValue::from_maybe_shared(at(h.value))
+            .map_err(|_| HeadError::Bad("A header value is not valid."))?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())
+                .ok_or(HeadError::Bad("The Content-Length header is not valid."))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Bad(
+                    "The request has conflicting Content-Length headers.",
+                ));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = Some(
+                last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            for t in value.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                conn_upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+            }
+        } else if name == header::UPGRADE {
+            has_upgrade = true;
+        } else if name == header::EXPECT {
+            expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
+    let framing = match (chunked, length) {
+        (Some(_), _) if version == Version::HTTP_10 => {
+            return Err(HeadError::Bad(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request.",
+            ));
+        }
+        (Some(false), _) => {
+            return Err(HeadError::Bad(
+                "The request's Transfer-Encoding does not end with chunked.",
+            ));
+        }
+        (Some(true), Some(_)) => {
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+            BodyFraming::Chunked
+        }
+        (Some(true), None) => BodyFraming::Chunked,
+        (None, Some(0) | None) => BodyFraming::None,
+        (None, Some(n)) => BodyFraming::Length(n),
+    };
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some((
+        Parsed {
+            request,
+            framing,
+            keep_alive,
+            expect_continue: expect_continue && version == Version::HTTP_11,
+            upgrade: conn_upgrade && has_upgrade && version == Version::HTTP_11,
+        },
+        len,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> Parsed {
+        let (p, len) = parse(s.as_bytes(), 8192).unwrap().unwrap();
+        assert_eq!(len, s.len());
+        p
+    }
+
+    fn err(s: &str) -> HeadError {
+        parse(s.as_bytes(), 8192).unwrap_err()
+    }
+
+    #[test]
+    fn a_simple_request() {
+        let p = ok("GET /a?b=1 HTTP/1.1\r\nHost: x.test\r\nAccept: */*\r\n\r\n");
+        assert_eq!(p.request.method(), Method::GET);
+        assert_eq!(p.request.uri(), "/a?b=1");
+        assert_eq!(p.request.headers()["host"], "x.test");
+        assert_eq!(p.framing, BodyFraming::None);
+        assert!(p.keep_alive && !p.upgrade && !p.expect_continue);
+    }
+
+    #[test]
+    fn incomplete_heads_wait_and_big_ones_are_431() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x", 8192).unwrap().is_none());
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert_eq!(
+            parse(long.as_bytes(), 8192).unwrap_err(),
+            HeadError::TooLarge
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            err(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            HeadError::TooLarge
+        );
+    }
+
+    #[test]
+    fn framing_and_connection_rules() {
+        let p = ok("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(p.framing, BodyFraming::Length(5));
+        let p = ok("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(p.framing, BodyFraming::Chunked);
+        // Both: chunked wins, the length goes, the connection closes after.
+        let p = ok("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(p.framing, BodyFraming::Chunked);
+        assert!(!p.keep_alive);
+        assert!(p.request.headers().get("content-length").is_none());
+        assert!(!ok("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(ok("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        let p = ok("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(p.upgrade);
+        assert!(!ok("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        assert!(
+            ok("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        for bad in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "G@T / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(err(bad), HeadError::Bad(_)), "accepted {bad:?}");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Writing responses: the head, and the body's framing on the wire.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Nothing after the head (HEAD, 1xx, 204, 304, or an empty body).
+    None,
+    /// Exactly this many bytes (the `Content-Length` sent).
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 client, length unknown).
+    UntilClose,
+}
+
+/// Decides the framing: what the head says (a `Content-Length` from the
+/// backend is kept) or what the body knows (`exact`), chunked for HTTP/1.1
+/// clients otherwise. Returns the framing and the `Content-Length` to add,
+/// if any.
+pub fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+    exact: Option<u64>,
+    http11: bool,
+) -> (Framing, Option<u64>) {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| crate::proxy::wire::parse_length(v.as_bytes()));
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return (Framing::None, None);
+    }
+    if *method == Method::HEAD {
+        // The head describes the body a GET would get; none is sent.
+        let add = if declared.is_none() { exact } else { None };
+        return (Framing::None, add);
+    }
+    match (declared, exact) {
+        (Some(0), _) => (Framing::None, None),
+        (Some(n), _) => (Framing::Length(n), None),
+        (None, Some(0)) => (Framing::None, Some(0)),
+        (None, Some(n)) => (Framing::Length(n), Some(n)),
+        (None, None) if http11 => (Framing::Chunked, None),
+        (None, None) => (Framing::UntilClose, None),
+    }
+}
+
+/// What the head says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// Nothing (HTTP/1.1 keep-alive, or a 101 that carries its own).
+    Default,
+    /// `connection: keep-alive` (HTTP/1.0 clients that asked for it).
+    KeepAlive,
+    /// `connection: close`.
+    Close,
+}
+
+/// Writes the status line and headers.
+pub fn encode_head(
+    dst: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    add_length: Option<u64>,
+    connection: ConnectionHeader,
+) {
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    dst.reserve(size + 128);
+    dst.extend_from_slice(b"HTTP/1.1 ");
+    dst.extend_from_slice(status.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let mut has_date = false;
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || (bodiless && name == header::CONTENT_LENGTH)
+            || (connection != ConnectionHeader::Default && name == header::CONNECTION)
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = add_length {
+        dst.extend_from_slice(b"content-length: ");
+        dst.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    match connection {
+        ConnectionHeader::Default => {}
+        ConnectionHeader::KeepAlive => dst.extend_from_slice(b"connection: keep-alive\r\n"),
+        ConnectionHeader::Close => dst.extend_from_slice(b"connection: close\r\n"),
+    }
+    if !has_date {
+        dst.extend_from_slice(b"date: ");
+        with_date(|d| dst.extend_from_slice(d));
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked body (its size line, data, CRLF).
+pub fn encode_chunk(dst: &mut Vec<u8>, data: &[u8]) {
+    let mut size = [0u8; 16];
+    let mut n = data.len();
+    let mut i = size.len();
+    loop {
+        i -= 1;
+        size[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&size[i..]);
+    dst.extend_from_slice(b"\r\n");
+    dst.extend_from_slice(data);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A short plain-text answer made by the connection itself (a request it
+/// could not read), after which it closes.
+pub fn error_response(status: StatusCode, reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + reason.len());
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let body = format!("{reason}\n");
+    encode_head(
+        &mut out,
+        status,
+        &h,
+        Framing::Length(body.len() as u64),
+        Some(body.len() as u64),
+        ConnectionHeader::Close,
+    );
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+thread_local! {
+    /// The `Date` value, formatted once per second per thread.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let s = httpdate::fmt_http_date(now);
+            if s.len() == text.len() {
+                text.copy_from_slice(s.as_bytes());
+            }
+            *at = secs;
+        }
+        f(&text[..]);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn head(
+        status: u16,
+        h: &[(&str, &str)],
+        f: Framing,
+        add: Option<u64>,
+        c: ConnectionHeader,
+    ) -> String {
+        let mut map = HeaderMap::new();
+        for (k, v) in h {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        encode_head(
+            &mut out,
+            StatusCode::from_u16(status).unwrap(),
+            &map,
+            f,
+            add,
+            c,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn heads_say_what_the_body_is() {
+        let h = head(
+            200,
+            &[("x-a", "1")],
+            Framing::Chunked,
+            None,
+            ConnectionHeader::Default,
+        );
+        assert!(h.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\ndate: "));
+        assert!(h.ends_with(" GMT\r\n\r\n"), "{h}");
+        let h = head(
+            404,
+            &[("date", "x")],
+            Framing::Length(3),
+            Some(3),
+            ConnectionHeader::Close,
+        );
+        assert_eq!(
+            h,
+            "HTTP/1.1 404 Not Found\r\ndate: x\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
+        );
+        // A stale Transfer-Encoding never goes out; 204 has no length.
+        let h = head(
+            204,
+            &[
+                ("date", "x"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "0"),
+            ],
+            Framing::None,
+            None,
+            ConnectionHeader::Default,
+        );
+        assert_eq!(h, "HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_choices() {
+        let h = HeaderMap::new();
+        let mut cl = HeaderMap::new();
+        cl.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        let ok = StatusCode::OK;
+        assert_eq!(
+            framing(&Method::GET, ok, &cl, None, true),
+            (Framing::Length(10), None)
+        );
+        assert_eq!(
+            framing(&Method::GET, ok, &h, Some(5), true),
+            (Framing::Length(5), Some(5))
+        );
+        assert_eq!(
+            framing(&Method::GET, ok, &h, None, true),
+            (Framing::Chunked, None)
+        );
+        assert_eq!(
+            framing(&Method::GET, ok, &h, None, false),
+            (Framing::UntilClose, None)
+        );
+        assert_eq!(
+            framing(&Method::HEAD, ok, &cl, None, true),
+            (Framing::None, None)
+        );
+        assert_eq!(
+            framing(&Method::HEAD, ok, &h, Some(7), true),
+            (Framing::None, Some(7))
+        );
+        assert_eq!(
+            framing(&Method::GET, StatusCode::NOT_MODIFIED, &cl, None, true),
+            (Framing::None, None)
+        );
+    }
+
+    #[test]
+    fn chunks() {
+        let mut v = Vec::new();
+        encode_chunk(&mut v, &[b'a'; 26]);
+        assert_eq!(&v[..4], b"1a\r\n");
+        v.clear();
+        encode_chunk(&mut v, b"");
+        assert_eq!(v, b"0\r\n\r\n");
+    }
+}
