@@ -251,12 +251,21 @@ async fn send_one(
             Tripped::Idle => ProxyError::RequestTimeout,
         });
     }
-    route.report(
-        i,
-        result.is_ok(),
-        fwd.server.upstream_eject_after,
-        fwd.server.upstream_eject_for,
-    );
+    // Only what the upstream did counts towards ejecting it: a client
+    // whose own request broke must not take a healthy backend out.
+    let verdict = match &result {
+        Ok(_) => Some(true),
+        Err(e) if e.side() == super::error::Side::Upstream => Some(false),
+        Err(_) => None,
+    };
+    if let Some(ok) = verdict {
+        route.report(
+            i,
+            ok,
+            fwd.server.upstream_eject_after,
+            fwd.server.upstream_eject_for,
+        );
+    }
     let (resp, tunnel) = result?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -149,7 +149,14 @@ pub async fn send(
                 conn = connect(target, server.upstream_connect_timeout).await?;
                 reused = false;
             }
-            Err(Failure::ClientBody) => return Err(ProxyError::UpstreamBroken),
+            // The client's body broke (bad chunking, cut short): its fault,
+            // not the backend's. Size and stall limits are told apart by
+            // the caller.
+            Err(Failure::ClientBody) => {
+                return Err(ProxyError::BadRequest(
+                    "The request body is malformed or was cut short.",
+                ));
+            }
             Err(Failure::NoAnswer) => {
                 tracing::debug!(upstream = %target.url, "the backend closed the connection without answering");
                 return Err(ProxyError::UpstreamBroken);

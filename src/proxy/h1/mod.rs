@@ -329,6 +329,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             }
             if let Some(r) = reader.as_mut().filter(|r| !r.finished) {
                 match r.poll_feed(self, cx) {
+                    // The client left mid-body: cancel the request (the
+                    // handler's drop logs it as 499).
+                    Poll::Ready(()) if r.client_gone => return Poll::Ready(None),
                     // Something was delivered: let the handler use it.
                     Poll::Ready(()) => continue,
                     Poll::Pending => return Poll::Pending,
@@ -380,6 +383,8 @@ struct BodyReader {
     finished: bool,
     /// The body's framing broke: the connection cannot be reused.
     broken: bool,
+    /// The client hung up (or its connection broke) mid-body.
+    client_gone: bool,
 }
 
 impl BodyReader {
@@ -391,6 +396,7 @@ impl BodyReader {
             continue_flush: expect_continue,
             finished: false,
             broken: false,
+            client_gone: false,
         }
     }
 
@@ -413,14 +419,20 @@ impl BodyReader {
             let from = CONTINUE.len() - self.continue_left;
             match Pin::new(&mut conn.io).poll_write(cx, &CONTINUE[from..]) {
                 Poll::Ready(Ok(n)) if n > 0 => self.continue_left -= n,
-                Poll::Ready(_) => return self.fail("the client connection broke"),
+                Poll::Ready(_) => {
+                    self.client_gone = true;
+                    return self.fail("the client connection broke");
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
         if self.continue_flush {
             match Pin::new(&mut conn.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.continue_flush = false,
-                Poll::Ready(Err(_)) => return self.fail("the client connection broke"),
+                Poll::Ready(Err(_)) => {
+                    self.client_gone = true;
+                    return self.fail("the client connection broke");
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -457,7 +469,7 @@ impl BodyReader {
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.pending) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.broken = true;
+                    self.client_gone = true;
                     return self.fail("the client closed the connection in the middle of the body");
                 }
                 Poll::Ready(Ok(_)) => {}
