@@ -48,6 +48,10 @@ pub struct Identity {
     name: Option<HeaderValue>,
     groups_pipe: Option<HeaderValue>,
     groups_comma: Option<HeaderValue>,
+    /// The same headers already written as HTTP/1.1 header lines, per
+    /// style, appended as they are to a request going to a backend.
+    authentik_lines: bytes::Bytes,
+    forwarded_lines: bytes::Bytes,
 }
 
 /// A header value from user-controlled text: UTF-8 is passed as is (as
@@ -62,7 +66,7 @@ fn value(s: &str) -> Option<HeaderValue> {
 
 impl Identity {
     pub fn new(claims: UserClaims) -> Self {
-        Identity {
+        let mut id = Identity {
             username: value(&claims.username),
             uid: value(&claims.sub),
             email: claims.email.as_deref().and_then(value),
@@ -70,6 +74,38 @@ impl Identity {
             groups_pipe: value(&claims.groups.join("|")),
             groups_comma: value(&claims.groups.join(",")),
             claims,
+            authentik_lines: bytes::Bytes::new(),
+            forwarded_lines: bytes::Bytes::new(),
+        };
+        id.authentik_lines = id.lines(IdentityHeaders::Authentik);
+        id.forwarded_lines = id.lines(IdentityHeaders::Forwarded);
+        id
+    }
+
+    fn lines(&self, style: IdentityHeaders) -> bytes::Bytes {
+        let mut map = HeaderMap::new();
+        self.apply(&mut map, style);
+        let mut out = Vec::new();
+        for (name, value) in &map {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.into()
+    }
+
+    /// This user's headers of the given style as HTTP/1.1 header lines
+    /// (each ending in CRLF), for a request whose client-sent identity
+    /// headers have all been removed. The values are the ones [`apply`]
+    /// sets, so they cannot split a line.
+    ///
+    /// [`apply`]: Identity::apply
+    pub fn header_lines(&self, style: IdentityHeaders) -> &[u8] {
+        match style {
+            IdentityHeaders::Authentik => &self.authentik_lines,
+            IdentityHeaders::Forwarded => &self.forwarded_lines,
+            IdentityHeaders::None => &[],
         }
     }
 
@@ -138,6 +174,25 @@ mod tests {
             name: Some("Alice Ädmin\r\nX-Evil: 1".into()),
             groups: vec!["admins".into(), "users".into()],
         })
+    }
+
+    #[test]
+    fn header_lines_match_the_headers_and_cannot_be_split() {
+        let id = alice();
+        for style in [IdentityHeaders::Authentik, IdentityHeaders::Forwarded] {
+            let mut map = HeaderMap::new();
+            id.apply(&mut map, style);
+            let text = std::str::from_utf8(id.header_lines(style)).unwrap();
+            let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+            assert_eq!(lines.len(), map.len(), "{text}");
+            for (name, value) in &map {
+                let want = format!("{}: {}", name, String::from_utf8_lossy(value.as_bytes()));
+                assert!(lines.contains(&want.as_str()), "{want} missing from {text}");
+            }
+            // The name with CR LF in it stays on its line.
+            assert!(!text.contains("\r\nX-Evil"), "{text}");
+        }
+        assert!(id.header_lines(IdentityHeaders::None).is_empty());
     }
 
     #[test]

@@ -224,12 +224,15 @@ pub async fn rediscover(snap: &AuthSnapshot) {
 
 pub use self::gate::{Stop, Who, check};
 
-/// Sets the identity headers of the route's style on a request being
-/// forwarded (client-sent ones were already stripped).
+/// The identity headers of the route's style, as header lines written
+/// once per session, for a request being forwarded (client-sent ones were
+/// already stripped, and, not being in the request's header map, ours
+/// cannot be named away by a client's `Connection` header).
 #[inline]
-pub fn apply_identity(headers: &mut HeaderMap, route: &Route, who: &Who) {
-    if let RouteAuth::Oidc(p) = &route.config.auth {
-        who.identity().apply(headers, p.identity_headers);
+pub fn identity_lines<'a>(route: &Route, who: &'a Who) -> &'a [u8] {
+    match &route.config.auth {
+        RouteAuth::Oidc(p) => who.identity().header_lines(p.identity_headers),
+        _ => &[],
     }
 }
 

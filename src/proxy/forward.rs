@@ -125,6 +125,8 @@ pub struct Forward<'a> {
     pub server: &'a ServerConfig,
     /// The host as the client sent it (with port), for a preserved Host header.
     pub host_value: &'a HeaderValue,
+    /// The signed-in user's identity headers, as header lines.
+    pub identity: &'a [u8],
 }
 
 /// Sends `req` (headers already sanitised by the caller) to one of the
@@ -190,7 +192,7 @@ pub async fn forward(
             Body::Empty
         };
         let path = upstream_path(target, &route.config, &parts.uri);
-        let out = Outgoing::new(&parts.method, &path, parts.headers, body);
+        let out = Outgoing::new(&parts.method, &path, parts.headers, fwd.identity, body);
         let r = send_one(&fwd, i, out, client_upgrade, &wire).await;
         return (r, Some(i));
     }
@@ -203,7 +205,7 @@ pub async fn forward(
         let mut headers = parts.headers.clone();
         set_host(&mut headers, host.as_ref(), target);
         let path = upstream_path(target, &route.config, &parts.uri);
-        let out = Outgoing::new(&parts.method, &path, headers, Body::Empty);
+        let out = Outgoing::new(&parts.method, &path, headers, fwd.identity, Body::Empty);
         match send_one(&fwd, i, out, None, &wire).await {
             Err(ProxyError::UpstreamUnavailable) => {
                 last = Err(ProxyError::UpstreamUnavailable);

@@ -342,9 +342,7 @@ async fn route_request<'a>(
             headers::strip_spoofable(h, peer_trusted);
             // issue 4: our cookies never reach a backend; then who the user is.
             crate::auth::strip_session_cookie(h);
-            if let Some(w) = &who {
-                crate::auth::apply_identity(h, route, w);
-            }
+
             let origin = headers::Origin {
                 peer,
                 peer_value: &conn.peer_value,
@@ -359,6 +357,9 @@ async fn route_request<'a>(
                 route,
                 server: &snap.server,
                 host_value: &host_value,
+                identity: who
+                    .as_ref()
+                    .map_or(&[][..], |w| crate::auth::identity_lines(route, w)),
             };
             let (result, used) = forward::forward(fwd, req).await;
             outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());

@@ -121,12 +121,14 @@ pub fn upload_framing(method: &Method, headers: &mut HeaderMap, has_body: bool) 
     }
 }
 
-/// Writes the request line and headers; the request target (origin form)
-/// is the concatenation of `target`'s pieces.
+/// Writes the request line and headers, then `extra` (complete header
+/// lines); the request target (origin form) is the concatenation of
+/// `target`'s pieces.
 pub fn encode_head(
     method: &Method,
     target: &[&str],
     headers: &HeaderMap,
+    extra: &[u8],
     upload: Upload,
     dst: &mut Vec<u8>,
 ) {
@@ -135,7 +137,7 @@ pub fn encode_head(
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + target.iter().map(|t| t.len()).sum::<usize>();
-    dst.reserve(method.as_str().len() + size + 48);
+    dst.reserve(method.as_str().len() + size + extra.len() + 48);
     dst.extend_from_slice(method.as_str().as_bytes());
     dst.push(b' ');
     for piece in target {
@@ -148,6 +150,7 @@ pub fn encode_head(
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
+    dst.extend_from_slice(extra);
     if upload == Upload::Chunked {
         dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -169,12 +172,19 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// `target`'s pieces make the request target (origin form); `headers`
-    /// are final (hop-by-hop removed, Host set).
-    pub fn new(method: &Method, target: &[&str], mut headers: HeaderMap, body: Body) -> Self {
+    /// are final (hop-by-hop removed, Host set); `extra` is header lines
+    /// written after them (the identity headers).
+    pub fn new(
+        method: &Method,
+        target: &[&str],
+        mut headers: HeaderMap,
+        extra: &[u8],
+        body: Body,
+    ) -> Self {
         let has_body = !matches!(body, Body::Empty);
         let upload = upload_framing(method, &mut headers, has_body);
         let mut head = Vec::new();
-        encode_head(method, target, &headers, upload, &mut head);
+        encode_head(method, target, &headers, extra, upload, &mut head);
         headers.clear();
         Outgoing {
             head,
@@ -765,12 +775,13 @@ mod tests {
             &Method::POST,
             &["/x", "?", "y"],
             &h,
+            b"x-a: 1\r\n",
             Upload::Chunked,
             &mut out,
         );
         assert_eq!(
             out,
-            b"POST /x?y HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"POST /x?y HTTP/1.1\r\nhost: a.test\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 }
