@@ -253,13 +253,15 @@ where
     let metrics = shared.metrics.clone();
     match proto {
         Protocol::Http1 => {
-            let settings = builder.h1;
+            // Built and boxed here: captured by the async block below and
+            // pinned again inside it, the connection's future (with the
+            // stream and its TLS state) would be held twice.
+            let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut conn = Box::pin(h1::serve(io, info, shared, builder.h1, draining.clone()));
             Either::Left(async move {
                 let listener = metrics.listener(label);
                 listener.connections.fetch_add(1, Relaxed);
                 listener.open_connections.fetch_add(1, Relaxed);
-                let draining = std::sync::atomic::AtomicBool::new(false);
-                let mut conn = std::pin::pin!(h1::serve(io, info, shared, settings, &draining));
                 tokio::select! {
                     () = conn.as_mut() => {}
                     _ = drain.changed() => {

@@ -78,19 +78,35 @@ thread_local! {
 /// Serves HTTP/1 requests on `io` until the client closes, asks to close,
 /// the connection breaks or times out, or `draining` is set and the
 /// connection is between requests.
-pub async fn serve<I>(
+///
+/// Not an `async fn`: those keep their arguments for their whole life, so
+/// the stream (with its TLS state) would be held twice.
+pub fn serve<I>(
     io: I,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     settings: Settings,
-    draining: &AtomicBool,
-) where
+    draining: Arc<AtomicBool>,
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = Conn {
+    let conn = Conn {
         io,
         pending: BytesMut::new(),
     };
+    run(conn, info, shared, settings, draining)
+}
+
+async fn run<I>(
+    mut conn: Conn<I>,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    settings: Settings,
+    draining: Arc<AtomicBool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let t = settings.header_read_timeout;
     let mut timer = Box::pin(tokio::time::sleep(t + t / 4));
     loop {
