@@ -244,7 +244,9 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
         b.windows(10).any(|w| w == b"portcullis")
     }
     fn without_ours(v: &HeaderValue) -> Option<HeaderValue> {
-        let mut out: Vec<u8> = Vec::with_capacity(v.len());
+        // Allocated only once a cookie of someone else's turns up (a
+        // browser signed in to us alone sends only ours).
+        let mut out: Option<Vec<u8>> = None;
         for pair in v.as_bytes().split(|&b| b == b';') {
             let trimmed = pair.trim_ascii();
             if trimmed.is_empty() {
@@ -258,15 +260,13 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
             if OUR_COOKIES.iter().any(|n| n.as_bytes() == name) {
                 continue;
             }
+            let out = out.get_or_insert_with(|| Vec::with_capacity(v.len()));
             if !out.is_empty() {
                 out.extend_from_slice(b"; ");
             }
             out.extend_from_slice(trimmed);
         }
-        if out.is_empty() {
-            return None;
-        }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out?)).ok()
     }
     let mut values = headers.get_all(header::COOKIE).iter();
     let (Some(first), second) = (values.next(), values.next()) else {
