@@ -7,13 +7,21 @@
 //! asked for, so a slow backend slows the client down (back-pressure), and
 //! `Expect: 100-continue` is answered only once the body is wanted.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::Conn;
 use crate::proxy::body::BoxError;
+use crate::proxy::wire::{Dechunker, Step, take};
+
+/// Room asked for before each read of a request body.
+const BODY_READ: usize = 16 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Where the body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,5 +194,128 @@ impl Feed {
     /// The whole body has been read from the connection.
     pub fn complete(&self) -> bool {
         lock(&self.0).state == State::Done
+    }
+}
+
+/// How a request body is delimited.
+pub(super) enum Reading {
+    Length(u64),
+    Chunked(Dechunker),
+}
+
+/// The connection's side of a request body: reads and decodes pieces
+/// when the body asks, after a `100 Continue` if the client expects one.
+pub(super) struct BodyReader {
+    pub(super) feed: Feed,
+    reading: Reading,
+    /// Bytes of `100 Continue` still to write (then flush).
+    continue_left: usize,
+    continue_flush: bool,
+    /// Done feeding (complete, failed or dropped).
+    pub(super) finished: bool,
+    /// The body's framing broke: the connection cannot be reused.
+    pub(super) broken: bool,
+    /// The client hung up (or its connection broke) mid-body.
+    pub(super) client_gone: bool,
+}
+
+impl BodyReader {
+    pub(super) fn new(feed: Feed, reading: Reading, expect_continue: bool) -> Self {
+        BodyReader {
+            feed,
+            reading,
+            continue_left: if expect_continue { CONTINUE.len() } else { 0 },
+            continue_flush: expect_continue,
+            finished: false,
+            broken: false,
+            client_gone: false,
+        }
+    }
+
+    /// `Ready`: something was delivered (or the body ended); `Pending`:
+    /// nothing wanted, or waiting for the client.
+    pub(super) fn poll_feed<I: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<I>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        match self.feed.demand(cx) {
+            Demand::Finished => {
+                self.finished = true;
+                return Poll::Pending;
+            }
+            Demand::Idle => return Poll::Pending,
+            Demand::Read => {}
+        }
+        while self.continue_left > 0 {
+            let from = CONTINUE.len() - self.continue_left;
+            match Pin::new(&mut conn.io).poll_write(cx, &CONTINUE[from..]) {
+                Poll::Ready(Ok(n)) if n > 0 => self.continue_left -= n,
+                Poll::Ready(_) => {
+                    self.client_gone = true;
+                    return self.fail("the client connection broke");
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.continue_flush {
+            match Pin::new(&mut conn.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.continue_flush = false,
+                Poll::Ready(Err(_)) => {
+                    self.client_gone = true;
+                    return self.fail("the client connection broke");
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        loop {
+            let step = match &mut self.reading {
+                Reading::Length(0) => Ok(Step::End),
+                Reading::Length(_) if conn.pending.is_empty() => Ok(Step::More),
+                Reading::Length(rem) => {
+                    let n = (*rem).min(conn.pending.len() as u64) as usize;
+                    *rem -= n as u64;
+                    Ok(Step::Data(take(&mut conn.pending, n)))
+                }
+                Reading::Chunked(d) => d.decode(&mut conn.pending),
+            };
+            match step {
+                Ok(Step::Data(b)) => {
+                    let last = matches!(self.reading, Reading::Length(0));
+                    self.feed.deliver(Ok(Some(b)), last, cx);
+                    self.finished = last;
+                    return Poll::Ready(());
+                }
+                Ok(Step::End) => {
+                    self.feed.deliver(Ok(None), true, cx);
+                    self.finished = true;
+                    return Poll::Ready(());
+                }
+                Err(why) => {
+                    self.broken = true;
+                    return self.fail(why);
+                }
+                Ok(Step::More) => {}
+            }
+            conn.pending.reserve(BODY_READ);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.pending) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.client_gone = true;
+                    return self.fail("the client closed the connection in the middle of the body");
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<()> {
+        // The body reports it; the connection closes after the response.
+        self.broken = true;
+        self.finished = true;
+        let waker = std::task::Waker::noop();
+        self.feed
+            .deliver(Err(why), false, &Context::from_waker(waker));
+        Poll::Ready(())
     }
 }

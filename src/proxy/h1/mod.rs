@@ -30,7 +30,6 @@ mod write;
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -38,17 +37,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::{Method, Response, StatusCode, Version};
-use http_body::Body as _;
+use http::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::body::Body;
-use super::wire::{Dechunker, Step, take};
+use super::wire::Dechunker;
 use super::{ConnInfo, handle};
 use crate::state::Shared;
 use parse::{BodyFraming, HeadError, Parsed};
-use write::{ConnectionHeader, Framing};
+use write::ConnectionHeader;
 
 /// How HTTP/1 connections behave (from the server config).
 #[derive(Debug, Clone, Copy)]
@@ -61,15 +59,8 @@ pub struct Settings {
 
 /// Size of the per-thread buffer heads are read into.
 const SCRATCH: usize = 16 * 1024;
-/// Room asked for before each read of a request body.
-const BODY_READ: usize = 16 * 1024;
-/// Response bytes gathered before they are written.
-const WRITE_BATCH: usize = 64 * 1024;
-/// Body pieces at least this big are written as they are, not copied.
-const WRITE_DIRECT: usize = 8 * 1024;
 /// Handler and body-feeding turns in one poll before yielding.
 const TURNS: usize = 32;
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
@@ -174,14 +165,14 @@ async fn run<I>(
             BodyFraming::None => (request.map(|()| Body::Empty), None),
             BodyFraming::Length(n) => {
                 let (b, feed) = body::channel(Some(n));
-                let reader = BodyReader::new(feed, Reading::Length(n), expect_continue);
+                let reader = body::BodyReader::new(feed, body::Reading::Length(n), expect_continue);
                 (request.map(|()| Body::Client(b)), Some(reader))
             }
             BodyFraming::Chunked => {
                 let (b, feed) = body::channel(None);
-                let reader = BodyReader::new(
+                let reader = body::BodyReader::new(
                     feed,
-                    Reading::Chunked(Dechunker::default()),
+                    body::Reading::Chunked(Dechunker::default()),
                     expect_continue,
                 );
                 (request.map(|()| Body::Client(b)), Some(reader))
@@ -216,7 +207,9 @@ async fn run<I>(
         } else {
             ConnectionHeader::Default
         };
-        let close = match write_response(&mut conn.io, resp, &method, http11, connection).await {
+        let close = match write::write_response(&mut conn.io, resp, &method, http11, connection)
+            .await
+        {
             Ok(close) => close,
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, "response not completed; closing");
@@ -241,11 +234,11 @@ enum Stop {
     Timeout,
 }
 
-struct Conn<I> {
-    io: I,
+pub(super) struct Conn<I> {
+    pub(super) io: I,
     /// Bytes read but not used yet: a partial head, a pipelined request,
     /// body bytes. Empty and unallocated while the connection idles.
-    pending: BytesMut,
+    pub(super) pending: BytesMut,
 }
 
 /// What one read made of a head. Lives for one poll; boxing the parsed
@@ -333,7 +326,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn poll_handler<F>(
         &mut self,
         mut fut: Pin<&mut F>,
-        reader: &mut Option<BodyReader>,
+        reader: &mut Option<body::BodyReader>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Response<Body>>>
     where
@@ -379,231 +372,4 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
-}
-
-/// How a request body is delimited.
-enum Reading {
-    Length(u64),
-    Chunked(Dechunker),
-}
-
-/// The connection's side of a request body: reads and decodes pieces
-/// when the body asks, after a `100 Continue` if the client expects one.
-struct BodyReader {
-    feed: body::Feed,
-    reading: Reading,
-    /// Bytes of `100 Continue` still to write (then flush).
-    continue_left: usize,
-    continue_flush: bool,
-    /// Done feeding (complete, failed or dropped).
-    finished: bool,
-    /// The body's framing broke: the connection cannot be reused.
-    broken: bool,
-    /// The client hung up (or its connection broke) mid-body.
-    client_gone: bool,
-}
-
-impl BodyReader {
-    fn new(feed: body::Feed, reading: Reading, expect_continue: bool) -> Self {
-        BodyReader {
-            feed,
-            reading,
-            continue_left: if expect_continue { CONTINUE.len() } else { 0 },
-            continue_flush: expect_continue,
-            finished: false,
-            broken: false,
-            client_gone: false,
-        }
-    }
-
-    /// `Ready`: something was delivered (or the body ended); `Pending`:
-    /// nothing wanted, or waiting for the client.
-    fn poll_feed<I: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        conn: &mut Conn<I>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        match self.feed.demand(cx) {
-            body::Demand::Finished => {
-                self.finished = true;
-                return Poll::Pending;
-            }
-            body::Demand::Idle => return Poll::Pending,
-            body::Demand::Read => {}
-        }
-        while self.continue_left > 0 {
-            let from = CONTINUE.len() - self.continue_left;
-            match Pin::new(&mut conn.io).poll_write(cx, &CONTINUE[from..]) {
-                Poll::Ready(Ok(n)) if n > 0 => self.continue_left -= n,
-                Poll::Ready(_) => {
-                    self.client_gone = true;
-                    return self.fail("the client connection broke");
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if self.continue_flush {
-            match Pin::new(&mut conn.io).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.continue_flush = false,
-                Poll::Ready(Err(_)) => {
-                    self.client_gone = true;
-                    return self.fail("the client connection broke");
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        loop {
-            let step = match &mut self.reading {
-                Reading::Length(0) => Ok(Step::End),
-                Reading::Length(_) if conn.pending.is_empty() => Ok(Step::More),
-                Reading::Length(rem) => {
-                    let n = (*rem).min(conn.pending.len() as u64) as usize;
-                    *rem -= n as u64;
-                    Ok(Step::Data(take(&mut conn.pending, n)))
-                }
-                Reading::Chunked(d) => d.decode(&mut conn.pending),
-            };
-            match step {
-                Ok(Step::Data(b)) => {
-                    let last = matches!(self.reading, Reading::Length(0));
-                    self.feed.deliver(Ok(Some(b)), last, cx);
-                    self.finished = last;
-                    return Poll::Ready(());
-                }
-                Ok(Step::End) => {
-                    self.feed.deliver(Ok(None), true, cx);
-                    self.finished = true;
-                    return Poll::Ready(());
-                }
-                Err(why) => {
-                    self.broken = true;
-                    return self.fail(why);
-                }
-                Ok(Step::More) => {}
-            }
-            conn.pending.reserve(BODY_READ);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.pending) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.client_gone = true;
-                    return self.fail("the client closed the connection in the middle of the body");
-                }
-                Poll::Ready(Ok(_)) => {}
-            }
-        }
-    }
-
-    fn fail(&mut self, why: &'static str) -> Poll<()> {
-        // The body reports it; the connection closes after the response.
-        self.broken = true;
-        self.finished = true;
-        let waker = std::task::Waker::noop();
-        self.feed
-            .deliver(Err(why), false, &Context::from_waker(waker));
-        Poll::Ready(())
-    }
-}
-
-/// Writes one response. `Ok(true)`: the connection must close after it
-/// (it said so, or its body runs until the close).
-async fn write_response<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    resp: Response<Body>,
-    method: &Method,
-    http11: bool,
-    connection: ConnectionHeader,
-) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
-    let exact = if body.is_end_stream() {
-        Some(0)
-    } else {
-        body.size_hint().exact()
-    };
-    let (framing, add) = write::framing(method, parts.status, &parts.headers, exact, http11);
-    let connection = if framing == Framing::UntilClose {
-        ConnectionHeader::Close
-    } else {
-        connection
-    };
-    let small = exact.filter(|&n| n < WRITE_DIRECT as u64).unwrap_or(0) as usize;
-    let mut out = Vec::with_capacity(512 + small);
-    write::encode_head(
-        &mut out,
-        parts.status,
-        &parts.headers,
-        framing,
-        add,
-        connection,
-    );
-    parse::recycle(parts.headers);
-    let close = connection == ConnectionHeader::Close;
-    if framing == Framing::None {
-        io.write_all(&out).await?;
-        io.flush().await?;
-        return Ok(close);
-    }
-    let mut sent: u64 = 0;
-    loop {
-        // A piece that is ready now goes out with what is gathered (one
-        // write for head and body); otherwise what is gathered goes first.
-        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-            Poll::Ready(f) => f,
-            Poll::Pending => {
-                if !out.is_empty() {
-                    io.write_all(&out).await?;
-                    io.flush().await?;
-                    out.clear();
-                }
-                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            }
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => {
-                let _ = io.write_all(&out).await;
-                return Err(io::Error::other(format!("the response body broke: {e}")));
-            }
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                _ => continue,
-            },
-        };
-        if let Framing::Length(n) = framing
-            && sent + data.len() as u64 > n
-        {
-            let room = (n - sent) as usize;
-            out.extend_from_slice(&data[..room]);
-            let _ = io.write_all(&out).await;
-            return Err(io::Error::other(
-                "the response body is longer than its length",
-            ));
-        }
-        sent += data.len() as u64;
-        if framing == Framing::Chunked {
-            write::encode_chunk(&mut out, &data);
-        } else if out.is_empty() && data.len() >= WRITE_DIRECT {
-            io.write_all(&data).await?;
-            continue;
-        } else {
-            out.extend_from_slice(&data);
-        }
-        if out.len() >= WRITE_BATCH {
-            io.write_all(&out).await?;
-            out.clear();
-        }
-    }
-    if let Framing::Length(n) = framing
-        && sent != n
-    {
-        let _ = io.write_all(&out).await;
-        return Err(io::Error::other(
-            "the response body ended before its length",
-        ));
-    }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(write::LAST_CHUNK);
-    }
-    io.write_all(&out).await?;
-    io.flush().await?;
-    Ok(close || framing == Framing::UntilClose)
 }

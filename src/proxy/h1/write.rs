@@ -1,10 +1,24 @@
 //! Writing responses: the head, and the body's framing on the wire.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap};
-use http::{Method, StatusCode};
+use http::{Method, Response, StatusCode};
+use http_body::Body as _;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::parse;
+use crate::proxy::body::Body;
+
+/// Response bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Body pieces at least this big are written as they are, not copied.
+const WRITE_DIRECT: usize = 8 * 1024;
 
 /// How a response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +195,110 @@ fn with_date(f: impl FnOnce(&[u8])) {
         }
         f(&text[..]);
     });
+}
+
+/// Writes one response. `Ok(true)`: the connection must close after it
+/// (it said so, or its body runs until the close).
+pub async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    resp: Response<Body>,
+    method: &Method,
+    http11: bool,
+    connection: ConnectionHeader,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let exact = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let (framing, add) = framing(method, parts.status, &parts.headers, exact, http11);
+    let connection = if framing == Framing::UntilClose {
+        ConnectionHeader::Close
+    } else {
+        connection
+    };
+    let small = exact.filter(|&n| n < WRITE_DIRECT as u64).unwrap_or(0) as usize;
+    let mut out = Vec::with_capacity(512 + small);
+    encode_head(
+        &mut out,
+        parts.status,
+        &parts.headers,
+        framing,
+        add,
+        connection,
+    );
+    parse::recycle(parts.headers);
+    let close = connection == ConnectionHeader::Close;
+    if framing == Framing::None {
+        io.write_all(&out).await?;
+        io.flush().await?;
+        return Ok(close);
+    }
+    let mut sent: u64 = 0;
+    loop {
+        // A piece that is ready now goes out with what is gathered (one
+        // write for head and body); otherwise what is gathered goes first.
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(&out).await?;
+                    io.flush().await?;
+                    out.clear();
+                }
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                let _ = io.write_all(&out).await;
+                return Err(io::Error::other(format!("the response body broke: {e}")));
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue,
+            },
+        };
+        if let Framing::Length(n) = framing
+            && sent + data.len() as u64 > n
+        {
+            let room = (n - sent) as usize;
+            out.extend_from_slice(&data[..room]);
+            let _ = io.write_all(&out).await;
+            return Err(io::Error::other(
+                "the response body is longer than its length",
+            ));
+        }
+        sent += data.len() as u64;
+        if framing == Framing::Chunked {
+            encode_chunk(&mut out, &data);
+        } else if out.is_empty() && data.len() >= WRITE_DIRECT {
+            io.write_all(&data).await?;
+            continue;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if out.len() >= WRITE_BATCH {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if let Framing::Length(n) = framing
+        && sent != n
+    {
+        let _ = io.write_all(&out).await;
+        return Err(io::Error::other(
+            "the response body ended before its length",
+        ));
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(LAST_CHUNK);
+    }
+    io.write_all(&out).await?;
+    io.flush().await?;
+    Ok(close || framing == Framing::UntilClose)
 }
 
 #[cfg(test)]

@@ -1,0 +1,167 @@
+//! A backend's response body, read straight from its connection.
+
+use std::io;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use tokio::net::TcpStream;
+
+use super::{BODY_READ, Conn, Framing};
+use crate::config::PoolKey;
+use crate::proxy::body::{Body, BoxError};
+use crate::proxy::wire::{Dechunker, Step, take};
+
+/// Where a response body is.
+#[derive(Debug)]
+enum Reading {
+    Length(u64),
+    Chunked(Dechunker),
+    UntilClose,
+}
+
+/// A backend's response body, read from its connection as the client
+/// side asks for it. Read to its end on a reusable connection, the
+/// connection goes back to the pool; dropped early (the client left), the
+/// connection is closed.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    reading: Reading,
+    reusable: bool,
+    key: PoolKey,
+    max_idle: Duration,
+}
+
+impl UpstreamBody {
+    /// The body of a response just read from `conn`; `reusable` when the
+    /// backend allows another request on it and the whole request went out.
+    pub fn start(
+        conn: Conn,
+        framing: Framing,
+        reusable: bool,
+        key: &PoolKey,
+        max_idle: Duration,
+    ) -> Body {
+        let reading = match framing {
+            Framing::None | Framing::Length(0) => {
+                if reusable && conn.buf.is_empty() {
+                    crate::proxy::pool::release(key, conn, max_idle);
+                }
+                return Body::Empty;
+            }
+            Framing::Length(n) => Reading::Length(n),
+            Framing::Chunked => Reading::Chunked(Dechunker::default()),
+            Framing::UntilClose => Reading::UntilClose,
+        };
+        Body::Upstream(UpstreamBody {
+            conn: Some(conn),
+            reading,
+            reusable,
+            key: key.clone(),
+            max_idle,
+        })
+    }
+
+    /// The body ended: a clean connection goes back to the pool.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            crate::proxy::pool::release(&self.key, conn, self.max_idle);
+        }
+    }
+
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let step = match &mut self.reading {
+                Reading::Length(rem) => {
+                    if conn.buf.is_empty() {
+                        Ok(Step::More)
+                    } else {
+                        let n = (*rem).min(conn.buf.len() as u64) as usize;
+                        *rem -= n as u64;
+                        Ok(Step::Data(take(&mut conn.buf, n)))
+                    }
+                }
+                Reading::Chunked(d) => d.decode(&mut conn.buf),
+                Reading::UntilClose if conn.buf.is_empty() => Ok(Step::More),
+                Reading::UntilClose => {
+                    let n = conn.buf.len();
+                    Ok(Step::Data(take(&mut conn.buf, n)))
+                }
+            };
+            match step {
+                Ok(Step::Data(b)) => {
+                    if matches!(self.reading, Reading::Length(0)) {
+                        // Done now: release before the last frame goes out
+                        // so `is_end_stream` can say so.
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Ok(Step::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            let conn = self.conn.as_mut().expect("checked above");
+            conn.buf.reserve(BODY_READ);
+            let read = ready!(poll_read_buf(&conn.io, &mut conn.buf, cx));
+            match read {
+                Ok(0) if matches!(self.reading, Reading::UntilClose) => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(
+                        "the backend closed the connection in the middle of the body".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match (&self.conn, &self.reading) {
+            (None, _) => SizeHint::with_exact(0),
+            (Some(_), Reading::Length(n)) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// One read from the socket into `buf`'s spare room.
+fn poll_read_buf(
+    io: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(io.poll_read_ready(cx))?;
+        match io.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Reading a backend's response head (RFC 9112), strictly: see the rules
+//! in [`super`].
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::{Failure, Framing, Head, MAX_HEAD, MAX_HEADERS};
+use crate::proxy::wire::{last_token, parse_length};
+
+/// Parses one response head from the front of `buf` and consumes it;
+/// `None` when more bytes are needed. The headers go into `spare`'s room
+/// (taken, left empty).
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method_is_head: bool,
+    spare: &mut HeaderMap,
+) -> Result<Option<Head>, Failure> {
+    // Where each header's name and value sit in the head, so they can be
+    // taken from one shared buffer instead of copied one by one.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut storage,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Failure::Broken("too many header lines"));
+            }
+            Err(_) => return Err(Failure::Broken("not an HTTP/1 response")),
+        };
+        if len > MAX_HEAD {
+            return Err(Failure::Broken("response head too large"));
+        }
+        let base = buf.as_ptr() as usize;
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *span = (
+                n as u32,
+                (n + h.name.len()) as u32,
+                v as u32,
+                (v + h.value.len()) as u32,
+            );
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| Failure::Broken("invalid status code"))?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let head = buf.split_to(len).freeze();
+
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(count);
+    let mut length: Option<u64> = None;
+    let mut chunked = None::<bool>;
+    let (mut close, mut keep_alive) = (false, false);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| Failure::Broken("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Failure::Broken("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n =
+                parse_length(value.as_bytes()).ok_or(Failure::Broken("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Broken("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // The last coding decides: chunked must come last to frame.
+            chunked = Some(
+                last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            for t in value.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
+    let bodiless = method_is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::None
+    } else if let Some(is_chunked) = chunked {
+        if length.is_some() {
+            // Both: the length is a lie or a smuggling attempt; do not
+            // pass it on, and do not trust this connection again.
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        if is_chunked {
+            Framing::Chunked
+        } else {
+            keep_alive = false;
+            Framing::UntilClose
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Option<Head>, Failure> {
+        parse_head(
+            &mut BytesMut::from(s.as_bytes()),
+            false,
+            &mut HeaderMap::new(),
+        )
+    }
+
+    fn framing(s: &str) -> (Framing, bool) {
+        let h = parse(s).unwrap().unwrap();
+        (h.framing, h.keep_alive)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            (Framing::Chunked, true)
+        );
+        // Not chunked last: the body runs to the close.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n"),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::None, true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n"),
+            (Framing::None, true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n"),
+            (Framing::Length(1), true)
+        );
+        // Identical repeats are one length.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n"),
+            (Framing::Length(3), true)
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_beats_content_length_and_is_not_reused() {
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.keep_alive);
+        assert!(h.headers.get(header::CONTENT_LENGTH).is_none());
+    }
+
+    #[test]
+    fn head_responses_have_no_body() {
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"[..]);
+        let h = parse_head(&mut b, true, &mut HeaderMap::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::None);
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "1234");
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        for bad in [
+            "HELLO\r\n\r\n",
+            "HTTP/1.1 abc OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(Failure::Broken(_))),
+                "accepted {bad:?}"
+            );
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_the_rest_stays_buffered() {
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP"[..]);
+        let h = parse_head(&mut b, false, &mut HeaderMap::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(&b[..], b"okHTTP");
+    }
+}
