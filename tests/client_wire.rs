@@ -1120,6 +1120,38 @@ async fn connection_close_from_the_client_is_answered_with_close_and_a_close() {
 }
 
 #[tokio::test]
+async fn a_small_unread_body_is_dropped_and_the_connection_kept() {
+    // A `respond` route never reads the body; the connection reads and
+    // drops it after the answer instead of closing.
+    let gw = gateway_with(&respond_route("r.test", "hi"), "").await;
+    let mut c = RawClient::connect(gw.http_addr()).await;
+    c.send(b"POST /form HTTP/1.1\r\nHost: r.test\r\nContent-Length: 11\r\n\r\nhello=world")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{}{}", r.raw_head, r.text());
+    assert!(!r.connection_has("close"), "{}", r.raw_head);
+    // The body did not leak into the next request.
+    c.send(b"GET /again HTTP/1.1\r\nHost: r.test\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{}{}", r.raw_head, r.text());
+    assert_eq!(r.text(), "hi");
+}
+
+#[tokio::test]
+async fn a_large_unread_body_closes_the_connection() {
+    let gw = gateway_with(&respond_route("r.test", "hi"), "").await;
+    let mut c = RawClient::connect(gw.http_addr()).await;
+    let len = 200 * 1024;
+    c.send(
+        format!("POST /big HTTP/1.1\r\nHost: r.test\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{}{}", r.raw_head, r.text());
+    assert!(r.connection_has("close"), "{}", r.raw_head);
+}
+
+#[tokio::test]
 async fn requests_pipelined_after_connection_close_are_not_served() {
     let be = Backend::echo().await;
     let gw = gateway_with(&proxy_route("c.test", &be.url(), ""), "").await;

@@ -232,6 +232,21 @@ impl BodyReader {
         }
     }
 
+    /// Body bytes the handler left unread, when they can simply be read
+    /// and dropped after the answer: a known length, nothing broken, and
+    /// no `100 Continue` still owed (a client waiting for one may never
+    /// send the body, RFC 9110 10.1.1).
+    pub(super) fn unread_length(&self) -> Option<u64> {
+        if self.broken || self.client_gone || self.feed.complete() {
+            return None;
+        }
+        let owed_continue = self.continue_left == CONTINUE.len() && self.continue_left > 0;
+        match self.reading {
+            Reading::Length(rem) if !owed_continue => Some(rem),
+            _ => None,
+        }
+    }
+
     /// `Ready`: something was delivered (or the body ended); `Pending`:
     /// nothing wanted, or waiting for the client.
     pub(super) fn poll_feed<I: AsyncRead + AsyncWrite + Unpin>(

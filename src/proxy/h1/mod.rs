@@ -193,9 +193,17 @@ async fn run<I>(
             break;
         };
 
-        let body_read = reader
+        // A small body the handler did not read (a `respond` route, an
+        // early 401 or 413) is read and dropped after the answer so the
+        // connection stays usable; a large or chunked one closes it.
+        let leftover = reader
             .as_ref()
-            .is_none_or(|r| r.feed.complete() && !r.broken);
+            .and_then(body::BodyReader::unread_length)
+            .filter(|&n| n <= DRAIN_MAX);
+        let body_read = leftover.is_some()
+            || reader
+                .as_ref()
+                .is_none_or(|r| r.feed.complete() && !r.broken);
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
         let keep = keep_alive && body_read && !draining.load(Relaxed);
         let connection = if switching {
@@ -224,9 +232,17 @@ async fn run<I>(
         if close {
             break;
         }
+        if let Some(n) = leftover
+            && !conn.discard(n, t).await
+        {
+            break;
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
 }
+
+/// Largest unread request body read and dropped to keep a connection.
+const DRAIN_MAX: u64 = 64 * 1024;
 
 /// Why waiting for a head ended without one.
 enum Stop {
@@ -253,6 +269,27 @@ enum HeadStep {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    /// Reads and drops `n` body bytes (some may be buffered already);
+    /// false if they did not arrive within `limit`.
+    async fn discard(&mut self, mut n: u64, limit: Duration) -> bool {
+        let drained = async {
+            loop {
+                let now = n.min(self.pending.len() as u64) as usize;
+                self.pending.advance(now);
+                n -= now as u64;
+                if n == 0 {
+                    return true;
+                }
+                self.pending.reserve(8 * 1024);
+                match tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.pending).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, drained).await.unwrap_or(false)
+    }
+
     /// Reads until a complete request head (`None`: the client closed).
     fn poll_head(
         &mut self,
