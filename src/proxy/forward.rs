@@ -127,6 +127,10 @@ pub struct Forward<'a> {
     pub host_value: &'a HeaderValue,
     /// The signed-in user's identity headers, as header lines.
     pub identity: &'a [u8],
+    /// The client asked for a protocol upgrade (HTTP/1.1); hop-by-hop
+    /// headers are already removed (but for `Connection: upgrade` and
+    /// `Upgrade` when this is set).
+    pub upgrade: bool,
 }
 
 /// Sends `req` (headers already sanitised by the caller) to one of the
@@ -145,7 +149,7 @@ pub async fn forward(
     {
         return (Err(ProxyError::PayloadTooLarge), None);
     }
-    let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
+    let upgrade = fwd.upgrade;
     let client_upgrade = upgrade.then(|| {
         match req
             .extensions_mut()
@@ -159,7 +163,6 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
     parts.version = Version::HTTP_11;
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     let host = route.config.preserve_host.then(|| fwd.host_value.clone());
     let wire = TripWire::default();
 

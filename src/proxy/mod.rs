@@ -338,7 +338,13 @@ async fn route_request<'a>(
                 None => HeaderValue::from_str(raw_host)
                     .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
             };
+            // Hop-by-hop headers go first, so a client's `Connection`
+            // header can name only its own headers away, never the ones
+            // we add below (X-Forwarded-*, X-Real-IP, X-Request-Id).
+            let upgrade = headers::is_upgrade_request(req.headers())
+                && req.version() == http::Version::HTTP_11;
             let h = req.headers_mut();
+            headers::remove_hop_by_hop(h, upgrade);
             headers::strip_spoofable(h, peer_trusted);
             // issue 4: our cookies never reach a backend; then who the user is.
             crate::auth::strip_session_cookie(h);
@@ -360,6 +366,7 @@ async fn route_request<'a>(
                 identity: who
                     .as_ref()
                     .map_or(&[][..], |w| crate::auth::identity_lines(route, w)),
+                upgrade,
             };
             let (result, used) = forward::forward(fwd, req).await;
             outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());
