@@ -1120,6 +1120,23 @@ async fn connection_close_from_the_client_is_answered_with_close_and_a_close() {
 }
 
 #[tokio::test]
+async fn an_upgrade_with_a_listed_length_is_refused_like_any_upgrade_with_a_body() {
+    // `Content-Length: 5, 5` is a valid length (a list of equal values);
+    // the no-body-on-upgrade rule must read it the same way.
+    let be = Backend::echo().await;
+    let gw = gateway_with(&proxy_route("u.test", &be.url(), ""), "").await;
+    let mut c = RawClient::connect(gw.http_addr()).await;
+    c.send(
+        b"GET /ws HTTP/1.1\r\nHost: u.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+          Content-Length: 5, 5\r\n\r\nhello",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 400, "{}{}", r.raw_head, r.text());
+    assert_eq!(be.served(), 0);
+}
+
+#[tokio::test]
 async fn a_small_unread_body_is_dropped_and_the_connection_kept() {
     // A `respond` route never reads the body; the connection reads and
     // drops it after the answer instead of closing.

@@ -85,9 +85,11 @@ pub fn is_forwarding_header(name: &str) -> bool {
             .any(|e| normalized_eq(n, e.as_bytes()))
 }
 
-/// The request's declared body length (`Content-Length`), if valid.
+/// The message's declared body length (`Content-Length`), if valid, read
+/// by the same rules as the HTTP/1 parsers (digits, or a list of equal
+/// values).
 pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    crate::proxy::wire::parse_length(h.get(header::CONTENT_LENGTH)?.as_bytes())
 }
 
 /// Removes hop-by-hop headers, including every header named in
@@ -301,6 +303,14 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl Fn(IpAddr) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_reads_like_the_parsers() {
+        let h = map(&[("content-length", "5, 5")]);
+        assert_eq!(content_length(&h), Some(5));
+        assert_eq!(content_length(&map(&[("content-length", "5, 6")])), None);
+        assert_eq!(content_length(&map(&[("content-length", "+5")])), None);
+    }
 
     #[test]
     fn hop_by_hop_bits_match_the_table() {

@@ -141,7 +141,12 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
                     "The request has conflicting Content-Length headers.",
                 ));
             }
-            length = Some(n);
+            // One plain value goes on, whatever repeats or lists came in
+            // (strict parsers refuse a repeated Content-Length).
+            if length.replace(n).is_none() {
+                headers.append(name, HeaderValue::from(n));
+            }
+            continue;
         } else if name == header::TRANSFER_ENCODING {
             chunked = Some(
                 last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
@@ -260,6 +265,19 @@ mod tests {
             ok("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
                 .expect_continue
         );
+    }
+
+    #[test]
+    fn repeated_or_listed_lengths_go_on_as_one_value() {
+        let p = ok("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\nContent-Length: 05\r\n\r\n");
+        assert_eq!(p.framing, BodyFraming::Length(5));
+        let v: Vec<_> = p
+            .request
+            .headers()
+            .get_all("content-length")
+            .iter()
+            .collect();
+        assert_eq!(v, ["5"]);
     }
 
     #[test]

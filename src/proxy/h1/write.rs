@@ -53,8 +53,14 @@ pub fn framing(
         return (Framing::None, None);
     }
     if *method == Method::HEAD {
-        // The head describes the body a GET would get; none is sent.
-        let add = if declared.is_none() { exact } else { None };
+        // The head describes the body a GET would get; none is sent. A
+        // backend's answer to HEAD has no body here, so an empty one says
+        // nothing about the length: only a real one is added.
+        let add = if declared.is_none() {
+            exact.filter(|&n| n > 0)
+        } else {
+            None
+        };
         return (Framing::None, add);
     }
     match (declared, exact) {

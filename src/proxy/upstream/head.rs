@@ -82,7 +82,11 @@ pub fn parse_head(
             if length.is_some_and(|l| l != n) {
                 return Err(Failure::Broken("conflicting Content-Length"));
             }
-            length = Some(n);
+            // One plain value goes on, whatever repeats or lists came in.
+            if length.replace(n).is_none() {
+                headers.append(name, HeaderValue::from(n));
+            }
+            continue;
         } else if name == header::TRANSFER_ENCODING {
             // The last coding decides: chunked must come last to frame.
             chunked = Some(
@@ -194,6 +198,15 @@ mod tests {
             framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n"),
             (Framing::Length(3), true)
         );
+    }
+
+    #[test]
+    fn repeated_or_listed_lengths_go_on_as_one_value() {
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let v: Vec<_> = h.headers.get_all("content-length").iter().collect();
+        assert_eq!(v, ["3"]);
     }
 
     #[test]
