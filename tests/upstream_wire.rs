@@ -947,6 +947,50 @@ async fn content_length_upload_reaches_the_backend_intact() {
 }
 
 #[tokio::test]
+async fn thousands_of_tiny_chunks_reach_the_backend_whole_and_a_bad_one_after_them_is_a_400() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            while let Some(req) = c.read_request().await {
+                let answer = format!("{}", req.body.len());
+                let _ = tx.send(req);
+                c.send(&ok(&answer)).await;
+            }
+        }
+    })
+    .await;
+    let gw = Gateway::start(&proxy_route("tiny.test", &be.url(), "")).await;
+
+    // 5,000 one-byte chunks (gathered on the way, not sent one by one).
+    let mut req =
+        b"POST /tiny HTTP/1.1\r\nHost: tiny.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut expected = Vec::new();
+    for i in 0..5000u32 {
+        let b = b'a' + (i % 26) as u8;
+        req.extend_from_slice(&[b'1', b'\r', b'\n', b, b'\r', b'\n']);
+        expected.push(b);
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_exchange(gw.http_addr(), &req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "5000");
+    let seen = next_seen(&mut rx).await;
+    assert!(seen.body == expected, "upload corrupted");
+
+    // Good chunks, then a broken size line: the client's fault (400), not
+    // a backend failure.
+    let mut bad =
+        b"POST /tiny HTTP/1.1\r\nHost: tiny.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..100 {
+        bad.extend_from_slice(b"1\r\nx\r\n");
+    }
+    bad.extend_from_slice(b"zz\r\nhello\r\n0\r\n\r\n");
+    let r = raw_exchange(gw.http_addr(), &bad).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+#[tokio::test]
 async fn chunked_upload_from_the_client_reaches_the_backend_complete() {
     let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
     let be = RawBackend::start(move |mut c| {

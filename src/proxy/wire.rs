@@ -166,6 +166,25 @@ impl Dechunker {
     }
 }
 
+/// Appends one chunk of a chunked body (its size line, data, CRLF).
+pub fn encode_chunk(dst: &mut Vec<u8>, data: &[u8]) {
+    let mut size = [0u8; 16];
+    let mut n = data.len();
+    let mut i = size.len();
+    loop {
+        i -= 1;
+        size[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&size[i..]);
+    dst.extend_from_slice(b"\r\n");
+    dst.extend_from_slice(data);
+    dst.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,8 @@ pub(super) struct BodyReader {
     pub(super) broken: bool,
     /// The client hung up (or its connection broke) mid-body.
     pub(super) client_gone: bool,
+    /// The body broke after the piece just delivered.
+    deferred: Option<&'static str>,
 }
 
 impl BodyReader {
@@ -229,6 +231,7 @@ impl BodyReader {
             finished: false,
             broken: false,
             client_gone: false,
+            deferred: None,
         }
     }
 
@@ -261,6 +264,10 @@ impl BodyReader {
             }
             Demand::Idle => return Poll::Pending,
             Demand::Read => {}
+        }
+        if let Some(why) = self.deferred.take() {
+            self.broken = true;
+            return self.fail(why);
         }
         while self.continue_left > 0 {
             let from = CONTINUE.len() - self.continue_left;
@@ -296,7 +303,15 @@ impl BodyReader {
             };
             match step {
                 Ok(Step::Data(b)) => {
-                    let last = matches!(self.reading, Reading::Length(0));
+                    let (b, end) = match &mut self.reading {
+                        Reading::Chunked(d) if b.len() < GATHER => gather(d, &mut conn.pending, b),
+                        _ => (b, None),
+                    };
+                    let last = matches!(self.reading, Reading::Length(0)) || end == Some(Ok(()));
+                    if let Some(Err(why)) = end {
+                        // What came before the bad bytes goes first.
+                        self.deferred = Some(why);
+                    }
                     self.feed.deliver(Ok(Some(b)), last, cx);
                     self.finished = last;
                     return Poll::Ready(());
@@ -333,4 +348,34 @@ impl BodyReader {
             .deliver(Err(why), false, &Context::from_waker(waker));
         Poll::Ready(())
     }
+}
+
+/// Chunks already buffered are joined to the piece just decoded, up to
+/// this size: a client sending many tiny chunks then costs one hand-over,
+/// and one write to the backend, per read rather than per chunk.
+const GATHER: usize = 16 * 1024;
+
+/// Joins to `first` the chunks that follow it in `pending`. Also returns
+/// how the body ended, if it did: `Ok` at the last chunk, `Err` at bad
+/// framing (reported after this piece).
+fn gather(
+    d: &mut Dechunker,
+    pending: &mut bytes::BytesMut,
+    first: Bytes,
+) -> (Bytes, Option<Result<(), &'static str>>) {
+    let mut acc: Option<bytes::BytesMut> = None;
+    let end = loop {
+        if acc.as_ref().map_or(first.len(), |a| a.len()) >= GATHER {
+            break None;
+        }
+        match d.decode(pending) {
+            Ok(Step::Data(b)) => acc
+                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                .extend_from_slice(&b),
+            Ok(Step::More) => break None,
+            Ok(Step::End) => break Some(Ok(())),
+            Err(why) => break Some(Err(why)),
+        }
+    };
+    (acc.map_or(first, bytes::BytesMut::freeze), end)
 }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::parse;
 use crate::proxy::body::Body;
+pub use crate::proxy::wire::encode_chunk;
 
 /// Response bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -136,25 +137,6 @@ pub fn encode_head(
         with_date(|d| dst.extend_from_slice(d));
         dst.extend_from_slice(b"\r\n");
     }
-    dst.extend_from_slice(b"\r\n");
-}
-
-/// Appends one chunk of a chunked body (its size line, data, CRLF).
-pub fn encode_chunk(dst: &mut Vec<u8>, data: &[u8]) {
-    let mut size = [0u8; 16];
-    let mut n = data.len();
-    let mut i = size.len();
-    loop {
-        i -= 1;
-        size[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(&size[i..]);
-    dst.extend_from_slice(b"\r\n");
-    dst.extend_from_slice(data);
     dst.extend_from_slice(b"\r\n");
 }
 

@@ -16,6 +16,7 @@
 //! the connection is then not reused. Interim answers (`100`, `103`) are
 //! skipped; `101` hands the connection to the caller for the tunnel.
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -29,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::body::Body;
+use super::wire::encode_chunk;
 
 mod body;
 mod head;
@@ -45,6 +47,10 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const HEAD_READ: usize = 8 * 1024;
 /// Room asked for before each read of a response body.
 const BODY_READ: usize = 16 * 1024;
+/// Request body bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Body pieces at least this big are written as they are, not copied.
+const WRITE_DIRECT: usize = 8 * 1024;
 
 /// An open connection to a backend and what has been read from it but
 /// not used yet.
@@ -291,9 +297,24 @@ pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<(Head, bool
 
 /// Streams the request body to the backend in the given framing.
 async fn send_body(w: &mut WriteHalf<'_>, body: &mut Body, upload: Upload) -> Result<(), Failure> {
+    let broken = |_| Failure::Broken("write failed");
     let mut sent: u64 = 0;
-    let mut chunk = Vec::new();
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+    // Pieces that are ready at once are gathered into one write: a client
+    // sending many tiny chunks must not cost a system call (and a packet)
+    // each.
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    w.write_all(&out).await.map_err(broken)?;
+                    out.clear();
+                }
+                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+            }
+        };
+        let Some(frame) = frame else { break };
         let Ok(data) = frame.map_err(|_| Failure::ClientBody)?.into_data() else {
             // Trailers are not forwarded.
             continue;
@@ -304,30 +325,23 @@ async fn send_body(w: &mut WriteHalf<'_>, body: &mut Body, upload: Upload) -> Re
         sent += data.len() as u64;
         match upload {
             Upload::Length(n) if sent > n => return Err(Failure::ClientBody),
-            Upload::Chunked => {
-                chunk.clear();
-                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                chunk.extend_from_slice(&data);
-                chunk.extend_from_slice(b"\r\n");
-                w.write_all(&chunk)
-                    .await
-                    .map_err(|_| Failure::Broken("write failed"))?;
-                continue;
+            Upload::Chunked => encode_chunk(&mut out, &data),
+            _ if out.is_empty() && data.len() >= WRITE_DIRECT => {
+                w.write_all(&data).await.map_err(broken)?;
             }
-            _ => {}
+            _ => out.extend_from_slice(&data),
         }
-        w.write_all(&data)
-            .await
-            .map_err(|_| Failure::Broken("write failed"))?;
+        if out.len() >= WRITE_BATCH {
+            w.write_all(&out).await.map_err(broken)?;
+            out.clear();
+        }
     }
     match upload {
-        Upload::Chunked => w
-            .write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|_| Failure::Broken("write failed")),
-        Upload::Length(n) if sent != n => Err(Failure::ClientBody),
-        _ => Ok(()),
+        Upload::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Upload::Length(n) if sent != n => return Err(Failure::ClientBody),
+        _ => {}
     }
+    w.write_all(&out).await.map_err(broken)
 }
 
 /// Reads until a final response head has arrived (interim 1xx answers
