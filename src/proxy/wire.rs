@@ -55,6 +55,8 @@ pub fn last_token(v: &[u8]) -> Option<&[u8]> {
 enum Chunk {
     /// Reading the hex size (`digits` so far).
     Size(u8),
+    /// Whitespace after the size.
+    SizeWs,
     /// Skipping a chunk extension up to CR.
     Extension,
     SizeLf,
@@ -128,7 +130,16 @@ impl Dechunker {
                     self.size = (self.size << 4) | u64::from(d);
                     Chunk::Size(digits + 1)
                 }
-                (Chunk::Size(d), b';' | b' ' | b'\t') if d > 0 => Chunk::Extension,
+                (Chunk::Size(d), b';') if d > 0 => Chunk::Extension,
+                // Whitespace may only pad the size before `;` or CR.
+                (Chunk::Size(d), b' ' | b'\t') if d > 0 => Chunk::SizeWs,
+                (Chunk::SizeWs, b' ' | b'\t') => {
+                    self.skip_extra()?;
+                    Chunk::SizeWs
+                }
+                (Chunk::SizeWs, b';') => Chunk::Extension,
+                (Chunk::SizeWs, b'\r') => Chunk::SizeLf,
+                (Chunk::SizeWs, _) => return Err("invalid chunk size"),
                 (Chunk::Size(d), b'\r') if d > 0 => Chunk::SizeLf,
                 (Chunk::Size(_), _) => return Err("invalid chunk size"),
                 (Chunk::Extension, b'\r') => Chunk::SizeLf,
@@ -210,6 +221,11 @@ mod tests {
     fn chunked_bodies_decode_across_any_split() {
         let wire: &[u8] = b"5;name=val\r\nhello\r\nA\r\n, chunked!\r\n0\r\nx-trailer: 1\r\n\r\n";
         assert_eq!(dechunk(&[wire]).unwrap(), b"hello, chunked!");
+        // Padding before the extension or the line end is allowed.
+        assert_eq!(
+            dechunk(&[b"3 \t;x=1\r\nabc\r\n2 \r\nde\r\n0\r\n\r\n"]).unwrap(),
+            b"abcde"
+        );
         // Byte by byte.
         let bytes: Vec<&[u8]> = wire.chunks(1).collect();
         assert_eq!(dechunk(&bytes).unwrap(), b"hello, chunked!");
@@ -229,6 +245,7 @@ mod tests {
             b"5\nhello\r\n",
             b"11111111111111111\r\n",
             b"0\r\nbad\n",
+            b"5 junk\r\nhello\r\n",
         ] {
             assert!(
                 dechunk(&[bad]).is_err(),

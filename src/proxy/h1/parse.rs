@@ -1,6 +1,6 @@
 //! Reading a client's request head (RFC 9112), strictly: what httparse
-//! refuses (bad tokens, spaces before colons, obsolete line folding, bare
-//! LF in the request line) is a 400; a head over the size limit or with
+//! refuses (bad tokens, spaces before colons, obsolete line folding) is a
+//! 400 (it accepts bare LF line endings, as RFC 9112 2.2 allows); a head over the size limit or with
 //! more than [`MAX_HEADERS`] lines is a 431; a `Transfer-Encoding` whose
 //! last coding is not `chunked`, or one on an HTTP/1.0 request, is a 400;
 //! so are conflicting `Content-Length` values. `Transfer-Encoding` with
