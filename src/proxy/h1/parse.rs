@@ -144,7 +144,9 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
             // One plain value goes on, whatever repeats or lists came in
             // (strict parsers refuse a repeated Content-Length).
             if length.replace(n).is_none() {
-                headers.append(name, HeaderValue::from(n));
+                let plain = !value.as_bytes().starts_with(b"0") || value.len() == 1;
+                let plain = plain && value.as_bytes().iter().all(u8::is_ascii_digit);
+                headers.append(name, if plain { value } else { HeaderValue::from(n) });
             }
             continue;
         } else if name == header::TRANSFER_ENCODING {

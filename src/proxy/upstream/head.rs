@@ -84,7 +84,9 @@ pub fn parse_head(
             }
             // One plain value goes on, whatever repeats or lists came in.
             if length.replace(n).is_none() {
-                headers.append(name, HeaderValue::from(n));
+                let plain = !value.as_bytes().starts_with(b"0") || value.len() == 1;
+                let plain = plain && value.as_bytes().iter().all(u8::is_ascii_digit);
+                headers.append(name, if plain { value } else { HeaderValue::from(n) });
             }
             continue;
         } else if name == header::TRANSFER_ENCODING {
