@@ -258,6 +258,16 @@ impl Conn {
         let _ = self.wire.io.write_all(bytes).await;
     }
 
+    /// Writes bytes; false once the gateway stopped taking them.
+    async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.wire.io.write_all(bytes).await.is_ok()
+    }
+
+    /// Reads raw bytes past what was buffered: 0 once the gateway closed.
+    async fn read_raw(&mut self, buf: &mut [u8]) -> usize {
+        self.wire.io.read(buf).await.unwrap_or(0)
+    }
+
     /// Keeps the connection open, reading nothing more, until the backend
     /// is dropped.
     async fn hold(self) {
@@ -893,6 +903,99 @@ async fn body_shorter_than_its_content_length_is_not_passed_off_as_complete() {
         "the truncation was hidden: {status} with a body that ended cleanly after {} bytes",
         got.len()
     );
+}
+
+fn server_with(extra: &str) -> String {
+    format!(
+        "[server]\nhttp = \"{{{{HTTP}}}}\"\nadmin = \"off\"\nstate_dir = \"{{{{DIR}}}}/state\"\n{extra}\n\n"
+    )
+}
+
+#[tokio::test]
+async fn a_backend_that_goes_quiet_mid_body_is_cut_off_after_upstream_read_timeout() {
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let gone_tx = Arc::new(std::sync::Mutex::new(Some(gone_tx)));
+    let be = RawBackend::start(move |mut c| {
+        let gone_tx = gone_tx.clone();
+        async move {
+            if c.read_request().await.is_some() {
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                    .await;
+                // Quiet, but open: only the gateway can end this.
+                let mut b = [0u8; 1];
+                let _ = c.read_raw(&mut b).await;
+                if let Some(tx) = gone_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    })
+    .await;
+    let toml = server_with("upstream_read_timeout = \"300ms\"")
+        + &proxy_route("quiet.test", &be.url(), "");
+    let gw = Gateway::start(&toml).await;
+    let resp = client(&gw)
+        .send(Method::GET, "http://quiet.test/", &[], TestBody::empty())
+        .await
+        .expect("response head");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let read = within("the stalled body", WAIT, async {
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => got += f.into_data().map_or(0, |d| d.len()),
+                Err(e) => return Err((got, error_chain(e))),
+            }
+        }
+        Ok(got)
+    })
+    .await;
+    assert!(read.is_err(), "the stalled body ended cleanly: {read:?}");
+    // And the backend's connection was let go.
+    within("the backend connection to close", WAIT, gone_rx)
+        .await
+        .expect("backend task");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_send_timeout() {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
+    let be = RawBackend::start(move |mut c| {
+        let done_tx = done_tx.clone();
+        async move {
+            if c.read_request().await.is_some() {
+                c.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                // Stream until the gateway stops taking it (bounded: 256 MiB).
+                let chunk = [b'z'; 64 * 1024];
+                let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                framed.extend_from_slice(&chunk);
+                framed.extend_from_slice(b"\r\n");
+                for _ in 0..4096 {
+                    if !c.try_send(&framed).await {
+                        break;
+                    }
+                }
+                if let Some(tx) = done_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    })
+    .await;
+    let toml = server_with("send_timeout = \"300ms\"") + &proxy_route("slow.test", &be.url(), "");
+    let gw = Gateway::start(&toml).await;
+    // A client that sends a request and then never reads.
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .await
+        .unwrap();
+    within("the gateway to give up on the client", WAIT, done_rx)
+        .await
+        .expect("backend task");
+    drop(s);
 }
 
 // ---------------------------------------------------------------------------

@@ -77,6 +77,10 @@ pub struct FileServer {
     pub max_header_bytes: Option<Spanned<FileSize>>,
     /// Longest pause allowed while a client sends a request body.
     pub request_body_timeout: Option<Spanned<String>>,
+    /// Longest pause allowed while a backend sends a response body.
+    pub upstream_read_timeout: Option<Spanned<String>>,
+    /// Longest a client may leave a response unread (writes blocked).
+    pub send_timeout: Option<Spanned<String>>,
     /// Consecutive failures after which an upstream is skipped (0 = never).
     pub upstream_eject_after: Option<Spanned<i64>>,
     /// How long an ejected upstream is skipped.

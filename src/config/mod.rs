@@ -111,6 +111,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub request_body_timeout: Duration,
+    /// Longest pause while a backend sends a response body (then the
+    /// response is cut off).
+    pub upstream_read_timeout: Duration,
+    /// Longest a client may leave a response unread (then the connection
+    /// is closed).
+    pub send_timeout: Duration,
     /// Consecutive upstream failures before it is skipped; 0 = never.
     pub upstream_eject_after: u32,
     pub upstream_eject_for: Duration,

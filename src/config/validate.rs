@@ -350,6 +350,16 @@ impl<'a> Cx<'a> {
                 raw.request_body_timeout,
                 Duration::from_secs(60),
             ),
+            upstream_read_timeout: self.duration(
+                "server.upstream_read_timeout",
+                raw.upstream_read_timeout,
+                Duration::from_secs(60),
+            ),
+            send_timeout: self.duration(
+                "server.send_timeout",
+                raw.send_timeout,
+                Duration::from_secs(60),
+            ),
             upstream_eject_after: self.int_in(
                 "server.upstream_eject_after",
                 raw.upstream_eject_after,

@@ -180,6 +180,7 @@ pub async fn send(
         head.keep_alive && sent,
         &target.pool_key,
         max_idle,
+        server.upstream_read_timeout,
     );
     Ok((resp, None))
 }

@@ -46,6 +46,7 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
         // bytes.
         header_read_timeout: server.header_read_timeout,
         max_head: server.max_header_bytes,
+        send_timeout: server.send_timeout,
     };
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())

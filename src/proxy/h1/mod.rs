@@ -55,6 +55,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Largest request head accepted (431 above).
     pub max_head: usize,
+    /// Longest a client may leave a response unread.
+    pub send_timeout: Duration,
 }
 
 /// Size of the per-thread buffer heads are read into.
@@ -215,9 +217,15 @@ async fn run<I>(
         } else {
             ConnectionHeader::Default
         };
-        let close = match write::write_response(&mut conn.io, resp, &method, http11, connection)
-            .await
-        {
+        let written = write::write_response(
+            &mut conn.io,
+            resp,
+            &method,
+            http11,
+            connection,
+            settings.send_timeout,
+        );
+        let close = match written.await {
             Ok(close) => close,
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, "response not completed; closing");

@@ -5,12 +5,12 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use http_body::Body as _;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use super::parse;
 use crate::proxy::body::Body;
@@ -193,6 +193,7 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
     method: &Method,
     http11: bool,
     connection: ConnectionHeader,
+    limit: Duration,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let exact = if body.is_end_stream() {
@@ -219,8 +220,7 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
     parse::recycle(parts.headers);
     let close = connection == ConnectionHeader::Close;
     if framing == Framing::None {
-        io.write_all(&out).await?;
-        io.flush().await?;
+        send(io, &out, limit).await?;
         return Ok(close);
     }
     let mut sent: u64 = 0;
@@ -231,8 +231,7 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() {
-                    io.write_all(&out).await?;
-                    io.flush().await?;
+                    send(io, &out, limit).await?;
                     out.clear();
                 }
                 poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -241,7 +240,7 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
         let data = match frame {
             None => break,
             Some(Err(e)) => {
-                let _ = io.write_all(&out).await;
+                let _ = send(io, &out, limit).await;
                 return Err(io::Error::other(format!("the response body broke: {e}")));
             }
             Some(Ok(f)) => match f.into_data() {
@@ -254,7 +253,7 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
         {
             let room = (n - sent) as usize;
             out.extend_from_slice(&data[..room]);
-            let _ = io.write_all(&out).await;
+            let _ = send(io, &out, limit).await;
             return Err(io::Error::other(
                 "the response body is longer than its length",
             ));
@@ -263,20 +262,20 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
         if framing == Framing::Chunked {
             encode_chunk(&mut out, &data);
         } else if out.is_empty() && data.len() >= WRITE_DIRECT {
-            io.write_all(&data).await?;
+            send(io, &data, limit).await?;
             continue;
         } else {
             out.extend_from_slice(&data);
         }
         if out.len() >= WRITE_BATCH {
-            io.write_all(&out).await?;
+            send(io, &out, limit).await?;
             out.clear();
         }
     }
     if let Framing::Length(n) = framing
         && sent != n
     {
-        let _ = io.write_all(&out).await;
+        let _ = send(io, &out, limit).await;
         return Err(io::Error::other(
             "the response body ended before its length",
         ));
@@ -284,9 +283,51 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
     if framing == Framing::Chunked {
         out.extend_from_slice(LAST_CHUNK);
     }
-    io.write_all(&out).await?;
-    io.flush().await?;
+    send(io, &out, limit).await?;
     Ok(close || framing == Framing::UntilClose)
+}
+
+/// Writes all of `buf` and flushes, giving up when the client accepts
+/// nothing for `limit` (`send_timeout`): a client that stops reading must
+/// not hold its connection and a backend's forever. The timer is made only
+/// when a write has to wait, and is set again after progress.
+async fn send<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    mut buf: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| {
+        loop {
+            let step = if buf.is_empty() {
+                Pin::new(&mut *io).poll_flush(cx).map_ok(|()| None)
+            } else {
+                Pin::new(&mut *io).poll_write(cx, buf).map_ok(Some)
+            };
+            match step {
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(Some(0))) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(Some(n))) => {
+                    buf = &buf[n..];
+                    timer = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client read nothing for send_timeout",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A backend's response body, read straight from its connection.
 
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,6 +33,12 @@ pub struct UpstreamBody {
     reusable: bool,
     key: PoolKey,
     max_idle: Duration,
+    /// Longest pause allowed between pieces (`upstream_read_timeout`).
+    read_timeout: Duration,
+    /// Armed the first time the body waits for the backend.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes arrived since the stall timer was last set.
+    progressed: bool,
 }
 
 impl UpstreamBody {
@@ -43,6 +50,7 @@ impl UpstreamBody {
         reusable: bool,
         key: &PoolKey,
         max_idle: Duration,
+        read_timeout: Duration,
     ) -> Body {
         let reading = match framing {
             Framing::None | Framing::Length(0) => {
@@ -61,6 +69,9 @@ impl UpstreamBody {
             reusable,
             key: key.clone(),
             max_idle,
+            read_timeout,
+            stall: None,
+            progressed: false,
         })
     }
 
@@ -117,7 +128,11 @@ impl UpstreamBody {
             }
             let conn = self.conn.as_mut().expect("checked above");
             conn.buf.reserve(BODY_READ);
-            let read = ready!(poll_read_buf(&conn.io, &mut conn.buf, cx));
+            let polled = poll_read_buf(&conn.io, &mut conn.buf, cx);
+            let Poll::Ready(read) = polled else {
+                return self.wait(cx);
+            };
+            self.progressed = true;
             match read {
                 Ok(0) if matches!(self.reading, Reading::UntilClose) => {
                     self.conn = None;
@@ -136,6 +151,32 @@ impl UpstreamBody {
                 }
             }
         }
+    }
+
+    /// The backend has nothing for us yet: how long it may stay quiet is
+    /// `read_timeout` from the last piece (the timer is set once and only
+    /// pushed forward after progress, not per read).
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        let progressed = std::mem::take(&mut self.progressed);
+        let timer = match &mut self.stall {
+            Some(t) => {
+                if progressed {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            self.conn = None;
+            return Poll::Ready(Some(Err(
+                "the backend went quiet in the middle of the body (upstream_read_timeout)".into(),
+            )));
+        }
+        Poll::Pending
     }
 
     pub fn is_end_stream(&self) -> bool {
