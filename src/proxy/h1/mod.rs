@@ -217,15 +217,18 @@ async fn run<I>(
         } else {
             ConnectionHeader::Default
         };
-        let written = write::write_response(
+        // Boxed per response: inline, the writer's state would be part of
+        // every connection's for its whole life, idle ones included.
+        let close = match Box::pin(write::write_response(
             &mut conn.io,
             resp,
             &method,
             http11,
             connection,
             settings.send_timeout,
-        );
-        let close = match written.await {
+        ))
+        .await
+        {
             Ok(close) => close,
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, "response not completed; closing");
@@ -240,8 +243,10 @@ async fn run<I>(
         if close {
             break;
         }
+        // Boxed: rare, and inline its state would make every connection's
+        // future bigger for its whole life.
         if let Some(n) = leftover
-            && !conn.discard(n, t).await
+            && !Box::pin(conn.discard(n, t)).await
         {
             break;
         }

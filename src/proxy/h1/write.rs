@@ -1,7 +1,7 @@
 //! Writing responses: the head, and the body's framing on the wire.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
@@ -187,15 +187,19 @@ fn with_date(f: impl FnOnce(&[u8])) {
 
 /// Writes one response. `Ok(true)`: the connection must close after it
 /// (it said so, or its body runs until the close).
-pub async fn write_response<I: AsyncWrite + Unpin>(
-    io: &mut I,
+///
+/// Not an `async fn`: the head is encoded here, so the returned future
+/// holds the bytes to send and the body, not the whole response (its
+/// state is part of every connection's, idle ones included).
+pub fn write_response<'a, I: AsyncWrite + Unpin>(
+    io: &'a mut I,
     resp: Response<Body>,
     method: &Method,
     http11: bool,
     connection: ConnectionHeader,
     limit: Duration,
-) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+) -> impl Future<Output = io::Result<bool>> + 'a {
+    let (parts, body) = resp.into_parts();
     let exact = if body.is_end_stream() {
         Some(0)
     } else {
@@ -219,6 +223,17 @@ pub async fn write_response<I: AsyncWrite + Unpin>(
     );
     parse::recycle(parts.headers);
     let close = connection == ConnectionHeader::Close;
+    send_response(io, out, body, framing, close, limit)
+}
+
+async fn send_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    mut out: Vec<u8>,
+    mut body: Body,
+    framing: Framing,
+    close: bool,
+    limit: Duration,
+) -> io::Result<bool> {
     if framing == Framing::None {
         send(io, &out, limit).await?;
         return Ok(close);
