@@ -2,6 +2,8 @@
 //! `Content-Length` value rules and the chunked-body decoder (RFC 9112).
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Bytes of chunk extensions or trailers skipped before giving up.
 pub const MAX_CHUNK_EXTRAS: usize = 16 * 1024;
@@ -194,6 +196,73 @@ pub fn encode_chunk(dst: &mut Vec<u8>, data: &[u8]) {
     dst.extend_from_slice(b"\r\n");
     dst.extend_from_slice(data);
     dst.extend_from_slice(b"\r\n");
+}
+
+/// What a message's framing headers say (`Content-Length`,
+/// `Transfer-Encoding`, `Connection`), noted as its header lines are read;
+/// shared by the request and response parsers.
+#[derive(Debug, Default)]
+pub struct FramingHeaders {
+    pub length: Option<u64>,
+    /// `Some(true)` when the last transfer coding is `chunked`.
+    pub chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names `upgrade`.
+    pub upgrade: bool,
+}
+
+/// A `Content-Length` that cannot frame the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLength {
+    Invalid,
+    Conflicting,
+}
+
+impl FramingHeaders {
+    /// Notes one header line and appends it to `headers`. A
+    /// `Content-Length` goes on once, in plain form, whatever repeats or
+    /// lists came in (strict parsers refuse a repeated one).
+    pub fn add(
+        &mut self,
+        headers: &mut HeaderMap,
+        name: HeaderName,
+        value: HeaderValue,
+    ) -> Result<(), BadLength> {
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes()).ok_or(BadLength::Invalid)?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err(BadLength::Conflicting);
+            }
+            if self.length.replace(n).is_none() {
+                let v = value.as_bytes();
+                let plain =
+                    (!v.starts_with(b"0") || v.len() == 1) && v.iter().all(u8::is_ascii_digit);
+                headers.append(name, if plain { value } else { HeaderValue::from(n) });
+            }
+            return Ok(());
+        }
+        if name == header::TRANSFER_ENCODING {
+            // The last coding decides: chunked must come last to frame.
+            self.chunked = Some(
+                last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            for t in value.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+            }
+        }
+        headers.append(name, value);
+        Ok(())
+    }
+
+    /// Whether the sender allows another message on the connection.
+    pub fn keep_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use crate::proxy::wire::{last_token, parse_length};
+use crate::proxy::wire::{BadLength, FramingHeaders};
 
 /// Most header lines accepted in a request head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -124,52 +124,31 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
 
     let mut headers = spare_map();
     headers.reserve(req.headers.len() + 8);
-    let mut length: Option<u64> = None;
-    let mut chunked = None::<bool>;
-    let (mut close, mut keep_alive, mut conn_upgrade) = (false, false, false);
+    let mut framing = FramingHeaders::default();
     let (mut has_upgrade, mut expect_continue) = (false, false);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad("A header name is not valid."))?;
         let value = HeaderValue::from_maybe_shared(at(h.value))
             .map_err(|_| HeadError::Bad("A header value is not valid."))?;
-        if name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes())
-                .ok_or(HeadError::Bad("The Content-Length header is not valid."))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::Bad(
-                    "The request has conflicting Content-Length headers.",
-                ));
-            }
-            // One plain value goes on, whatever repeats or lists came in
-            // (strict parsers refuse a repeated Content-Length).
-            if length.replace(n).is_none() {
-                let plain = !value.as_bytes().starts_with(b"0") || value.len() == 1;
-                let plain = plain && value.as_bytes().iter().all(u8::is_ascii_digit);
-                headers.append(name, if plain { value } else { HeaderValue::from(n) });
-            }
-            continue;
-        } else if name == header::TRANSFER_ENCODING {
-            chunked = Some(
-                last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if name == header::CONNECTION {
-            for t in value.as_bytes().split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-                conn_upgrade |= t.eq_ignore_ascii_case(b"upgrade");
-            }
-        } else if name == header::UPGRADE {
+        if name == header::UPGRADE {
             has_upgrade = true;
         } else if name == header::EXPECT {
             expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
-        headers.append(name, value);
+        framing
+            .add(&mut headers, name, value)
+            .map_err(|e| match e {
+                BadLength::Invalid => HeadError::Bad("The Content-Length header is not valid."),
+                BadLength::Conflicting => {
+                    HeadError::Bad("The request has conflicting Content-Length headers.")
+                }
+            })?;
     }
 
-    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
-    let framing = match (chunked, length) {
+    let mut keep_alive = framing.keep_alive(version);
+    let conn_upgrade = framing.upgrade;
+    let framing = match (framing.chunked, framing.length) {
         (Some(_), _) if version == Version::HTTP_10 => {
             return Err(HeadError::Bad(
                 "Transfer-Encoding is not allowed in an HTTP/1.0 request.",

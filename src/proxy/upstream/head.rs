@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use super::{Failure, Framing, Head, MAX_HEAD, MAX_HEADERS};
-use crate::proxy::wire::{last_token, parse_length};
+use crate::proxy::wire::{BadLength, FramingHeaders};
 
 /// Parses one response head from the front of `buf` and consumes it;
 /// `None` when more bytes are needed. The headers go into `spare`'s room
@@ -68,43 +68,20 @@ pub fn parse_head(
     let mut headers = std::mem::take(spare);
     headers.clear();
     headers.reserve(count);
-    let mut length: Option<u64> = None;
-    let mut chunked = None::<bool>;
-    let (mut close, mut keep_alive) = (false, false);
+    let mut seen = FramingHeaders::default();
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Failure::Broken("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Failure::Broken("invalid header value"))?;
-        if name == header::CONTENT_LENGTH {
-            let n =
-                parse_length(value.as_bytes()).ok_or(Failure::Broken("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Broken("conflicting Content-Length"));
-            }
-            // One plain value goes on, whatever repeats or lists came in.
-            if length.replace(n).is_none() {
-                let plain = !value.as_bytes().starts_with(b"0") || value.len() == 1;
-                let plain = plain && value.as_bytes().iter().all(u8::is_ascii_digit);
-                headers.append(name, if plain { value } else { HeaderValue::from(n) });
-            }
-            continue;
-        } else if name == header::TRANSFER_ENCODING {
-            // The last coding decides: chunked must come last to frame.
-            chunked = Some(
-                last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if name == header::CONNECTION {
-            for t in value.as_bytes().split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-        headers.append(name, value);
+        seen.add(&mut headers, name, value).map_err(|e| match e {
+            BadLength::Invalid => Failure::Broken("invalid Content-Length"),
+            BadLength::Conflicting => Failure::Broken("conflicting Content-Length"),
+        })?;
     }
+    let (length, chunked) = (seen.length, seen.chunked);
 
-    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
+    let mut keep_alive = seen.keep_alive(version);
     let bodiless = method_is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
