@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod idp;
 pub mod pebble;
 pub mod tls;
+pub mod wire;
 
 use std::future::Future;
 use std::time::Duration;
