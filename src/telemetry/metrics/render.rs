@@ -1,0 +1,253 @@
+//! The Prometheus text exposition of [`Metrics`] (`/metrics`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::*;
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self, certs: &[CertGauge]) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let mut routes: Vec<(String, Arc<RouteMetrics>)> = self
+            .routes
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        let all: Vec<(&str, &RouteMetrics)> = routes
+            .iter()
+            .map(|(n, m)| (n.as_str(), &**m))
+            .chain(std::iter::once(("", &*self.unrouted)))
+            .collect();
+
+        header(
+            &mut out,
+            "portcullis_build_info",
+            "gauge",
+            "Build information.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        header(
+            &mut out,
+            "portcullis_requests_total",
+            "counter",
+            "Requests by route, method and status class (route=\"\" for requests no route matched).",
+        );
+        for (name, m) in &all {
+            for (mi, method) in METHODS.iter().enumerate() {
+                for (ci, class) in CLASSES.iter().enumerate() {
+                    let v = m.requests[mi][ci].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "portcullis_requests_total{{route=\"{}\",method=\"{method}\",status_class=\"{class}\"}} {v}",
+                            escape(name)
+                        );
+                    }
+                }
+            }
+        }
+
+        header(
+            &mut out,
+            "portcullis_request_duration_seconds",
+            "histogram",
+            "Time from request to response headers, by route.",
+        );
+        for (name, m) in &all {
+            m.duration.render(
+                &mut out,
+                "portcullis_request_duration_seconds",
+                &format!("route=\"{}\"", escape(name)),
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_upstream_errors_total",
+            "counter",
+            "Failed upstream requests by route and kind (refused, timeout, reset).",
+        );
+        for (name, m) in &all {
+            for (ki, kind) in UPSTREAM_KINDS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "portcullis_upstream_errors_total{{route=\"{}\",kind=\"{kind}\"}} {}",
+                    escape(name),
+                    m.upstream_errors[ki].load(Relaxed)
+                );
+            }
+        }
+
+        for (metric, kind, help, f) in [
+            (
+                "portcullis_requests_in_flight",
+                "gauge",
+                "Requests being served, by listener.",
+                (|l: &ListenerMetrics| l.in_flight.load(Relaxed)) as fn(&ListenerMetrics) -> i64,
+            ),
+            (
+                "portcullis_connections_open",
+                "gauge",
+                "Open client connections, by listener.",
+                |l: &ListenerMetrics| l.open_connections.load(Relaxed),
+            ),
+            (
+                "portcullis_connections_total",
+                "counter",
+                "Accepted client connections, by listener.",
+                |l: &ListenerMetrics| l.connections.load(Relaxed) as i64,
+            ),
+        ] {
+            header(&mut out, metric, kind, help);
+            for (listener, l) in [("http", &self.http), ("https", &self.https)] {
+                let _ = writeln!(out, "{metric}{{listener=\"{listener}\"}} {}", f(l));
+            }
+        }
+
+        header(
+            &mut out,
+            "portcullis_tls_handshakes_total",
+            "counter",
+            "TLS handshakes by result (ok, failed, unknown_sni).",
+        );
+        for (result, v) in [
+            ("ok", &self.tls_handshakes),
+            ("failed", &self.tls_handshake_failures),
+            ("unknown_sni", &self.tls_unknown_sni),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_tls_handshakes_total{{result=\"{result}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_certificate_not_after_seconds",
+            "gauge",
+            "Expiry of each served certificate (Unix seconds), by host and source.",
+        );
+        for c in certs {
+            let _ = writeln!(
+                out,
+                "portcullis_certificate_not_after_seconds{{host=\"{}\",source=\"{}\"}} {}",
+                escape(&c.host),
+                c.source,
+                c.not_after
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_acme_orders_total",
+            "counter",
+            "ACME certificate orders by result.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_acme_orders_total{{result=\"success\"}} {}",
+            self.acme_success.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_acme_orders_total{{result=\"failure\"}} {}",
+            self.acme_failure.load(Relaxed)
+        );
+
+        header(
+            &mut out,
+            "portcullis_auth_events_total",
+            "counter",
+            "Single sign-on outcomes by event.",
+        );
+        let a = &self.auth;
+        for (event, v) in [
+            ("login_ok", &a.login_ok),
+            ("login_failed", &a.login_failed),
+            ("denied", &a.denied),
+            ("refresh_ok", &a.refresh_ok),
+            ("refresh_failed", &a.refresh_failed),
+            ("logout", &a.logout),
+            ("bearer_ok", &a.bearer_ok),
+            ("bearer_rejected", &a.bearer_rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_auth_events_total{{event=\"{event}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "portcullis_sessions_active",
+            "gauge",
+            "Single sign-on sessions in the hot cache (signed-in users seen since start or restored from the store).",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_sessions_active {}",
+            a.sessions_active.load(Relaxed)
+        );
+
+        header(
+            &mut out,
+            "portcullis_config_reloads_total",
+            "counter",
+            "Config reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_reloads_total{{result=\"success\"}} {}",
+            self.reload_success.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_reloads_total{{result=\"failure\"}} {}",
+            self.reload_failure.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "When the config was last loaded successfully (Unix seconds).",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_last_reload_success_timestamp_seconds {}",
+            self.last_reload_success.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "portcullis_routes_loaded",
+            "gauge",
+            "Routes in the running config.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_routes_loaded {}",
+            self.routes_loaded.load(Relaxed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
