@@ -234,13 +234,14 @@ proc_pids() {
     echo "$pid"
     pgrep -P "$pid" 2>/dev/null || true
 }
-cpu_ticks() { # utime+stime of every process of NAME, in clock ticks
-    local total=0 pid t
+cpu_ticks() { # "UTIME+STIME STIME" summed over every process of NAME, in clock ticks
+    local total=0 sys=0 pid t s
     for pid in $(proc_pids "$1"); do
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        read -r t s < <(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13, $13}') || true
         total=$((total + ${t:-0}))
+        sys=$((sys + ${s:-0}))
     done
-    echo "$total"
+    echo "$total $sys"
 }
 rss_kib() { # summed VmRSS of every process of NAME
     local total=0 pid v
@@ -274,12 +275,12 @@ wait_ready() { # PORT NAME [tls]
 
 # run_load PROXY_NAME TOOL URL CONNS SECS OUTFILE [wrk/h2load args...]: one
 # bounded run; prints "key=value" lines (rps, requests, p50_us, p99_us,
-# non2xx, socket_errors, cpu_ticks).
+# non2xx, socket_errors, cpu_ticks, sys_ticks: the kernel's part of cpu_ticks).
 run_load() {
     local name=$1 tool=$2 url=$3 conns=$4 secs=$5 out=$6
     shift 6
-    local before after
-    before=$(cpu_ticks "$name")
+    local before before_sys after after_sys
+    read -r before before_sys < <(cpu_ticks "$name")
     if [ "$tool" = h2load ]; then
         timeout $((secs + 20)) taskset -c "$LOAD_CPUS" h2load -t"$LOAD_N" -c"$conns" -D "$secs" "$@" "$url" \
             >"$out" 2>&1 || true
@@ -287,27 +288,30 @@ run_load() {
         timeout $((secs + 20)) taskset -c "$LOAD_CPUS" wrk -t"$LOAD_N" -c"$conns" -d"${secs}s" --latency "$@" "$url" \
             >"$out" 2>&1 || true
     fi
-    after=$(cpu_ticks "$name")
+    read -r after after_sys < <(cpu_ticks "$name")
     python3 "$TOOLS" "$tool" "$out"
     echo "cpu_ticks=$((after - before))"
+    echo "sys_ticks=$((after_sys - before_sys))"
 }
 
 # scenario SCENARIO ROUND PROXY_LABEL PROXY_NAME TOOL URL CONNS [args...]
 scenario() {
     local scen=$1 round=$2 label=$3 name=$4 tool=$5 url=$6 conns=$7
     shift 7
-    local out="$W/$tool-$scen-$label-$round.txt" rps requests p50_us p99_us non2xx socket_errors cpu_ticks
+    local out="$W/$tool-$scen-$label-$round.txt" rps requests p50_us p99_us non2xx socket_errors cpu_ticks sys_ticks
     eval "$(run_load "$name" "$tool" "$url" "$conns" "$DURATION" "$out" "$@")"
-    local cpu_us=nan
+    local cpu_us=nan sys_us=nan
     if [ "$requests" -gt 0 ]; then
         cpu_us=$(awk -v t="$cpu_ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+        sys_us=$(awk -v t="$sys_ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
     fi
     result "$scen" rps "$label" "$round" "$rps"
     [ "$p50_us" = nan ] || result "$scen" p50_us "$label" "$round" "$p50_us"
     [ "$p99_us" = nan ] || result "$scen" p99_us "$label" "$round" "$p99_us"
     result "$scen" cpu_us "$label" "$round" "$cpu_us"
+    result "$scen" sys_us "$label" "$round" "$sys_us"
     result "$scen" errors "$label" "$round" $((non2xx + socket_errors))
-    log "  $scen round $round $label: $rps req/s, p50 ${p50_us}µs, p99 ${p99_us}µs, CPU ${cpu_us}µs/req, errors $((non2xx + socket_errors))"
+    log "  $scen round $round $label: $rps req/s, p50 ${p50_us}µs, p99 ${p99_us}µs, CPU ${cpu_us}µs/req (kernel ${sys_us}), errors $((non2xx + socket_errors))"
 }
 
 # scenario_rss SCENARIO ROUND nginx|portcullis plain|tls: a fresh proxy
@@ -356,7 +360,7 @@ scenario_rss() {
 scenario_reload() {
     local round=$1
     local out="$W/wrk-reload-$round.txt" res="$W/reload-$round.res"
-    local rps requests p50_us p99_us non2xx socket_errors cpu_ticks ok failed secs err reload_pid
+    local rps requests p50_us p99_us non2xx socket_errors cpu_ticks sys_ticks ok failed secs err reload_pid
     # The reloads start one second into the wrk run.
     ( sleep 1; exec python3 "$TOOLS" reload "$P_RELOAD_ADMIN" 100 "$res" \
         "$W/portcullis_reload.toml" "$W/portcullis_reload.alt.toml" ) &

@@ -249,7 +249,8 @@ GOALS = {
 
 WRK_METRICS = [
     ("rps", "req/s"), ("p50_us", "p50 latency (µs)"), ("p99_us", "p99 latency (µs)"),
-    ("cpu_us", "proxy CPU µs / request"), ("errors", "non-2xx + socket errors (sum)")]
+    ("cpu_us", "proxy CPU µs / request"), ("sys_us", "… of which kernel (system) µs / request"),
+    ("errors", "non-2xx + socket errors (sum)")]
 
 ROWS = [
     ("h1_c50", "HTTP/1.1 keep-alive, 50 conns", WRK_METRICS),
@@ -408,6 +409,17 @@ def cmd_report(tsv, rounds, threads):
                 goal = text + (" ✅" if pm == pm and pm <= limit else " ❌")
             mr_text = f"{mr:.2f}×" if ratios else "—"
             print(f"| {title} | {label} | {fmt(median(n))} | {fmt(median(p))} | {per_round} | {mr_text} | {goal} |")
+
+    # The kernel's share: what the network stack costs per request (the
+    # same four TCP segments for either proxy) bounds how low CPU per
+    # request can go in user space.
+    for scen in ("h1_c50", "h1_c256", "tls_c50"):
+        ncpu, psys = series(scen, "cpu_us", "nginx"), series(scen, "sys_us", "portcullis")
+        rs = [psys[r] / ncpu[r] for r in sorted(set(ncpu) & set(psys)) if ncpu[r] and psys[r] == psys[r]]
+        if rs:
+            title = next(t for s_, t, _ in ROWS if s_ == scen)
+            print(f"| {title} | portcullis kernel µs / nginx total CPU µs (the floor for CPU/request) | | | "
+                  f"{' '.join(f'{x:.2f}' for x in rs)} | {statistics.median(rs):.2f}× | — |")
 
     # Access log on vs off, portcullis and nginx each against themselves.
     for proxy in ("nginx", "portcullis"):
