@@ -41,9 +41,14 @@ pub struct UpstreamHealth {
 }
 
 impl UpstreamHealth {
-    fn usable(&self, now_ms: u64) -> bool {
-        !self.down.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    /// `now_ms` is read on first need: only an upstream that was ejected
+    /// at some point needs the clock, so the usual pick reads none.
+    fn usable(&self, now_ms: &mut Option<u64>) -> bool {
+        if self.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= *now_ms.get_or_insert_with(mono_ms)
     }
 }
 
@@ -76,11 +81,11 @@ impl Route {
         if n == 0 {
             return None;
         }
-        let now = mono_ms();
+        let mut now = None;
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| !tried.contains(&i) && self.health[i].usable(now))
+            .find(|&i| !tried.contains(&i) && self.health[i].usable(&mut now))
     }
 
     /// Records the outcome of a request to upstream `i`. After

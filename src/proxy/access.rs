@@ -103,7 +103,7 @@ impl Record {
 /// Holds a request's record while its handler runs: if the handler is
 /// dropped (the client went away) the line is written with status 499.
 #[derive(Default)]
-pub struct Guard(pub Option<Record>);
+pub struct Guard(pub Option<Box<Record>>);
 
 impl Drop for Guard {
     fn drop(&mut self) {

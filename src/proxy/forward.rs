@@ -10,7 +10,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -138,9 +138,13 @@ pub struct Forward<'a> {
 /// connect are retried on the next usable upstream (nothing was sent).
 /// Returns the outcome and the index of the upstream that answered or
 /// failed last.
+///
+/// Takes the request by reference (its body and headers are taken out of
+/// it): moved into this future it would be held twice, once as the
+/// argument and once in pieces.
 pub async fn forward(
     fwd: Forward<'_>,
-    mut req: Request<crate::proxy::body::Body>,
+    req: &mut Request<crate::proxy::body::Body>,
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
     let route = fwd.route;
     let limits = &route.config.limits;
@@ -156,13 +160,12 @@ pub async fn forward(
             .remove::<super::h1::upgrade::OnUpgrade>()
         {
             Some(own) => ClientUpgrade::H1(own),
-            None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut *req)),
         }
     });
 
-    let (mut parts, body) = req.into_parts();
+    let body = std::mem::take(req.body_mut());
     let has_body = !body.is_end_stream();
-    parts.version = Version::HTTP_11;
     let host = route.config.preserve_host.then(|| fwd.host_value.clone());
     let wire = TripWire::default();
 
@@ -170,7 +173,7 @@ pub async fn forward(
         && !upgrade
         && route.config.upstreams().len() > 1
         && matches!(
-            parts.method,
+            *req.method(),
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS
@@ -183,7 +186,9 @@ pub async fn forward(
             return (Err(ProxyError::UpstreamUnavailable), None);
         };
         let target = &route.config.upstreams()[i];
-        set_host(&mut parts.headers, host.as_ref(), target);
+        let mut headers = std::mem::take(req.headers_mut());
+        set_host(&mut headers, host.as_ref(), target);
+        let (method, uri) = (req.method(), req.uri());
         let body = if has_body {
             Body::Limited(Box::new(Limited::new(
                 body,
@@ -194,22 +199,23 @@ pub async fn forward(
         } else {
             Body::Empty
         };
-        let path = upstream_path(target, &route.config, &parts.uri);
-        let out = Outgoing::new(&parts.method, &path, parts.headers, fwd.identity, body);
-        let r = send_one(&fwd, i, out, client_upgrade, &wire).await;
+        let path = upstream_path(target, &route.config, uri);
+        let mut out = Outgoing::new(method, &path, headers, fwd.identity, body);
+        let r = send_one(&fwd, i, &mut out, client_upgrade, &wire).await;
         return (r, Some(i));
     }
 
+    let (method, uri) = (req.method(), req.uri());
     let mut tried: Vec<usize> = Vec::with_capacity(route.config.upstreams().len());
     let mut last = Err(ProxyError::UpstreamUnavailable);
     while let Some(i) = route.pick_upstream(&tried) {
         tried.push(i);
         let target = &route.config.upstreams()[i];
-        let mut headers = parts.headers.clone();
+        let mut headers = req.headers().clone();
         set_host(&mut headers, host.as_ref(), target);
-        let path = upstream_path(target, &route.config, &parts.uri);
-        let out = Outgoing::new(&parts.method, &path, headers, fwd.identity, Body::Empty);
-        match send_one(&fwd, i, out, None, &wire).await {
+        let path = upstream_path(target, &route.config, uri);
+        let mut out = Outgoing::new(method, &path, headers, fwd.identity, Body::Empty);
+        match send_one(&fwd, i, &mut out, None, &wire).await {
             Err(ProxyError::UpstreamUnavailable) => {
                 last = Err(ProxyError::UpstreamUnavailable);
                 tracing::debug!(route = %route.config.name, upstream = %target.url, "connect failed; trying the next upstream");
@@ -236,7 +242,7 @@ fn set_host(h: &mut http::HeaderMap, preserved: Option<&HeaderValue>, target: &U
 async fn send_one(
     fwd: &Forward<'_>,
     i: usize,
-    out: Outgoing,
+    out: &mut Outgoing,
     client_upgrade: Option<ClientUpgrade>,
     wire: &TripWire,
 ) -> Result<Response<Body>, ProxyError> {

@@ -70,72 +70,82 @@ impl ConnInfo {
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Serves one request. Never fails: every error becomes a response here.
-pub async fn handle(
+///
+/// Not an `async fn`, and neither are the steps it awaits: an `async fn`
+/// keeps a copy of its by-value arguments next to the locals it moves them
+/// into, and nested calls add those copies up. The future is boxed per
+/// request and moved while it starts, so its size is paid on every request.
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<crate::proxy::body::Body>,
-) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
-    let listener = shared.metrics.listener(conn.proto);
-    // Decremented on drop: hyper drops this future when the client goes away.
-    let _in_flight = crate::telemetry::metrics::InFlight::enter(&listener.in_flight);
-    let snap = shared.current();
-    let request_id = request_id::request_id(req.headers(), &shared.request_ids);
-    let accept = req.headers().get(header::ACCEPT).cloned();
-    let method = req.method().clone();
-    let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
-    // Written when the response ends, or with 499 if this future is
-    // dropped first (the client went away).
-    let mut pending =
-        access::Guard(log.then(|| access::Record::start(start, &conn, &request_id, &req)));
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
+    async move {
+        let start = Instant::now();
+        let listener = shared.metrics.listener(conn.proto);
+        // Decremented on drop: the future is dropped when the client goes away.
+        let _in_flight = crate::telemetry::metrics::InFlight::enter(&listener.in_flight);
+        let snap = shared.current();
+        let request_id = request_id::request_id(req.headers(), &shared.request_ids);
+        let accept = req.headers().get(header::ACCEPT).cloned();
+        let method = req.method().clone();
+        let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
+        // Written when the response ends, or with 499 if this future is
+        // dropped first (the client went away). Boxed: most requests are
+        // not logged, and inline it would be part of every request's state.
+        let mut pending = access::Guard(
+            log.then(|| Box::new(access::Record::start(start, &conn, &request_id, &req))),
+        );
 
-    let mut outcome = Outcome::default();
-    let mut resp = match route_request(&shared, &snap, &conn, req, &request_id, &mut outcome).await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            outcome.error = Some(e);
-            e.response(&request_id, accept.as_ref())
+        let mut outcome = Outcome::default();
+        let mut resp =
+            match route_request(&shared, &snap, &conn, req, &request_id, &mut outcome).await {
+                Ok(r) => r,
+                Err(e) => {
+                    outcome.error = Some(e);
+                    e.response(&request_id, accept.as_ref())
+                }
+            };
+        resp.headers_mut()
+            .insert(request_id::REQUEST_ID, request_id.clone());
+        if conn.proto == "https" {
+            let hsts = match &outcome.hsts {
+                Some(route_hsts) => route_hsts.as_ref(),
+                None => snap.server.hsts.as_ref(),
+            };
+            if let Some(v) = hsts
+                && !resp
+                    .headers()
+                    .contains_key(header::STRICT_TRANSPORT_SECURITY)
+            {
+                resp.headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+            }
         }
-    };
-    resp.headers_mut()
-        .insert(request_id::REQUEST_ID, request_id.clone());
-    if conn.proto == "https" {
-        let hsts = match &outcome.hsts {
-            Some(route_hsts) => route_hsts.as_ref(),
-            None => snap.server.hsts.as_ref(),
-        };
-        if let Some(v) = hsts
-            && !resp
-                .headers()
-                .contains_key(header::STRICT_TRANSPORT_SECURITY)
-        {
-            resp.headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
-        }
-    }
 
-    let took = start.elapsed();
-    let route_metrics = outcome
-        .route
-        .map_or(&shared.metrics.unrouted, |r| &r.metrics);
-    route_metrics.request(&method, resp.status(), took);
-    if let Some(kind) = outcome.error.and_then(upstream_error_index) {
-        route_metrics.upstream_error(kind);
-    }
-
-    if let Some(mut rec) = pending.0.take() {
-        rec.status = resp.status().as_u16();
-        rec.client_ip = outcome.client_ip;
-        rec.route = outcome
+        let took = start.elapsed();
+        let route_metrics = outcome
             .route
-            .map_or_else(String::new, |r| r.config.name.clone());
-        rec.upstream = outcome.upstream.unwrap_or("").to_string();
-        rec.user = outcome.user.take().unwrap_or_default();
-        rec.error = outcome.error.map(|e| e.kind()).unwrap_or("");
-        resp = resp.map(|body| access::Logged::wrap(body, rec));
+            .map_or(&shared.metrics.unrouted, |r| &r.metrics);
+        route_metrics.request(&method, resp.status(), took);
+        if let Some(kind) = outcome.error.and_then(upstream_error_index) {
+            route_metrics.upstream_error(kind);
+        }
+
+        if let Some(mut rec) = pending.0.take() {
+            rec.status = resp.status().as_u16();
+            rec.client_ip = outcome.client_ip;
+            rec.route = outcome
+                .route
+                .map_or_else(String::new, |r| r.config.name.clone());
+            rec.upstream = outcome.upstream.unwrap_or("").to_string();
+            rec.user = outcome.user.take().unwrap_or_default();
+            rec.error = outcome.error.map(|e| e.kind()).unwrap_or("");
+            resp = resp.map(|body| access::Logged::wrap(body, *rec));
+        }
+        Ok(resp)
     }
-    Ok(resp)
 }
 
 /// The `portcullis_upstream_errors_total` kind of an error, if upstream.
@@ -162,226 +172,237 @@ struct Outcome<'a> {
     hsts: Option<Option<HeaderValue>>,
 }
 
-async fn route_request<'a>(
+/// Routes one request: checks its host and target, answers the gateway's
+/// own endpoints, applies the route's access rules and auth gate, then
+/// answers or forwards. A plain `fn` for the reason given at [`handle`].
+#[allow(clippy::manual_async_fn)]
+fn route_request<'a>(
     shared: &Shared,
     snap: &'a Snapshot,
     conn: &ConnInfo,
     mut req: Request<crate::proxy::body::Body>,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'a>,
-) -> Result<Response<Body>, ProxyError> {
-    // Content-Length together with Transfer-Encoding never gets here:
-    // hyper's parser lets chunked win, drops Content-Length and closes the
-    // connection after the response, so nothing can be smuggled behind it
-    // (RFC 9112 6.3). What remains ambiguous for a backend is refused here.
-    if headers::is_upgrade_request(req.headers()) && has_body(&req) {
-        return Err(ProxyError::BadRequest(
-            "An upgrade request may not have a body.",
-        ));
-    }
-
-    // One normalised path for routing, auth and the backend.
-    if let std::borrow::Cow::Owned(p) = normalize::normalize_path(req.uri().path())
-        .map_err(|e| ProxyError::BadRequest(e.reason()))?
-    {
-        let uri = with_path(req.uri(), &p)?;
-        *req.uri_mut() = uri;
-    }
-
-    // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
-    // if both are present they must agree.
-    let mut host_headers = req.headers().get_all(header::HOST).iter();
-    let first_host = host_headers.next();
-    if host_headers.next().is_some() {
-        return Err(ProxyError::BadRequest(
-            "The request has more than one Host header.",
-        ));
-    }
-    let header_host = match first_host {
-        Some(h) => Some(
-            h.to_str()
-                .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
-        ),
-        None => None,
-    };
-    let uri_host = req.uri().authority().map(|a| a.as_str());
-    let raw_host = match (uri_host, header_host) {
-        (Some(u), Some(h)) if !same_host(u, h) => {
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send {
+    async move {
+        // Content-Length together with Transfer-Encoding never gets here:
+        // hyper's parser lets chunked win, drops Content-Length and closes the
+        // connection after the response, so nothing can be smuggled behind it
+        // (RFC 9112 6.3). What remains ambiguous for a backend is refused here.
+        if headers::is_upgrade_request(req.headers()) && has_body(&req) {
             return Err(ProxyError::BadRequest(
-                "The request names two different hosts.",
+                "An upgrade request may not have a body.",
             ));
         }
-        (Some(u), _) => u,
-        (None, Some(h)) => h,
-        (None, None) => return Err(ProxyError::BadRequest("The request has no Host header.")),
-    };
-    let mut buf = [0u8; HOST_BUF_LEN];
-    let host = normalize_host(raw_host, &mut buf)
-        .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
 
-    let path = req.uri().path();
-    if let Some(sni) = conn.sni.as_deref()
-        && host != sni
-    {
-        // HTTP/2 clients may reuse a connection for another name the same
-        // certificate covers; anything else was meant for another site.
-        let same_cert = match (shared.certs.resolve(sni), shared.certs.resolve(host)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(&a.key, &b.key),
-            _ => false,
-        };
-        if !same_cert {
-            return Err(ProxyError::Misdirected);
+        // One normalised path for routing, auth and the backend.
+        if let std::borrow::Cow::Owned(p) = normalize::normalize_path(req.uri().path())
+            .map_err(|e| ProxyError::BadRequest(e.reason()))?
+        {
+            let uri = with_path(req.uri(), &p)?;
+            *req.uri_mut() = uri;
         }
-    }
-    if conn.proto == "http"
-        && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
-    {
-        return Ok(answers::acme_challenge(shared, token));
-    }
-    if routing_prefix_is_reserved(path) {
-        // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
-        let raw_host = raw_host.to_string();
-        let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
-        // The session cookie is Secure: a logout over plain HTTP would not
-        // carry it, so send it to HTTPS first (other endpoints, such as
-        // forward-auth from a proxy on the internal network, stay as they are).
-        if conn.proto == "http" && endpoint == "/logout" {
-            let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
-            if port != 0 {
-                return Ok(answers::https_redirect(host, port, req.uri()));
-            }
+
+        // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
+        // if both are present they must agree.
+        let mut host_headers = req.headers().get_all(header::HOST).iter();
+        let first_host = host_headers.next();
+        if host_headers.next().is_some() {
+            return Err(ProxyError::BadRequest(
+                "The request has more than one Host header.",
+            ));
         }
-        let counter = match endpoint {
-            "/callback" => Some(true),
-            "/logout" => Some(false),
-            _ => None,
-        };
-        // Boxed: the login callback's state (code exchange, token checks)
-        // is several KiB that every proxied request would otherwise carry.
-        let r = Box::pin(crate::auth::endpoint(
-            shared, snap, conn, req, &raw_host, request_id,
-        ))
-        .await;
-        let a = &shared.metrics.auth;
-        match (counter, &r) {
-            // A callback that ends in a redirect with a new session is a login.
-            (Some(true), Ok(resp))
-                if resp.status().is_redirection()
-                    && resp.headers().contains_key(header::SET_COOKIE) =>
-            {
-                a.login_ok.fetch_add(1, Relaxed)
-            }
-            (Some(true), _) => a.login_failed.fetch_add(1, Relaxed),
-            (Some(false), Ok(_)) => a.logout.fetch_add(1, Relaxed),
-            _ => 0,
-        };
-        return r;
-    }
-
-    let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
-    outcome.route = Some(route);
-    outcome.hsts = Some(route.config.hsts.clone());
-
-    let peer = crate::state::canonical_ip(conn.peer.ip());
-    let peer_trusted = snap.is_trusted_proxy(peer);
-    let client_ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
-    outcome.client_ip = Some(client_ip);
-    if !route.config.limits.allows(client_ip) {
-        return Err(ProxyError::AddressDenied);
-    }
-
-    if conn.proto == "http" && route.config.https_redirect {
-        let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
-        if port != 0 {
-            return Ok(answers::https_redirect(host, port, req.uri()));
-        }
-    }
-
-    // issue 4: the auth gate (public routes pass at once).
-    let who = match crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await
-    {
-        Ok(who) => {
-            if let Some(crate::auth::Who::Bearer(_)) = &who {
-                shared.metrics.auth.bearer_ok.fetch_add(1, Relaxed);
-            }
-            who
-        }
-        Err(stop) => {
-            let a = &shared.metrics.auth;
-            match &stop {
-                crate::auth::Stop::Error(ProxyError::InvalidToken) => {
-                    a.bearer_rejected.fetch_add(1, Relaxed);
-                }
-                crate::auth::Stop::Respond(_, Some(ProxyError::Forbidden))
-                | crate::auth::Stop::Error(ProxyError::Forbidden) => {
-                    a.denied.fetch_add(1, Relaxed);
-                }
-                _ => {}
-            }
-            return stop.into_result(&mut outcome.error);
-        }
-    };
-    if let Some(w) = &who
-        && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
-    {
-        outcome.user = Some(w.identity().display_name().to_string());
-    }
-
-    match &route.config.action {
-        Action::Respond(r) => Ok(answers::respond(r)),
-        Action::Redirect(r) => Ok(answers::redirect(r, req.uri())),
-        Action::Upstream(_) => {
-            // The Host as sent, reused (not copied) for X-Forwarded-Host and
-            // a preserved Host upstream.
-            let host_value = match first_host {
-                Some(v) => v.clone(),
-                None => HeaderValue::from_str(raw_host)
+        let header_host = match first_host {
+            Some(h) => Some(
+                h.to_str()
                     .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
-            };
-            // Hop-by-hop headers go first, so a client's `Connection`
-            // header can name only its own headers away, never the ones
-            // we add below (X-Forwarded-*, X-Real-IP, X-Request-Id).
-            let upgrade = headers::is_upgrade_request(req.headers())
-                && req.version() == http::Version::HTTP_11;
-            let h = req.headers_mut();
-            headers::remove_hop_by_hop(h, upgrade);
-            headers::strip_spoofable(h, peer_trusted);
-            // issue 4: our cookies never reach a backend; then who the user is.
-            crate::auth::strip_session_cookie(h);
-
-            let origin = headers::Origin {
-                peer,
-                peer_value: &conn.peer_value,
-                peer_trusted,
-                proto: conn.proto,
-                host: &host_value,
-            };
-            headers::set_forwarded(h, &origin, client_ip);
-            h.insert(request_id::REQUEST_ID, request_id.clone());
-
-            let fwd = Forward {
-                route,
-                server: &snap.server,
-                host_value: &host_value,
-                identity: who
-                    .as_ref()
-                    .map_or(&[][..], |w| crate::auth::identity_lines(route, w)),
-                upgrade,
-            };
-            let (result, used) = forward::forward(fwd, req).await;
-            outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());
-            if let Err(e) = &result
-                && e.side() == error::Side::Upstream
-            {
-                tracing::warn!(
-                    route = %route.config.name,
-                    upstream = outcome.upstream.unwrap_or("(none usable)"),
-                    request_id = request_id.to_str().unwrap_or(""),
-                    error = e.kind(),
-                    "upstream request failed"
-                );
+            ),
+            None => None,
+        };
+        let uri_host = req.uri().authority().map(|a| a.as_str());
+        let raw_host = match (uri_host, header_host) {
+            (Some(u), Some(h)) if !same_host(u, h) => {
+                return Err(ProxyError::BadRequest(
+                    "The request names two different hosts.",
+                ));
             }
-            result
+            (Some(u), _) => u,
+            (None, Some(h)) => h,
+            (None, None) => return Err(ProxyError::BadRequest("The request has no Host header.")),
+        };
+        // The normalised host lives in a buffer on the stack: scoped so that
+        // it is not part of the future while the request is forwarded.
+        let route = {
+            let mut buf = [0u8; HOST_BUF_LEN];
+            let host = normalize_host(raw_host, &mut buf)
+                .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
+
+            let path = req.uri().path();
+            if let Some(sni) = conn.sni.as_deref()
+                && host != sni
+            {
+                // HTTP/2 clients may reuse a connection for another name the same
+                // certificate covers; anything else was meant for another site.
+                let same_cert = match (shared.certs.resolve(sni), shared.certs.resolve(host)) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(&a.key, &b.key),
+                    _ => false,
+                };
+                if !same_cert {
+                    return Err(ProxyError::Misdirected);
+                }
+            }
+            if conn.proto == "http"
+                && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
+            {
+                return Ok(answers::acme_challenge(shared, token));
+            }
+            if routing_prefix_is_reserved(path) {
+                // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
+                let raw_host = raw_host.to_string();
+                let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
+                // The session cookie is Secure: a logout over plain HTTP would not
+                // carry it, so send it to HTTPS first (other endpoints, such as
+                // forward-auth from a proxy on the internal network, stay as they are).
+                if conn.proto == "http" && endpoint == "/logout" {
+                    let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
+                    if port != 0 {
+                        return Ok(answers::https_redirect(host, port, req.uri()));
+                    }
+                }
+                let counter = match endpoint {
+                    "/callback" => Some(true),
+                    "/logout" => Some(false),
+                    _ => None,
+                };
+                // Boxed: the login callback's state (code exchange, token checks)
+                // is several KiB that every proxied request would otherwise carry.
+                let r = Box::pin(crate::auth::endpoint(
+                    shared, snap, conn, req, &raw_host, request_id,
+                ))
+                .await;
+                let a = &shared.metrics.auth;
+                match (counter, &r) {
+                    // A callback that ends in a redirect with a new session is a login.
+                    (Some(true), Ok(resp))
+                        if resp.status().is_redirection()
+                            && resp.headers().contains_key(header::SET_COOKIE) =>
+                    {
+                        a.login_ok.fetch_add(1, Relaxed)
+                    }
+                    (Some(true), _) => a.login_failed.fetch_add(1, Relaxed),
+                    (Some(false), Ok(_)) => a.logout.fetch_add(1, Relaxed),
+                    _ => 0,
+                };
+                return r;
+            }
+
+            let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
+            outcome.route = Some(route);
+            outcome.hsts = Some(route.config.hsts.clone());
+
+            if conn.proto == "http" && route.config.https_redirect {
+                let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
+                if port != 0 {
+                    return Ok(answers::https_redirect(host, port, req.uri()));
+                }
+            }
+            route
+        };
+
+        let peer = crate::state::canonical_ip(conn.peer.ip());
+        let peer_trusted = snap.is_trusted_proxy(peer);
+        let client_ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
+        outcome.client_ip = Some(client_ip);
+        if !route.config.limits.allows(client_ip) {
+            return Err(ProxyError::AddressDenied);
+        }
+
+        // issue 4: the auth gate (public routes pass at once).
+        let who =
+            match crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await {
+                Ok(who) => {
+                    if let Some(crate::auth::Who::Bearer(_)) = &who {
+                        shared.metrics.auth.bearer_ok.fetch_add(1, Relaxed);
+                    }
+                    who
+                }
+                Err(stop) => {
+                    let a = &shared.metrics.auth;
+                    match &stop {
+                        crate::auth::Stop::Error(ProxyError::InvalidToken) => {
+                            a.bearer_rejected.fetch_add(1, Relaxed);
+                        }
+                        crate::auth::Stop::Respond(_, Some(ProxyError::Forbidden))
+                        | crate::auth::Stop::Error(ProxyError::Forbidden) => {
+                            a.denied.fetch_add(1, Relaxed);
+                        }
+                        _ => {}
+                    }
+                    return stop.into_result(&mut outcome.error);
+                }
+            };
+        if let Some(w) = &who
+            && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+        {
+            outcome.user = Some(w.identity().display_name().to_string());
+        }
+
+        match &route.config.action {
+            Action::Respond(r) => Ok(answers::respond(r)),
+            Action::Redirect(r) => Ok(answers::redirect(r, req.uri())),
+            Action::Upstream(_) => {
+                // The Host as sent, reused (not copied) for X-Forwarded-Host and
+                // a preserved Host upstream.
+                let host_value = match first_host {
+                    Some(v) => v.clone(),
+                    None => HeaderValue::from_str(raw_host)
+                        .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
+                };
+                // Hop-by-hop headers go first, so a client's `Connection`
+                // header can name only its own headers away, never the ones
+                // we add below (X-Forwarded-*, X-Real-IP, X-Request-Id).
+                let upgrade = headers::is_upgrade_request(req.headers())
+                    && req.version() == http::Version::HTTP_11;
+                let h = req.headers_mut();
+                headers::remove_hop_by_hop(h, upgrade);
+                headers::strip_spoofable(h, peer_trusted);
+                // issue 4: our cookies never reach a backend; then who the user is.
+                crate::auth::strip_session_cookie(h);
+
+                let origin = headers::Origin {
+                    peer,
+                    peer_value: &conn.peer_value,
+                    peer_trusted,
+                    proto: conn.proto,
+                    host: &host_value,
+                };
+                headers::set_forwarded(h, &origin, client_ip);
+                h.insert(request_id::REQUEST_ID, request_id.clone());
+
+                let fwd = Forward {
+                    route,
+                    server: &snap.server,
+                    host_value: &host_value,
+                    identity: who
+                        .as_ref()
+                        .map_or(&[][..], |w| crate::auth::identity_lines(route, w)),
+                    upgrade,
+                };
+                let (result, used) = forward::forward(fwd, &mut req).await;
+                outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());
+                if let Err(e) = &result
+                    && e.side() == error::Side::Upstream
+                {
+                    tracing::warn!(
+                        route = %route.config.name,
+                        upstream = outcome.upstream.unwrap_or("(none usable)"),
+                        request_id = request_id.to_str().unwrap_or(""),
+                        error = e.kind(),
+                        "upstream request failed"
+                    );
+                }
+                result
+            }
         }
     }
 }

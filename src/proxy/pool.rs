@@ -128,7 +128,7 @@ fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<Conn> {
 /// answer's body returns the connection to the pool when it has been read.
 pub async fn send(
     target: &UpstreamTarget,
-    mut out: Outgoing,
+    out: &mut Outgoing,
     server: &ServerConfig,
 ) -> Result<(Response<Body>, Option<Conn>), ProxyError> {
     let max_idle = server.upstream_idle_timeout;
@@ -140,7 +140,7 @@ pub async fn send(
         ),
     };
     let (head, sent) = loop {
-        match upstream::exchange(&mut conn, &mut out).await {
+        match upstream::exchange(&mut conn, out).await {
             Ok(answer) => break answer,
             // The backend closed the idle connection under us: nothing it
             // could act on reached it, so once more on a fresh one.

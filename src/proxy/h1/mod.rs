@@ -72,8 +72,11 @@ thread_local! {
 /// the connection breaks or times out, or `draining` is set and the
 /// connection is between requests.
 ///
-/// Not an `async fn`: those keep their arguments for their whole life, so
-/// the stream (with its TLS state) would be held twice.
+/// Not an `async fn`: those keep their arguments for their whole life next
+/// to the locals they are moved into, so the stream (with its TLS state)
+/// would be held twice. For the same reason each request's pieces (head,
+/// request, response) live in blocks that end before the next `await`:
+/// this future is every connection's state, idle ones included.
 pub fn serve<I>(
     io: I,
     info: Arc<ConnInfo>,
@@ -84,174 +87,201 @@ pub fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Conn {
+    let mut conn = Conn {
         io,
         pending: BytesMut::new(),
     };
-    run(conn, info, shared, settings, draining)
-}
-
-async fn run<I>(
-    mut conn: Conn<I>,
-    info: Arc<ConnInfo>,
-    shared: Arc<Shared>,
-    settings: Settings,
-    draining: Arc<AtomicBool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let t = settings.header_read_timeout;
-    let mut timer = Box::pin(tokio::time::sleep(t + t / 4));
-    loop {
-        if conn.pending.is_empty() && conn.pending.capacity() > 0 {
-            // Idle connections hold no buffer.
-            conn.pending = BytesMut::new();
-        }
-        let now = tokio::time::Instant::now();
-        if timer.deadline() < now + t {
-            timer.as_mut().reset(now + t + t / 4);
-        }
-        let head = {
-            let read = poll_fn(|cx| {
-                if draining.load(Relaxed) && conn.pending.is_empty() {
-                    return Poll::Ready(Ok(None));
-                }
-                conn.poll_head(cx, settings.max_head)
-            });
-            tokio::select! {
-                biased;
-                r = read => r,
-                () = timer.as_mut() => Err(Stop::Timeout),
+    async move {
+        let t = settings.header_read_timeout;
+        let mut timer = Box::pin(tokio::time::sleep(t + t / 4));
+        loop {
+            if conn.pending.is_empty() && conn.pending.capacity() > 0 {
+                // Idle connections hold no buffer.
+                conn.pending = BytesMut::new();
             }
-        };
-        let parsed = match head {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            Err(stop) => {
-                let answer = match stop {
-                    Stop::Head(HeadError::Bad(why)) => Some((StatusCode::BAD_REQUEST, why)),
-                    Stop::Head(HeadError::TooLarge) => Some((
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "The request head is too large.",
-                    )),
-                    // A head that started and did not finish in time.
-                    Stop::Timeout if !conn.pending.is_empty() => Some((
-                        StatusCode::REQUEST_TIMEOUT,
-                        "The request head took too long to arrive.",
-                    )),
-                    Stop::Timeout => None,
+            let now = tokio::time::Instant::now();
+            if timer.deadline() < now + t {
+                timer.as_mut().reset(now + t + t / 4);
+            }
+            let head = {
+                let read = poll_fn(|cx| {
+                    if draining.load(Relaxed) && conn.pending.is_empty() {
+                        return Poll::Ready(Ok(None));
+                    }
+                    conn.poll_head(cx, settings.max_head)
+                });
+                tokio::select! {
+                    biased;
+                    r = read => r,
+                    () = timer.as_mut() => Err(Stop::Timeout),
+                }
+            };
+            let parsed = match head {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(stop) => {
+                    // Boxed: rare, and its state would be every connection's.
+                    Box::pin(refuse(&mut conn, &info, stop)).await;
+                    break;
+                }
+            };
+            let (mut fut, mut reader, started) = start(parsed, &shared, &info);
+            let (writing, switching, leftover) = {
+                let outcome = poll_fn(|cx| conn.poll_handler(fut.as_mut(), &mut reader, cx)).await;
+                drop(fut);
+                let Some(resp) = outcome else {
+                    // The client hung up; dropping the handler cancelled the request.
+                    break;
                 };
-                if let Some((status, why)) = answer {
-                    tracing::debug!(peer = %info.peer, %status, reason = why, "request head refused");
-                    let bytes = write::error_response(status, why);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        conn.io.write_all(&bytes).await?;
-                        conn.io.flush().await
-                    })
-                    .await;
+                // A small body the handler did not read (a `respond` route,
+                // an early 401 or 413) is read and dropped after the answer
+                // so the connection stays usable; a large or chunked one
+                // closes it.
+                let leftover = reader
+                    .as_ref()
+                    .and_then(body::BodyReader::unread_length)
+                    .filter(|&n| n <= DRAIN_MAX);
+                let body_read = leftover.is_some()
+                    || reader
+                        .as_ref()
+                        .is_none_or(|r| r.feed.complete() && !r.broken);
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && started.upgrade_tx.is_some();
+                let keep = started.keep_alive && body_read && !draining.load(Relaxed);
+                let connection = if switching {
+                    ConnectionHeader::Default
+                } else if !keep {
+                    ConnectionHeader::Close
+                } else if !started.http11 {
+                    ConnectionHeader::KeepAlive
+                } else {
+                    ConnectionHeader::Default
+                };
+                // Boxed per response: inline, the writer's state would be
+                // part of every connection's for its whole life.
+                let writing = Box::pin(write::write_response(
+                    &mut conn.io,
+                    resp,
+                    &started.method,
+                    started.http11,
+                    connection,
+                    settings.send_timeout,
+                ));
+                (writing, switching, leftover)
+            };
+            let close = match writing.await {
+                Ok(close) => close,
+                Err(e) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "response not completed; closing");
+                    return;
                 }
-                break;
-            }
-        };
-
-        let Parsed {
-            request,
-            framing,
-            keep_alive,
-            expect_continue,
-            upgrade,
-        } = parsed;
-        let method = request.method().clone();
-        let http11 = request.version() == Version::HTTP_11;
-        let (mut req, mut reader) = match framing {
-            BodyFraming::None => (request.map(|()| Body::Empty), None),
-            BodyFraming::Length(n) => {
-                let (b, feed) = body::channel(Some(n));
-                let reader = body::BodyReader::new(feed, body::Reading::Length(n), expect_continue);
-                (request.map(|()| Body::Client(b)), Some(reader))
-            }
-            BodyFraming::Chunked => {
-                let (b, feed) = body::channel(None);
-                let reader = body::BodyReader::new(
-                    feed,
-                    body::Reading::Chunked(Dechunker::default()),
-                    expect_continue,
-                );
-                (request.map(|()| Body::Client(b)), Some(reader))
-            }
-        };
-        let upgrade_tx = upgrade.then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut().insert(upgrade::OnUpgrade::new(rx));
-            tx
-        });
-
-        // Boxed: an idle connection then holds no request state.
-        let mut fut = Box::pin(handle(shared.clone(), info.clone(), req));
-        let outcome = poll_fn(|cx| conn.poll_handler(fut.as_mut(), &mut reader, cx)).await;
-        drop(fut);
-        let Some(resp) = outcome else {
-            // The client hung up; dropping the handler cancelled the request.
-            break;
-        };
-
-        // A small body the handler did not read (a `respond` route, an
-        // early 401 or 413) is read and dropped after the answer so the
-        // connection stays usable; a large or chunked one closes it.
-        let leftover = reader
-            .as_ref()
-            .and_then(body::BodyReader::unread_length)
-            .filter(|&n| n <= DRAIN_MAX);
-        let body_read = leftover.is_some()
-            || reader
-                .as_ref()
-                .is_none_or(|r| r.feed.complete() && !r.broken);
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
-        let keep = keep_alive && body_read && !draining.load(Relaxed);
-        let connection = if switching {
-            ConnectionHeader::Default
-        } else if !keep {
-            ConnectionHeader::Close
-        } else if !http11 {
-            ConnectionHeader::KeepAlive
-        } else {
-            ConnectionHeader::Default
-        };
-        // Boxed per response: inline, the writer's state would be part of
-        // every connection's for its whole life, idle ones included.
-        let close = match Box::pin(write::write_response(
-            &mut conn.io,
-            resp,
-            &method,
-            http11,
-            connection,
-            settings.send_timeout,
-        ))
-        .await
-        {
-            Ok(close) => close,
-            Err(e) => {
-                tracing::debug!(peer = %info.peer, error = %e, "response not completed; closing");
+            };
+            if switching && let Some(tx) = started.upgrade_tx {
+                let early = std::mem::take(&mut conn.pending);
+                let _ = tx.send(upgrade::Upgraded::new(Box::new(conn.io), early));
                 return;
             }
-        };
-        if switching && let Some(tx) = upgrade_tx {
-            let early = std::mem::take(&mut conn.pending);
-            let _ = tx.send(upgrade::Upgraded::new(Box::new(conn.io), early));
-            return;
+            if close {
+                break;
+            }
+            // Boxed: rare, and inline its state would make every
+            // connection's future bigger for its whole life.
+            if let Some(n) = leftover
+                && !Box::pin(conn.discard(n, t)).await
+            {
+                break;
+            }
         }
-        if close {
-            break;
-        }
-        // Boxed: rare, and inline its state would make every connection's
-        // future bigger for its whole life.
-        if let Some(n) = leftover
-            && !Box::pin(conn.discard(n, t)).await
-        {
-            break;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+}
+
+/// What the response to a request needs to know about it.
+struct Started {
+    method: http::Method,
+    http11: bool,
+    keep_alive: bool,
+    /// Where a `101` hands the connection over.
+    upgrade_tx: Option<oneshot::Sender<upgrade::Upgraded>>,
+}
+
+/// Turns a parsed head into the handler's future (boxed: an idle
+/// connection holds no request state) and the reader that feeds its body.
+#[allow(clippy::type_complexity)]
+fn start(
+    parsed: Parsed,
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+) -> (
+    Pin<Box<impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + use<>>>,
+    Option<body::BodyReader>,
+    Started,
+) {
+    let Parsed {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    } = parsed;
+    let method = request.method().clone();
+    let http11 = request.version() == Version::HTTP_11;
+    let (mut req, reader) = match framing {
+        BodyFraming::None => (request.map(|()| Body::Empty), None),
+        BodyFraming::Length(n) => {
+            let (b, feed) = body::channel(Some(n));
+            let reader = body::BodyReader::new(feed, body::Reading::Length(n), expect_continue);
+            (request.map(|()| Body::Client(b)), Some(reader))
+        }
+        BodyFraming::Chunked => {
+            let (b, feed) = body::channel(None);
+            let reader = body::BodyReader::new(
+                feed,
+                body::Reading::Chunked(Dechunker::default()),
+                expect_continue,
+            );
+            (request.map(|()| Body::Client(b)), Some(reader))
+        }
+    };
+    let upgrade_tx = upgrade.then(|| {
+        let (tx, rx) = oneshot::channel();
+        req.extensions_mut().insert(upgrade::OnUpgrade::new(rx));
+        tx
+    });
+    let fut = Box::pin(handle(shared.clone(), info.clone(), req));
+    let started = Started {
+        method,
+        http11,
+        keep_alive,
+        upgrade_tx,
+    };
+    (fut, reader, started)
+}
+
+/// Answers a head that was refused (400, 431, 408) where one is due.
+async fn refuse<I: AsyncWrite + Unpin>(conn: &mut Conn<I>, info: &ConnInfo, stop: Stop) {
+    let answer = match stop {
+        Stop::Head(HeadError::Bad(why)) => Some((StatusCode::BAD_REQUEST, why)),
+        Stop::Head(HeadError::TooLarge) => Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "The request head is too large.",
+        )),
+        // A head that started and did not finish in time.
+        Stop::Timeout if !conn.pending.is_empty() => Some((
+            StatusCode::REQUEST_TIMEOUT,
+            "The request head took too long to arrive.",
+        )),
+        Stop::Timeout => None,
+    };
+    if let Some((status, why)) = answer {
+        tracing::debug!(peer = %info.peer, %status, reason = why, "request head refused");
+        let bytes = write::error_response(status, why);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            conn.io.write_all(&bytes).await?;
+            conn.io.flush().await
+        })
+        .await;
+    }
 }
 
 /// Largest unread request body read and dropped to keep a connection.
