@@ -1120,6 +1120,54 @@ async fn backend_receives_the_configured_host() {
 }
 
 #[tokio::test]
+async fn the_gateway_headers_reach_the_backend_once_each_whatever_the_client_sent() {
+    let (be, mut rx) = recording_backend().await;
+    let gw = Gateway::start(&proxy_route("spoof.test", &be.url(), "")).await;
+
+    // A client (not a trusted proxy) sending every header the gateway sets,
+    // some twice, and a request id that is not valid as one.
+    let r = raw_exchange(
+        gw.http_addr(),
+        b"GET /who HTTP/1.1\r\n\
+          Host: spoof.test\r\n\
+          X-Forwarded-For: 6.6.6.6\r\n\
+          X-Forwarded-For: 7.7.7.7\r\n\
+          X-Forwarded-Proto: https\r\n\
+          X-Forwarded-Host: evil.test\r\n\
+          X-Real-IP: 6.6.6.6\r\n\
+          X-Request-Id: not valid\r\n\
+          X-Request-Id: second\r\n\
+          Accept: */*\r\n\
+          Connection: close\r\n\
+          \r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r
+        .header("x-request-id")
+        .expect("the answer carries the request id");
+    assert_ne!(id, "not valid");
+
+    let seen = next_seen(&mut rx).await;
+    let h = &seen.head;
+    assert_eq!(h.start, "GET /who HTTP/1.1");
+    // Host leads the head (RFC 9112 asks for it first) and comes once.
+    assert_eq!(
+        h.headers[0],
+        ("host".into(), "spoof.test".into()),
+        "{:?}",
+        h.headers
+    );
+    assert_eq!(h.all("host"), ["spoof.test"]);
+    assert_eq!(h.all("x-forwarded-for"), ["127.0.0.1"], "{:?}", h.headers);
+    assert_eq!(h.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(h.all("x-forwarded-host"), ["spoof.test"]);
+    assert_eq!(h.all("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(h.all("x-request-id"), [id], "{:?}", h.headers);
+    assert_eq!(h.all("accept"), ["*/*"]);
+}
+
+#[tokio::test]
 async fn client_hop_by_hop_headers_do_not_reach_the_backend() {
     let (be, mut rx) = recording_backend().await;
     let gw = Gateway::start(&proxy_route("hop.test", &be.url(), "")).await;

@@ -9,7 +9,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper_util::client::legacy::Client;
@@ -131,6 +131,74 @@ pub struct Forward<'a> {
     /// headers are already removed (but for `Connection: upgrade` and
     /// `Upgrade` when this is set).
     pub upgrade: bool,
+    /// `X-Forwarded-*` and `X-Real-IP` to write, when the peer is not a
+    /// trusted proxy (from a trusted one they were merged into the
+    /// request's header map by [`headers::set_forwarded`]).
+    pub forwarded: Option<Forwarded<'a>>,
+    /// This request's id (`X-Request-Id`).
+    pub request_id: &'a HeaderValue,
+}
+
+/// The forwarding headers of a request from a peer that is not a trusted
+/// proxy: the client is the TCP peer, and what the client itself sent
+/// under these names was removed.
+pub struct Forwarded<'a> {
+    /// The peer's address, formatted once per connection: `X-Forwarded-For`
+    /// and `X-Real-IP`.
+    pub peer: &'a HeaderValue,
+    /// `http` or `https`, as the client reached us.
+    pub proto: &'static str,
+}
+
+impl Forward<'_> {
+    /// The header lines the gateway adds to the upstream request, in
+    /// pieces, written straight into its head: no header-map work per
+    /// request for them.
+    fn added_lines(&self) -> [&[u8]; 13] {
+        let id = self.request_id.as_bytes();
+        match &self.forwarded {
+            Some(f) => [
+                b"x-forwarded-for: ",
+                f.peer.as_bytes(),
+                b"\r\nx-forwarded-proto: ",
+                f.proto.as_bytes(),
+                b"\r\nx-forwarded-host: ",
+                self.host_value.as_bytes(),
+                b"\r\nx-real-ip: ",
+                f.peer.as_bytes(),
+                b"\r\nx-request-id: ",
+                id,
+                b"\r\n",
+                self.identity,
+                b"",
+            ],
+            None => [
+                b"x-request-id: ",
+                id,
+                b"\r\n",
+                self.identity,
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+            ],
+        }
+    }
+
+    /// The Host header's value for `target`: the client's, or the
+    /// target's authority (validated as a URI authority with the config).
+    fn host_for<'b>(&'b self, target: &'b UpstreamTarget) -> &'b [u8] {
+        if self.route.config.preserve_host {
+            self.host_value.as_bytes()
+        } else {
+            target.authority.as_str().as_bytes()
+        }
+    }
 }
 
 /// Sends `req` (headers already sanitised by the caller) to one of the
@@ -166,7 +234,6 @@ pub async fn forward(
 
     let body = std::mem::take(req.body_mut());
     let has_body = !body.is_end_stream();
-    let host = route.config.preserve_host.then(|| fwd.host_value.clone());
     let wire = TripWire::default();
 
     let retry = !has_body
@@ -186,8 +253,7 @@ pub async fn forward(
             return (Err(ProxyError::UpstreamUnavailable), None);
         };
         let target = &route.config.upstreams()[i];
-        let mut headers = std::mem::take(req.headers_mut());
-        set_host(&mut headers, host.as_ref(), target);
+        let headers = std::mem::take(req.headers_mut());
         let (method, uri) = (req.method(), req.uri());
         let body = if has_body {
             Body::Limited(Box::new(Limited::new(
@@ -200,7 +266,9 @@ pub async fn forward(
             Body::Empty
         };
         let path = upstream_path(target, &route.config, uri);
-        let mut out = Outgoing::new(method, &path, headers, fwd.identity, body);
+        let added = fwd.added_lines();
+        let host = fwd.host_for(target);
+        let mut out = Outgoing::new(method, &path, host, headers, &added, body);
         let r = send_one(&fwd, i, &mut out, client_upgrade, &wire).await;
         return (r, Some(i));
     }
@@ -211,10 +279,11 @@ pub async fn forward(
     while let Some(i) = route.pick_upstream(&tried) {
         tried.push(i);
         let target = &route.config.upstreams()[i];
-        let mut headers = req.headers().clone();
-        set_host(&mut headers, host.as_ref(), target);
+        let headers = req.headers().clone();
         let path = upstream_path(target, &route.config, uri);
-        let mut out = Outgoing::new(method, &path, headers, fwd.identity, Body::Empty);
+        let added = fwd.added_lines();
+        let host = fwd.host_for(target);
+        let mut out = Outgoing::new(method, &path, host, headers, &added, Body::Empty);
         match send_one(&fwd, i, &mut out, None, &wire).await {
             Err(ProxyError::UpstreamUnavailable) => {
                 last = Err(ProxyError::UpstreamUnavailable);
@@ -224,17 +293,6 @@ pub async fn forward(
         }
     }
     (last, tried.last().copied())
-}
-
-fn set_host(h: &mut http::HeaderMap, preserved: Option<&HeaderValue>, target: &UpstreamTarget) {
-    let v = match preserved {
-        Some(v) => v.clone(),
-        None => match HeaderValue::from_str(target.authority.as_str()) {
-            Ok(v) => v,
-            Err(_) => return,
-        },
-    };
-    h.insert(header::HOST, v);
 }
 
 /// One attempt against upstream `i`: health bookkeeping, body limits, and

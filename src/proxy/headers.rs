@@ -190,8 +190,9 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Removes every client-sent identity header and, unless the peer is a
-/// trusted proxy, every forwarding header. Runs on every route.
+/// Removes every client-sent identity header, `X-Request-Id` (the gateway
+/// sends its own, adopting a valid one the client sent) and, unless the
+/// peer is a trusted proxy, every forwarding header. Runs on every route.
 pub fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
@@ -201,7 +202,10 @@ pub fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
         if first != b'x' && first != b'r' && first != b'f' {
             continue;
         }
-        if is_identity_header(s) || (!peer_trusted && is_forwarding_header(s)) {
+        if is_identity_header(s)
+            || (!peer_trusted && is_forwarding_header(s))
+            || s == crate::proxy::request_id::REQUEST_ID.as_str()
+        {
             doomed.push(name.clone());
         }
     }

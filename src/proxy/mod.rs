@@ -369,15 +369,24 @@ fn route_request<'a>(
                 // issue 4: our cookies never reach a backend; then who the user is.
                 crate::auth::strip_session_cookie(h);
 
-                let origin = headers::Origin {
-                    peer,
-                    peer_value: &conn.peer_value,
-                    peer_trusted,
-                    proto: conn.proto,
-                    host: &host_value,
+                // From a trusted proxy, its forwarding headers are merged
+                // with ours in the map; otherwise ours are written as lines.
+                let forwarded = if peer_trusted {
+                    let origin = headers::Origin {
+                        peer,
+                        peer_value: &conn.peer_value,
+                        peer_trusted,
+                        proto: conn.proto,
+                        host: &host_value,
+                    };
+                    headers::set_forwarded(h, &origin, client_ip);
+                    None
+                } else {
+                    Some(forward::Forwarded {
+                        peer: &conn.peer_value,
+                        proto: conn.proto,
+                    })
                 };
-                headers::set_forwarded(h, &origin, client_ip);
-                h.insert(request_id::REQUEST_ID, request_id.clone());
 
                 let fwd = Forward {
                     route,
@@ -387,6 +396,8 @@ fn route_request<'a>(
                         .as_ref()
                         .map_or(&[][..], |w| crate::auth::identity_lines(route, w)),
                     upgrade,
+                    forwarded,
+                    request_id,
                 };
                 let (result, used) = forward::forward(fwd, &mut req).await;
                 outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());

@@ -135,8 +135,9 @@ pub fn upload_framing(method: &Method, headers: &mut HeaderMap, has_body: bool) 
 pub fn encode_head(
     method: &Method,
     target: &[&str],
+    host: &[u8],
     headers: &HeaderMap,
-    extra: &[u8],
+    extra: &[&[u8]],
     upload: Upload,
     dst: &mut Vec<u8>,
 ) {
@@ -144,21 +145,29 @@ pub fn encode_head(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + target.iter().map(|t| t.len()).sum::<usize>();
-    dst.reserve(method.as_str().len() + size + extra.len() + 48);
+        + target.iter().map(|t| t.len()).sum::<usize>()
+        + extra.iter().map(|e| e.len()).sum::<usize>();
+    dst.reserve(method.as_str().len() + size + host.len() + 56);
     dst.extend_from_slice(method.as_str().as_bytes());
     dst.push(b' ');
     for piece in target {
         dst.extend_from_slice(piece.as_bytes());
     }
-    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    dst.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    dst.extend_from_slice(host);
+    dst.extend_from_slice(b"\r\n");
     for (name, value) in headers {
+        if name == header::HOST {
+            continue;
+        }
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    dst.extend_from_slice(extra);
+    for piece in extra {
+        dst.extend_from_slice(piece);
+    }
     if upload == Upload::Chunked {
         dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -179,20 +188,23 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// `target`'s pieces make the request target (origin form); `headers`
-    /// are final (hop-by-hop removed, Host set); `extra` is header lines
-    /// written after them (the identity headers).
+    /// `target`'s pieces make the request target (origin form); `host` is
+    /// the Host header's value (one in `headers` is not sent); `headers`
+    /// are final (hop-by-hop removed); `extra` is header lines, in pieces,
+    /// written after them (the gateway's own: forwarding, request id,
+    /// identity).
     pub fn new(
         method: &Method,
         target: &[&str],
+        host: &[u8],
         mut headers: HeaderMap,
-        extra: &[u8],
+        extra: &[&[u8]],
         body: Body,
     ) -> Self {
         let has_body = !matches!(body, Body::Empty);
         let upload = upload_framing(method, &mut headers, has_body);
         let mut head = Vec::new();
-        encode_head(method, target, &headers, extra, upload, &mut head);
+        encode_head(method, target, host, &headers, extra, upload, &mut head);
         headers.clear();
         Outgoing {
             head,
@@ -396,20 +408,23 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(upload_framing(&Method::POST, &mut h, true), Upload::Chunked);
 
+        // Host comes first and only once: a Host left in the map is not sent.
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        h.insert(header::HOST, HeaderValue::from_static("client.test"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         let mut out = Vec::new();
         encode_head(
             &Method::POST,
             &["/x", "?", "y"],
+            b"a.test",
             &h,
-            b"x-a: 1\r\n",
+            &[b"x-a: ", b"1", b"\r\n", b"x-b: 2\r\n"],
             Upload::Chunked,
             &mut out,
         );
         assert_eq!(
             out,
-            b"POST /x?y HTTP/1.1\r\nhost: a.test\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"POST /x?y HTTP/1.1\r\nhost: a.test\r\naccept: */*\r\nx-a: 1\r\nx-b: 2\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 }
