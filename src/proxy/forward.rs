@@ -234,7 +234,8 @@ pub async fn forward(
 
     let body = std::mem::take(req.body_mut());
     let has_body = !body.is_end_stream();
-    let wire = TripWire::default();
+    // Only a request with a body has limits that can trip.
+    let wire = has_body.then(TripWire::default);
 
     let retry = !has_body
         && !upgrade
@@ -260,7 +261,7 @@ pub async fn forward(
                 body,
                 limits.max_body,
                 fwd.server.request_body_timeout,
-                wire.clone(),
+                wire.clone().unwrap_or_default(),
             )))
         } else {
             Body::Empty
@@ -269,7 +270,7 @@ pub async fn forward(
         let added = fwd.added_lines();
         let host = fwd.host_for(target);
         let mut out = Outgoing::new(method, &path, host, headers, &added, body);
-        let r = send_one(&fwd, i, &mut out, client_upgrade, &wire).await;
+        let r = send_one(&fwd, i, &mut out, client_upgrade, wire.as_ref()).await;
         return (r, Some(i));
     }
 
@@ -284,7 +285,7 @@ pub async fn forward(
         let added = fwd.added_lines();
         let host = fwd.host_for(target);
         let mut out = Outgoing::new(method, &path, host, headers, &added, Body::Empty);
-        match send_one(&fwd, i, &mut out, None, &wire).await {
+        match send_one(&fwd, i, &mut out, None, wire.as_ref()).await {
             Err(ProxyError::UpstreamUnavailable) => {
                 last = Err(ProxyError::UpstreamUnavailable);
                 tracing::debug!(route = %route.config.name, upstream = %target.url, "connect failed; trying the next upstream");
@@ -302,18 +303,18 @@ async fn send_one(
     i: usize,
     out: &mut Outgoing,
     client_upgrade: Option<ClientUpgrade>,
-    wire: &TripWire,
+    wire: Option<&TripWire>,
 ) -> Result<Response<Body>, ProxyError> {
     let route = fwd.route;
     // The response deadline starts once the request body has been sent: a
     // long upload to a backend that reads it all before answering is not a
     // timeout (a stalled one is `request_body_timeout`'s business).
-    let body_wire = matches!(out.body, Body::Limited(_)).then_some(wire);
+    let body_wire = wire.filter(|_| matches!(out.body, Body::Limited(_)));
     let timeout = route.config.timeout;
     let target = &route.config.upstreams()[i];
     let send = std::pin::pin!(pool::send(target, out, fwd.server));
     let result = await_response(send, timeout, body_wire).await;
-    if let Some(t) = wire.get() {
+    if let Some(t) = wire.and_then(TripWire::get) {
         // The client's body broke the request, not the upstream.
         return Err(match t {
             Tripped::TooLarge => ProxyError::PayloadTooLarge,

@@ -76,11 +76,14 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// into, and nested calls add those copies up. The future is boxed per
 /// request and moved while it starts, so its size is paid on every request.
 #[allow(clippy::manual_async_fn)]
-pub fn handle(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
+///
+/// Borrows the gateway and connection state from the connection's future
+/// that drives it (no reference counts touched per request).
+pub fn handle<'a>(
+    shared: &'a Shared,
+    conn: &'a Arc<ConnInfo>,
     req: Request<crate::proxy::body::Body>,
-) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'a {
     async move {
         let start = Instant::now();
         let listener = shared.metrics.listener(conn.proto);
@@ -95,12 +98,12 @@ pub fn handle(
         // dropped first (the client went away). Boxed: most requests are
         // not logged, and inline it would be part of every request's state.
         let mut pending = access::Guard(
-            log.then(|| Box::new(access::Record::start(start, &conn, &request_id, &req))),
+            log.then(|| Box::new(access::Record::start(start, conn, &request_id, &req))),
         );
 
         let mut outcome = Outcome::default();
         let mut resp =
-            match route_request(&shared, &snap, &conn, req, &request_id, &mut outcome).await {
+            match route_request(shared, &snap, conn, req, &request_id, &mut outcome).await {
                 Ok(r) => r,
                 Err(e) => {
                     outcome.error = Some(e);

@@ -70,7 +70,11 @@ thread_local! {
 /// Puts a connection back (its response has been read to the end).
 pub fn release(key: &PoolKey, conn: Conn, max_idle: Duration) {
     IDLE.with_borrow_mut(|pool| {
-        let list = pool.entry(key.clone()).or_default();
+        // The key is cloned (a reference count) only for a new upstream.
+        let list = match pool.get_mut(key) {
+            Some(list) => list,
+            None => pool.entry(key.clone()).or_default(),
+        };
         if list.len() >= MAX_IDLE_PER_UPSTREAM {
             list.pop_front();
         }

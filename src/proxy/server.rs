@@ -289,11 +289,8 @@ where
                 // Boxed per request: hyper keeps room for one in-flight request
                 // future per stream slot; a pointer is enough.
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    Box::pin(handle(
-                        shared.clone(),
-                        info.clone(),
-                        req.map(Body::Incoming),
-                    ))
+                    let (shared, info) = (shared.clone(), info.clone());
+                    Box::pin(async move { handle(&shared, &info, req.map(Body::Incoming)).await })
                 });
                 let mut conn = std::pin::pin!(h2.serve_connection(TokioIo::new(io), svc));
                 let result = tokio::select! {

@@ -208,12 +208,12 @@ struct Started {
 /// Turns a parsed head into the handler's future (boxed: an idle
 /// connection holds no request state) and the reader that feeds its body.
 #[allow(clippy::type_complexity)]
-fn start(
+fn start<'a>(
     parsed: Parsed,
-    shared: &Arc<Shared>,
-    info: &Arc<ConnInfo>,
+    shared: &'a Shared,
+    info: &'a Arc<ConnInfo>,
 ) -> (
-    Pin<Box<impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + use<>>>,
+    Pin<Box<impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'a>>,
     Option<body::BodyReader>,
     Started,
 ) {
@@ -248,7 +248,7 @@ fn start(
         req.extensions_mut().insert(upgrade::OnUpgrade::new(rx));
         tx
     });
-    let fut = Box::pin(handle(shared.clone(), info.clone(), req));
+    let fut = Box::pin(handle(shared, info, req));
     let started = Started {
         method,
         http11,
