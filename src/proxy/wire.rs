@@ -210,6 +210,9 @@ pub struct FramingHeaders {
     keep_alive: bool,
     /// `Connection` names `upgrade`.
     pub upgrade: bool,
+    /// Leave out a `Connection` header that only says `keep-alive` or
+    /// `close` (its meaning is kept in the fields above).
+    drop_plain_connection: bool,
 }
 
 /// A `Content-Length` that cannot frame the message.
@@ -220,6 +223,17 @@ pub enum BadLength {
 }
 
 impl FramingHeaders {
+    /// For a backend's answer: a `Connection` header that only says
+    /// `keep-alive` or `close` is noted and left out of the map (it is
+    /// hop-by-hop and names no other header, so it would only be removed
+    /// again before the answer goes on).
+    pub fn dropping_plain_connection() -> Self {
+        FramingHeaders {
+            drop_plain_connection: true,
+            ..FramingHeaders::default()
+        }
+    }
+
     /// Notes one header line and appends it to `headers`. A
     /// `Content-Length` goes on once, in plain form, whatever repeats or
     /// lists came in (strict parsers refuse a repeated one).
@@ -248,11 +262,20 @@ impl FramingHeaders {
                 last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
         } else if name == header::CONNECTION {
+            let mut names_others = false;
             for t in value.as_bytes().split(|&b| b == b',') {
                 let t = t.trim_ascii();
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                let close = t.eq_ignore_ascii_case(b"close");
+                let keep_alive = t.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
                 self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+                names_others |= !(close || keep_alive || t.is_empty());
+            }
+            if self.drop_plain_connection && !names_others {
+                // Noted above; hop-by-hop and naming no other header, it
+                // would only be removed again before the message goes on.
+                return Ok(());
             }
         }
         headers.append(name, value);
@@ -327,5 +350,30 @@ mod tests {
             dechunk(&[long_ext.as_bytes()]),
             Err("chunk extensions or trailers too large")
         );
+    }
+
+    #[test]
+    fn a_plain_connection_header_is_noted_and_left_out_when_asked() {
+        let conn = |v: &'static str, drop: bool| {
+            let mut seen = if drop {
+                FramingHeaders::dropping_plain_connection()
+            } else {
+                FramingHeaders::default()
+            };
+            let mut h = HeaderMap::new();
+            seen.add(&mut h, header::CONNECTION, HeaderValue::from_static(v))
+                .unwrap();
+            (seen, h.contains_key(header::CONNECTION))
+        };
+        let (seen, kept) = conn("keep-alive", true);
+        assert!(!kept && seen.keep_alive(Version::HTTP_10));
+        let (seen, kept) = conn("Close", true);
+        assert!(!kept && !seen.keep_alive(Version::HTTP_11));
+        // Naming another header (or an upgrade): kept, so that header can
+        // be removed and the upgrade relayed.
+        assert!(conn("keep-alive, x-secret", true).1);
+        assert!(conn("upgrade", true).1);
+        // Requests keep theirs.
+        assert!(conn("keep-alive", false).1);
     }
 }

@@ -68,7 +68,7 @@ pub fn parse_head(
     let mut headers = std::mem::take(spare);
     headers.clear();
     headers.reserve(count);
-    let mut seen = FramingHeaders::default();
+    let mut seen = FramingHeaders::dropping_plain_connection();
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Failure::Broken("invalid header name"))?;
