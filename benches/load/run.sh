@@ -253,6 +253,15 @@ rss_kib() { # summed VmRSS of every process of NAME
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+cores_jiffies() { # CPUS ("0,1") -> "BUSY TOTAL" jiffies summed over those cores (/proc/stat)
+    local list=",$1," line
+    awk -v list="$list" '$1 ~ /^cpu[0-9]+$/ {
+            id = substr($1, 4)
+            if (index(list, "," id ",") == 0) next
+            busy += $2 + $3 + $4 + $7 + $8 + $9; total += $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
+        } END { print busy + 0, total + 0 }' /proc/stat
+}
+
 wait_ready() { # PORT NAME [tls]
     local ok=0
     if [ "${3:-}" = tls ]; then
@@ -279,8 +288,10 @@ wait_ready() { # PORT NAME [tls]
 run_load() {
     local name=$1 tool=$2 url=$3 conns=$4 secs=$5 out=$6
     shift 6
-    local before before_sys after after_sys
+    local before before_sys after after_sys pb0 pt0 pb1 pt1 lb0 lt0 lb1 lt1
     read -r before before_sys < <(cpu_ticks "$name")
+    read -r pb0 pt0 < <(cores_jiffies "$PROXY_CPUS")
+    read -r lb0 lt0 < <(cores_jiffies "$LOAD_CPUS")
     if [ "$tool" = h2load ]; then
         timeout $((secs + 20)) taskset -c "$LOAD_CPUS" h2load -t"$LOAD_N" -c"$conns" -D "$secs" "$@" "$url" \
             >"$out" 2>&1 || true
@@ -289,9 +300,15 @@ run_load() {
             >"$out" 2>&1 || true
     fi
     read -r after after_sys < <(cpu_ticks "$name")
+    read -r pb1 pt1 < <(cores_jiffies "$PROXY_CPUS")
+    read -r lb1 lt1 < <(cores_jiffies "$LOAD_CPUS")
     python3 "$TOOLS" "$tool" "$out"
     echo "cpu_ticks=$((after - before))"
     echo "sys_ticks=$((after_sys - before_sys))"
+    # How busy the proxy's cores and the load's (wrk + backend) cores were:
+    # when both are near 100 %, req/s is capped by the machine, not the proxy.
+    echo "proxy_cores_busy=$(( (pb1 - pb0) * 100 / ((pt1 - pt0) > 0 ? (pt1 - pt0) : 1) ))"
+    echo "load_cores_busy=$(( (lb1 - lb0) * 100 / ((lt1 - lt0) > 0 ? (lt1 - lt0) : 1) ))"
 }
 
 # scenario SCENARIO ROUND PROXY_LABEL PROXY_NAME TOOL URL CONNS [args...]
@@ -299,6 +316,7 @@ scenario() {
     local scen=$1 round=$2 label=$3 name=$4 tool=$5 url=$6 conns=$7
     shift 7
     local out="$W/$tool-$scen-$label-$round.txt" rps requests p50_us p99_us non2xx socket_errors cpu_ticks sys_ticks
+    local proxy_cores_busy load_cores_busy
     eval "$(run_load "$name" "$tool" "$url" "$conns" "$DURATION" "$out" "$@")"
     local cpu_us=nan sys_us=nan
     if [ "$requests" -gt 0 ]; then
@@ -310,8 +328,10 @@ scenario() {
     [ "$p99_us" = nan ] || result "$scen" p99_us "$label" "$round" "$p99_us"
     result "$scen" cpu_us "$label" "$round" "$cpu_us"
     result "$scen" sys_us "$label" "$round" "$sys_us"
+    result "$scen" proxy_busy "$label" "$round" "$proxy_cores_busy"
+    result "$scen" load_busy "$label" "$round" "$load_cores_busy"
     result "$scen" errors "$label" "$round" $((non2xx + socket_errors))
-    log "  $scen round $round $label: $rps req/s, p50 ${p50_us}µs, p99 ${p99_us}µs, CPU ${cpu_us}µs/req (kernel ${sys_us}), errors $((non2xx + socket_errors))"
+    log "  $scen round $round $label: $rps req/s, p50 ${p50_us}µs, p99 ${p99_us}µs, CPU ${cpu_us}µs/req (kernel ${sys_us}), cores busy: proxy ${proxy_cores_busy}% load ${load_cores_busy}%, errors $((non2xx + socket_errors))"
 }
 
 # scenario_rss SCENARIO ROUND nginx|portcullis plain|tls: a fresh proxy
@@ -361,6 +381,7 @@ scenario_reload() {
     local round=$1
     local out="$W/wrk-reload-$round.txt" res="$W/reload-$round.res"
     local rps requests p50_us p99_us non2xx socket_errors cpu_ticks sys_ticks ok failed secs err reload_pid
+    local proxy_cores_busy load_cores_busy
     # The reloads start one second into the wrk run.
     ( sleep 1; exec python3 "$TOOLS" reload "$P_RELOAD_ADMIN" 100 "$res" \
         "$W/portcullis_reload.toml" "$W/portcullis_reload.alt.toml" ) &

@@ -250,6 +250,7 @@ GOALS = {
 WRK_METRICS = [
     ("rps", "req/s"), ("p50_us", "p50 latency (µs)"), ("p99_us", "p99 latency (µs)"),
     ("cpu_us", "proxy CPU µs / request"), ("sys_us", "… of which kernel (system) µs / request"),
+    ("proxy_busy", "proxy core(s) busy (%)"), ("load_busy", "load core(s) busy: wrk + backend (%)"),
     ("errors", "non-2xx + socket errors (sum)")]
 
 ROWS = [

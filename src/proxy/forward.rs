@@ -361,9 +361,9 @@ async fn send_one(
             }
         });
     }
-    let (mut parts, body) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, switching);
-    Ok(Response::from_parts(parts, body))
+    let mut resp = resp;
+    headers::remove_hop_by_hop(resp.headers_mut(), switching);
+    Ok(resp)
 }
 
 /// Where the client's side of an upgrade comes from: our HTTP/1 server,

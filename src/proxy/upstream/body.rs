@@ -63,7 +63,7 @@ impl UpstreamBody {
             Framing::Chunked => Reading::Chunked(Dechunker::default()),
             Framing::UntilClose => Reading::UntilClose,
         };
-        Body::Upstream(UpstreamBody {
+        Body::Upstream(Box::new(UpstreamBody {
             conn: Some(conn),
             reading,
             reusable,
@@ -72,7 +72,7 @@ impl UpstreamBody {
             read_timeout,
             stall: None,
             progressed: false,
-        })
+        }))
     }
 
     /// The body ended: a clean connection goes back to the pool.
