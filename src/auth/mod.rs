@@ -274,7 +274,17 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
     };
     if second.is_none() {
         // The usual case: one Cookie header.
-        if !ours(first.as_bytes()) {
+        let b = first.as_bytes();
+        if !b.contains(&b';') {
+            // One cookie (a browser signed in to us alone sends only ours):
+            // its name decides, no scan of the value.
+            let name = b.split(|&c| c == b'=').next().unwrap_or(b"").trim_ascii();
+            if OUR_COOKIES.iter().any(|n| n.as_bytes() == name) {
+                headers.remove(header::COOKIE);
+            }
+            return;
+        }
+        if !ours(b) {
             return;
         }
         match without_ours(first) {
@@ -389,6 +399,25 @@ mod tests {
         untouched.insert(header::COOKIE, HeaderValue::from_static("a=1;  b=2"));
         strip_session_cookie(&mut untouched);
         assert_eq!(cookies(&untouched), ["a=1;  b=2"]);
+
+        // One cookie alone (the fast path): its name alone decides.
+        for (sent, left) in [
+            ("__Host-portcullis=abc", None),
+            (" portcullis_session = abc", None),
+            ("portcullis=abc", Some("portcullis=abc")),
+            ("__Host-portcullis-login", None),
+            ("my_portcullis_pref=dark", Some("my_portcullis_pref=dark")),
+            ("a=portcullis", Some("a=portcullis")),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_static(sent));
+            strip_session_cookie(&mut h);
+            assert_eq!(
+                h.get(header::COOKIE).map(|v| v.to_str().unwrap()),
+                left,
+                "{sent}"
+            );
+        }
     }
 
     #[test]
