@@ -78,6 +78,9 @@ need taskset util-linux
 need python3 python3
 need curl curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# The byte-relay ceiling needs nginx's stream module (Debian ships it apart).
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+[ -f "$STREAM_MODULE" ] || install_pkgs libnginx-mod-stream || true
 
 # ---------------------------------------------------------------------------
 # Cores: the proxy under test gets PROXY_CPUS, the load generator and the
@@ -172,8 +175,8 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 read -r P_BACKEND P_NGINX P_NGINX_LOG P_NGINX_TLS P_PORT P_PORT_ADMIN P_PORT_LOG P_PORT_LOG_ADMIN \
-    P_PORT_TLS P_PORT_TLS_ADMIN P_RELOAD P_RELOAD_ADMIN P_RSS P_RSS_ADMIN P_AUTH P_AUTH_ADMIN \
-    <<<"$(python3 "$TOOLS" ports 16)"
+    P_PORT_TLS P_PORT_TLS_ADMIN P_RELOAD P_RELOAD_ADMIN P_RSS P_RSS_ADMIN P_AUTH P_AUTH_ADMIN P_RELAY \
+    <<<"$(python3 "$TOOLS" ports 17)"
 
 BODY=$(printf '0123456789%.0s' {1..10}) # exactly 100 bytes
 
@@ -433,6 +436,15 @@ start_nginx nginx nginx-proxy.conf.in "$PROXY_CPUS" "$THREADS" PORT="$P_NGINX" B
 start_nginx nginx_log nginx-proxy.conf.in "$PROXY_CPUS" "$THREADS" PORT="$P_NGINX_LOG" BACKEND_PORT="$P_BACKEND" \
     ACCESS_LOG="/dev/null portcullis_like" LISTEN_OPTS=""
 start_portcullis portcullis "$P_PORT" "$P_PORT_ADMIN" warn http
+RELAY=0
+if [ -f "$STREAM_MODULE" ]; then
+    start_nginx relay nginx-relay.conf.in "$PROXY_CPUS" "$THREADS" PORT="$P_RELAY" BACKEND_PORT="$P_BACKEND" \
+        MODULE="$STREAM_MODULE"
+    RELAY=1
+else
+    log "no nginx stream module ($STREAM_MODULE): the byte-relay ceiling is not measured"
+    note "The byte-relay ceiling was not measured: install libnginx-mod-stream."
+fi
 start_portcullis portcullis_log "$P_PORT_LOG" "$P_PORT_LOG_ADMIN" info http
 
 # TLS: only if this build takes an https listener.
@@ -566,6 +578,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for conns in 50 256; do
         scenario "h1_c$conns" "$round" nginx nginx wrk "http://127.0.0.1:$P_NGINX/" "$conns" "${H_PLAIN[@]}"
         scenario "h1_c$conns" "$round" portcullis portcullis wrk "http://127.0.0.1:$P_PORT/" "$conns" "${H_PLAIN[@]}"
+        if [ $RELAY = 1 ]; then
+            scenario "h1_c$conns" "$round" relay relay wrk "http://127.0.0.1:$P_RELAY/" "$conns" "${H_PLAIN[@]}"
+        fi
     done
     scenario h1_c50_log "$round" nginx nginx_log wrk "http://127.0.0.1:$P_NGINX_LOG/" 50 "${H_PLAIN[@]}"
     scenario h1_c50_log "$round" portcullis portcullis_log wrk "http://127.0.0.1:$P_PORT_LOG/" 50 "${H_PLAIN[@]}"

@@ -411,6 +411,20 @@ def cmd_report(tsv, rounds, threads):
             mr_text = f"{mr:.2f}×" if ratios else "—"
             print(f"| {title} | {label} | {fmt(median(n))} | {fmt(median(p))} | {per_round} | {mr_text} | {goal} |")
 
+    # The ceiling: a byte relay that reads no HTTP (nginx's stream module),
+    # on the same core(s). Portcullis against it, and it against nginx.
+    for scen in ("h1_c50", "h1_c256"):
+        title = next(t for s_, t, _ in ROWS if s_ == scen)
+        for metric, label in (("rps", "req/s"), ("cpu_us", "CPU µs / request")):
+            relay, n, p = (series(scen, metric, who) for who in ("relay", "nginx", "portcullis"))
+            rp = [p[r] / relay[r] for r in sorted(set(p) & set(relay)) if relay[r]]
+            rn = [relay[r] / n[r] for r in sorted(set(n) & set(relay)) if n[r]]
+            if rp:
+                print(f"| {title}: byte relay, no HTTP (nginx stream; the ceiling) | {label} | "
+                      f"{fmt(median(n))} (nginx) | {fmt(median(relay))} (relay) | "
+                      f"relay/nginx {' '.join(f'{x:.2f}' for x in rn)}; portcullis/relay {' '.join(f'{x:.2f}' for x in rp)} | "
+                      f"{statistics.median(rp):.2f}× of the relay (relay {statistics.median(rn):.2f}× nginx) | — |")
+
     # The kernel's share: what the network stack costs per request (the
     # same four TCP segments for either proxy) bounds how low CPU per
     # request can go in user space.
