@@ -117,6 +117,21 @@ impl Gateway {
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests finish within the grace period, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.serve_with_workers(shutdown, 0).await
+    }
+
+    /// [`serve`](Self::serve), with `extra` more threads accepting and
+    /// serving proxy connections, each with a single-threaded runtime of
+    /// its own (as nginx runs worker processes): a connection stays on the
+    /// thread that accepted it, with that thread's upstream pool, and no
+    /// task is ever handed between threads. Everything else (admin API,
+    /// reloads, certificates, health checks) runs on the calling runtime,
+    /// which serves connections too.
+    pub async fn serve_with_workers(
+        self,
+        shutdown: impl Future<Output = ()>,
+        extra: usize,
+    ) -> anyhow::Result<()> {
         let Gateway {
             shared,
             listeners,
@@ -126,6 +141,14 @@ impl Gateway {
         let drain = Drain::new();
         let builder = Arc::new(server::http_builder(&snap.server));
         let slots = Arc::new(tokio::sync::Semaphore::new(snap.server.max_connections));
+        let mut tls_ctx = None;
+        let clones = |l: &Option<std::net::TcpListener>| -> std::io::Result<Vec<_>> {
+            match l {
+                Some(l) => (0..extra).map(|_| l.try_clone().map(Some)).collect(),
+                None => Ok((0..extra).map(|_| None).collect()),
+            }
+        };
+        let (http_clones, https_clones) = (clones(&listeners.http)?, clones(&listeners.https)?);
 
         if let Some(l) = listeners.http {
             let l = TcpListener::from_std(l)?;
@@ -148,6 +171,7 @@ impl Gateway {
                 config: tls::server_config(shared.certs.clone())?,
                 handshake_timeout: snap.server.tls_handshake_timeout,
             });
+            tls_ctx = Some(ctx.clone());
             tracing::info!(address = %addr, "listening (https)");
             tokio::spawn(tls::accept_loop(
                 l,
@@ -167,6 +191,20 @@ impl Gateway {
                 reload.clone(),
                 drain.watcher(),
             ));
+        }
+        for (i, (http, https)) in http_clones.into_iter().zip(https_clones).enumerate() {
+            let worker = Worker {
+                http,
+                https: https.zip(tls_ctx.clone()),
+                shared: shared.clone(),
+                builder: builder.clone(),
+                slots: slots.clone(),
+                drain: drain.watcher(),
+            };
+            std::thread::Builder::new()
+                .name(format!("portcullis-worker-{}", i + 1))
+                .spawn(move || worker.run())
+                .context("starting a worker thread")?;
         }
         proxy::health::spawn_checks(&shared, &snap);
         shared.ready.store(true, Ordering::Release);
@@ -191,6 +229,70 @@ impl Gateway {
             tracing::info!("all connections finished");
         }
         Ok(())
+    }
+}
+
+/// One extra serving thread: its own single-threaded runtime accepting
+/// from clones of the proxy listeners.
+struct Worker {
+    http: Option<std::net::TcpListener>,
+    https: Option<(std::net::TcpListener, Arc<tls::TlsContext>)>,
+    shared: Arc<Shared>,
+    builder: Arc<server::HttpBuilder>,
+    slots: Arc<tokio::sync::Semaphore>,
+    drain: tokio::sync::watch::Receiver<server::DrainState>,
+}
+
+impl Worker {
+    /// Accepts until shutdown, then keeps serving the connections it has
+    /// until they finish or the process ends (the drain that the main
+    /// runtime waits on counts them too).
+    fn run(self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker runtime; this thread serves nothing");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let Worker {
+                http,
+                https,
+                shared,
+                builder,
+                slots,
+                drain,
+            } = self;
+            if let Some(l) = http.map(TcpListener::from_std).transpose().ok().flatten() {
+                tokio::spawn(server::accept_loop(
+                    l,
+                    "http",
+                    shared.clone(),
+                    builder.clone(),
+                    slots.clone(),
+                    drain.clone(),
+                ));
+            }
+            if let Some((l, ctx)) = https
+                && let Ok(l) = TcpListener::from_std(l)
+            {
+                tokio::spawn(tls::accept_loop(
+                    l,
+                    ctx,
+                    shared,
+                    builder,
+                    slots,
+                    drain.clone(),
+                ));
+            }
+            // Not held past here: the drain counts live receivers.
+            drop(drain);
+            std::future::pending::<()>().await;
+        });
     }
 }
 

@@ -179,17 +179,18 @@ fn check(path: &Path) -> ExitCode {
 fn run(path: &Path) -> anyhow::Result<()> {
     portcullis::install_crypto_provider();
     let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // One worker: a current-thread runtime skips the work-stealing
-    // scheduler's cross-thread bookkeeping on every wake-up.
-    let mut rt = if config.server.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+    // One single-threaded runtime per worker thread, nginx-style: no
+    // work-stealing scheduler bookkeeping on every wake-up, no task handed
+    // between threads, an upstream pool per thread. This thread's runtime
+    // also runs the admin API, reloads, ACME and health checks.
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    if config.server.workers > 1 {
-        rt.worker_threads(config.server.workers);
-    }
-    let rt = rt.enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         let listeners = Listeners::bind(&config)?;
         let gateway = Gateway::new(config, listeners)?;
@@ -208,7 +209,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
             }
         };
-        gateway.serve(shutdown).await
+        gateway.serve_with_workers(shutdown, workers - 1).await
     })
 }
 

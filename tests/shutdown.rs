@@ -99,6 +99,65 @@ async fn sigterm_lets_the_binary_finish_in_flight_requests_and_exit_0() {
     assert!(gw.logs().contains("SIGTERM received"), "{}", gw.logs());
 }
 
+/// Names of the process's threads (Linux: /proc/PID/task/*/comm).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_workers_sigterm_waits_for_the_connections_of_every_thread() {
+    let be = Backend::echo().await;
+    let toml = format!(
+        "[server]\nhttp = \"{{{{HTTP}}}}\"\nadmin = \"{{{{ADMIN}}}}\"\nworkers = 2\n\n{}",
+        proxy_all(&be.url())
+    );
+    let mut gw = GatewayProcess::start(&toml).await;
+    // The second worker is a thread with a runtime of its own.
+    let names = thread_names(gw.pid());
+    assert!(
+        names.iter().any(|n| n.starts_with("portcullis-work")),
+        "no worker thread: {names:?}"
+    );
+
+    // Sixteen connections of their own, each with a request held by the
+    // backend: they land on whichever thread accepted them first.
+    const N: usize = 16;
+    let mut in_flight = Vec::new();
+    for i in 0..N {
+        let c = TestClient::to(gw.http_addr());
+        let url = gw.url(&format!("/hold?id={i}"));
+        in_flight.push(tokio::spawn(async move { c.get(&url).await }));
+    }
+    wait_for("every request to reach the backend", WAIT, || {
+        std::future::ready((be.holding() == N).then_some(()))
+    })
+    .await;
+
+    gw.signal("TERM");
+    wait_refused(gw.http_addr()).await;
+    assert!(!gw.has_exited(), "exited with requests in flight");
+    be.release();
+    for (i, t) in in_flight.into_iter().enumerate() {
+        let r = within("an in-flight request", WAIT, t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(Echo(r.json()).uri(), format!("/hold?id={i}"));
+    }
+    let status = gw.wait_exit(WAIT).await;
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        gw.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_bounds_shutdown() {
     let be = Backend::echo().await;
