@@ -565,9 +565,11 @@ async fn connection_close_answers_get_a_new_connection_per_request() {
     let be = RawBackend::start(|mut c| async move {
         if c.read_request().await.is_some() {
             let body = format!("conn {}", c.index);
+            // `close` also names a header called Close: hop-by-hop, it
+            // must not reach the client either.
             c.send(
                 format!(
-                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nClose: secret\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 )
                 .as_bytes(),
@@ -584,6 +586,11 @@ async fn connection_close_answers_get_a_new_connection_per_request() {
         let r = cl.get("http://cc.test/").await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert_eq!(r.text(), format!("conn {i}"));
+        assert_eq!(
+            r.header("close"),
+            None,
+            "request {i}: a named header passed"
+        );
     }
     assert_eq!(be.accepted(), 5);
 }

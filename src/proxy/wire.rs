@@ -210,8 +210,8 @@ pub struct FramingHeaders {
     keep_alive: bool,
     /// `Connection` names `upgrade`.
     pub upgrade: bool,
-    /// Leave out a `Connection` header that only says `keep-alive` or
-    /// `close` (its meaning is kept in the fields above).
+    /// Leave out a `Connection` header that only says `keep-alive` (its
+    /// meaning is kept in the fields above).
     drop_plain_connection: bool,
 }
 
@@ -224,9 +224,9 @@ pub enum BadLength {
 
 impl FramingHeaders {
     /// For a backend's answer: a `Connection` header that only says
-    /// `keep-alive` or `close` is noted and left out of the map (it is
-    /// hop-by-hop and names no other header, so it would only be removed
-    /// again before the answer goes on).
+    /// `keep-alive` is noted and left out of the map (it is hop-by-hop and
+    /// names no other header, so it would only be removed again before the
+    /// answer goes on). `close` stays: a header named Close must go too.
     pub fn dropping_plain_connection() -> Self {
         FramingHeaders {
             drop_plain_connection: true,
@@ -270,7 +270,9 @@ impl FramingHeaders {
                 self.close |= close;
                 self.keep_alive |= keep_alive;
                 self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
-                names_others |= !(close || keep_alive || t.is_empty());
+                // `close` may also name a header called Close, which has
+                // to be removed: only a bare keep-alive names nothing.
+                names_others |= !(keep_alive || t.is_empty());
             }
             if self.drop_plain_connection && !names_others {
                 // Noted above; hop-by-hop and naming no other header, it
@@ -367,8 +369,9 @@ mod tests {
         };
         let (seen, kept) = conn("keep-alive", true);
         assert!(!kept && seen.keep_alive(Version::HTTP_10));
+        // `close` is noted and kept: it may name a header called Close.
         let (seen, kept) = conn("Close", true);
-        assert!(!kept && !seen.keep_alive(Version::HTTP_11));
+        assert!(kept && !seen.keep_alive(Version::HTTP_11));
         // Naming another header (or an upgrade): kept, so that header can
         // be removed and the upgrade relayed.
         assert!(conn("keep-alive, x-secret", true).1);
