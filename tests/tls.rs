@@ -134,9 +134,22 @@ async fn http_redirects_to_https_except_for_opted_out_routes() {
 host = "plain.test"
 https_redirect = false
 respond = { body = "plain ok" }
+
+[[route]]
+host = "alias.test"
+path = "/denied"
+deny_ips = ["127.0.0.1"]
+respond = { body = "never" }
 "#,
     )
     .await;
+    // Address rules come before the redirect: a denied client learns
+    // nothing more over plain HTTP than over HTTPS.
+    let r =
+        s.gw.client()
+            .get_with(&s.gw.url("/denied"), &[("host", "alias.test")])
+            .await;
+    assert_eq!(r.status, 403, "{:?}", r.header("location"));
     let port = s.gw.https_addr().port();
     let r =
         s.gw.client()

@@ -235,7 +235,7 @@ fn route_request<'a>(
         };
         // The normalised host lives in a buffer on the stack: scoped so that
         // it is not part of the future while the request is forwarded.
-        let route = {
+        let (route, https_redirect) = {
             let mut buf = [0u8; HOST_BUF_LEN];
             let host = normalize_host(raw_host, &mut buf)
                 .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
@@ -303,13 +303,12 @@ fn route_request<'a>(
             outcome.route = Some(route);
             outcome.hsts = Some(route.config.hsts.clone());
 
-            if conn.proto == "http" && route.config.https_redirect {
-                let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
-                if port != 0 {
-                    return Ok(answers::https_redirect(host, port, req.uri()));
-                }
-            }
-            route
+            // Made here (the host is in `buf`), sent only after the
+            // address rules below: a denied client gets 403, not a redirect.
+            let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
+            let redirect = (conn.proto == "http" && route.config.https_redirect && port != 0)
+                .then(|| answers::https_redirect(host, port, req.uri()));
+            (route, redirect)
         };
 
         let peer = crate::state::canonical_ip(conn.peer.ip());
@@ -318,6 +317,9 @@ fn route_request<'a>(
         outcome.client_ip = Some(client_ip);
         if !route.config.limits.allows(client_ip) {
             return Err(ProxyError::AddressDenied);
+        }
+        if let Some(r) = https_redirect {
+            return Ok(r);
         }
 
         // issue 4: the auth gate (public routes pass at once).
