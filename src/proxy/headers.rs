@@ -190,8 +190,10 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Removes every client-sent identity header, `X-Request-Id` (the gateway
-/// sends its own, adopting a valid one the client sent) and, unless the
+/// Removes every client-sent identity header, `X-Request-Id` in any
+/// spelling (the gateway sends its own, adopting a valid one the client
+/// sent; `x_request_id` would reach CGI-style backends as the same name)
+/// and, unless the
 /// peer is a trusted proxy, every forwarding header. Runs on every route.
 pub fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
@@ -204,7 +206,7 @@ pub fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
         }
         if is_identity_header(s)
             || (!peer_trusted && is_forwarding_header(s))
-            || s == crate::proxy::request_id::REQUEST_ID.as_str()
+            || normalized_eq(s.as_bytes(), b"x-request-id")
         {
             doomed.push(name.clone());
         }
@@ -369,6 +371,8 @@ mod tests {
             ("x_forwarded_host", "evil"),
             ("forwarded", "for=1.2.3.4"),
             ("x-real-ip", "1.2.3.4"),
+            ("x-request-id", "mine"),
+            ("x_request_id", "mine-too"),
             ("accept", "*/*"),
         ]);
         let mut trusted = h.clone();
@@ -376,9 +380,12 @@ mod tests {
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
 
+        // The request id is the gateway's to set, whoever the peer is.
         strip_spoofable(&mut trusted, true);
         assert!(!trusted.contains_key("x_authentik_username"));
         assert!(trusted.contains_key("x-forwarded-for"));
+        assert!(!trusted.contains_key("x-request-id"));
+        assert!(!trusted.contains_key("x_request_id"));
     }
 
     #[test]
