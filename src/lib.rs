@@ -192,14 +192,34 @@ impl Gateway {
                 drain.watcher(),
             ));
         }
+        // Each worker's runtime is built and its listeners registered here,
+        // so a worker that cannot start fails the start instead of leaving
+        // the gateway quietly short of a thread. Dropping `stops` (when
+        // this returns) lets the worker threads end.
+        let mut stops = Vec::with_capacity(extra);
         for (i, (http, https)) in http_clones.into_iter().zip(https_clones).enumerate() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a worker runtime")?;
+            let (http, https) = {
+                let _in_rt = rt.enter();
+                (
+                    http.map(TcpListener::from_std).transpose()?,
+                    https.map(TcpListener::from_std).transpose()?,
+                )
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
             let worker = Worker {
+                rt,
                 http,
                 https: https.zip(tls_ctx.clone()),
                 shared: shared.clone(),
                 builder: builder.clone(),
                 slots: slots.clone(),
                 drain: drain.watcher(),
+                stopped,
             };
             std::thread::Builder::new()
                 .name(format!("portcullis-worker-{}", i + 1))
@@ -233,41 +253,36 @@ impl Gateway {
 }
 
 /// One extra serving thread: its own single-threaded runtime accepting
-/// from clones of the proxy listeners.
+/// from clones of the proxy listeners (registered with that runtime).
 struct Worker {
-    http: Option<std::net::TcpListener>,
-    https: Option<(std::net::TcpListener, Arc<tls::TlsContext>)>,
+    rt: tokio::runtime::Runtime,
+    http: Option<TcpListener>,
+    https: Option<(TcpListener, Arc<tls::TlsContext>)>,
     shared: Arc<Shared>,
     builder: Arc<server::HttpBuilder>,
     slots: Arc<tokio::sync::Semaphore>,
     drain: tokio::sync::watch::Receiver<server::DrainState>,
+    /// Resolves (closed) when `serve_with_workers` returns.
+    stopped: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Worker {
     /// Accepts until shutdown, then keeps serving the connections it has
-    /// until they finish or the process ends (the drain that the main
-    /// runtime waits on counts them too).
+    /// (the drain the main runtime waits on counts them too) until the
+    /// gateway has stopped.
     fn run(self) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a worker runtime; this thread serves nothing");
-                return;
-            }
-        };
+        let Worker {
+            rt,
+            http,
+            https,
+            shared,
+            builder,
+            slots,
+            drain,
+            stopped,
+        } = self;
         rt.block_on(async move {
-            let Worker {
-                http,
-                https,
-                shared,
-                builder,
-                slots,
-                drain,
-            } = self;
-            if let Some(l) = http.map(TcpListener::from_std).transpose().ok().flatten() {
+            if let Some(l) = http {
                 tokio::spawn(server::accept_loop(
                     l,
                     "http",
@@ -277,9 +292,7 @@ impl Worker {
                     drain.clone(),
                 ));
             }
-            if let Some((l, ctx)) = https
-                && let Ok(l) = TcpListener::from_std(l)
-            {
+            if let Some((l, ctx)) = https {
                 tokio::spawn(tls::accept_loop(
                     l,
                     ctx,
@@ -291,7 +304,7 @@ impl Worker {
             }
             // Not held past here: the drain counts live receivers.
             drop(drain);
-            std::future::pending::<()>().await;
+            let _ = stopped.await;
         });
     }
 }
