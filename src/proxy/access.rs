@@ -102,12 +102,42 @@ impl Record {
 
 /// Holds a request's record while its handler runs: if the handler is
 /// dropped (the client went away) the line is written with status 499.
+/// The record starts life in the box that becomes the response body's
+/// wrapper ([`Logged::wrap`]): one allocation per logged request, and the
+/// handler's state holds a pointer, not the record.
 #[derive(Default)]
-pub struct Guard(pub Option<Box<Record>>);
+pub struct Guard(Option<Box<Logged>>);
+
+impl Guard {
+    /// A guard holding `record` (None: this request is not logged).
+    pub fn new(record: Option<Record>) -> Self {
+        Guard(record.map(|r| {
+            Box::new(Logged {
+                inner: Body::Empty,
+                record: Some(r),
+                sent: 0,
+            })
+        }))
+    }
+
+    /// The record, to fill in as the request goes.
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.0.as_mut().and_then(|l| l.record.as_mut())
+    }
+
+    /// Hands the record over to `body`: the line is written when the body
+    /// ends (at once when there is none left to send).
+    pub fn wrap(mut self, body: Body) -> Body {
+        match self.0.take() {
+            Some(logged) => Logged::wrap(logged, body),
+            None => body,
+        }
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        if let Some(r) = self.0.take().and_then(|mut l| l.record.take()) {
             r.emit(None);
         }
     }
@@ -123,16 +153,15 @@ pub struct Logged {
 impl Logged {
     /// Wraps `inner`, or writes the line at once when there is no body
     /// left to send.
-    pub fn wrap(inner: Body, record: Record) -> Body {
+    fn wrap(mut logged: Box<Logged>, inner: Body) -> Body {
         if inner.is_end_stream() {
-            record.emit(Some(0));
+            if let Some(r) = logged.record.take() {
+                r.emit(Some(0));
+            }
             return inner;
         }
-        Body::Logged(Box::new(Logged {
-            inner,
-            record: Some(record),
-            sent: 0,
-        }))
+        logged.inner = inner;
+        Body::Logged(logged)
     }
 
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

@@ -97,9 +97,8 @@ pub fn handle<'a>(
         // Written when the response ends, or with 499 if this future is
         // dropped first (the client went away). Boxed: most requests are
         // not logged, and inline it would be part of every request's state.
-        let mut pending = access::Guard(
-            log.then(|| Box::new(access::Record::start(start, conn, &request_id, &req))),
-        );
+        let mut pending =
+            access::Guard::new(log.then(|| access::Record::start(start, conn, &request_id, &req)));
 
         let mut outcome = Outcome::default();
         let mut resp =
@@ -136,7 +135,8 @@ pub fn handle<'a>(
             route_metrics.upstream_error(kind);
         }
 
-        if let Some(mut rec) = pending.0.take() {
+        let logging = pending.record().is_some();
+        if let Some(rec) = pending.record() {
             rec.status = resp.status().as_u16();
             rec.client_ip = outcome.client_ip;
             rec.route = outcome
@@ -145,7 +145,9 @@ pub fn handle<'a>(
             rec.upstream = outcome.upstream.unwrap_or("").to_string();
             rec.user = outcome.user.take().unwrap_or_default();
             rec.error = outcome.error.map(|e| e.kind()).unwrap_or("");
-            resp = resp.map(|body| access::Logged::wrap(body, *rec));
+        }
+        if logging {
+            resp = resp.map(|body| pending.wrap(body));
         }
         Ok(resp)
     }
