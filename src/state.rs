@@ -61,12 +61,22 @@ pub struct Route {
     next_upstream: AtomicUsize,
     /// Parallel to the upstream list.
     health: Vec<UpstreamHealth>,
+    /// The route's name and its upstreams' URLs as shared strings, made
+    /// once here: an access-log record takes a reference count, not a copy.
+    pub log_name: Arc<str>,
+    pub log_upstreams: Vec<Arc<str>>,
 }
 
 impl Route {
     pub fn new(config: RouteConfig, metrics: Arc<RouteMetrics>) -> Self {
         let n = config.upstreams().len();
         Route {
+            log_name: config.name.as_str().into(),
+            log_upstreams: config
+                .upstreams()
+                .iter()
+                .map(|u| u.url.as_str().into())
+                .collect(),
             config,
             metrics,
             next_upstream: AtomicUsize::new(0),

@@ -39,8 +39,8 @@ pub struct Record {
     bytes_in: Option<u64>,
     pub client_ip: Option<IpAddr>,
     pub status: u16,
-    pub route: String,
-    pub upstream: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
     pub user: String,
     pub error: &'static str,
 }
@@ -63,8 +63,8 @@ impl Record {
             bytes_in: super::headers::content_length(req.headers()),
             client_ip: None,
             status: CLIENT_CLOSED,
-            route: String::new(),
-            upstream: String::new(),
+            route: None,
+            upstream: None,
             user: String::new(),
             error: "client_closed",
         }
@@ -91,8 +91,8 @@ impl Record {
             bytes_in: self.bytes_in,
             bytes_out,
             duration: self.start.elapsed(),
-            route: &self.route,
-            upstream: &self.upstream,
+            route: self.route.as_deref().unwrap_or(""),
+            upstream: self.upstream.as_deref().unwrap_or(""),
             user: &self.user,
             error: self.error,
         }

@@ -139,10 +139,11 @@ pub fn handle<'a>(
         if let Some(rec) = pending.record() {
             rec.status = resp.status().as_u16();
             rec.client_ip = outcome.client_ip;
-            rec.route = outcome
+            rec.route = outcome.route.map(|r| r.log_name.clone());
+            rec.upstream = outcome
                 .route
-                .map_or_else(String::new, |r| r.config.name.clone());
-            rec.upstream = outcome.upstream.unwrap_or("").to_string();
+                .zip(outcome.upstream_index)
+                .and_then(|(r, i)| r.log_upstreams.get(i).cloned());
             rec.user = outcome.user.take().unwrap_or_default();
             rec.error = outcome.error.map(|e| e.kind()).unwrap_or("");
         }
@@ -168,7 +169,8 @@ fn upstream_error_index(e: ProxyError) -> Option<usize> {
 #[derive(Default)]
 struct Outcome<'a> {
     route: Option<&'a crate::state::Route>,
-    upstream: Option<&'a str>,
+    /// Which of the route's upstreams answered or failed last.
+    upstream_index: Option<usize>,
     /// The authenticated user's name, when a session or token identified one.
     user: Option<String>,
     client_ip: Option<std::net::IpAddr>,
@@ -407,13 +409,15 @@ fn route_request<'a>(
                     request_id,
                 };
                 let (result, used) = forward::forward(fwd, &mut req).await;
-                outcome.upstream = used.map(|i| route.config.upstreams()[i].url.as_str());
+                outcome.upstream_index = used;
                 if let Err(e) = &result
                     && e.side() == error::Side::Upstream
                 {
                     tracing::warn!(
                         route = %route.config.name,
-                        upstream = outcome.upstream.unwrap_or("(none usable)"),
+                        upstream = used.map_or("(none usable)", |i| route.config.upstreams()[i]
+                            .url
+                            .as_str()),
                         request_id = request_id.to_str().unwrap_or(""),
                         error = e.kind(),
                         "upstream request failed"

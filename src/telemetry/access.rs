@@ -170,11 +170,11 @@ fn push_padded(out: &mut String, mut n: u64, width: usize) {
 /// other UTF-8 as is.
 fn push_str(out: &mut String, s: &str) {
     out.push('"');
-    // Nearly every value needs no escaping: one scan, one copy.
-    if !s
-        .bytes()
-        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
-    {
+    // Nearly every value needs no escaping: one scan, one copy. The scan
+    // has no early exit so the compiler can run it many bytes at a time.
+    if !s.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f)
+    }) {
         out.push_str(s);
         out.push('"');
         return;
