@@ -17,40 +17,20 @@
 
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use support::backend::{Backend, Echo};
-use support::gateway::Gateway;
-use support::wire::{Head, Wire};
+use support::gateway::{Gateway, gateway_with};
+use support::wire::{Head, RawBackend, Wire};
 use support::within;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 /// The bound on every wait that is not itself about timing.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// A gateway with `routes` and extra `[server]` keys.
-async fn gateway_with(routes: &str, server_extra: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[server]
-http = "{{{{HTTP}}}}"
-admin = "{{{{ADMIN}}}}"
-state_dir = "{{{{DIR}}}}/state"
-{server_extra}
-
-{routes}
-"#
-    ))
-    .await
-}
 
 fn proxy_route(host: &str, upstream: &str, extra: &str) -> String {
     format!(
@@ -235,99 +215,6 @@ impl RawClient {
 // ---------------------------------------------------------------------------
 // Raw backends
 // ---------------------------------------------------------------------------
-
-/// One request as a backend read it off the wire.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-}
-
-/// One accepted backend connection.
-struct Conn {
-    wire: Wire<TcpStream>,
-}
-
-impl Conn {
-    /// Reads a whole request (body by chunked framing or Content-Length);
-    /// `None` if the gateway closed the connection first.
-    async fn read_request(&mut self) -> Option<Seen> {
-        let head = Head::parse(&self.wire.head().await?);
-        if head.is_chunked() {
-            self.wire.chunked().await?;
-        } else if let Some(n) = head.content_length() {
-            self.wire.exact(n).await?;
-        }
-        let mut parts = head.start.split(' ');
-        Some(Seen {
-            method: parts.next().unwrap_or_default().to_string(),
-            target: parts.next().unwrap_or_default().to_string(),
-        })
-    }
-
-    /// Writes bytes, ignoring errors (the gateway may hang up first).
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.wire.io.write_all(bytes).await;
-    }
-}
-
-/// A backend on `127.0.0.1:0` running `handler` for every connection.
-/// Dropping it stops the listener and every connection task.
-struct RawBackend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl RawBackend {
-    async fn start<F, Fut>(handler: F) -> RawBackend
-    where
-        F: Fn(Conn) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind raw backend");
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            // Dropped (and with it every connection task) on abort.
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                count.fetch_add(1, Ordering::SeqCst);
-                while conns.try_join_next().is_some() {}
-                conns.spawn(handler(Conn {
-                    wire: Wire::new(stream),
-                }));
-            }
-        });
-        RawBackend {
-            addr,
-            accepted,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// TCP connections accepted so far.
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A backend answering `/chunked` with a chunked body (keeping the
 /// connection), `/eof` with a close-delimited `payload` (then closing), and

@@ -12,23 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::backend::Backend;
 use support::client::{TestBody, TestClient, raw};
-use support::gateway::Gateway;
+use support::gateway::gateway_with;
 use support::{wait_for, within};
-
-async fn gateway_with(routes: &str, server_extra: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[server]
-http = "{{{{HTTP}}}}"
-admin = "{{{{ADMIN}}}}"
-state_dir = "{{{{DIR}}}}/state"
-{server_extra}
-
-{routes}
-"#
-    ))
-    .await
-}
 
 #[tokio::test]
 async fn path_tricks_are_normalised_once_or_refused() {

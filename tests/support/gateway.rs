@@ -535,3 +535,19 @@ pub fn write_atomic(path: &Path, contents: &str) {
     tmp.persist(path)
         .unwrap_or_else(|e| panic!("rename onto {}: {e}", path.display()));
 }
+
+/// A gateway with `routes` and extra `[server]` keys.
+pub async fn gateway_with(routes: &str, server_extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[server]
+http = "{{{{HTTP}}}}"
+admin = "{{{{ADMIN}}}}"
+state_dir = "{{{{DIR}}}}/state"
+{server_extra}
+
+{routes}
+"#
+    ))
+    .await
+}
