@@ -216,6 +216,11 @@ pub async fn forward(
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
     let route = fwd.route;
     let limits = &route.config.limits;
+    if req.version() == http::Version::HTTP_2
+        && let Err(e) = http2_head_rules(req)
+    {
+        return (Err(e), None);
+    }
     if let (Some(max), Some(len)) = (limits.max_body, headers::content_length(req.headers()))
         && len > max
     {
@@ -294,6 +299,21 @@ pub async fn forward(
         }
     }
     (last, tried.last().copied())
+}
+
+/// What our HTTP/1 parser enforces while it reads a head, for an HTTP/2
+/// request about to become an HTTP/1.1 head for a backend: the h2 layer
+/// lets identical repeated `content-length`s and leading zeros through
+/// (they would go on as two lines, or as `05`), and any method token.
+fn http2_head_rules(req: &mut Request<crate::proxy::body::Body>) -> Result<(), ProxyError> {
+    if !super::wire::method_allowed(req.method().as_str().as_bytes()) {
+        return Err(ProxyError::BadRequest(
+            "The request method is not valid (methods are uppercase).",
+        ));
+    }
+    super::wire::one_length(req.headers_mut())
+        .map_err(|_| ProxyError::BadRequest("The Content-Length header is not valid."))?;
+    Ok(())
 }
 
 /// One attempt against upstream `i`: health bookkeeping, body limits, and

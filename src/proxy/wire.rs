@@ -1,12 +1,16 @@
 //! HTTP/1.1 message framing shared by both sides of the proxy: the
-//! `Content-Length` value rules and the chunked-body decoder (RFC 9112).
+//! `Content-Length` value rules, the `Transfer-Encoding` rule (`chunked`
+//! is the only transfer coding implemented), the chunked-body decoder
+//! (RFC 9112) and the request-method rule.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Bytes of chunk extensions or trailers skipped before giving up.
-pub const MAX_CHUNK_EXTRAS: usize = 16 * 1024;
+/// Bytes of one chunk's extensions (and the padding before them) skipped
+/// before giving up. Counted per chunk: a long stream of chunks that each
+/// carry a small extension is fine, one huge extension line is not.
+pub const MAX_CHUNK_EXTENSION: usize = 4 * 1024;
 
 /// Bodies up to this size are copied out of a read buffer rather than
 /// shared with it.
@@ -24,6 +28,47 @@ pub fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     } else {
         buf.split_to(n).freeze()
     }
+}
+
+/// Whether a request method is accepted: any token (the parsers check
+/// that) without lowercase letters. Every registered method is uppercase,
+/// and nginx refuses lowercase ones too; a backend that reads methods
+/// case-insensitively would otherwise see `get` or `delete` as a method
+/// the gateway's own rules never compared it with. Uppercase extension
+/// methods (WebDAV's `PROPFIND`, `MKCOL`, …) pass.
+#[inline]
+pub fn method_allowed(method: &[u8]) -> bool {
+    !method.iter().any(u8::is_ascii_lowercase)
+}
+
+/// A `Content-Length` value in the plain form it is sent on in: digits,
+/// no leading zero.
+fn is_plain_length(v: &[u8]) -> bool {
+    !v.is_empty() && (!v.starts_with(b"0") || v.len() == 1) && v.iter().all(u8::is_ascii_digit)
+}
+
+/// Makes a request's `Content-Length` lines one plain value, as the
+/// HTTP/1 parser does while it reads them: for heads that did not come
+/// through it (HTTP/2, whose layer lets identical repeats and leading
+/// zeros through). `Err` for an invalid value or unequal ones.
+pub fn one_length(headers: &mut HeaderMap) -> Result<Option<u64>, BadLength> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let n = parse_length(first.as_bytes()).ok_or(BadLength::Invalid)?;
+    let mut plain = is_plain_length(first.as_bytes());
+    for v in values {
+        match parse_length(v.as_bytes()) {
+            None => return Err(BadLength::Invalid),
+            Some(m) if m != n => return Err(BadLength::Conflicting),
+            Some(_) => plain = false,
+        }
+    }
+    if !plain {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(Some(n))
 }
 
 /// A `Content-Length` value: digits only, or a list of identical values.
@@ -78,7 +123,11 @@ enum Chunk {
 pub struct Dechunker {
     at: Chunk,
     size: u64,
+    /// Bytes skipped in the current chunk's extension, or in the trailer
+    /// section once the last chunk was read.
     extras: usize,
+    /// Largest trailer section accepted.
+    max_trailers: usize,
 }
 
 /// What the decoder made of the buffered bytes.
@@ -90,17 +139,18 @@ pub enum Step {
     End,
 }
 
-impl Default for Dechunker {
-    fn default() -> Self {
+impl Dechunker {
+    /// A decoder that accepts a trailer section of up to `max_trailers`
+    /// bytes (a bound like the one on the message's head).
+    pub fn new(max_trailers: usize) -> Self {
         Dechunker {
             at: Chunk::Size(0),
             size: 0,
             extras: 0,
+            max_trailers,
         }
     }
-}
 
-impl Dechunker {
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
         loop {
             match self.at {
@@ -136,7 +186,7 @@ impl Dechunker {
                 // Whitespace may only pad the size before `;` or CR.
                 (Chunk::Size(d), b' ' | b'\t') if d > 0 => Chunk::SizeWs,
                 (Chunk::SizeWs, b' ' | b'\t') => {
-                    self.skip_extra()?;
+                    self.skip_extension()?;
                     Chunk::SizeWs
                 }
                 (Chunk::SizeWs, b';') => Chunk::Extension,
@@ -147,20 +197,30 @@ impl Dechunker {
                 (Chunk::Extension, b'\r') => Chunk::SizeLf,
                 (Chunk::Extension, b'\n') => return Err("invalid chunk extension"),
                 (Chunk::Extension, _) => {
-                    self.skip_extra()?;
+                    self.skip_extension()?;
                     Chunk::Extension
                 }
-                (Chunk::SizeLf, b'\n') if self.size == 0 => Chunk::TrailerStart,
+                (Chunk::SizeLf, b'\n') if self.size == 0 => {
+                    self.extras = 0;
+                    Chunk::TrailerStart
+                }
                 (Chunk::SizeLf, b'\n') => Chunk::Data,
                 (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                (Chunk::DataLf, b'\n') => Chunk::Size(0),
+                (Chunk::DataLf, b'\n') => {
+                    // The extension budget is per chunk.
+                    self.extras = 0;
+                    Chunk::Size(0)
+                }
                 (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
                 (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
                 (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => {
                     return Err("invalid trailer");
                 }
                 (Chunk::TrailerStart | Chunk::TrailerLine, _) => {
-                    self.skip_extra()?;
+                    self.extras += 1;
+                    if self.extras > self.max_trailers {
+                        return Err("trailer section too large");
+                    }
                     Chunk::TrailerLine
                 }
                 (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
@@ -170,10 +230,10 @@ impl Dechunker {
         }
     }
 
-    fn skip_extra(&mut self) -> Result<(), &'static str> {
+    fn skip_extension(&mut self) -> Result<(), &'static str> {
         self.extras += 1;
-        if self.extras > MAX_CHUNK_EXTRAS {
-            return Err("chunk extensions or trailers too large");
+        if self.extras > MAX_CHUNK_EXTENSION {
+            return Err("chunk extension too large");
         }
         Ok(())
     }
@@ -206,6 +266,8 @@ pub struct FramingHeaders {
     pub length: Option<u64>,
     /// `Some(true)` when the last transfer coding is `chunked`.
     pub chunked: Option<bool>,
+    /// Transfer codings named, over all `Transfer-Encoding` lines.
+    codings: usize,
     close: bool,
     keep_alive: bool,
     /// `Connection` names `upgrade`.
@@ -249,18 +311,19 @@ impl FramingHeaders {
                 return Err(BadLength::Conflicting);
             }
             if self.length.replace(n).is_none() {
-                let v = value.as_bytes();
-                let plain =
-                    (!v.starts_with(b"0") || v.len() == 1) && v.iter().all(u8::is_ascii_digit);
+                let plain = is_plain_length(value.as_bytes());
                 headers.append(name, if plain { value } else { HeaderValue::from(n) });
             }
             return Ok(());
         }
         if name == header::TRANSFER_ENCODING {
             // The last coding decides: chunked must come last to frame.
-            self.chunked = Some(
-                last_token(value.as_bytes()).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
+            let v = value.as_bytes();
+            self.chunked = Some(last_token(v).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+            self.codings += v
+                .split(|&b| b == b',')
+                .filter(|t| !t.trim_ascii().is_empty())
+                .count();
         } else if name == header::CONNECTION {
             let mut names_others = false;
             for t in value.as_bytes().split(|&b| b == b',') {
@@ -284,6 +347,13 @@ impl FramingHeaders {
         Ok(())
     }
 
+    /// `Transfer-Encoding` ends with `chunked` but names more than that one
+    /// coding (`gzip, chunked`): only `chunked` is implemented, so the
+    /// body could be framed but not decoded (RFC 9112 6.1).
+    pub fn other_codings(&self) -> bool {
+        self.chunked == Some(true) && self.codings > 1
+    }
+
     /// Whether the sender allows another message on the connection.
     pub fn keep_alive(&self, version: Version) -> bool {
         !self.close && (version == Version::HTTP_11 || self.keep_alive)
@@ -294,8 +364,10 @@ impl FramingHeaders {
 mod tests {
     use super::*;
 
+    const TRAILERS: usize = 8 * 1024;
+
     fn dechunk(parts: &[&[u8]]) -> Result<Vec<u8>, &'static str> {
-        let mut d = Dechunker::default();
+        let mut d = Dechunker::new(TRAILERS);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for p in parts {
@@ -324,7 +396,7 @@ mod tests {
         let bytes: Vec<&[u8]> = wire.chunks(1).collect();
         assert_eq!(dechunk(&bytes).unwrap(), b"hello, chunked!");
         // Bytes after the end stay in the buffer.
-        let mut d = Dechunker::default();
+        let mut d = Dechunker::new(TRAILERS);
         let mut buf = BytesMut::from(&b"0\r\n\r\nNEXT"[..]);
         assert_eq!(d.decode(&mut buf), Ok(Step::End));
         assert_eq!(&buf[..], b"NEXT");
@@ -347,11 +419,142 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let long_ext = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_EXTRAS + 1));
-        assert_eq!(
-            dechunk(&[long_ext.as_bytes()]),
-            Err("chunk extensions or trailers too large")
-        );
+    }
+
+    /// Extensions are bounded per chunk and the trailer section on its
+    /// own, so only one oversized piece is refused, never a long body.
+    #[test]
+    fn extension_and_trailer_bounds_are_per_piece() {
+        let many = |n: usize, ext: &str| {
+            let mut w = String::new();
+            for _ in 0..n {
+                w.push_str(&format!("1;{ext}\r\nx\r\n"));
+            }
+            w
+        };
+        // What is counted: the bytes after `;` (or after the first blank
+        // behind the size), and each trailer line without its line end.
+        let fits = "e".repeat(MAX_CHUNK_EXTENSION);
+        let over = "e".repeat(MAX_CHUNK_EXTENSION + 1);
+        let trailer_fits = format!("x-t: {}\r\n", "v".repeat(TRAILERS - 5));
+        let trailer_over = format!("x-t: {}\r\n", "v".repeat(TRAILERS - 4));
+        let cases: Vec<(String, Result<usize, &str>)> = vec![
+            // 10,000 chunks with small extensions: far more extension
+            // bytes in all than one chunk may have.
+            (many(10_000, "seq=12345") + "0\r\n\r\n", Ok(10_000)),
+            // One extension just within the bound, many times over.
+            (many(8, &fits) + "0\r\n\r\n", Ok(8)),
+            (
+                format!("1;{over}\r\nx\r\n0\r\n\r\n"),
+                Err("chunk extension too large"),
+            ),
+            // Padding behind the size counts as well.
+            (
+                format!("1{}\r\nx\r\n0\r\n\r\n", " ".repeat(MAX_CHUNK_EXTENSION + 2)),
+                Err("chunk extension too large"),
+            ),
+            // On the last chunk too.
+            (
+                format!("0;{over}\r\n\r\n"),
+                Err("chunk extension too large"),
+            ),
+            // Extensions do not eat into the trailer budget, and back.
+            (many(4, &fits) + "0\r\n" + &trailer_fits + "\r\n", Ok(4)),
+            (
+                many(1, "a") + "0\r\n" + &trailer_over + "\r\n",
+                Err("trailer section too large"),
+            ),
+            // Several trailer lines count together.
+            (
+                format!("0\r\n{}\r\n", "x-a: 1\r\n".repeat(TRAILERS / 6 + 1)),
+                Err("trailer section too large"),
+            ),
+        ];
+        for (wire, want) in cases {
+            let got = dechunk(&[wire.as_bytes()]).map(|b| b.len());
+            assert_eq!(got, want, "{:.60}…", wire);
+        }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_told_apart() {
+        let codings = |lines: &[&'static str]| {
+            let mut seen = FramingHeaders::default();
+            let mut h = HeaderMap::new();
+            for l in lines {
+                seen.add(
+                    &mut h,
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static(l),
+                )
+                .unwrap();
+            }
+            (seen.chunked, seen.other_codings())
+        };
+        for (lines, chunked, other) in [
+            (&["chunked"][..], Some(true), false),
+            (&["Chunked "], Some(true), false),
+            (&["gzip, chunked"], Some(true), true),
+            (&["gzip", "chunked"], Some(true), true),
+            (&["identity,chunked"], Some(true), true),
+            (&["chunked", "chunked"], Some(true), true),
+            (&[", chunked"], Some(true), false),
+            (&["chunked, gzip"], Some(false), false),
+            (&["chunked", "gzip"], Some(false), false),
+            (&["chunked,"], Some(false), false),
+            (&["gzip"], Some(false), false),
+        ] {
+            assert_eq!(codings(lines), (chunked, other), "{lines:?}");
+        }
+        assert_eq!(FramingHeaders::default().chunked, None);
+    }
+
+    #[test]
+    fn lengths_from_other_parsers_become_one_plain_value() {
+        let one = |vals: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in vals {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            let r = one_length(&mut h);
+            let left: Vec<_> = h
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (r, left)
+        };
+        for (vals, want, left) in [
+            (&[][..], Ok(None), &[][..]),
+            (&["5"], Ok(Some(5)), &["5"]),
+            (&["0"], Ok(Some(0)), &["0"]),
+            (&["05"], Ok(Some(5)), &["5"]),
+            (&["5", "5"], Ok(Some(5)), &["5"]),
+            (&["5", "05", "5, 5"], Ok(Some(5)), &["5"]),
+            (&["5", "6"], Err(BadLength::Conflicting), &["5", "6"]),
+            (&["5", "x"], Err(BadLength::Invalid), &["5", "x"]),
+            (&["+5"], Err(BadLength::Invalid), &["+5"]),
+        ] {
+            let (r, got) = one(vals);
+            assert_eq!(r, want, "{vals:?}");
+            assert_eq!(got, left, "{vals:?}");
+        }
+    }
+
+    #[test]
+    fn methods_without_lowercase_letters_are_allowed() {
+        for (m, ok) in [
+            ("GET", true),
+            ("PROPFIND", true),
+            ("X-CUSTOM_1", true),
+            ("M-SEARCH", true),
+            ("get", false),
+            ("Get", false),
+            ("propfind", false),
+            ("gET", false),
+        ] {
+            assert_eq!(method_allowed(m.as_bytes()), ok, "{m}");
+        }
     }
 
     #[test]

@@ -125,7 +125,7 @@ where
                     break;
                 }
             };
-            let (mut fut, mut reader, started) = start(parsed, &shared, &info);
+            let (mut fut, mut reader, started) = start(parsed, &shared, &info, settings.max_head);
             let (writing, switching, leftover) = {
                 let outcome = poll_fn(|cx| conn.poll_handler(fut.as_mut(), &mut reader, cx)).await;
                 drop(fut);
@@ -207,11 +207,14 @@ struct Started {
 
 /// Turns a parsed head into the handler's future (boxed: an idle
 /// connection holds no request state) and the reader that feeds its body.
+/// A chunked body's trailer section may be as large as a head
+/// (`max_trailers`).
 #[allow(clippy::type_complexity)]
 fn start<'a>(
     parsed: Parsed,
     shared: &'a Shared,
     info: &'a Arc<ConnInfo>,
+    max_trailers: usize,
 ) -> (
     Pin<Box<impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'a>>,
     Option<body::BodyReader>,
@@ -237,7 +240,7 @@ fn start<'a>(
             let (b, feed) = body::channel(None);
             let reader = body::BodyReader::new(
                 feed,
-                body::Reading::Chunked(Dechunker::default()),
+                body::Reading::Chunked(Dechunker::new(max_trailers)),
                 expect_continue,
             );
             (request.map(|()| Body::Client(b)), Some(reader))
@@ -262,6 +265,7 @@ fn start<'a>(
 async fn refuse<I: AsyncWrite + Unpin>(conn: &mut Conn<I>, info: &ConnInfo, stop: Stop) {
     let answer = match stop {
         Stop::Head(HeadError::Bad(why)) => Some((StatusCode::BAD_REQUEST, why)),
+        Stop::Head(HeadError::NotImplemented(why)) => Some((StatusCode::NOT_IMPLEMENTED, why)),
         Stop::Head(HeadError::TooLarge) => Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "The request head is too large.",

@@ -1,9 +1,13 @@
 //! Reading a client's request head (RFC 9112), strictly: what httparse
 //! refuses (bad tokens, spaces before colons, obsolete line folding) is a
-//! 400 (it accepts bare LF line endings, as RFC 9112 2.2 allows); a head over the size limit or with
-//! more than [`MAX_HEADERS`] lines is a 431; a `Transfer-Encoding` whose
-//! last coding is not `chunked`, or one on an HTTP/1.0 request, is a 400;
-//! so are conflicting `Content-Length` values. `Transfer-Encoding` with
+//! 400 (it accepts bare LF line endings, as RFC 9112 2.2 allows); a head
+//! over the size limit or with more than [`MAX_HEADERS`] lines is a 431; a
+//! `Transfer-Encoding` whose last coding is not `chunked`, or one on an
+//! HTTP/1.0 request, is a 400; one that names codings before `chunked`
+//! (`gzip, chunked`) is a 501, as only `chunked` is implemented (RFC 9112
+//! 6.1). Conflicting `Content-Length` values, a method with lowercase
+//! letters (see [`method_allowed`]) and an HTTP/1.1 absolute-form request
+//! without `Host` (RFC 9112 3.2) are 400s. `Transfer-Encoding` with
 //! `Content-Length` is read as chunked, the length is dropped, and the
 //! connection is closed after the response (RFC 9112 6.3), so nothing can
 //! be smuggled behind it.
@@ -14,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use crate::proxy::wire::{BadLength, FramingHeaders};
+use crate::proxy::wire::{BadLength, FramingHeaders, method_allowed};
 
 /// Most header lines accepted in a request head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -51,6 +55,8 @@ pub enum HeadError {
     Bad(&'static str),
     /// 431: the head is over the size limit or has too many lines.
     TooLarge,
+    /// 501: a transfer coding other than `chunked`.
+    NotImplemented(&'static str),
 }
 
 /// How the request body is framed.
@@ -112,7 +118,13 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
         let from = s.as_ptr() as usize - base;
         head.slice(from..from + s.len())
     };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+    let method = req.method.unwrap_or("").as_bytes();
+    if !method_allowed(method) {
+        return Err(HeadError::Bad(
+            "The request method is not valid (methods are uppercase).",
+        ));
+    }
+    let method = Method::from_bytes(method)
         .map_err(|_| HeadError::Bad("The request method is not valid."))?;
     let uri = Uri::from_maybe_shared(at(req.path.unwrap_or("").as_bytes()))
         .map_err(|_| HeadError::Bad("The request target is not valid."))?;
@@ -125,13 +137,15 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
     let mut headers = spare_map();
     headers.reserve(req.headers.len() + 8);
     let mut framing = FramingHeaders::default();
-    let (mut has_upgrade, mut expect_continue) = (false, false);
+    let (mut has_upgrade, mut expect_continue, mut has_host) = (false, false, false);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad("A header name is not valid."))?;
         let value = HeaderValue::from_maybe_shared(at(h.value))
             .map_err(|_| HeadError::Bad("A header value is not valid."))?;
-        if name == header::UPGRADE {
+        if name == header::HOST {
+            has_host = true;
+        } else if name == header::UPGRADE {
             has_upgrade = true;
         } else if name == header::EXPECT {
             expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
@@ -146,6 +160,17 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
             })?;
     }
 
+    // Without Host, an origin-form request is refused later with the
+    // routing's own 400; an absolute-form one names its host in the
+    // target, but HTTP/1.1 requires the header all the same.
+    if !has_host && version == Version::HTTP_11 && uri.authority().is_some() {
+        return Err(HeadError::Bad("The request has no Host header."));
+    }
+    if framing.other_codings() && version == Version::HTTP_11 {
+        return Err(HeadError::NotImplemented(
+            "Only the chunked transfer coding is supported.",
+        ));
+    }
     let mut keep_alive = framing.keep_alive(version);
     let conn_upgrade = framing.upgrade;
     let framing = match (framing.chunked, framing.length) {
@@ -229,7 +254,7 @@ mod tests {
     fn framing_and_connection_rules() {
         let p = ok("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(p.framing, BodyFraming::Length(5));
-        let p = ok("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let p = ok("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(p.framing, BodyFraming::Chunked);
         // Both: chunked wins, the length goes, the connection closes after.
         let p = ok("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
@@ -275,6 +300,78 @@ mod tests {
             "G@T / HTTP/1.1\r\n\r\n",
         ] {
             assert!(matches!(err(bad), HeadError::Bad(_)), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_host_and_methods() {
+        use HeadError::{Bad, NotImplemented};
+        let bad = |s| Err(Bad(s));
+        let not_impl = Err(NotImplemented(
+            "Only the chunked transfer coding is supported.",
+        ));
+        let no_host = bad("The request has no Host header.");
+        let lower = bad("The request method is not valid (methods are uppercase).");
+        let cases: &[(&str, Result<BodyFraming, HeadError>)] = &[
+            // Transfer codings: chunked alone frames; more before it is 501.
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Ok(BodyFraming::Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
+                Ok(BodyFraming::Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                not_impl,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                not_impl,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                not_impl,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: deflate, chunked\r\n\r\n",
+                not_impl,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+                bad("The request's Transfer-Encoding does not end with chunked."),
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                bad("Transfer-Encoding is not allowed in an HTTP/1.0 request."),
+            ),
+            // Host: required with an absolute-form target on HTTP/1.1.
+            ("GET http://a.test/ HTTP/1.1\r\n\r\n", no_host),
+            ("CONNECT a.test:443 HTTP/1.1\r\n\r\n", no_host),
+            (
+                "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                Ok(BodyFraming::None),
+            ),
+            ("GET http://a.test/ HTTP/1.0\r\n\r\n", Ok(BodyFraming::None)),
+            // Origin form without Host: left to the routing's 400.
+            ("GET / HTTP/1.1\r\n\r\n", Ok(BodyFraming::None)),
+            // Methods: uppercase tokens pass, lowercase letters do not.
+            (
+                "PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Ok(BodyFraming::None),
+            ),
+            (
+                "M-SEARCH * HTTP/1.1\r\nHost: a\r\n\r\n",
+                Ok(BodyFraming::None),
+            ),
+            ("get / HTTP/1.1\r\nHost: a\r\n\r\n", lower),
+            ("Get / HTTP/1.1\r\nHost: a\r\n\r\n", lower),
+            ("propfind / HTTP/1.1\r\nHost: a\r\n\r\n", lower),
+        ];
+        for (head, want) in cases {
+            let got = parse(head.as_bytes(), 8192).map(|p| p.unwrap().0.framing);
+            assert_eq!(&got, want, "{head:?}");
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::{BODY_READ, Conn, Framing};
+use super::{BODY_READ, Conn, Framing, MAX_HEAD};
 use crate::config::PoolKey;
 use crate::proxy::body::{Body, BoxError};
 use crate::proxy::wire::{Dechunker, Step, take};
@@ -60,7 +60,8 @@ impl UpstreamBody {
                 return Body::Empty;
             }
             Framing::Length(n) => Reading::Length(n),
-            Framing::Chunked => Reading::Chunked(Dechunker::default()),
+            // Trailers may be as large as a response head.
+            Framing::Chunked => Reading::Chunked(Dechunker::new(MAX_HEAD)),
             Framing::UntilClose => Reading::UntilClose,
         };
         Body::Upstream(Box::new(UpstreamBody {
@@ -122,6 +123,12 @@ impl UpstreamBody {
                 }
                 Ok(Step::More) => {}
                 Err(e) => {
+                    // The backend's fault: the client sees a cut-off body.
+                    tracing::warn!(
+                        upstream = self.key.as_str(),
+                        reason = e,
+                        "invalid chunked body from the backend; response cut off"
+                    );
                     self.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }

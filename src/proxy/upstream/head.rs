@@ -1,5 +1,8 @@
 //! Reading a backend's response head (RFC 9112), strictly: see the rules
-//! in [`super`].
+//! in [`super`]. A body under any transfer coding but a lone `chunked`
+//! (`gzip, chunked`, `gzip`) is refused (502), as nginx does: only
+//! `chunked` is implemented, and passing the coded bytes on without a
+//! header that says so would hand the client something it cannot read.
 
 use std::mem::MaybeUninit;
 
@@ -79,7 +82,7 @@ pub fn parse_head(
             BadLength::Conflicting => Failure::Broken("conflicting Content-Length"),
         })?;
     }
-    let (length, chunked) = (seen.length, seen.chunked);
+    let (length, chunked, other_codings) = (seen.length, seen.chunked, seen.other_codings());
 
     let mut keep_alive = seen.keep_alive(version);
     let bodiless = method_is_head
@@ -88,6 +91,10 @@ pub fn parse_head(
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         Framing::None
+    } else if chunked == Some(false) || other_codings {
+        return Err(Failure::Broken(
+            "unsupported Transfer-Encoding (only chunked is implemented)",
+        ));
     } else if let Some(is_chunked) = chunked {
         if length.is_some() {
             // Both: the length is a lie or a smuggling attempt; do not
@@ -140,13 +147,8 @@ mod tests {
             (Framing::Length(5), true)
         );
         assert_eq!(
-            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
             (Framing::Chunked, true)
-        );
-        // Not chunked last: the body runs to the close.
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
-            (Framing::UntilClose, false)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\n\r\n"),
@@ -196,6 +198,44 @@ mod tests {
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.keep_alive);
         assert!(h.headers.get(header::CONTENT_LENGTH).is_none());
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_refused() {
+        let refused = Err(Failure::Broken(
+            "unsupported Transfer-Encoding (only chunked is implemented)",
+        ));
+        for (te, want) in [
+            ("chunked", Ok(Framing::Chunked)),
+            ("Chunked", Ok(Framing::Chunked)),
+            ("gzip, chunked", refused),
+            ("gzip\r\nTransfer-Encoding: chunked", refused),
+            ("chunked, chunked", refused),
+            ("chunked, gzip", refused),
+            ("gzip", refused),
+            ("identity", refused),
+        ] {
+            let got = parse(&format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ))
+            .map(|h| h.unwrap().framing);
+            assert_eq!(got, want, "{te:?}");
+        }
+        // No body to decode: nothing to refuse.
+        let h = parse_head(
+            &mut BytesMut::from(
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            ),
+            true,
+            &mut HeaderMap::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::None);
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").0,
+            Framing::None
+        );
     }
 
     #[test]
