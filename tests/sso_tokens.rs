@@ -307,6 +307,20 @@ async fn es256_bearer_tokens_verify_against_the_jwks() {
         Echo(r.json()).header("x-authentik-username").as_deref(),
         Some("alice")
     );
+    // The provider rotates its keys under the same key ids: tokens signed
+    // with the new ones verify without a reload.
+    env.idp.rotate_keys(true).await;
+    let rotated = env.idp.mint(json!({"user": "bob"})).await;
+    assert_eq!(header_of(&rotated)["kid"], header_of(&t)["kid"]);
+    let r = env
+        .gw
+        .client()
+        .get_with(
+            &env.url("app.localtest", "/"),
+            &[("authorization", &format!("Bearer {rotated}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "after rotation: {}", r.text());
 }
 
 #[tokio::test]
@@ -429,4 +443,296 @@ async fn forward_auth_ignores_forwarded_headers_from_untrusted_peers() {
         StatusCode::UNAUTHORIZED,
         "no redirect without a trusted proxy"
     );
+}
+
+fn payload_of(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let p = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn signing_key_rotated_under_the_same_kid_is_refetched() {
+    let env = Env::start(Opts::default()).await;
+    // The gateway knows the provider's keys: a login and a bearer work.
+    let _ = env.signed_in("alice", "app.localtest").await;
+    let bearer = |t: String| {
+        let url = env.url("app.localtest", "/api");
+        let c = env.gw.client();
+        async move {
+            c.get_with(&url, &[("authorization", &format!("Bearer {t}"))])
+                .await
+        }
+    };
+    let before = env.idp.mint(json!({"user": "alice"})).await;
+    assert_eq!(bearer(before.clone()).await.status, StatusCode::OK);
+
+    // New key material, same key id.
+    env.idp.rotate_keys(true).await;
+    let after = env.idp.mint(json!({"user": "alice"})).await;
+    assert_eq!(header_of(&after)["kid"], header_of(&before)["kid"]);
+
+    // A new login (ID token signed with the new key) works without a reload.
+    let mut b = env.browser();
+    let r = b.login(&env.url("app.localtest", "/"), "bob").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "login after rotation: {}",
+        r.text()
+    );
+    assert_eq!(
+        Echo(r.json()).header("x-authentik-username").as_deref(),
+        Some("bob")
+    );
+    // And so do bearer tokens signed with it.
+    let r = bearer(after).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "bearer after rotation: {}",
+        r.text()
+    );
+    // A token signed with the retired key is refused now.
+    assert_eq!(bearer(before).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn only_access_tokens_are_bearer_tokens_and_logout_revokes_their_sid() {
+    let env = Env::start(Opts::default()).await;
+    let c = env.gw.client();
+    let call = |token: String| {
+        let url = env.url("app.localtest", "/api");
+        let c = &c;
+        async move {
+            c.get_with(&url, &[("authorization", &format!("Bearer {token}"))])
+                .await
+        }
+    };
+    let (mut b, _) = env.signed_in("alice", "app.localtest").await;
+    // Signing out sends the browser to the provider with our ID token as
+    // `id_token_hint`: it is in the browser's history from now on.
+    let r = b
+        .get(&env.url("app.localtest", "/.portcullis/logout"))
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let to_idp = r.header("location").unwrap().to_string();
+    let id_token = support::idp::query_of(&to_idp)
+        .into_iter()
+        .find(|(k, _)| k == "id_token_hint")
+        .map(|(_, v)| v)
+        .expect("id_token_hint");
+    let claims = payload_of(&id_token);
+    let sid = claims["sid"]
+        .as_str()
+        .expect("sid in the ID token")
+        .to_string();
+    assert!(claims["nonce"].is_string());
+    assert!(claims["exp"].as_u64().unwrap() > now() + 60, "still valid");
+
+    // The ID token is not an access token: neither this one, nor one just
+    // like it of a provider session that is still signed in.
+    let r = call(id_token.clone()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "ID token as bearer");
+    let mut live = claims.clone();
+    live["sid"] = json!("still-signed-in");
+    let typ = header_of(&id_token)["typ"].clone();
+    let t = env.idp.mint(json!({"typ": typ, "claims": live})).await;
+    let r = call(t).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "live ID token as bearer"
+    );
+    // Nor is a logout token (explicitly typed, or by its `events` claim),
+    // nor anything carrying a nonce.
+    let events = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+    for (what, body) in [
+        (
+            "logout+jwt",
+            json!({"typ": "logout+jwt", "claims": {"events": events, "sid": "other"}}),
+        ),
+        ("JWT with events", json!({"claims": {"events": events}})),
+        ("JWT with a nonce", json!({"claims": {"nonce": "n"}})),
+        ("id_token+jwt", json!({"typ": "id_token+jwt"})),
+    ] {
+        let r = call(env.idp.mint(body).await).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text());
+    }
+    // Access tokens (RFC 9068 `at+jwt`, or plain `JWT`) of another
+    // provider session still work...
+    for typ in ["at+jwt", "JWT"] {
+        let t = env
+            .idp
+            .mint(json!({"typ": typ, "claims": {"sid": "another-session"}}))
+            .await;
+        let r = call(t).await;
+        assert_eq!(r.status, StatusCode::OK, "{typ}: {}", r.text());
+    }
+    // ...but not those of the session that was signed out.
+    let t = env
+        .idp
+        .mint(json!({"typ": "at+jwt", "claims": {"sid": sid}}))
+        .await;
+    let r = call(t).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "logged-out sid");
+    assert_eq!(
+        env.backend.served(),
+        3,
+        "the login and the two access tokens"
+    );
+}
+
+#[tokio::test]
+async fn logout_tokens_need_exp_and_fresh_iat_and_are_used_once() {
+    let port = free_port();
+    let env = Env::start(Opts {
+        port: Some(port),
+        idp: Some(Idp::builder().backchannel_logout_uri(&format!(
+            "http://127.0.0.1:{port}/.portcullis/backchannel-logout"
+        ))),
+        ..Opts::default()
+    })
+    .await;
+    let url = env.url("app.localtest", "/.portcullis/backchannel-logout");
+    let c = env.gw.client();
+    let post = |t: String| {
+        let c = &c;
+        let url = &url;
+        async move {
+            c.request(
+                Method::POST,
+                url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                format!("logout_token={t}"),
+            )
+            .await
+        }
+    };
+    let (bob, echo) = env.signed_in("bob", "app.localtest").await;
+    let sub = echo.header("x-authentik-uid").unwrap();
+    let session = bob.cookie("app.localtest", COOKIE).unwrap();
+    let alive = |s: String| {
+        let env = &env;
+        async move { env.with_session("app.localtest", "/", &s).await.status == StatusCode::OK }
+    };
+    let token = |jti: &str, iat: u64, exp: Option<u64>| {
+        let mut c = json!({
+            "iss": env.idp.issuer(), "aud": "portcullis", "iat": iat, "jti": jti, "sub": sub,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}
+        });
+        if let Some(exp) = exp {
+            c["exp"] = json!(exp);
+        }
+        hs256(c, SECRET)
+    };
+
+    // No `exp`: a token that would work forever.
+    let r = post(token("no-exp", now(), None)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "no exp: {}", r.text());
+    // Issued long ago, however far its `exp`.
+    let r = post(token("old", now() - 3600, Some(now() + 3600))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "old iat: {}", r.text());
+    // No `jti`.
+    let mut no_jti = payload_of(&token("x", now(), Some(now() + 60)));
+    no_jti.as_object_mut().unwrap().remove("jti");
+    let r = post(hs256(no_jti, SECRET)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "no jti: {}", r.text());
+    assert!(alive(session.clone()).await, "refused tokens end nothing");
+
+    // A good one ends the session, once.
+    let good = token("once", now(), Some(now() + 120));
+    let r = post(good.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(!alive(session).await);
+    // Bob signs in again; the captured token does not end the new session.
+    let (bob, _) = env.signed_in("bob", "app.localtest").await;
+    let session = bob.cookie("app.localtest", COOKIE).unwrap();
+    let r = post(good).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "replayed: {}", r.text());
+    assert!(
+        alive(session.clone()).await,
+        "the replay ended a new session"
+    );
+    // Logout tokens the provider sends itself still work, also once it
+    // has rotated its signing key under the same key id.
+    env.idp.rotate_keys(true).await;
+    let r = env
+        .idp
+        .backchannel_logout(json!({"client_id": "portcullis", "user": "bob"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.text(), env.idp.logs());
+    assert!(!alive(session).await);
+}
+
+fn without_query_param(url: &str, key: &str) -> String {
+    let (base, q) = url.split_once('?').unwrap_or((url, ""));
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(key))
+        .collect();
+    format!("{base}?{}", kept.join("&"))
+}
+
+#[tokio::test]
+async fn callback_without_iss_is_refused_when_the_provider_sends_iss() {
+    let env = Env::start(Opts::default()).await;
+    let callback = env.url("app.localtest", "/.portcullis/callback");
+    let mut b = env.browser();
+    let Step::Stopped(cb, _) = b
+        .follow_until(&env.url("app.localtest", "/"), "alice", |u| {
+            u.starts_with(&callback)
+        })
+        .await
+    else {
+        panic!("no callback")
+    };
+    assert!(
+        cb.contains("iss="),
+        "the provider sends iss (RFC 9207): {cb}"
+    );
+    let r = b.get(&without_query_param(&cb, "iss")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(b.cookie("app.localtest", COOKIE), None);
+    assert_eq!(env.idp.grant_count("authorization_code").await, 0);
+}
+
+#[tokio::test]
+async fn a_callback_from_another_browser_does_not_cancel_the_sign_in() {
+    let env = Env::start(Opts::default()).await;
+    let callback = env.url("app.localtest", "/.portcullis/callback");
+    let mut user = env.browser();
+    let Step::Stopped(cb, _) = user
+        .follow_until(&env.url("app.localtest", "/x"), "alice", |u| {
+            u.starts_with(&callback)
+        })
+        .await
+    else {
+        panic!("no callback")
+    };
+    // Someone who learned the state (it is in the authorization URL) sends
+    // a callback with it from their own browser.
+    let state = support::idp::query_of(&cb)
+        .into_iter()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1;
+    let mut other = env.browser();
+    let r = other
+        .get(&format!("{callback}?state={state}&error=access_denied"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // The user's own sign-in still completes.
+    let r = user.get(&cb).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(env.url("app.localtest", "/x").as_str())
+    );
+    assert!(user.cookie("app.localtest", COOKIE).is_some());
 }

@@ -1,13 +1,19 @@
 //! Bearer tokens for API clients: `Authorization: Bearer <JWT>` issued by
 //! the route's provider, checked against its JWKS (asymmetric algorithms
 //! only), `iss`, `exp`/`nbf` and the audience (the client id or one of
-//! `audiences`). The same route policies apply; there is never a redirect.
+//! `audiences`). Only access tokens: the provider signs ID tokens and
+//! logout tokens with the same keys for the same audience, so the type is
+//! checked too, and a token of a provider session (`sid`) that was signed
+//! out is refused. The same route policies apply; there is never a
+//! redirect.
 
 use std::time::Duration;
 
 use ::http::header::{self, HeaderMap};
 
 use super::identity::{self, Identity, UserClaims};
+use super::session::Sessions;
+use super::store::revoked_sid_key;
 use super::{ProviderView, jwt};
 
 pub(super) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -24,10 +30,12 @@ pub(super) enum BearerError {
     Unavailable,
 }
 
-/// A JWT from the route's provider: signature through its JWKS (an
-/// asymmetric algorithm only), `iss`, `exp`/`nbf`, and an audience that is
-/// the client id or one of `audiences`.
+/// A JWT access token from the route's provider: signature through its
+/// JWKS (an asymmetric algorithm only), `iss`, `exp`/`nbf`, an audience
+/// that is the client id or one of `audiences`, typed as an access token,
+/// and not of a signed-out provider session.
 pub(super) async fn verify_bearer(
+    sessions: &Sessions,
     view: &ProviderView,
     token: &str,
     now: u64,
@@ -37,19 +45,16 @@ pub(super) async fn verify_bearer(
     let t = jwt::parse(token).map_err(invalid)?;
     // Before any network work, so foreign tokens cannot trigger JWKS fetches.
     t.check_issuer(&cfg.issuer).map_err(invalid)?;
-    let mut d = view
+    t.check_access_token_type().map_err(invalid)?;
+    let d = view
         .provider
         .ensure(Duration::from_secs(3))
         .await
         .ok_or(BearerError::Unavailable)?;
-    let mut checked = t.verify_signature(jwt::BEARER_ALGS, d.jwks(), None);
-    if checked == Err(jwt::JwtError::NoMatchingKey)
-        && let Some(newer) = view.provider.refetch_jwks(&d).await
-    {
-        d = newer;
-        checked = t.verify_signature(jwt::BEARER_ALGS, d.jwks(), None);
-    }
-    checked.map_err(invalid)?;
+    view.provider
+        .verify_jws(d, &t, jwt::BEARER_ALGS, None)
+        .await
+        .map_err(invalid)?;
     t.check_times(now, true).map_err(invalid)?;
     t.check_audience(
         std::iter::once(cfg.client_id.as_str()).chain(cfg.audiences.iter().map(String::as_str)),
@@ -59,6 +64,21 @@ pub(super) async fn verify_bearer(
         .str_claim("sub")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| BearerError::Invalid("no sub claim".into()))?;
+    if let Some(sid) = t.str_claim("sid") {
+        let key = revoked_sid_key(&cfg.name, sid);
+        match sessions.store().is_marked(key, now).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(BearerError::Invalid(
+                    "its provider session was signed out".into(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a bearer token's session; refusing it for now");
+                return Err(BearerError::Unavailable);
+            }
+        }
+    }
     let email = t.str_claim("email").map(String::from);
     let groups = match t.claims.get("groups") {
         Some(serde_json::Value::Array(a)) => a

@@ -58,6 +58,8 @@ struct Pending {
     /// The host (with port) the sign-in started on; the callback must match.
     host: String,
     binding: String,
+    /// The cookie carrying `binding`.
+    login_cookie: &'static str,
     started: Instant,
 }
 
@@ -80,10 +82,24 @@ impl PendingLogins {
         true
     }
 
-    /// Removes and returns the sign-in for `state` (each state works once).
-    fn take(&self, state: &str) -> Option<Pending> {
-        let (_, p) = self.map.remove(state)?;
-        (p.started.elapsed() < LOGIN_TTL).then_some(p)
+    /// Removes and returns the sign-in for `state` (each state works once),
+    /// but only for the browser that started it: `state` is in the
+    /// authorization URL, and whoever learns it must not be able to cancel
+    /// the sign-in. `Err(true)`: it exists, for another browser.
+    fn take(&self, state: &str, headers: &HeaderMap) -> Result<Pending, bool> {
+        let bound = |p: &Pending| {
+            let mut bound = false;
+            for_each_cookie(headers, p.login_cookie, |v| {
+                bound = same_secret(v, &p.binding);
+                bound
+            });
+            bound
+        };
+        match self.map.remove_if(state, |_, p| bound(p)) {
+            Some((_, p)) if p.started.elapsed() < LOGIN_TTL => Ok(p),
+            Some(_) => Err(false),
+            None => Err(self.map.contains_key(state)),
+        }
     }
 
     /// Drops sign-ins that were never finished.
@@ -226,6 +242,7 @@ pub(super) async fn start_login(
         return_to: return_to(target.scheme, target.host, target.path_and_query),
         host: target.host.to_ascii_lowercase(),
         binding: binding.clone(),
+        login_cookie,
         started: Instant::now(),
     };
     if !auth.pending.insert(req.state, pending) {
@@ -280,10 +297,19 @@ pub(super) async fn callback(
             "The sign-in answer is incomplete. Go back to the site and sign in again.",
         ));
     };
-    let Some(p) = auth.pending.take(&state) else {
-        return Err(ProxyError::LoginFailed(
-            "This sign-in has expired or was already used. Go back to the site and sign in again.",
-        ));
+    let p = match auth.pending.take(&state, req.headers()) {
+        Ok(p) => p,
+        Err(true) => {
+            tracing::warn!("sign-in callback from a browser that did not start it; refused");
+            return Err(ProxyError::LoginFailed(
+                "This sign-in was started in another browser. Go back to the site and sign in again.",
+            ));
+        }
+        Err(false) => {
+            return Err(ProxyError::LoginFailed(
+                "This sign-in has expired or was already used. Go back to the site and sign in again.",
+            ));
+        }
     };
     let view = snap
         .by_name(&p.provider)
@@ -291,18 +317,6 @@ pub(super) async fn callback(
         .ok_or(ProxyError::LoginFailed(
             "The sign-in settings changed meanwhile. Go back to the site and sign in again.",
         ))?;
-    let secure = !view.config.insecure_cookies;
-    let mut bound = false;
-    for_each_cookie(req.headers(), login_cookie_name(secure), |v| {
-        bound = same_secret(v, &p.binding);
-        bound
-    });
-    if !bound {
-        tracing::warn!(provider = %p.provider, "sign-in callback from a browser that did not start it; refused");
-        return Err(ProxyError::LoginFailed(
-            "This sign-in was started in another browser. Go back to the site and sign in again.",
-        ));
-    }
     if !raw_host.eq_ignore_ascii_case(&p.host) {
         return Err(ProxyError::LoginFailed(
             "This sign-in was started on another site address. Go back to the site and sign in again.",
@@ -314,8 +328,8 @@ pub(super) async fn callback(
             "The identity provider did not sign you in.",
         ));
     }
-    if let Some(iss) = iss
-        && iss != view.config.issuer
+    if let Some(iss) = &iss
+        && *iss != view.config.issuer
     {
         tracing::warn!(provider = %p.provider, iss = %iss, "callback names another issuer (mix-up?); refused");
         return Err(ProxyError::LoginFailed(
@@ -330,6 +344,13 @@ pub(super) async fn callback(
     let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
         return Err(ProxyError::LoginUnavailable);
     };
+    if iss.is_none() && d.iss_in_response {
+        // RFC 9207 §2.4: the provider promised `iss` on every answer.
+        tracing::warn!(provider = %p.provider, "callback without iss from a provider that sends it (mix-up?); refused");
+        return Err(ProxyError::LoginFailed(
+            "The sign-in answer did not name its identity provider. Go back to the site and sign in again.",
+        ));
+    }
     let tokens = match view
         .provider
         .exchange_code(&d, &code, &p.pkce_verifier, &p.redirect_uri)

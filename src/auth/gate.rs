@@ -153,7 +153,7 @@ pub(super) async fn identify(
         return Identified::Who(Who::Session(s));
     }
     match bearer::bearer_token(headers) {
-        Some(token) => match bearer::verify_bearer(view, token, now).await {
+        Some(token) => match bearer::verify_bearer(sessions, view, token, now).await {
             Ok(id) => Identified::Who(Who::Bearer(Box::new(id))),
             Err(bearer::BearerError::Unavailable) => Identified::Unavailable,
             Err(bearer::BearerError::Invalid(e)) => {

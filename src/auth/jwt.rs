@@ -150,7 +150,7 @@ impl Unverified<'_> {
         self.claims.get(name).and_then(Value::as_str)
     }
 
-    fn num_claim(&self, name: &str) -> Option<u64> {
+    pub fn num_claim(&self, name: &str) -> Option<u64> {
         self.claims.get(name).and_then(|v| {
             v.as_u64()
                 .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
@@ -213,6 +213,36 @@ impl Unverified<'_> {
     pub fn has_iat(&self) -> bool {
         self.num_claim("iat").is_some()
     }
+
+    /// Explicit typing (RFC 8725 §3.11): an access token, never an ID
+    /// token or a logout token signed by the same keys. `typ` is `at+jwt`
+    /// (RFC 9068), or `JWT` or absent (providers that do not type their
+    /// access tokens, Authentik among them); and no claim that only ID
+    /// tokens (`nonce`, `at_hash`, `c_hash`) or logout tokens (`events`)
+    /// carry.
+    pub fn check_access_token_type(&self) -> Result<(), JwtError> {
+        let typ = self.header.typ.as_deref().map(|t| {
+            let t = t.trim();
+            match t.get(..12) {
+                Some(p) if p.eq_ignore_ascii_case("application/") => &t[12..],
+                _ => t,
+            }
+        });
+        match typ {
+            None => {}
+            Some(t) if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("jwt") => {}
+            Some(_) => return Err(JwtError::Claims("not an access token (typ)")),
+        }
+        if ["nonce", "at_hash", "c_hash", "events"]
+            .iter()
+            .any(|c| self.claims.contains_key(*c))
+        {
+            return Err(JwtError::Claims(
+                "an ID token or logout token, not an access token",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Asymmetric algorithms accepted on bearer tokens: their signature can
@@ -271,6 +301,51 @@ mod tests {
         assert!(u.check_times(1000, true).is_ok(), "within leeway");
         assert!(u.check_times(1000 + LEEWAY_SECS, true).is_err());
         assert!(u.has_iat());
+    }
+
+    #[test]
+    fn access_token_typing() {
+        let token = |typ: Option<&str>, claims: Value| {
+            let mut h = serde_json::json!({"alg": "RS256"});
+            if let Some(t) = typ {
+                h["typ"] = Value::String(t.into());
+            }
+            format!("{}.{}.", b64(&h), b64(&claims))
+        };
+        let plain = serde_json::json!({"sub": "a", "sid": "s"});
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("at+jwt"),
+            Some("application/AT+JWT"),
+        ] {
+            let t = token(typ, plain.clone());
+            assert!(
+                parse(&t).unwrap().check_access_token_type().is_ok(),
+                "{typ:?}"
+            );
+        }
+        for typ in [
+            "logout+jwt",
+            "id_token+jwt",
+            "application/logout+jwt",
+            "JOSE",
+        ] {
+            let t = token(Some(typ), plain.clone());
+            assert!(
+                parse(&t).unwrap().check_access_token_type().is_err(),
+                "{typ}"
+            );
+        }
+        for claim in ["nonce", "at_hash", "c_hash", "events"] {
+            let mut c = plain.clone();
+            c[claim] = serde_json::json!("x");
+            let t = token(Some("JWT"), c);
+            assert!(
+                parse(&t).unwrap().check_access_token_type().is_err(),
+                "{claim}"
+            );
+        }
     }
 
     #[test]

@@ -12,12 +12,35 @@ use http_body_util::{BodyExt as _, Limited};
 use super::flow::{COOKIE_HOST, COOKIE_PLAIN, DISCOVERY_WAIT, cookie, redirect, session_cookie};
 use super::jwt::{self, JwtError};
 use super::session::{decode_id, for_each_cookie, unix_now};
-use super::store::SubjectKey;
+use super::store::{SubjectKey, revoked_sid_key, used_jti_key};
 use super::{AuthShared, AuthSnapshot};
 use crate::proxy::body::Body;
 use crate::proxy::error::{self, ProxyError};
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// A logout token issued longer ago than this is refused (its `jti` is
+/// remembered this long, so a captured token cannot be replayed).
+pub const LOGOUT_TOKEN_MAX_AGE: u64 = 600;
+/// A signed-out provider session's bearer tokens are refused for at least
+/// this long (or `session_ttl`, if longer).
+pub const REVOKED_SID_FOR: u64 = 24 * 3600;
+
+/// Remembers that the provider session `sid` was signed out, so bearer
+/// tokens carrying it are refused.
+async fn revoke_sid(auth: &AuthShared, provider: &str, sid: &str, session_ttl: u64) {
+    let Some(sessions) = auth.sessions() else {
+        return;
+    };
+    let now = unix_now();
+    let until = now + REVOKED_SID_FOR.max(session_ttl);
+    if let Err(e) = sessions
+        .store()
+        .mark(revoked_sid_key(provider, sid), until, now)
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a signed-out provider session");
+    }
+}
 
 /// `/.portcullis/logout`: ends the session, clears the cookie, and sends
 /// the browser to the provider's end-session endpoint (or straight to the
@@ -48,6 +71,12 @@ pub(super) async fn logout(
         }
     }
     let view = ended.as_ref().and_then(|r| snap.by_name(&r.provider));
+    if let Some(rec) = &ended
+        && let Some(sid) = &rec.sid
+    {
+        let ttl = view.map_or(0, |v| v.config.session_ttl.as_secs());
+        revoke_sid(auth, &rec.provider, sid, ttl).await;
+    }
     let mut location = signed_out.clone();
     if let (Some(rec), Some(view)) = (&ended, view) {
         tracing::info!(provider = %rec.provider, user = %rec.user.username, "signed out");
@@ -124,22 +153,28 @@ pub(super) async fn backchannel(
                 .is_ok()
         })
         .ok_or(BAD)?;
-    let Some(mut d) = view.provider.ensure(DISCOVERY_WAIT).await else {
+    let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
         return Err(ProxyError::LoginUnavailable);
     };
     let secret = Some(view.provider.client_secret());
-    let mut checked = jwt.verify_signature(&d.id_token_algs, d.jwks(), secret);
-    if checked == Err(JwtError::NoMatchingKey)
-        && let Some(newer) = view.provider.refetch_jwks(&d).await
-    {
-        d = newer;
-        checked = jwt.verify_signature(&d.id_token_algs, d.jwks(), secret);
-    }
+    let algs = d.id_token_algs.clone();
+    let checked = view.provider.verify_jws(d, &jwt, &algs, secret).await;
+    let now = unix_now();
     let valid = checked
-        .and_then(|_| jwt.check_times(unix_now(), false))
+        .and_then(|_| jwt.check_times(now, true))
         .and_then(|_| {
-            if !jwt.has_iat() {
-                return Err(JwtError::Claims("no iat"));
+            match jwt.num_claim("iat") {
+                None => return Err(JwtError::Claims("no iat")),
+                Some(iat) if iat > now + jwt::LEEWAY_SECS => {
+                    return Err(JwtError::Claims("issued in the future"));
+                }
+                Some(iat) if iat + LOGOUT_TOKEN_MAX_AGE < now => {
+                    return Err(JwtError::Claims("issued too long ago"));
+                }
+                Some(_) => {}
+            }
+            if jwt.str_claim("jti").is_none_or(str::is_empty) {
+                return Err(JwtError::Claims("no jti"));
             }
             if jwt.claims.contains_key("nonce") {
                 return Err(JwtError::Claims("a logout token has no nonce"));
@@ -163,6 +198,38 @@ pub(super) async fn backchannel(
         (None, None) => return Err(BAD),
     };
     let sessions = auth.sessions().ok_or(ProxyError::Internal)?;
+    // Each logout token works once: its `jti` is remembered until the
+    // token would be refused anyway (expired, or issued too long ago).
+    let (iat, exp) = (
+        jwt.num_claim("iat").unwrap_or(0),
+        jwt.num_claim("exp").unwrap_or(0),
+    );
+    let until = exp.min(iat + LOGOUT_TOKEN_MAX_AGE) + jwt::LEEWAY_SECS + 1;
+    let jti = jwt.str_claim("jti").unwrap_or_default();
+    match sessions
+        .store()
+        .mark(used_jti_key(&view.config.name, jti), until, now)
+        .await
+    {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::warn!(provider = %view.config.name, "back-channel logout token replayed; refused");
+            return Err(BAD);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a logout token");
+            return Err(ProxyError::Internal);
+        }
+    }
+    if let SubjectKey::Sid(sid) = &key {
+        revoke_sid(
+            auth,
+            &view.config.name,
+            sid,
+            view.config.session_ttl.as_secs(),
+        )
+        .await;
+    }
     let ended = sessions.end_matching(&view.config.name, key).await;
     tracing::info!(provider = %view.config.name, sessions = ended, "back-channel logout");
     let mut r = Response::new(Body::Empty);

@@ -1,6 +1,7 @@
 //! One identity provider at run time: discovery (at start, on reload, and
 //! retried in the background while the provider is down), the JWKS cache
-//! (refetched, rate-limited, when a token names an unknown `kid`), and the
+//! (refetched, rate-limited, when a token names an unknown `kid` or its
+//! signature fails with a known one: keys rotated under the same id), and the
 //! OpenID Connect exchanges: authorization URL with PKCE, code exchange,
 //! ID token verification, refresh and userinfo (the claims themselves are
 //! in `claims`).
@@ -17,21 +18,25 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
-    CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
+    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
+    CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse,
 };
 use openidconnect::{
-    AccessToken, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, SignatureVerificationError, StandardErrorResponse, SubjectIdentifier,
+    AccessToken, AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId,
+    ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    JwsSigningAlgorithm as _, LogoutProviderMetadata, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    SignatureVerificationError, StandardErrorResponse, SubjectIdentifier,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::claims::{ExtraClaims, IdClaims, OidcIdToken, TokenResponse, UserInfo};
 use super::http::ProviderHttp;
+use super::jwt;
 use crate::config::{OidcConfig, Secret};
 
 /// The code flow against a discovered provider: authorize, exchange,
@@ -42,7 +47,8 @@ mod tokens;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests may trigger a discovery attempt at most this often.
 const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// A token with an unknown `kid` refetches the JWKS at most this often.
+/// A token with an unknown `kid`, or a bad signature under a known one,
+/// refetches the JWKS at most this often.
 const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Background discovery retry: doubling from 1 s up to this.
 const DISCOVERY_RETRY_MAX: Duration = Duration::from_secs(60);
@@ -71,18 +77,45 @@ type OidcClient = openidconnect::Client<
     EndpointMaybeSet,
 >;
 
+/// Discovery fields beyond openidconnect's: RFC 9207's promise to put
+/// `iss` on every authorization response.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IssResponseMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
+}
+impl AdditionalProviderMetadata for IssResponseMetadata {}
+
+type Metadata = ProviderMetadata<
+    LogoutProviderMetadata<IssResponseMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
 /// What discovery found, with a client built from it.
 pub struct Discovered {
-    metadata: ProviderMetadataWithLogout,
+    metadata: Metadata,
     client: OidcClient,
     /// `id_token_signing_alg_values_supported`: exactly these are accepted
     /// on ID tokens and logout tokens.
     pub id_token_algs: Vec<CoreJwsSigningAlgorithm>,
     pub end_session: Option<String>,
+    /// The provider advertises `authorization_response_iss_parameter_supported`:
+    /// a callback without `iss` is then refused (RFC 9207 §2.4).
+    pub iss_in_response: bool,
 }
 
 impl Discovered {
-    fn new(metadata: ProviderMetadataWithLogout, client_id: &str, secret: &Secret) -> Self {
+    fn new(metadata: Metadata, client_id: &str, secret: &Secret) -> Self {
         let client = OidcClient::from_provider_metadata(
             metadata.clone(),
             ClientId::new(client_id.to_string()),
@@ -95,6 +128,11 @@ impl Discovered {
                 .end_session_endpoint
                 .as_ref()
                 .map(|u| u.url().to_string()),
+            iss_in_response: metadata
+                .additional_metadata()
+                .additional_metadata
+                .authorization_response_iss_parameter_supported
+                == Some(true),
             client,
             metadata,
         }
@@ -206,7 +244,7 @@ impl Provider {
 
     async fn fetch(&self) -> Result<Discovered, String> {
         let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
-        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+        let metadata = Metadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| crate::proxy::forward::error_chain(&e))?;
         Ok(Discovered::new(metadata, &self.client_id, &self.secret))
@@ -311,9 +349,10 @@ impl Provider {
         }
     }
 
-    /// Refetches the JWKS after a token named a key we do not have; at most
-    /// once per [`JWKS_MIN_INTERVAL`]. Returns the new metadata if the key
-    /// set changed.
+    /// Refetches the JWKS after a token named a key we do not have, or
+    /// failed its signature check under a key we have (the provider may
+    /// have rotated the key and kept its id); at most once per
+    /// [`JWKS_MIN_INTERVAL`]. Returns the refetched metadata.
     pub async fn refetch_jwks(&self, seen: &Arc<Discovered>) -> Option<Arc<Discovered>> {
         let mut last = self.jwks_fetch.lock().await;
         if let Some(now) = self.discovered()
@@ -332,7 +371,7 @@ impl Provider {
                 tracing::info!(
                     provider = %self.name,
                     keys = jwks.keys().len(),
-                    "refetched the provider's signing keys (unknown key id)"
+                    "refetched the provider's signing keys"
                 );
                 let metadata = seen.metadata.clone().set_jwks(jwks);
                 let d = Arc::new(Discovered::new(metadata, &self.client_id, &self.secret));
@@ -348,6 +387,29 @@ impl Provider {
                 None
             }
         }
+    }
+
+    /// Checks `t`'s signature against the JWKS of `d` (or `secret` for
+    /// HMAC); when no key fits or an asymmetric signature fails, refetches
+    /// the keys once (rate-limited, see [`Provider::refetch_jwks`]) and
+    /// checks again.
+    pub async fn verify_jws(
+        &self,
+        d: Arc<Discovered>,
+        t: &jwt::Unverified<'_>,
+        algs: &[CoreJwsSigningAlgorithm],
+        secret: Option<&str>,
+    ) -> Result<(), jwt::JwtError> {
+        let first = t.verify_signature(algs, d.jwks(), secret);
+        let retry = match &first {
+            Err(jwt::JwtError::NoMatchingKey) => true,
+            Err(jwt::JwtError::BadSignature) => !t.alg.uses_shared_secret(),
+            _ => false,
+        };
+        if retry && let Some(newer) = self.refetch_jwks(&d).await {
+            return t.verify_signature(algs, newer.jwks(), secret);
+        }
+        first
     }
 
     /// Starts a background task that retries discovery with back-off until

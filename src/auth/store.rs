@@ -3,6 +3,11 @@
 //! persistent [`RedbStore`] used by default, and [`MemoryStore`] for tests
 //! and benchmarks.
 //!
+//! Besides sessions, the store remembers short-lived facts about tokens
+//! ("marks", each with an expiry and purged with the sessions): provider
+//! sessions (`sid`) that were signed out, whose bearer tokens are refused,
+//! and the `jti`s of logout tokens already used.
+//!
 //! The store is the source of truth; `session::Sessions` keeps a hot cache
 //! in front of it. Records are JSON; the cookie only carries the 256-bit id.
 
@@ -111,8 +116,25 @@ pub trait SessionStore: Send + Sync + 'static {
     fn remove(&self, id: SessionId) -> StoreFuture<'_, Option<SessionRecord>>;
     /// Ids of the sessions of one provider with this `sub` or `sid`.
     fn find(&self, provider: String, key: SubjectKey) -> StoreFuture<'_, Vec<SessionId>>;
-    /// Deletes sessions that expired before `now` (Unix seconds); returns their ids.
+    /// Deletes sessions that expired before `now` (Unix seconds); returns
+    /// their ids. Also drops marks that expired.
     fn purge_expired(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>>;
+    /// Remembers `key` until `until` (Unix seconds; an existing mark is
+    /// only ever extended). Returns whether it was already marked and not
+    /// expired at `now`.
+    fn mark(&self, key: String, until: u64, now: u64) -> StoreFuture<'_, bool>;
+    /// `key` is marked and the mark has not expired at `now`.
+    fn is_marked(&self, key: String, now: u64) -> StoreFuture<'_, bool>;
+}
+
+/// The mark key of a signed-out provider session.
+pub fn revoked_sid_key(provider: &str, sid: &str) -> String {
+    format!("sid\n{provider}\n{sid}")
+}
+
+/// The mark key of a used logout token.
+pub fn used_jti_key(provider: &str, jti: &str) -> String {
+    format!("jti\n{provider}\n{jti}")
 }
 
 // ---------------------------------------------------------------------------
@@ -120,6 +142,9 @@ pub trait SessionStore: Send + Sync + 'static {
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry");
 const SUBJECTS: MultimapTableDefinition<&str, &[u8]> = MultimapTableDefinition::new("subjects");
+/// Mark key → expiry, and (expiry, key) for purging.
+const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
+const MARK_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("mark_expiry");
 
 /// Sessions in one redb file (`<state_dir>/sessions/sessions.redb`, 0600 in
 /// a 0700 folder). redb commits are copy-on-write and fsynced, so a crash
@@ -172,6 +197,8 @@ impl RedbStore {
         txn.open_table(SESSIONS).map_err(err)?;
         txn.open_table(EXPIRY).map_err(err)?;
         txn.open_multimap_table(SUBJECTS).map_err(err)?;
+        txn.open_table(MARKS).map_err(err)?;
+        txn.open_table(MARK_EXPIRY).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(RedbStore {
             db: Arc::new(db),
@@ -293,8 +320,55 @@ impl SessionStore for RedbStore {
             for id in &expired {
                 remove_in(&txn, id)?;
             }
+            {
+                let mut exp = txn.open_table(MARK_EXPIRY).map_err(err)?;
+                let mut marks = txn.open_table(MARKS).map_err(err)?;
+                let lo: (u64, &str) = (0, "");
+                let hi: (u64, &str) = (now, "");
+                let dead: Vec<(u64, String)> = exp
+                    .range(lo..hi)
+                    .map_err(err)?
+                    .filter_map(|e| e.ok())
+                    .map(|(k, _)| (k.value().0, k.value().1.to_string()))
+                    .collect();
+                for (until, key) in &dead {
+                    exp.remove((*until, key.as_str())).map_err(err)?;
+                    marks.remove(key.as_str()).map_err(err)?;
+                }
+            }
             txn.commit().map_err(err)?;
             Ok(expired)
+        })
+    }
+
+    fn mark(&self, key: String, until: u64, now: u64) -> StoreFuture<'_, bool> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let was = {
+                let mut marks = txn.open_table(MARKS).map_err(err)?;
+                let mut exp = txn.open_table(MARK_EXPIRY).map_err(err)?;
+                let old = marks.get(key.as_str()).map_err(err)?.map(|g| g.value());
+                if let Some(old) = old {
+                    exp.remove((old, key.as_str())).map_err(err)?;
+                }
+                let until = until.max(old.unwrap_or(0));
+                marks.insert(key.as_str(), until).map_err(err)?;
+                exp.insert((until, key.as_str()), ()).map_err(err)?;
+                old.is_some_and(|o| o > now)
+            };
+            txn.commit().map_err(err)?;
+            Ok(was)
+        })
+    }
+
+    fn is_marked(&self, key: String, now: u64) -> StoreFuture<'_, bool> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let marks = txn.open_table(MARKS).map_err(err)?;
+            Ok(marks
+                .get(key.as_str())
+                .map_err(err)?
+                .is_some_and(|g| g.value() > now))
         })
     }
 }
@@ -305,6 +379,7 @@ impl SessionStore for RedbStore {
 #[derive(Default)]
 pub struct MemoryStore {
     map: Mutex<HashMap<SessionId, SessionRecord>>,
+    marks: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryStore {
@@ -355,6 +430,25 @@ impl SessionStore for MemoryStore {
             }
             dead
         });
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.retain(|_, until| *until >= now);
+        }
+        Box::pin(async move { r })
+    }
+    fn mark(&self, key: String, until: u64, now: u64) -> StoreFuture<'_, bool> {
+        let r = self.marks.lock().map_err(err).map(|mut m| {
+            let old = m.get(&key).copied();
+            m.insert(key, until.max(old.unwrap_or(0)));
+            old.is_some_and(|o| o > now)
+        });
+        Box::pin(async move { r })
+    }
+    fn is_marked(&self, key: String, now: u64) -> StoreFuture<'_, bool> {
+        let r = self
+            .marks
+            .lock()
+            .map_err(err)
+            .map(|m| m.get(&key).is_some_and(|u| *u > now));
         Box::pin(async move { r })
     }
 }
@@ -439,6 +533,23 @@ mod tests {
         assert!(store.remove(b).await.unwrap().is_some());
         assert!(store.load(b).await.unwrap().is_none());
         assert!(store.remove(b).await.unwrap().is_none());
+
+        // Marks: first use, repeat, extension, expiry, purge.
+        let k = used_jti_key("authentik", "j1");
+        assert!(!store.mark(k.clone(), 500, 100).await.unwrap());
+        assert!(store.mark(k.clone(), 400, 100).await.unwrap(), "seen");
+        assert!(
+            store.is_marked(k.clone(), 499).await.unwrap(),
+            "not shortened"
+        );
+        assert!(!store.is_marked(k.clone(), 500).await.unwrap());
+        assert!(!store.mark(k.clone(), 900, 600).await.unwrap(), "expired");
+        let sid = revoked_sid_key("authentik", "s1");
+        assert!(!store.is_marked(sid.clone(), 100).await.unwrap());
+        store.mark(sid.clone(), 200, 100).await.unwrap();
+        store.purge_expired(300).await.unwrap();
+        assert!(!store.is_marked(sid.clone(), 150).await.unwrap(), "purged");
+        assert!(store.is_marked(k, 800).await.unwrap(), "kept");
     }
 
     #[tokio::test]

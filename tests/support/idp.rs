@@ -269,6 +269,21 @@ impl Idp {
         r.json()["access_token"].as_str().unwrap().to_string()
     }
 
+    /// `POST /_test/rotate_keys`: fresh signing keys; `same_kid` keeps
+    /// their key ids (a rotation a `kid` lookup alone cannot notice).
+    pub async fn rotate_keys(&self, same_kid: bool) {
+        let r = self
+            .client
+            .request(
+                Method::POST,
+                &self.url("/_test/rotate_keys"),
+                &[("content-type", "application/json")],
+                json!({ "same_kid": same_kid }).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "rotate_keys: {}", r.text());
+    }
+
     /// `POST /_test/backchannel_logout`.
     pub async fn backchannel_logout(&self, body: Value) -> Resp {
         self.client

@@ -76,7 +76,8 @@ impl Provider {
 
     /// Verifies an ID token (signature with an advertised algorithm, `iss`,
     /// `aud`, `exp`, and the nonce when given), refetching the JWKS once if
-    /// the token names an unknown key.
+    /// the token names an unknown key or its signature fails under a known
+    /// one (a key rotated under the same `kid`).
     pub async fn verify_id_token(
         &self,
         mut d: Arc<Discovered>,
@@ -99,14 +100,15 @@ impl Provider {
             match result {
                 Ok(c) => return Ok(c),
                 Err(ClaimsVerificationError::SignatureVerification(
-                    SignatureVerificationError::NoMatchingKey,
-                )) if !refetched => {
+                    SignatureVerificationError::NoMatchingKey
+                    | SignatureVerificationError::CryptoError(_),
+                )) if !refetched && signed_with_provider_key(token) => {
                     refetched = true;
                     match self.refetch_jwks(&d).await {
                         Some(newer) => d = newer,
                         None => {
                             return Err(FlowError::Invalid(
-                                "signed with an unknown key".to_string(),
+                                "signed with an unknown key (or a bad signature)".to_string(),
                             ));
                         }
                     }
@@ -134,4 +136,11 @@ impl Provider {
             .await
             .map_err(|e| FlowError::Unavailable(crate::proxy::forward::error_chain(&e)))
     }
+}
+
+/// Signed with a key from the JWKS, not the client secret: only then can
+/// refetching the keys change the outcome.
+fn signed_with_provider_key(token: &OidcIdToken) -> bool {
+    use openidconnect::JwsSigningAlgorithm as _;
+    token.signing_alg().is_ok_and(|a| !a.uses_shared_secret())
 }

@@ -20,6 +20,8 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 
 const { default: Provider, errors } = await import('oidc-provider');
+// Test-only key rotation rebuilds the provider's keystore in place.
+const { default: initializeKeystore } = await import('oidc-provider/lib/helpers/initialize_keystore.js');
 
 // ---------------------------------------------------------------------------
 // configuration
@@ -683,6 +685,19 @@ async function handleTest(req, res, path) {
     } catch (e) {
       return sendJson(res, e.status || 500, { error: e.message });
     }
+  }
+  if (path === '/_test/rotate_keys' && req.method === 'POST') {
+    // New key material for every signing key; `same_kid: true` keeps each
+    // key id (a provider that rotates without changing the kid).
+    const body = await readJson(req);
+    for (let i = 0; i < jwksKeys.length; i++) {
+      const old = jwksKeys[i];
+      const fresh = makeKey(old.alg || (old.kty === 'EC' ? 'ES256' : 'RS256'));
+      jwksKeys[i] = body.same_kid ? { ...fresh, kid: old.kid } : fresh;
+    }
+    initializeKeystore.call(provider, { keys: jwksKeys });
+    log(`signing keys rotated (same_kid=${Boolean(body.same_kid)})`);
+    return sendJson(res, 200, { kids: jwksKeys.map((k) => k.kid) });
   }
   if (path === '/_test/backchannel_logout' && req.method === 'POST') {
     const body = await readJson(req);
