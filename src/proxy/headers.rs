@@ -172,6 +172,32 @@ fn hop_by_hop_index(n: &str) -> Option<usize> {
     Some(i)
 }
 
+/// Joins the `Cookie` fields of a request into one, separated by `"; "`.
+/// HTTP/2 browsers send each cookie as its own field ("crumbs"); before an
+/// HTTP/1.1 hop they must be one line (RFC 9113, section 8.2.3), since many
+/// frameworks read only the first. Allocates only for more than one field.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        let b = v.as_bytes().trim_ascii();
+        if b.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(b);
+    }
+    headers.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// True when the request asks for a protocol upgrade (WebSocket etc.).
 /// `Upgrade: h2c` is not relayed: the upgrade header is then dropped like
 /// any other hop-by-hop header and the request proxied as plain HTTP/1.1.
@@ -309,6 +335,22 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl Fn(IpAddr) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_crumbs_become_one_line() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2 "),
+            ("cookie", "c=3; d=4"),
+        ]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3; d=4"]);
+        let mut one = map(&[("cookie", "a=1;b=2")]);
+        join_cookies(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(one[header::COOKIE], "a=1;b=2");
+    }
 
     #[test]
     fn content_length_reads_like_the_parsers() {

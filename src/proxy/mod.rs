@@ -356,7 +356,7 @@ fn route_request<'a>(
             outcome.user = Some(w.identity().display_name().to_string());
         }
 
-        match &route.config.action {
+        let mut result = match &route.config.action {
             Action::Respond(r) => Ok(answers::respond(r)),
             Action::Redirect(r) => Ok(answers::redirect(r, req.uri())),
             Action::Upstream(_) => {
@@ -375,6 +375,8 @@ fn route_request<'a>(
                 let h = req.headers_mut();
                 headers::remove_hop_by_hop(h, upgrade);
                 headers::strip_spoofable(h, peer_trusted);
+                // HTTP/2 cookie crumbs become one line for the HTTP/1.1 hop.
+                headers::join_cookies(h);
                 // issue 4: our cookies never reach a backend; then who the user is.
                 crate::auth::strip_session_cookie(h);
 
@@ -425,7 +427,17 @@ fn route_request<'a>(
                 }
                 result
             }
+        };
+        // A signed-in user's pages are theirs alone: without a
+        // Cache-Control of the backend's own, shared caches must not keep them.
+        if who.is_some()
+            && let Ok(r) = &mut result
+            && !r.headers().contains_key(header::CACHE_CONTROL)
+        {
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
+        result
     }
 }
 
