@@ -443,6 +443,12 @@ pub(super) async fn callback(
             view.config.session_ttl.as_secs(),
         ),
     );
+    // The sign-in is over: its binding cookie has no further use.
+    let secure = !view.config.insecure_cookies;
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        cookie(login_cookie_name(secure), "", 0, secure, None),
+    );
     Ok(resp)
 }
 

@@ -45,14 +45,29 @@ async fn revoke_sid(auth: &AuthShared, provider: &str, sid: &str, session_ttl: u
 /// `/.portcullis/logout`: ends the session, clears the cookie, and sends
 /// the browser to the provider's end-session endpoint (or straight to the
 /// signed-out page).
+///
+/// A request another site made the browser send (`Sec-Fetch-Site:
+/// cross-site`, such as a plain link there: `SameSite=Lax` cookies ride
+/// top-level GETs) ends nothing; it gets a page with a button that signs
+/// out from here instead.
 pub(super) async fn logout(
     auth: &AuthShared,
     snap: &AuthSnapshot,
     headers: &HeaderMap,
     scheme: &str,
     raw_host: &str,
+    request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Ok(confirm_page(request_id, headers.get(header::ACCEPT)));
+    }
     let signed_out = format!("{scheme}://{raw_host}/.portcullis/logged-out");
+    // Where the user came from on this site, for the signed-out page's
+    // link back: carried in `state`, which the provider hands back.
+    let back = came_from(headers, scheme, raw_host);
     let mut ended = None;
     if let Some(sessions) = auth.sessions() {
         let mut ids = Vec::new();
@@ -91,12 +106,28 @@ pub(super) async fn logout(
                 }
                 q.append_pair("client_id", &view.config.client_id);
                 q.append_pair("post_logout_redirect_uri", &signed_out);
+                if let Some(b) = &back {
+                    q.append_pair("state", b);
+                }
             }
             location = url.to_string();
         }
     }
+    if location == signed_out
+        && let Some(b) = &back
+    {
+        location = format!(
+            "{signed_out}?{}",
+            openidconnect::url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("state", b)
+                .finish()
+        );
+    }
     let mut resp = redirect(&location)?;
     let h = resp.headers_mut();
+    // Pages of the signed-in session stay in the browser's cache (and its
+    // back/forward cache): Back would show them again after signing out.
+    h.insert("clear-site-data", HeaderValue::from_static("\"cache\""));
     match view {
         Some(v) => {
             h.append(header::SET_COOKIE, session_cookie(v, "", 0));
@@ -109,12 +140,79 @@ pub(super) async fn logout(
     Ok(resp)
 }
 
-/// `/.portcullis/logged-out`.
-pub(super) fn logged_out(request_id: &HeaderValue, accept: Option<&HeaderValue>) -> Response<Body> {
-    error::render_titled(
+/// The path (and query) on this site a logout was started from: the
+/// `Referer` when it is on the same scheme and host, and not one of our
+/// own endpoints.
+fn came_from(headers: &HeaderMap, scheme: &str, raw_host: &str) -> Option<String> {
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let rest = referer
+        .get(..scheme.len() + 3)
+        .filter(|s| s.eq_ignore_ascii_case(&format!("{scheme}://")))
+        .map(|_| &referer[scheme.len() + 3..])?;
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if !rest[..host_end].eq_ignore_ascii_case(raw_host) {
+        return None;
+    }
+    let path = rest[host_end..].split('#').next().unwrap_or("");
+    let path = if path.starts_with('/') { path } else { "/" };
+    (!path.starts_with(RESERVED)).then(|| path.to_string())
+}
+
+const RESERVED: &str = "/.portcullis/";
+
+/// A link target on this host for a path that came from the browser: one
+/// leading `/` (so `//elsewhere` stays a path here), no control characters,
+/// never one of our endpoints.
+fn same_host_path(p: &str) -> String {
+    let rest: String = p
+        .trim_start_matches(['/', '\\'])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let path = format!("/{rest}");
+    if path.starts_with(RESERVED) {
+        "/".to_string()
+    } else {
+        path
+    }
+}
+
+/// `/.portcullis/logged-out`, with a link back to where the user signed
+/// out from (`state`, set by [`logout`]; a path on this host only).
+pub(super) fn logged_out(
+    query: Option<&str>,
+    request_id: &HeaderValue,
+    accept: Option<&HeaderValue>,
+) -> Response<Body> {
+    let back = openidconnect::url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "state")
+        .map_or_else(|| "/".to_string(), |(_, v)| same_host_path(&v));
+    let link = format!(
+        "<p><a href=\"{}\">Back to the site</a></p>",
+        error::html_escape(&back)
+    );
+    let mut r = error::render_page(
         StatusCode::OK,
         "Signed out",
-        "You are signed out. Close this tab, or open the site again to sign in.",
+        "You are signed out. Close this tab, or go back to the site to sign in again.",
+        &link,
+        request_id,
+        error::wants_json(accept),
+    );
+    r.headers_mut()
+        .insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+    r
+}
+
+/// The answer to a logout another site asked for: nothing ends; a button
+/// here signs out with a POST from this site.
+fn confirm_page(request_id: &HeaderValue, accept: Option<&HeaderValue>) -> Response<Body> {
+    error::render_page(
+        StatusCode::OK,
+        "Sign out?",
+        "Another site sent you here to sign out. You are still signed in.",
+        "<form method=\"post\" action=\"/.portcullis/logout\">\
+         <button type=\"submit\">Sign out</button></form>",
         request_id,
         error::wants_json(accept),
     )

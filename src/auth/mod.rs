@@ -337,9 +337,10 @@ pub async fn endpoint(
         "/.portcullis/callback" => flow::callback(&shared.auth, auth_snap, &req, raw_host).await,
         "/.portcullis/logout" => {
             let scheme = gate::effective_scheme(snap, conn, req.headers());
-            logout::logout(&shared.auth, auth_snap, req.headers(), scheme, raw_host).await
+            let h = req.headers();
+            logout::logout(&shared.auth, auth_snap, h, scheme, raw_host, request_id).await
         }
-        "/.portcullis/logged-out" => Ok(logout::logged_out(request_id, accept)),
+        "/.portcullis/logged-out" => Ok(logout::logged_out(req.uri().query(), request_id, accept)),
         "/.portcullis/backchannel-logout" => {
             logout::backchannel(&shared.auth, auth_snap, req).await
         }

@@ -169,9 +169,20 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
+        if self == ProxyError::LoginUnavailable {
+            // Discovery is retried in the background within seconds: tell
+            // clients (and the browser user reading the page) when to retry.
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(LOGIN_RETRY_AFTER_SECS),
+            );
+        }
         resp
     }
 }
+
+/// `Retry-After` on the 503 "sign-in unavailable" answer, in seconds.
+pub const LOGIN_RETRY_AFTER_SECS: &str = "10";
 
 /// The 403 for a signed-in user the route's policy refuses: names the user
 /// (their username, nothing from their tokens) so they know which account
@@ -182,11 +193,15 @@ pub fn forbidden_response(
     accept: Option<&HeaderValue>,
 ) -> Response<Body> {
     let text = format!(
-        "You are signed in as {user}, but this account is not allowed to use this site. Ask an administrator for access, or sign out at /.portcullis/logout and use another account."
+        "You are signed in as {user}, but this account is not allowed to use this site. Ask an administrator for access, or sign out and use another account."
     );
-    render(
-        ProxyError::Forbidden.status(),
+    let status = ProxyError::Forbidden.status();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    render_page(
+        status,
+        &format!("{} {reason}", status.as_u16()),
         &text,
+        "<p><a href=\"/.portcullis/logout\">Sign out</a></p>",
         request_id,
         wants_json(accept),
     )
@@ -232,6 +247,20 @@ pub fn render_titled(
     request_id: &HeaderValue,
     json: bool,
 ) -> Response<Body> {
+    render_page(status, title, explanation, "", request_id, json)
+}
+
+/// [`render_titled`] with `extra_html` (a link, a form) after the
+/// explanation on the HTML page; JSON answers leave it out. `extra_html`
+/// is written as it is: callers escape whatever they put in it.
+pub fn render_page(
+    status: StatusCode,
+    title: &str,
+    explanation: &str,
+    extra_html: &str,
+    request_id: &HeaderValue,
+    json: bool,
+) -> Response<Body> {
     let id = request_id.to_str().unwrap_or("");
     let reason = status.canonical_reason().unwrap_or("Error");
     let (body, content_type) = if json {
@@ -250,7 +279,7 @@ pub fn render_titled(
                  <title>{title}</title>\
                  <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
                  small{{color:#666}}</style></head>\
-                 <body><h1>{title}</h1><p>{text}</p>\
+                 <body><h1>{title}</h1><p>{text}</p>{extra_html}\
                  <p><small>Request ID: <code>{id}</code></small></p></body></html>\n",
                 title = html_escape(title),
                 text = html_escape(explanation),
