@@ -5,8 +5,9 @@
 #   scripts/test.sh --lint     # also cargo fmt --check and clippy -D warnings
 #
 # Peers: Pebble + pebble-challtestsrv (Debian package `pebble`) for ACME,
-# Node.js + the OIDC provider's npm dependencies for SSO. Missing ones are
-# installed (apt-get as root, or via sudo).
+# Node.js + the OIDC provider's npm dependencies for SSO, Chromium +
+# chromedriver (Debian `chromium`, `chromium-driver`) for the browser tests.
+# Missing ones are installed (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ missing=()
 command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+{ command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -11,6 +11,8 @@
 //!   requests a client library would normalise.
 //! - [`pebble`]: a Pebble ACME server (used by the ACME tests).
 //! - [`tls`]: a test CA and a TLS client (used by the TLS and ACME tests).
+//! - [`browser`]: chromedriver and headless Chromium sessions (WebDriver)
+//!   for the tests a real browser must run.
 //! - [`idp`]: the OIDC test provider (`tests/peers/oidc`) and a browser
 //!   (cookie jar, redirects, login form) for the SSO tests.
 //!
@@ -18,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod browser;
 pub mod client;
 pub mod gateway;
 pub mod idp;
