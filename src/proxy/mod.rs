@@ -297,7 +297,10 @@ fn route_request<'a>(
                         a.login_ok.fetch_add(1, Relaxed)
                     }
                     (Some(true), _) => a.login_failed.fetch_add(1, Relaxed),
-                    (Some(false), Ok(_)) => a.logout.fetch_add(1, Relaxed),
+                    // A cross-site logout answered with a confirm page ended nothing.
+                    (Some(false), Ok(resp)) if resp.status().is_redirection() => {
+                        a.logout.fetch_add(1, Relaxed)
+                    }
                     _ => 0,
                 };
                 return r;
