@@ -335,3 +335,40 @@ pub(super) async fn backchannel(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn came_from_is_a_path_on_this_host_only() {
+        let with = |r: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::REFERER, HeaderValue::from_static(r));
+            came_from(&h, "https", "App.test:8443")
+        };
+        assert_eq!(
+            with("https://app.test:8443/a/b?c=1#x").as_deref(),
+            Some("/a/b?c=1")
+        );
+        assert_eq!(with("https://app.test:8443").as_deref(), Some("/"));
+        assert_eq!(with("https://evil.test/a"), None);
+        assert_eq!(with("https://app.test:8443.evil.test/a"), None);
+        assert_eq!(with("http://app.test:8443/a"), None);
+        assert_eq!(with("https://app.test:8443/.portcullis/logout"), None);
+        assert_eq!(came_from(&HeaderMap::new(), "https", "app.test"), None);
+    }
+
+    #[test]
+    fn links_back_stay_on_this_host() {
+        assert_eq!(same_host_path("/a?b=1"), "/a?b=1");
+        assert_eq!(same_host_path("//evil.example/x"), "/evil.example/x");
+        assert_eq!(same_host_path("/\\evil.example"), "/evil.example");
+        assert_eq!(
+            same_host_path("https://evil.example/"),
+            "/https://evil.example/"
+        );
+        assert_eq!(same_host_path("/.portcullis/logout"), "/");
+        assert_eq!(same_host_path("/a\r\nb"), "/ab");
+    }
+}
