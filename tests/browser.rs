@@ -444,12 +444,11 @@ async fn forbidden_page_links_to_sign_out() {
         .await;
 }
 
-/// Plain HTTP: a provider that cannot be reached makes sign-in unavailable;
-/// the 503 says when to try again.
-#[tokio::test]
-async fn sign_in_unavailable_says_when_to_retry() {
+/// A gateway (plain HTTP, insecure cookies) whose provider cannot be
+/// reached, with one protected route `app.localtest`.
+async fn gateway_with_dead_provider() -> Gateway {
     let dead = support::idp::free_port();
-    let gw = Gateway::builder(&format!(
+    Gateway::builder(&format!(
         r#"
 [server]
 http = "{{{{HTTP}}}}"
@@ -470,7 +469,49 @@ auth = {{ oidc = "authentik" }}
     ))
     .file("secret", CLIENT_SECRET)
     .start()
-    .await;
+    .await
+}
+
+/// `portcullis_auth_events_total{event="logout"}` from the admin listener.
+async fn logouts(gw: &Gateway) -> u64 {
+    let text = gw.client().get(&gw.admin_url("/metrics")).await.text();
+    text.lines()
+        .find(|l| l.starts_with("portcullis_auth_events_total{event=\"logout\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Plain HTTP: the confirm page for a cross-site logout ended nothing, so
+/// it is not counted as a logout; a logout from the site itself is.
+#[tokio::test]
+async fn cross_site_logout_confirm_page_is_not_counted_as_a_logout() {
+    let gw = gateway_with_dead_provider().await;
+    let url = "http://app.localtest/.portcullis/logout";
+    let r = gw
+        .client()
+        .get_with(
+            url,
+            &[("sec-fetch-site", "cross-site"), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("<form method=\"post\""), "{}", r.text());
+    assert!(r.header("set-cookie").is_none(), "nothing ended");
+    assert_eq!(logouts(&gw).await, 0);
+    let r = gw
+        .client()
+        .get_with(url, &[("sec-fetch-site", "same-origin")])
+        .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(logouts(&gw).await, 1);
+}
+
+/// Plain HTTP: a provider that cannot be reached makes sign-in unavailable;
+/// the 503 says when to try again.
+#[tokio::test]
+async fn sign_in_unavailable_says_when_to_retry() {
+    let gw = gateway_with_dead_provider().await;
     let r = gw
         .client()
         .get_with(
