@@ -109,7 +109,7 @@ fn origin(host: &HeaderValue) -> Origin<'_> {
         peer: "127.0.0.1".parse().unwrap(),
         peer_value: &PEER,
         peer_trusted: false,
-        proto: "http",
+        scheme: portcullis::http::Scheme::Http,
         host,
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod fsutil;
+pub mod http;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
@@ -155,7 +156,7 @@ impl Gateway {
             tracing::info!(address = %l.local_addr()?, "listening (http)");
             tokio::spawn(server::accept_loop(
                 l,
-                "http",
+                http::Scheme::Http,
                 shared.clone(),
                 builder.clone(),
                 slots.clone(),
@@ -173,7 +174,7 @@ impl Gateway {
             });
             tls_ctx = Some(ctx.clone());
             tracing::info!(address = %addr, "listening (https)");
-            tokio::spawn(tls::accept_loop(
+            tokio::spawn(server::accept_tls_loop(
                 l,
                 ctx,
                 shared.clone(),
@@ -285,7 +286,7 @@ impl Worker {
             if let Some(l) = http {
                 tokio::spawn(server::accept_loop(
                     l,
-                    "http",
+                    http::Scheme::Http,
                     shared.clone(),
                     builder.clone(),
                     slots.clone(),
@@ -293,7 +294,7 @@ impl Worker {
                 ));
             }
             if let Some((l, ctx)) = https {
-                tokio::spawn(tls::accept_loop(
+                tokio::spawn(server::accept_tls_loop(
                     l,
                     ctx,
                     shared,

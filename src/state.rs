@@ -184,17 +184,7 @@ impl Snapshot {
     }
 }
 
-/// Maps IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, seen on dual-stack
-/// listeners) to plain IPv4 so CIDR rules written for IPv4 apply.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
+pub use crate::http::conn::canonical_ip;
 
 /// Process-wide state shared by every connection.
 pub struct Shared {

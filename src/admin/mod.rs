@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Action;
-use crate::proxy::body::Body;
+use crate::http::body::Body;
 use crate::proxy::server::DrainState;
 use crate::reload::{ReloadHandle, ReloadOutcome};
 use crate::state::Shared;

@@ -22,8 +22,8 @@ use super::provider::FlowError;
 use super::session::{decode_id, for_each_cookie, unix_now};
 use super::store::SessionRecord;
 use super::{AuthShared, AuthSnapshot, ProviderView};
-use crate::proxy::body::Body;
-use crate::proxy::error::ProxyError;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
 
 /// How long a started sign-in may take.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
@@ -285,7 +285,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 pub(super) async fn callback(
     auth: &AuthShared,
     snap: &AuthSnapshot,
-    req: &Request<crate::proxy::body::Body>,
+    req: &Request<crate::http::body::Body>,
     raw_host: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let [code, state, err, iss] = query_params(

@@ -10,9 +10,9 @@ use super::flow::{self, LoginTarget};
 use super::gate::{Identified, decide, effective_scheme, identify, is_browser, resolve};
 use super::session::unix_now;
 use crate::config::RouteAuth;
-use crate::proxy::ConnInfo;
-use crate::proxy::body::Body;
-use crate::proxy::error::ProxyError;
+use crate::http::body::Body;
+use crate::http::conn::ConnInfo;
+use crate::http::error::ProxyError;
 use crate::state::{Shared, Snapshot, canonical_ip};
 
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -27,7 +27,7 @@ pub(super) async fn forward_auth(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<crate::proxy::body::Body>,
+    req: &Request<crate::http::body::Body>,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {

@@ -13,9 +13,9 @@ use super::identity::Identity;
 use super::session::{Found, Session, Sessions, unix_now};
 use super::{ProviderView, bearer, policy};
 use crate::config::{OidcPolicy, RouteAuth};
-use crate::proxy::ConnInfo;
-use crate::proxy::body::Body;
-use crate::proxy::error::{self, ProxyError};
+use crate::http::body::Body;
+use crate::http::conn::ConnInfo;
+use crate::http::error::{self, ProxyError};
 use crate::state::{Route, Shared, Snapshot, canonical_ip};
 
 /// Who a request is from.
@@ -68,7 +68,7 @@ pub async fn check(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<crate::proxy::body::Body>,
+    req: &Request<crate::http::body::Body>,
     route: &Route,
     raw_host: &str,
     request_id: &HeaderValue,
@@ -85,7 +85,7 @@ async fn protected(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<crate::proxy::body::Body>,
+    req: &Request<crate::http::body::Body>,
     policy: &OidcPolicy,
     raw_host: &str,
     request_id: &HeaderValue,
@@ -205,7 +205,7 @@ pub(super) fn effective_scheme(
     conn: &ConnInfo,
     headers: &HeaderMap,
 ) -> &'static str {
-    if conn.proto == "https" {
+    if conn.scheme.is_https() {
         return "https";
     }
     let forwarded_https = headers

@@ -76,7 +76,7 @@ impl ProviderHttp {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| HttpError::Transport(crate::proxy::forward::error_chain(&e)))?;
+                .map_err(|e| HttpError::Transport(crate::http::cause(&e)))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_BODY)
                 .collect()

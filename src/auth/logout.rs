@@ -14,8 +14,8 @@ use super::jwt::{self, JwtError};
 use super::session::{decode_id, for_each_cookie, unix_now};
 use super::store::{SubjectKey, revoked_sid_key, used_jti_key};
 use super::{AuthShared, AuthSnapshot};
-use crate::proxy::body::Body;
-use crate::proxy::error::{self, ProxyError};
+use crate::http::body::Body;
+use crate::http::error::{self, ProxyError};
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// A logout token issued longer ago than this is refused (its `jti` is
@@ -223,7 +223,7 @@ fn confirm_page(request_id: &HeaderValue, accept: Option<&HeaderValue>) -> Respo
 pub(super) async fn backchannel(
     auth: &AuthShared,
     snap: &AuthSnapshot,
-    req: Request<crate::proxy::body::Body>,
+    req: Request<crate::http::body::Body>,
 ) -> Result<Response<Body>, ProxyError> {
     const BAD: ProxyError = ProxyError::BadRequest("The logout token is not valid.");
     if req.method() != Method::POST {

@@ -32,9 +32,9 @@ use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Request, Response};
 
 use crate::config::{Config, OidcConfig, RouteAuth};
-use crate::proxy::ConnInfo;
-use crate::proxy::body::Body;
-use crate::proxy::error::ProxyError;
+use crate::http::body::Body;
+use crate::http::conn::ConnInfo;
+use crate::http::error::ProxyError;
 use crate::state::{Route, Shared, Snapshot};
 
 use self::flow::OUR_COOKIES;
@@ -324,7 +324,7 @@ pub async fn endpoint(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: Request<crate::proxy::body::Body>,
+    req: Request<crate::http::body::Body>,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn the_403_page_names_the_user_escaped() {
         let id = HeaderValue::from_static("req-1");
-        let r = crate::proxy::error::forbidden_response("<b>bob</b>", &id, None);
+        let r = crate::http::error::forbidden_response("<b>bob</b>", &id, None);
         assert_eq!(r.status(), 403);
         let body = match r.into_body() {
             Body::Full(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),

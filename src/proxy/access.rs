@@ -21,7 +21,7 @@ use http::{HeaderValue, Method, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 
 use super::ConnInfo;
-use super::body::{Body, BoxError};
+use crate::http::body::{Body, BoxError};
 use crate::telemetry::access::AccessLine;
 
 /// nginx's code for a request whose client closed the connection first.
@@ -51,7 +51,7 @@ impl Record {
         start: Instant,
         conn: &Arc<ConnInfo>,
         request_id: &HeaderValue,
-        req: &http::Request<crate::proxy::body::Body>,
+        req: &http::Request<crate::http::body::Body>,
     ) -> Self {
         Record {
             start,
@@ -161,7 +161,7 @@ impl Logged {
             return inner;
         }
         logged.inner = inner;
-        Body::Logged(logged)
+        Body::Streamed(logged)
     }
 
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -197,6 +197,18 @@ impl Logged {
 
     pub fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl crate::http::body::Stream for Logged {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Logged::poll(self, cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        Logged::size_hint(self)
     }
 }
 

@@ -4,8 +4,8 @@
 use http::Response;
 use http::header::{self, HeaderValue};
 
-use super::body::Body;
 use crate::config::{Redirect, Respond};
+use crate::http::body::Body;
 use crate::state::Shared;
 
 /// Answers an ACME HTTP-01 validator with the key authorization.

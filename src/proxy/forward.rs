@@ -16,12 +16,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::{Body, Limited, TripWire, Tripped};
-use super::error::ProxyError;
 use super::headers;
 use super::pool;
 use super::upstream::{self as pool_conn, Outgoing};
 use crate::config::{ServerConfig, UpstreamTarget};
+use crate::http::body::{Body, Limited, TripWire, Tripped};
+use crate::http::error::ProxyError;
 use crate::state::Route;
 
 /// The pooled HTTP/1.1 client to every upstream. One per process: it
@@ -107,18 +107,6 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     }
 }
 
-/// Full error text for logs (never for pages).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// The request as it left the client, reduced to what forwarding needs.
 pub struct Forward<'a> {
     pub route: &'a Route,
@@ -146,8 +134,8 @@ pub struct Forwarded<'a> {
     /// The peer's address, formatted once per connection: `X-Forwarded-For`
     /// and `X-Real-IP`.
     pub peer: &'a HeaderValue,
-    /// `http` or `https`, as the client reached us.
-    pub proto: &'static str,
+    /// How the client reached us.
+    pub scheme: crate::http::Scheme,
 }
 
 impl Forward<'_> {
@@ -161,7 +149,7 @@ impl Forward<'_> {
                 b"x-forwarded-for: ",
                 f.peer.as_bytes(),
                 b"\r\nx-forwarded-proto: ",
-                f.proto.as_bytes(),
+                f.scheme.as_str().as_bytes(),
                 b"\r\nx-forwarded-host: ",
                 self.host_value.as_bytes(),
                 b"\r\nx-real-ip: ",
@@ -212,7 +200,7 @@ impl Forward<'_> {
 /// argument and once in pieces.
 pub async fn forward(
     fwd: Forward<'_>,
-    req: &mut Request<crate::proxy::body::Body>,
+    req: &mut Request<crate::http::body::Body>,
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
     let route = fwd.route;
     let limits = &route.config.limits;
@@ -305,7 +293,7 @@ pub async fn forward(
 /// request about to become an HTTP/1.1 head for a backend: the h2 layer
 /// lets identical repeated `content-length`s and leading zeros through
 /// (they would go on as two lines, or as `05`), and any method token.
-fn http2_head_rules(req: &mut Request<crate::proxy::body::Body>) -> Result<(), ProxyError> {
+fn http2_head_rules(req: &mut Request<crate::http::body::Body>) -> Result<(), ProxyError> {
     if !super::wire::method_allowed(req.method().as_str().as_bytes()) {
         return Err(ProxyError::BadRequest(
             "The request method is not valid (methods are uppercase).",
@@ -345,7 +333,7 @@ async fn send_one(
     // whose own request broke must not take a healthy backend out.
     let verdict = match &result {
         Ok(_) => Some(true),
-        Err(e) if e.side() == super::error::Side::Upstream => Some(false),
+        Err(e) if e.side() == crate::http::error::Side::Upstream => Some(false),
         Err(_) => None,
     };
     if let Some(ok) = verdict {

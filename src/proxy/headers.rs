@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 
+use crate::http::Scheme;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection and never cross the proxy.
@@ -251,16 +252,13 @@ pub struct Origin<'a> {
     pub peer_value: &'a HeaderValue,
     /// Is the TCP peer a trusted proxy?
     pub peer_trusted: bool,
-    /// `http` or `https`, as the client reached us.
-    pub proto: &'static str,
+    /// How the client reached us.
+    pub scheme: Scheme,
     /// The host the client asked for, as sent.
     pub host: &'a HeaderValue,
 }
 
-/// An IP address as a header value.
-pub fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
-}
+pub use crate::http::conn::ip_value;
 
 // Constants, so the names are checked at compile time, not per request.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -291,7 +289,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>, client_ip: Ip
     headers.insert(xff, chain);
     let proto = X_FORWARDED_PROTO;
     if !origin.peer_trusted || !headers.contains_key(&proto) {
-        headers.insert(proto, HeaderValue::from_static(origin.proto));
+        headers.insert(proto, HeaderValue::from_static(origin.scheme.as_str()));
     }
     let fhost = X_FORWARDED_HOST;
     if !origin.peer_trusted || !headers.contains_key(&fhost) {
@@ -481,7 +479,7 @@ mod tests {
             peer,
             peer_value: &peer_value,
             peer_trusted: false,
-            proto: "https",
+            scheme: Scheme::Https,
             host: &host,
         };
         let mut h = HeaderMap::new();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{Request, header};
 
-use super::body::Body;
+use crate::http::body::Body;
 use crate::state::{Shared, Snapshot};
 
 /// Starts the checks of `snap`'s routes.

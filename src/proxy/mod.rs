@@ -4,8 +4,6 @@
 
 pub mod access;
 mod answers;
-pub mod body;
-pub mod error;
 pub mod forward;
 pub mod h1;
 pub mod headers;
@@ -18,7 +16,6 @@ pub mod upstream;
 pub mod wire;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -26,45 +23,17 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 
-use self::body::Body;
-use self::error::ProxyError;
 use self::forward::Forward;
 use crate::config::Action;
+use crate::http::body::Body;
+pub use crate::http::conn::ConnInfo;
+use crate::http::error::ProxyError;
 use crate::routing::{HOST_BUF_LEN, normalize_host};
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::metrics::UpstreamFailure;
 
 /// The path prefix reserved on every host for the gateway's own endpoints.
 pub const RESERVED_PREFIX: &str = "/.portcullis";
-
-/// What a connection knows about itself.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// `http` or `https`.
-    pub proto: &'static str,
-    /// The TLS server name the client asked for (lowercase), on https.
-    pub sni: Option<Box<str>>,
-    /// The peer's address as a header value, formatted once.
-    pub peer_value: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(
-        peer: SocketAddr,
-        local: SocketAddr,
-        proto: &'static str,
-        sni: Option<Box<str>>,
-    ) -> Self {
-        ConnInfo {
-            peer,
-            local,
-            proto,
-            sni,
-            peer_value: headers::ip_value(crate::state::canonical_ip(peer.ip())),
-        }
-    }
-}
 
 /// Where ACME HTTP-01 validators fetch their tokens.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -82,11 +51,11 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 pub fn handle<'a>(
     shared: &'a Shared,
     conn: &'a Arc<ConnInfo>,
-    req: Request<crate::proxy::body::Body>,
+    req: Request<crate::http::body::Body>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'a {
     async move {
         let start = Instant::now();
-        let listener = shared.metrics.listener(conn.proto);
+        let listener = shared.metrics.listener(conn.scheme.is_https());
         // Decremented on drop: the future is dropped when the client goes away.
         let _in_flight = crate::telemetry::metrics::InFlight::enter(&listener.in_flight);
         let snap = shared.current();
@@ -111,7 +80,7 @@ pub fn handle<'a>(
             };
         resp.headers_mut()
             .insert(request_id::REQUEST_ID, request_id.clone());
-        if conn.proto == "https" {
+        if conn.scheme.is_https() {
             let hsts = match &outcome.hsts {
                 Some(route_hsts) => route_hsts.as_ref(),
                 None => snap.server.hsts.as_ref(),
@@ -131,7 +100,7 @@ pub fn handle<'a>(
             .route
             .map_or(&shared.metrics.unrouted, |r| &r.metrics);
         route_metrics.request(&method, resp.status(), took);
-        if let Some(kind) = outcome.error.and_then(upstream_error_index) {
+        if let Some(kind) = outcome.error.and_then(upstream_failure) {
             route_metrics.upstream_error(kind);
         }
 
@@ -155,11 +124,11 @@ pub fn handle<'a>(
 }
 
 /// The `portcullis_upstream_errors_total` kind of an error, if upstream.
-fn upstream_error_index(e: ProxyError) -> Option<usize> {
+fn upstream_failure(e: ProxyError) -> Option<UpstreamFailure> {
     match e {
-        ProxyError::UpstreamUnavailable => Some(0),
-        ProxyError::UpstreamTimeout => Some(1),
-        ProxyError::UpstreamBroken => Some(2),
+        ProxyError::UpstreamUnavailable => Some(UpstreamFailure::Refused),
+        ProxyError::UpstreamTimeout => Some(UpstreamFailure::Timeout),
+        ProxyError::UpstreamBroken => Some(UpstreamFailure::Reset),
         _ => None,
     }
 }
@@ -187,7 +156,7 @@ fn route_request<'a>(
     shared: &Shared,
     snap: &'a Snapshot,
     conn: &ConnInfo,
-    mut req: Request<crate::proxy::body::Body>,
+    mut req: Request<crate::http::body::Body>,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'a>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send {
@@ -258,7 +227,7 @@ fn route_request<'a>(
                     return Err(ProxyError::Misdirected);
                 }
             }
-            if conn.proto == "http"
+            if !conn.scheme.is_https()
                 && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
             {
                 return Ok(answers::acme_challenge(shared, token));
@@ -270,7 +239,7 @@ fn route_request<'a>(
                 // The session cookie is Secure: a logout over plain HTTP would not
                 // carry it, so send it to HTTPS first (other endpoints, such as
                 // forward-auth from a proxy on the internal network, stay as they are).
-                if conn.proto == "http" && endpoint == "/logout" {
+                if !conn.scheme.is_https() && endpoint == "/logout" {
                     let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
                     if port != 0 {
                         return Ok(answers::https_redirect(host, port, req.uri()));
@@ -313,7 +282,7 @@ fn route_request<'a>(
             // Made here (the host is in `buf`), sent only after the
             // address rules below: a denied client gets 403, not a redirect.
             let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
-            let redirect = (conn.proto == "http" && route.config.https_redirect && port != 0)
+            let redirect = (!conn.scheme.is_https() && route.config.https_redirect && port != 0)
                 .then(|| answers::https_redirect(host, port, req.uri()));
             (route, redirect)
         };
@@ -390,7 +359,7 @@ fn route_request<'a>(
                         peer,
                         peer_value: &conn.peer_value,
                         peer_trusted,
-                        proto: conn.proto,
+                        scheme: conn.scheme,
                         host: &host_value,
                     };
                     headers::set_forwarded(h, &origin, client_ip);
@@ -398,7 +367,7 @@ fn route_request<'a>(
                 } else {
                     Some(forward::Forwarded {
                         peer: &conn.peer_value,
-                        proto: conn.proto,
+                        scheme: conn.scheme,
                     })
                 };
 
@@ -416,7 +385,7 @@ fn route_request<'a>(
                 let (result, used) = forward::forward(fwd, &mut req).await;
                 outcome.upstream_index = used;
                 if let Err(e) = &result
-                    && e.side() == error::Side::Upstream
+                    && e.side() == crate::http::error::Side::Upstream
                 {
                     tracing::warn!(
                         route = %route.config.name,
@@ -455,7 +424,7 @@ fn same_host(a: &str, b: &str) -> bool {
 }
 
 /// True when the request announces a body.
-fn has_body(req: &Request<crate::proxy::body::Body>) -> bool {
+fn has_body(req: &Request<crate::http::body::Body>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
         || headers::content_length(req.headers()).is_some_and(|n| n > 0)
 }

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use http::Response;
 use tokio::net::TcpStream;
 
-use super::body::Body;
-use super::error::ProxyError;
 use super::upstream::{self, Conn, Failure, Outgoing, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
 
 /// Idle connections kept per upstream address and thread.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;

@@ -1,4 +1,4 @@
-//! Accept loops and connections for the public listeners. Listening sockets
+//! Accept loops (plain and TLS) and connections for the public listeners. Listening sockets
 //! are created once and never re-bound; shutdown stops accepting, asks each
 //! connection to finish its in-flight requests, and waits (see [`Drain`]).
 
@@ -15,10 +15,12 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::body::Body;
 use super::{ConnInfo, h1, handle};
 use crate::config::ServerConfig;
+use crate::http::Scheme;
+use crate::http::body::Body;
 use crate::state::Shared;
+use crate::tls::{Handshake, TlsContext, handshake};
 
 /// The HTTP/1.x and HTTP/2 server settings shared by every public
 /// connection. Which one serves a connection is decided up front: ALPN on
@@ -163,7 +165,7 @@ pub struct Accepted {
 /// have keep being served.
 pub async fn accept_next(
     listener: &TcpListener,
-    proto: &str,
+    scheme: Scheme,
     slots: &Arc<Semaphore>,
     drain: &mut watch::Receiver<DrainState>,
 ) -> Option<Accepted> {
@@ -176,7 +178,7 @@ pub async fn accept_next(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(listener = proto, error = %e, "accept failed; backing off");
+                    tracing::warn!(listener = %scheme, error = %e, "accept failed; backing off");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -200,7 +202,7 @@ pub async fn accept_next(
 /// Accepts plain TCP connections until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
-    proto: &'static str,
+    scheme: Scheme,
     shared: Arc<Shared>,
     builder: Arc<HttpBuilder>,
     slots: Arc<Semaphore>,
@@ -211,9 +213,9 @@ pub async fn accept_loop(
         peer,
         local,
         permit,
-    }) = accept_next(&listener, proto, &slots, &mut drain).await
+    }) = accept_next(&listener, scheme, &slots, &mut drain).await
     {
-        let info = Arc::new(ConnInfo::new(peer, local, proto, None));
+        let info = Arc::new(ConnInfo::new(peer, local, scheme, None));
         let shared = shared.clone();
         let builder = builder.clone();
         let mut drain = drain.clone();
@@ -228,7 +230,72 @@ pub async fn accept_loop(
             drop(permit);
         });
     }
-    tracing::debug!(listener = proto, "stopped accepting");
+    tracing::debug!(listener = %scheme, "stopped accepting");
+}
+
+/// Accepts TLS connections until shutdown.
+pub async fn accept_tls_loop(
+    listener: TcpListener,
+    tls: Arc<TlsContext>,
+    shared: Arc<Shared>,
+    builder: Arc<HttpBuilder>,
+    slots: Arc<Semaphore>,
+    mut drain: watch::Receiver<DrainState>,
+) {
+    while let Some(Accepted {
+        stream,
+        peer,
+        local,
+        permit,
+    }) = accept_next(&listener, Scheme::Https, &slots, &mut drain).await
+    {
+        let tls = tls.clone();
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let drain = drain.clone();
+        // Boxed: the task's state (handshake, then the connection with its
+        // TLS stream) is ~13 KiB, which tokio would otherwise copy on
+        // spawn and again when the task's stage changes.
+        tokio::spawn(Box::pin(async move {
+            let timeout = tls.handshake_timeout;
+            let m = &shared.metrics;
+            // The handshake's state is boxed on its own and freed once it is
+            // done, so the connection does not carry it for its life.
+            let hs = Box::pin(handshake(stream, &tls));
+            let Ok(done) = tokio::time::timeout(timeout, hs).await else {
+                m.tls_handshake_failures.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            };
+            let (stream, sni) = match done {
+                Handshake::Done(stream, sni) => {
+                    m.tls_handshakes.fetch_add(1, Relaxed);
+                    (stream, sni)
+                }
+                Handshake::UnknownName => {
+                    m.tls_unknown_sni.fetch_add(1, Relaxed);
+                    return;
+                }
+                Handshake::Failed => {
+                    m.tls_handshake_failures.fetch_add(1, Relaxed);
+                    return;
+                }
+                Handshake::Challenge => return,
+            };
+            let info = Arc::new(ConnInfo::new(
+                peer,
+                local,
+                Scheme::Https,
+                Some(sni.into_boxed_str()),
+            ));
+            let proto = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_connection(stream, proto, info, shared, &builder, drain).await;
+            drop(permit);
+        }));
+    }
 }
 
 /// Serves HTTP on one established connection (plain or TLS) with the
@@ -250,7 +317,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
-    let label = info.proto;
+    let https = info.scheme.is_https();
     let metrics = shared.metrics.clone();
     match proto {
         Protocol::Http1 => {
@@ -260,7 +327,7 @@ where
             let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut conn = Box::pin(h1::serve(io, info, shared, builder.h1, draining.clone()));
             Either::Left(async move {
-                let listener = metrics.listener(label);
+                let listener = metrics.listener(https);
                 listener.connections.fetch_add(1, Relaxed);
                 listener.open_connections.fetch_add(1, Relaxed);
                 tokio::select! {
@@ -283,7 +350,7 @@ where
         Protocol::Http2 => {
             let h2 = builder.h2.clone();
             Either::Right(Box::pin(async move {
-                let listener = metrics.listener(label);
+                let listener = metrics.listener(https);
                 listener.connections.fetch_add(1, Relaxed);
                 listener.open_connections.fetch_add(1, Relaxed);
                 // Boxed per request: hyper keeps room for one in-flight request

@@ -27,6 +27,18 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream failure kinds, as labelled.
 pub const UPSTREAM_KINDS: [&str; 3] = ["refused", "timeout", "reset"];
 
+/// The `kind` label of `portcullis_upstream_errors_total`; the value is the
+/// index of its name in [`UPSTREAM_KINDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Could not connect.
+    Refused = 0,
+    /// The upstream, or the connect, took too long.
+    Timeout = 1,
+    /// The upstream hung up or answered with something that is not HTTP.
+    Reset = 2,
+}
+
 fn method_index(m: &http::Method) -> usize {
     match *m {
         http::Method::GET => 0,
@@ -90,10 +102,10 @@ impl RouteMetrics {
         self.duration.observe(took);
     }
 
-    /// Counts an upstream failure: 0 refused, 1 timeout, 2 reset.
+    /// Counts an upstream failure.
     #[inline]
-    pub fn upstream_error(&self, kind: usize) {
-        self.upstream_errors[kind].fetch_add(1, Relaxed);
+    pub fn upstream_error(&self, kind: UpstreamFailure) {
+        self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
     }
 }
 
@@ -185,12 +197,8 @@ impl Metrics {
             .clone()
     }
 
-    pub fn listener(&self, proto: &str) -> &ListenerMetrics {
-        if proto == "https" {
-            &self.https
-        } else {
-            &self.http
-        }
+    pub fn listener(&self, https: bool) -> &ListenerMetrics {
+        if https { &self.https } else { &self.http }
     }
 
     pub fn reload_succeeded(&self, routes: usize) {
@@ -222,7 +230,7 @@ mod tests {
             http::StatusCode::BAD_GATEWAY,
             Duration::from_secs(2),
         );
-        r.upstream_error(1);
+        r.upstream_error(UpstreamFailure::Timeout);
         let text = m.render(&[]);
         assert!(text.contains(
             "portcullis_requests_total{route=\"app\",method=\"GET\",status_class=\"2xx\"} 1"

@@ -1,6 +1,9 @@
 //! TLS termination: the rustls server config (TLS 1.2 + 1.3, ALPN h2 and
-//! http/1.1, server cipher preference, session tickets), the accept path,
-//! and the certificate store it resolves SNI names against.
+//! http/1.1, server cipher preference, session tickets), the handshake of
+//! one accepted connection ([`handshake`]), and the certificate store it
+//! resolves SNI names against. The accept loop that calls it lives with
+//! the other accept loops in `proxy::server`: this module knows nothing of
+//! requests.
 //!
 //! The ClientHello is read before a config is chosen, so that a name we have
 //! no certificate for is refused with an `unrecognized_name` alert (never
@@ -11,24 +14,16 @@ pub mod files;
 pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
 pub use store::CertStore;
-
-use crate::proxy::ConnInfo;
-use crate::proxy::server::{
-    Accepted, DrainState, HttpBuilder, Protocol, accept_next, serve_connection,
-};
-use crate::state::Shared;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -123,75 +118,11 @@ pub struct TlsContext {
     pub handshake_timeout: Duration,
 }
 
-/// Accepts TLS connections until shutdown.
-pub async fn accept_loop(
-    listener: TcpListener,
-    tls: Arc<TlsContext>,
-    shared: Arc<Shared>,
-    builder: Arc<HttpBuilder>,
-    slots: Arc<Semaphore>,
-    mut drain: watch::Receiver<DrainState>,
-) {
-    while let Some(Accepted {
-        stream,
-        peer,
-        local,
-        permit,
-    }) = accept_next(&listener, "https", &slots, &mut drain).await
-    {
-        let tls = tls.clone();
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let drain = drain.clone();
-        // Boxed: the task's state (handshake, then the connection with its
-        // TLS stream) is ~13 KiB, which tokio would otherwise copy on
-        // spawn and again when the task's stage changes.
-        tokio::spawn(Box::pin(async move {
-            let timeout = tls.handshake_timeout;
-            let m = &shared.metrics;
-            // The handshake's state is boxed on its own and freed once it is
-            // done, so the connection does not carry it for its life.
-            let hs = Box::pin(handshake(stream, &tls));
-            let Ok(done) = tokio::time::timeout(timeout, hs).await else {
-                m.tls_handshake_failures.fetch_add(1, Relaxed);
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            };
-            let (stream, sni) = match done {
-                Handshake::Done(stream, sni) => {
-                    m.tls_handshakes.fetch_add(1, Relaxed);
-                    (stream, sni)
-                }
-                Handshake::UnknownName => {
-                    m.tls_unknown_sni.fetch_add(1, Relaxed);
-                    return;
-                }
-                Handshake::Failed => {
-                    m.tls_handshake_failures.fetch_add(1, Relaxed);
-                    return;
-                }
-                Handshake::Challenge => return,
-            };
-            let info = Arc::new(ConnInfo::new(
-                peer,
-                local,
-                "https",
-                Some(sni.into_boxed_str()),
-            ));
-            let proto = match stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Protocol::Http2,
-                _ => Protocol::Http1,
-            };
-            serve_connection(stream, proto, info, shared, &builder, drain).await;
-            drop(permit);
-        }));
-    }
-}
-
 // Returned once per connection and moved straight into the connection
 // task: boxing the stream would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-enum Handshake {
+pub enum Handshake {
+    /// Done: the stream and the (lowercase) server name the client asked for.
     Done(tokio_rustls::server::TlsStream<TcpStream>, String),
     UnknownName,
     /// A TLS-ALPN-01 validation, answered and closed.
@@ -200,7 +131,7 @@ enum Handshake {
 }
 
 /// Reads the ClientHello, picks the config, completes the handshake.
-async fn handshake(mut tcp: TcpStream, tls: &TlsContext) -> Handshake {
+pub async fn handshake(mut tcp: TcpStream, tls: &TlsContext) -> Handshake {
     let mut acceptor = Acceptor::default();
     let mut buf = vec![0u8; 4096];
     let accepted = loop {

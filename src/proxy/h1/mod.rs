@@ -41,9 +41,9 @@ use http::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::body::Body;
 use super::wire::Dechunker;
 use super::{ConnInfo, handle};
+use crate::http::body::Body;
 use crate::state::Shared;
 use parse::{BodyFraming, HeadError, Parsed};
 use write::ConnectionHeader;
@@ -232,12 +232,12 @@ fn start<'a>(
     let (mut req, reader) = match framing {
         BodyFraming::None => (request.map(|()| Body::Empty), None),
         BodyFraming::Length(n) => {
-            let (b, feed) = body::channel(Some(n));
+            let (b, feed) = crate::http::body::fed(Some(n));
             let reader = body::BodyReader::new(feed, body::Reading::Length(n), expect_continue);
             (request.map(|()| Body::Client(b)), Some(reader))
         }
         BodyFraming::Chunked => {
-            let (b, feed) = body::channel(None);
+            let (b, feed) = crate::http::body::fed(None);
             let reader = body::BodyReader::new(
                 feed,
                 body::Reading::Chunked(Dechunker::new(max_trailers)),

@@ -13,7 +13,7 @@ use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
 use super::parse;
-use crate::proxy::body::Body;
+use crate::http::body::Body;
 pub use crate::proxy::wire::encode_chunk;
 
 /// Response bytes gathered before they are written.

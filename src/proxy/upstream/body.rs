@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::{BODY_READ, Conn, Framing, MAX_HEAD};
 use crate::config::PoolKey;
-use crate::proxy::body::{Body, BoxError};
+use crate::http::body::{Body, BoxError};
 use crate::proxy::wire::{Dechunker, Step, take};
 
 /// Where a response body is.
@@ -64,7 +64,7 @@ impl UpstreamBody {
             Framing::Chunked => Reading::Chunked(Dechunker::new(MAX_HEAD)),
             Framing::UntilClose => Reading::UntilClose,
         };
-        Body::Upstream(Box::new(UpstreamBody {
+        Body::Streamed(Box::new(UpstreamBody {
             conn: Some(conn),
             reading,
             reusable,
@@ -211,5 +211,17 @@ fn poll_read_buf(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return Poll::Ready(r),
         }
+    }
+}
+
+impl crate::http::body::Stream for UpstreamBody {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        UpstreamBody::poll(self, cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        UpstreamBody::is_end_stream(self)
+    }
+    fn size_hint(&self) -> SizeHint {
+        UpstreamBody::size_hint(self)
     }
 }

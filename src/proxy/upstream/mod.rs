@@ -29,8 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-use super::body::Body;
 use super::wire::encode_chunk;
+use crate::http::body::Body;
 
 mod body;
 mod head;

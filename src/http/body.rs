@@ -17,6 +17,10 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
+pub use self::fed::{Demand, Fed, Feed, fed};
+
+mod fed;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Default)]
@@ -29,16 +33,24 @@ pub enum Body {
     Incoming(Incoming),
     /// A client's request body under limits.
     Limited(Box<Limited>),
-    /// A backend's response body, read from its connection; the
-    /// connection goes back to the pool when the body has been read to its
-    /// end (dropped early, it closes). Boxed: inline it would triple the
-    /// size of every body, request and response moved along the request
-    /// path.
-    Upstream(Box<super::upstream::UpstreamBody>),
-    /// A request body read from an HTTP/1 client connection.
-    Client(super::h1::body::ClientBody),
-    /// A response whose access-log line is written when it ends.
-    Logged(Box<super::access::Logged>),
+    /// A request body read from an HTTP/1 client connection, fed on
+    /// demand by the connection ([`Fed`]).
+    Client(Fed),
+    /// A body made by a floor above this one: a backend's response read
+    /// from its pooled connection, or a response whose access-log line is
+    /// written when it ends. Boxed: inline it would triple the size of
+    /// every body, request and response moved along the request path (and
+    /// those bodies were boxed before they were behind a trait).
+    Streamed(Box<dyn Stream>),
+}
+
+/// A body kind that lives above this module (see [`Body::Streamed`]): the
+/// three calls of [`http_body::Body`], on `&mut self` since the boxed
+/// value never moves.
+pub trait Stream: Send + Sync + std::fmt::Debug {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+    fn is_end_stream(&self) -> bool;
+    fn size_hint(&self) -> SizeHint;
 }
 
 impl Body {
@@ -71,9 +83,8 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
             Body::Limited(l) => l.poll(cx),
-            Body::Upstream(u) => u.poll(cx),
             Body::Client(c) => c.poll(cx),
-            Body::Logged(l) => l.poll(cx),
+            Body::Streamed(s) => s.poll(cx),
         }
     }
 
@@ -83,9 +94,8 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) => i.is_end_stream(),
             Body::Limited(l) => l.inner.is_end_stream(),
-            Body::Upstream(u) => u.is_end_stream(),
             Body::Client(c) => c.is_end_stream(),
-            Body::Logged(l) => l.inner().is_end_stream(),
+            Body::Streamed(s) => s.is_end_stream(),
         }
     }
 
@@ -96,9 +106,8 @@ impl http_body::Body for Body {
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Incoming(i) => i.size_hint(),
             Body::Limited(l) => l.inner.size_hint(),
-            Body::Upstream(u) => u.size_hint(),
             Body::Client(c) => c.size_hint(),
-            Body::Logged(l) => l.size_hint(),
+            Body::Streamed(s) => s.size_hint(),
         }
     }
 }
