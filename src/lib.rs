@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod fsutil;
+pub mod h1;
 pub mod http;
 pub mod proxy;
 pub mod reload;

@@ -5,7 +5,6 @@
 pub mod access;
 mod answers;
 pub mod forward;
-pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod normalize;
@@ -13,7 +12,6 @@ pub mod pool;
 pub mod request_id;
 pub mod server;
 pub mod upstream;
-pub mod wire;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +22,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 
 use self::forward::Forward;
+// The codec's wire helpers and upgrade hand-over, used by the forwarding
+// code below as `super::wire` / `super::h1`.
 use crate::config::Action;
+use crate::h1::{self, wire};
 use crate::http::body::Body;
 pub use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;

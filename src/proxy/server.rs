@@ -15,8 +15,9 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::{ConnInfo, h1, handle};
+use super::{ConnInfo, handle};
 use crate::config::ServerConfig;
+use crate::h1;
 use crate::http::Scheme;
 use crate::http::body::Body;
 use crate::state::Shared;
@@ -26,7 +27,7 @@ use crate::tls::{Handshake, TlsContext, handshake};
 /// connection. Which one serves a connection is decided up front: ALPN on
 /// TLS, a peek at the first bytes on plain TCP (`PRI` starts the h2c
 /// prior-knowledge preface). HTTP/1.x is served by our own codec
-/// ([`super::h1`]), HTTP/2 by hyper.
+/// ([`crate::h1`]), HTTP/2 by hyper.
 pub struct HttpBuilder {
     h1: h1::Settings,
     h2: http2::Builder<TokioExecutor>,
@@ -196,6 +197,13 @@ pub async fn accept_next(
             local,
             permit,
         });
+    }
+}
+
+/// The HTTP/1 server's requests go through the same pipeline as hyper's.
+impl h1::Handler for Shared {
+    fn handle<'a>(&'a self, conn: &'a Arc<ConnInfo>, req: http::Request<Body>) -> h1::Handling<'a> {
+        Box::pin(handle(self, conn, req))
     }
 }
 

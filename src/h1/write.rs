@@ -13,8 +13,8 @@ use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
 use super::parse;
+pub use super::wire::encode_chunk;
 use crate::http::body::Body;
-pub use crate::proxy::wire::encode_chunk;
 
 /// Response bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -46,7 +46,7 @@ pub fn framing(
 ) -> (Framing, Option<u64>) {
     let declared = headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| crate::proxy::wire::parse_length(v.as_bytes()));
+        .and_then(|v| super::wire::parse_length(v.as_bytes()));
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED

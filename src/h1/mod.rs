@@ -1,5 +1,8 @@
-//! The HTTP/1.x server side of the proxy: reads requests from a client
-//! connection (plain or TLS), runs the handler, writes the responses.
+//! Our HTTP/1.x codec and its server connection: reads requests from a
+//! client connection (plain or TLS), runs a [`Handler`] (the proxy's
+//! request pipeline), writes the responses. The wire format shared with
+//! the upstream client (lengths, chunked coding) is in [`wire`]. Nothing
+//! here routes, authenticates or accepts sockets.
 //!
 //! Why not hyper's HTTP/1 server (HTTP/2 still uses hyper): it keeps an
 //! 8 KiB read buffer and a write buffer allocated for a connection's whole
@@ -26,6 +29,7 @@
 pub mod body;
 mod parse;
 pub mod upgrade;
+pub mod wire;
 mod write;
 
 use std::cell::RefCell;
@@ -41,12 +45,21 @@ use http::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::wire::Dechunker;
-use super::{ConnInfo, handle};
 use crate::http::body::Body;
-use crate::state::Shared;
+use crate::http::conn::ConnInfo;
 use parse::{BodyFraming, HeadError, Parsed};
+use wire::Dechunker;
 use write::ConnectionHeader;
+
+/// A request's future, as a [`Handler`] returns it: boxed, so an idle
+/// connection holds no request state.
+pub type Handling<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'a>>;
+
+/// What answers the requests of a connection.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, conn: &'a Arc<ConnInfo>, req: http::Request<Body>) -> Handling<'a>;
+}
 
 /// How HTTP/1 connections behave (from the server config).
 #[derive(Debug, Clone, Copy)]
@@ -77,10 +90,10 @@ thread_local! {
 /// would be held twice. For the same reason each request's pieces (head,
 /// request, response) live in blocks that end before the next `await`:
 /// this future is every connection's state, idle ones included.
-pub fn serve<I>(
+pub fn serve<I, H: Handler>(
     io: I,
     info: Arc<ConnInfo>,
-    shared: Arc<Shared>,
+    handler: Arc<H>,
     settings: Settings,
     draining: Arc<AtomicBool>,
 ) -> impl Future<Output = ()> + Send + 'static
@@ -125,7 +138,7 @@ where
                     break;
                 }
             };
-            let (mut fut, mut reader, started) = start(parsed, &shared, &info, settings.max_head);
+            let (mut fut, mut reader, started) = start(parsed, &*handler, &info, settings.max_head);
             let (writing, switching, leftover) = {
                 let outcome = poll_fn(|cx| conn.poll_handler(fut.as_mut(), &mut reader, cx)).await;
                 drop(fut);
@@ -210,16 +223,12 @@ struct Started {
 /// A chunked body's trailer section may be as large as a head
 /// (`max_trailers`).
 #[allow(clippy::type_complexity)]
-fn start<'a>(
+fn start<'a, H: Handler>(
     parsed: Parsed,
-    shared: &'a Shared,
+    handler: &'a H,
     info: &'a Arc<ConnInfo>,
     max_trailers: usize,
-) -> (
-    Pin<Box<impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'a>>,
-    Option<body::BodyReader>,
-    Started,
-) {
+) -> (Handling<'a>, Option<body::BodyReader>, Started) {
     let Parsed {
         request,
         framing,
@@ -251,7 +260,7 @@ fn start<'a>(
         req.extensions_mut().insert(upgrade::OnUpgrade::new(rx));
         tx
     });
-    let fut = Box::pin(handle(shared, info, req));
+    let fut = handler.handle(info, req);
     let started = Started {
         method,
         http11,
@@ -414,7 +423,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Response<Body>>>
     where
-        F: Future<Output = Result<Response<Body>, std::convert::Infallible>>,
+        F: Future<Output = Result<Response<Body>, std::convert::Infallible>> + ?Sized,
     {
         for _ in 0..TURNS {
             if let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) {

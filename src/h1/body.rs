@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Conn;
+use super::wire::{Dechunker, Step, take};
 use crate::http::body::{Demand, Feed};
-use crate::proxy::wire::{Dechunker, Step, take};
 
 /// Room asked for before each read of a request body.
 const BODY_READ: usize = 16 * 1024;

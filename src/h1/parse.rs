@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use crate::proxy::wire::{BadLength, FramingHeaders, method_allowed};
+use super::wire::{BadLength, FramingHeaders, method_allowed};
 
 /// Most header lines accepted in a request head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
