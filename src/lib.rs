@@ -5,19 +5,19 @@
 //! parses the command line and wires signals.
 #![forbid(unsafe_code)]
 
-pub mod acme;
+pub(crate) mod acme;
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod fsutil;
-pub mod h1;
+pub(crate) mod h1;
 pub mod http;
 pub mod proxy;
-pub mod reload;
+pub(crate) mod reload;
 pub mod routing;
 pub mod state;
 pub mod telemetry;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -5,11 +5,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use http_body_util::BodyExt as _;
 
+use portcullis::admin::{self, client::ReloadReply};
 use portcullis::telemetry::{LogFormat, init_logging};
 use portcullis::{Gateway, Listeners, config};
 
@@ -117,8 +118,11 @@ fn main() -> ExitCode {
             timeout,
         } => {
             let path = if ready { "/readyz" } else { "/healthz" };
-            match health(admin, path, std::time::Duration::from_secs(timeout.max(1))) {
-                Ok(()) => ExitCode::SUCCESS,
+            match admin::client::health(admin, path, Duration::from_secs(timeout.max(1))) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("portcullis health: {e:#}");
                     ExitCode::FAILURE
@@ -126,41 +130,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// `GET path` on the admin listener; Ok when it answers 200.
-fn health(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let probe = async {
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("cannot reach the admin listener at {addr}"))?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let req = http::Request::get(path)
-                .header(http::header::HOST, addr.to_string())
-                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            let text = String::from_utf8_lossy(&body);
-            anyhow::ensure!(
-                status == http::StatusCode::OK,
-                "GET {path} on {addr}: HTTP {status}: {}",
-                text.trim()
-            );
-            println!("{}", text.trim());
-            Ok(())
-        };
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(r) => r,
-            Err(_) => anyhow::bail!("GET {path} on {addr}: no answer within {timeout:?}"),
-        }
-    })
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -227,55 +196,28 @@ fn reload(path: &Path, admin: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let addr = admin
         .or(config.server.admin)
         .context("no admin listener: set server.admin or pass --admin")?;
-    let token = config.server.admin_token.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| {
-                format!("cannot reach the admin listener at {addr}; is portcullis running?")
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let mut req = http::Request::post(format!("http://{addr}/reload"))
-            .header(http::header::HOST, addr.to_string());
-        if let Some(t) = &token {
-            req = req.header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", t.expose()),
-            );
-        }
-        let resp = sender
-            .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
-            .await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
-        });
-        if status.is_success() {
-            println!(
-                "reloaded: generation {}, {} routes",
-                v["generation"], v["routes"]
-            );
-            if let Some(ws) = v["warnings"].as_array() {
-                for w in ws {
-                    println!("warning: {}", w.as_str().unwrap_or_default());
-                }
+    match admin::client::reload(addr, config.server.admin_token.as_ref())? {
+        ReloadReply::Reloaded {
+            generation,
+            routes,
+            warnings,
+        } => {
+            println!("reloaded: generation {generation}, {routes} routes");
+            for w in warnings {
+                println!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)
-        } else if let Some(errs) = v["errors"].as_array() {
+        }
+        ReloadReply::Rejected(errors) => {
             eprintln!("reload rejected; the gateway keeps its current config:");
-            for e in errs {
-                eprintln!("  {}", e["text"].as_str().unwrap_or_default());
+            for e in errors {
+                eprintln!("  {e}");
             }
             Ok(ExitCode::FAILURE)
-        } else {
+        }
+        ReloadReply::Failed(status, v) => {
             eprintln!("reload failed: HTTP {status}: {v}");
             Ok(ExitCode::FAILURE)
         }
-    })
+    }
 }

@@ -3,6 +3,8 @@
 //! bearer token from `admin_token_file` when one is set; without one the
 //! config only allows a loopback admin address.
 
+pub mod client;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -35,8 +35,6 @@ pub enum HttpError {
     Timeout(Duration),
     #[error("response body larger than {MAX_BODY} bytes")]
     TooLarge,
-    #[error("cannot build the request: {0}")]
-    Request(String),
 }
 
 /// A pooled client for one provider. Cheap to clone.

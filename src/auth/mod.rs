@@ -10,16 +10,16 @@
 //! provider or answer 401. This module never picks a backend.
 
 mod bearer;
-pub mod claims;
-pub mod flow;
+pub(crate) mod claims;
+pub(crate) mod flow;
 mod forward_auth;
 mod gate;
-pub mod http;
+pub(crate) mod http;
 pub mod identity;
-pub mod jwt;
+pub(crate) mod jwt;
 mod logout;
 pub mod policy;
-pub mod provider;
+pub(crate) mod provider;
 pub mod session;
 pub mod store;
 

@@ -182,10 +182,6 @@ impl Logged {
         r
     }
 
-    pub fn inner(&self) -> &Body {
-        &self.inner
-    }
-
     fn finish(&mut self, error: &'static str) {
         if let Some(mut r) = self.record.take() {
             if !error.is_empty() {

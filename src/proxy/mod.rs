@@ -2,16 +2,16 @@
 //! routing a request to its action, forwarding (`forward`), header rules
 //! (`headers`) and the one error → status/page mapping (`error`).
 
-pub mod access;
+pub(crate) mod access;
 mod answers;
-pub mod forward;
+pub(crate) mod forward;
 pub mod headers;
-pub mod health;
+pub(crate) mod health;
 pub mod normalize;
-pub mod pool;
+pub(crate) mod pool;
 pub mod request_id;
-pub mod server;
-pub mod upstream;
+pub(crate) mod server;
+pub(crate) mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -122,11 +122,6 @@ impl Drain {
         self.tx.subscribe()
     }
 
-    /// Number of live accept loops and connections.
-    pub fn live(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
     /// Signals shutdown and waits up to `grace` for everything to finish;
     /// then closes what is left. Returns how many were still open when the
     /// grace period ran out.
