@@ -12,6 +12,7 @@ pub mod config;
 pub mod fsutil;
 pub(crate) mod h1;
 pub mod http;
+pub(crate) mod pki;
 pub mod proxy;
 pub(crate) mod reload;
 pub mod routing;
@@ -90,7 +91,7 @@ impl Gateway {
     /// tokio runtime (it starts the reload task).
     pub fn new(config: Config, listeners: Listeners) -> anyhow::Result<Self> {
         install_crypto_provider();
-        // issue 4: session store and identity providers (discovered in the
+        // Session store and identity providers (discovered in the
         // background, so a provider that is down does not stop the start).
         let auth = auth::AuthShared::new();
         let auth_snapshot = auth

@@ -123,7 +123,8 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
         tracing::warn!("{w}");
     }
     let summary = config.summary();
-    // issue 4: providers (kept while unchanged) and rediscovery, bounded.
+    // Identity providers: running ones are kept while their config is
+    // unchanged, then all are rediscovered (bounded) so keys are current.
     let auth = match shared.auth.prepare(&config) {
         Ok(a) => a,
         Err(e) => {

@@ -86,7 +86,7 @@ pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
         let Some((chain, key)) = storage.load_cert(host) else {
             continue;
         };
-        match crate::tls::files::certified_key_from_pem(&chain, &key) {
+        match crate::pki::certified_key_from_pem(&chain, &key) {
             Ok(ck) => {
                 let entry = CertEntry::new(Arc::new(ck), Source::Acme);
                 let usable = entry
@@ -287,7 +287,7 @@ async fn run(
 }
 
 fn installed(store: &CertStore, storage: &Storage, host: &str, chain: String, key: String) {
-    match crate::tls::files::certified_key_from_pem(chain.as_bytes(), key.as_bytes()) {
+    match crate::pki::certified_key_from_pem(chain.as_bytes(), key.as_bytes()) {
         Ok(ck) => {
             if let Err(e) = storage.save_cert(host, chain.as_bytes(), key.as_bytes()) {
                 // Still serve it; it will be ordered again after a restart.
@@ -465,7 +465,7 @@ async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, Str
 
 /// The HTTPS client for the CA: system roots plus `ca_file`.
 fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    let tls = crate::tls::files::client_config(ca_file)?;
+    let tls = crate::pki::client_config(ca_file)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()

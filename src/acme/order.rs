@@ -220,5 +220,5 @@ fn alpn_certificate(host: &str, digest: &[u8]) -> Result<Arc<rustls::sign::Certi
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|e| e.to_string())?;
-    crate::tls::files::certified_key_unchecked(vec![cert.der().clone()], der).map(Arc::new)
+    crate::pki::certified_key_unchecked(vec![cert.der().clone()], der).map(Arc::new)
 }

@@ -48,7 +48,7 @@ impl ProviderHttp {
     /// A client trusting the system roots and, if given, the CA
     /// certificates in `ca_file`.
     pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
-        let tls = crate::tls::files::client_config(ca_file)?;
+        let tls = crate::pki::client_config(ca_file)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

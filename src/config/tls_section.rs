@@ -193,14 +193,11 @@ impl Cx<'_> {
         }
         let self_signed = raw.self_signed.unwrap_or(false);
         let (source, loaded) = match (raw.cert_file, raw.key_file, self_signed) {
-            (None, None, true) => (
-                CertSource::SelfSigned,
-                crate::tls::files::self_signed(&names),
-            ),
+            (None, None, true) => (CertSource::SelfSigned, crate::pki::self_signed(&names)),
             (Some(c), Some(k), false) => {
                 let cert = resolve_relative(self.file, Path::new(c.get_ref()));
                 let keyf = resolve_relative(self.file, Path::new(k.get_ref()));
-                let loaded = crate::tls::files::load_pair(&cert, &keyf);
+                let loaded = crate::pki::load_pair(&cert, &keyf);
                 (CertSource::Files { cert, key: keyf }, loaded)
             }
             _ => {

@@ -37,7 +37,7 @@ pub enum ProxyError {
     PayloadTooLarge,
     /// The client stopped sending its request body.
     RequestTimeout,
-    // --- single sign-on (issue 4) ---
+    // --- single sign-on ---
     /// A protected route and no session or bearer token (non-browser clients).
     Unauthorized,
     /// A bearer token that does not verify.
@@ -157,7 +157,7 @@ impl ProxyError {
             request_id,
             wants_json(accept),
         );
-        // issue 4: 401s say how to authenticate.
+        // 401s say how to authenticate (RFC 6750 3).
         let challenge = match self {
             ProxyError::Unauthorized => Some("Bearer realm=\"portcullis\""),
             ProxyError::InvalidToken => {

@@ -10,7 +10,6 @@
 //! another host's certificate) and `acme-tls/1` handshakes get the
 //! TLS-ALPN-01 challenge certificate.
 
-pub mod files;
 pub mod store;
 
 use std::sync::Arc;

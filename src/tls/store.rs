@@ -12,8 +12,8 @@ use dashmap::DashMap;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
-use super::files::{CertFacts, facts};
 use crate::config::{CertSource, CertificateConfig};
+use crate::pki::{CertFacts, facts};
 
 /// Where a served certificate came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,7 +170,7 @@ mod tests {
                 .map(|h| crate::config::parse_host_pattern(h).unwrap())
                 .collect::<Vec<HostPattern>>(),
             source: CertSource::SelfSigned,
-            key: super::super::files::self_signed(&names).unwrap(),
+            key: crate::pki::self_signed(&names).unwrap(),
             line: 1,
         }
     }

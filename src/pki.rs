@@ -1,6 +1,9 @@
 //! Certificates and keys from PEM (files or strings), self-signed
-//! certificates for local use, and the facts about a certificate that the
-//! admin view and the renewal schedule need.
+//! certificates for local use, the client trust roots for outgoing TLS,
+//! and the facts about a certificate that the admin view and the renewal
+//! schedule need. A leaf on the bottom floor: `config` loads certificate
+//! files while it checks them (so `portcullis check` reports a bad pair
+//! where it is named), and `tls`, `acme` and `auth` use the same loaders.
 
 use std::path::Path;
 use std::sync::Arc;
