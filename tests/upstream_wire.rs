@@ -1133,3 +1133,168 @@ async fn empty_post_without_a_length_reaches_the_backend_with_content_length_zer
         seen.head.headers
     );
 }
+
+// ---------------------------------------------------------------------------
+// Ejection: what counts against an upstream, and panic mode
+// ---------------------------------------------------------------------------
+
+/// The value of `portcullis_upstream_panic_total` for `route`, from the
+/// admin listener's `/metrics`.
+async fn panic_count(gw: &Gateway, route: &str) -> u64 {
+    let text = TestClient::new()
+        .with_timeout(WAIT)
+        .get(&gw.admin_url("/metrics"))
+        .await
+        .text();
+    let key = format!("portcullis_upstream_panic_total{{route=\"{route}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a counter value")
+}
+
+#[tokio::test]
+async fn a_sole_upstream_ejected_by_timeouts_still_gets_requests_in_panic_mode() {
+    // The first three connections never answer; later ones do.
+    let be = RawBackend::start(|mut c| async move {
+        if c.index < 3 {
+            if c.read_head().await.is_some() {
+                c.hold().await;
+            }
+            return;
+        }
+        while c.read_request().await.is_some() {
+            c.send(&ok("answered")).await;
+        }
+    })
+    .await;
+    let gw = support::gateway::gateway_with(
+        &format!(
+            "[[route]]\nname = \"sole\"\nhost = \"sole.test\"\nupstream = \"{}\"\ntimeout = \"300ms\"\n",
+            be.url()
+        ),
+        "upstream_eject_after = 3\nupstream_eject_for = \"60s\"",
+    )
+    .await;
+    let cl = client(&gw);
+    for i in 0..3 {
+        let r = cl.get("http://sole.test/slow").await;
+        assert_eq!(r.status, 504, "request {i}: {}", r.text());
+    }
+    assert_eq!(panic_count(&gw, "sole").await, 0);
+    // The upstream is ejected now, but it is the only one: requests still
+    // go to it instead of everyone getting a 502 for a minute.
+    for i in 0..2 {
+        let r = cl.get("http://sole.test/fine").await;
+        assert_eq!(
+            r.status,
+            200,
+            "request {i} after the ejection was not sent to the sole upstream: {}",
+            r.text()
+        );
+        assert_eq!(r.text(), "answered");
+    }
+    assert_eq!(panic_count(&gw, "sole").await, 2);
+}
+
+#[tokio::test]
+async fn slow_uploads_the_backend_gives_up_on_do_not_eject_it() {
+    // Like a backend whose own body timeout fires: it reads the head and
+    // part of the body, then hangs up without answering. Requests without
+    // a body are answered.
+    let be = RawBackend::start(|mut c| async move {
+        while let Some(req) = c.read_head().await {
+            if req.method == "POST" {
+                let _ = c.wire.exact(1000).await;
+                return;
+            }
+            c.send(&ok("fine")).await;
+        }
+    })
+    .await;
+    let gw = support::gateway::gateway_with(
+        &format!(
+            "[[route]]\nname = \"up\"\nhost = \"up.test\"\nupstream = \"{}\"\ntimeout = \"5s\"\n",
+            be.url()
+        ),
+        "upstream_eject_after = 3\nupstream_eject_for = \"60s\"",
+    )
+    .await;
+    // Bigger than any request buffer, so it goes upstream before it is
+    // complete; then the client stalls.
+    let part = vec![b'x'; 256 * 1024];
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: up.test\r\nContent-Length: 1000000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&part).await.unwrap();
+        let mut w = Wire::new(s);
+        let r = within("the answer to a stalled upload", WAIT, read_raw_response(&mut w))
+            .await
+            .unwrap_or_else(|| panic!("upload {i}: no answer"));
+        assert_eq!(r.status, 502, "upload {i}");
+        stalled.push(w);
+    }
+    let r = client(&gw).get("http://up.test/").await;
+    assert_eq!(
+        r.status,
+        200,
+        "three stalled uploads took the sole upstream out: {}",
+        r.text()
+    );
+    assert_eq!(r.text(), "fine");
+    assert_eq!(
+        panic_count(&gw, "up").await,
+        0,
+        "the upstream was ejected by the clients' stalled uploads"
+    );
+}
+
+#[tokio::test]
+async fn when_every_upstream_fails_its_health_check_requests_are_still_tried() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            while let Some(req) = c.read_request().await {
+                let _ = tx.send(req.target.clone());
+                if req.target == "/healthz" {
+                    c.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                } else {
+                    c.send(&ok("still here")).await;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = support::gateway::gateway_with(
+        &format!(
+            "[[route]]\nname = \"hc\"\nhost = \"hc.test\"\nupstream = \"{}\"\n\
+             health_check = {{ path = \"/healthz\", interval = \"50ms\", timeout = \"1s\" }}\n",
+            be.url()
+        ),
+        "",
+    )
+    .await;
+    // Two checks seen: the first one's verdict has been recorded.
+    let mut checks = 0;
+    while checks < 2 {
+        if within("a health check", WAIT, rx.recv()).await.as_deref() == Some("/healthz") {
+            checks += 1;
+        }
+    }
+    let r = client(&gw).get("http://hc.test/page").await;
+    assert_eq!(
+        r.status,
+        200,
+        "the route's only upstream fails its health check and nothing was tried: {}",
+        r.text()
+    );
+    assert_eq!(r.text(), "still here");
+    assert_eq!(panic_count(&gw, "hc").await, 1);
+}

@@ -322,9 +322,16 @@ async fn send_one(
         });
     }
     // Only what the upstream did counts towards ejecting it: a client
-    // whose own request broke must not take a healthy backend out.
+    // whose own request broke must not take a healthy backend out. Nor
+    // does a failure while the client's body was still incomplete: a
+    // backend that gives up on an upload which stalled (its own body
+    // timeout) did what it should, and counting it would let a few slow
+    // uploaders eject it. A backend that is really down is still caught
+    // by requests without a body, complete uploads and health checks.
+    let body_incomplete = body_wire.is_some_and(|w| !w.body_done());
     let verdict = match &result {
         Ok(_) => Some(true),
+        Err(_) if body_incomplete => None,
         Err(e) if e.side() == super::error::Side::Upstream => Some(false),
         Err(_) => None,
     };
