@@ -1298,3 +1298,130 @@ async fn when_every_upstream_fails_its_health_check_requests_are_still_tried() {
     assert_eq!(r.text(), "still here");
     assert_eq!(panic_count(&gw, "hc").await, 1);
 }
+
+// ---------------------------------------------------------------------------
+// Request buffering
+// ---------------------------------------------------------------------------
+
+/// A backend that reports each whole request and answers with its body.
+async fn body_echo_backend() -> (RawBackend, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel::<Seen>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            while let Some(req) = c.read_request().await {
+                let answer = ok(&String::from_utf8_lossy(&req.body));
+                let _ = tx.send(req);
+                c.send(&answer).await;
+            }
+        }
+    })
+    .await;
+    (be, rx)
+}
+
+#[tokio::test]
+async fn a_slow_upload_reaches_the_backend_only_once_it_is_complete() {
+    let (be, mut rx) = body_echo_backend().await;
+    let gw = Gateway::start(&proxy_route("buf.test", &be.url(), "")).await;
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: buf.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    // Something the gateway would have done by now if it streamed: a
+    // request on another connection goes through meanwhile.
+    let r = client(&gw).get("http://buf.test/other").await;
+    assert_eq!(r.status, 200);
+    let first = next_seen(&mut rx).await;
+    assert_eq!(
+        first.target, "/other",
+        "the unfinished upload reached the backend first"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        be.accepted(),
+        1,
+        "a backend connection was opened for an upload that is not complete"
+    );
+    s.write_all(b"56789").await.unwrap();
+    let mut w = Wire::new(s);
+    let r = within("the upload's answer", WAIT, read_raw_response(&mut w))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"0123456789");
+    let seen = next_seen(&mut rx).await;
+    assert_eq!(seen.target, "/up");
+    assert_eq!(seen.body, b"0123456789");
+}
+
+#[tokio::test]
+async fn a_buffered_chunked_upload_reaches_the_backend_with_its_length() {
+    let (be, mut rx) = body_echo_backend().await;
+    let gw = Gateway::start(&proxy_route("buf.test", &be.url(), "")).await;
+    let r = raw_exchange(
+        gw.http_addr(),
+        b"POST /c HTTP/1.1\r\nHost: buf.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = next_seen(&mut rx).await;
+    assert_eq!(seen.body, b"hello world");
+    assert_eq!(seen.head.all("content-length"), ["11"]);
+    assert!(seen.head.all("transfer-encoding").is_empty());
+}
+
+#[tokio::test]
+async fn with_request_buffering_off_an_upload_is_streamed_as_it_comes() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            if let Some(req) = c.read_head().await {
+                let _ = tx.send(req);
+                if c.wire.exact(10).await.is_some() {
+                    c.send(&ok("got it")).await;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = Gateway::start(&proxy_route(
+        "stream.test",
+        &be.url(),
+        "request_buffering = false",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: stream.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    // The head reaches the backend before the body is complete.
+    let seen = next_seen(&mut rx).await;
+    assert_eq!(seen.target, "/up");
+    s.write_all(b"56789").await.unwrap();
+    let mut w = Wire::new(s);
+    let r = within("the upload's answer", WAIT, read_raw_response(&mut w))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"got it");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_while_its_body_is_buffered_gets_408_without_reaching_the_backend() {
+    let (be, _rx) = body_echo_backend().await;
+    let toml = server_with("request_body_timeout = \"200ms\"")
+        + &proxy_route("buf.test", &be.url(), "");
+    let gw = Gateway::start(&toml).await;
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: buf.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    let mut w = Wire::new(s);
+    let r = within("the stalled upload's answer", WAIT, read_raw_response(&mut w))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 408);
+    assert_eq!(be.accepted(), 0, "the backend was contacted for a stalled upload");
+}

@@ -236,6 +236,23 @@ pub async fn forward(
     let has_body = !body.is_end_stream();
     // Only a request with a body has limits that can trip.
     let wire = has_body.then(TripWire::default);
+    let mut body = match &wire {
+        Some(wire) => {
+            let mut limited = Box::new(Limited::new(
+                body,
+                limits.max_body,
+                fwd.server.request_body_timeout,
+                wire.clone(),
+            ));
+            if let Some(max) = limits.request_buffer
+                && let Err(e) = buffer_body(&mut limited, max, wire, req.headers_mut()).await
+            {
+                return (Err(e), None);
+            }
+            Body::Limited(limited)
+        }
+        None => Body::Empty,
+    };
 
     let retry = !has_body
         && !upgrade
@@ -256,16 +273,7 @@ pub async fn forward(
         let target = &route.config.upstreams()[i];
         let headers = std::mem::take(req.headers_mut());
         let (method, uri) = (req.method(), req.uri());
-        let body = if has_body {
-            Body::Limited(Box::new(Limited::new(
-                body,
-                limits.max_body,
-                fwd.server.request_body_timeout,
-                wire.clone().unwrap_or_default(),
-            )))
-        } else {
-            Body::Empty
-        };
+        let body = std::mem::take(&mut body);
         let path = upstream_path(target, &route.config, uri);
         let added = fwd.added_lines();
         let host = fwd.host_for(target);
@@ -294,6 +302,33 @@ pub async fn forward(
         }
     }
     (last, tried.last().copied())
+}
+
+/// Request buffering: reads the client's body (up to `max` bytes) before
+/// any upstream is picked, so a client that sends slowly or stalls holds
+/// no backend connection meanwhile. A body that turned out complete is
+/// sent with its length (as nginx does), not chunked. The client's
+/// failures while buffering are answered here (413, 408, 400).
+async fn buffer_body(
+    body: &mut Limited,
+    max: u64,
+    wire: &TripWire,
+    headers: &mut http::HeaderMap,
+) -> Result<(), ProxyError> {
+    match body.read_ahead(max).await {
+        Ok(Some(len)) => {
+            if !headers.contains_key(http::header::CONTENT_LENGTH) {
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(_) => Err(match wire.get() {
+            Some(Tripped::TooLarge) => ProxyError::PayloadTooLarge,
+            Some(Tripped::Idle) => ProxyError::RequestTimeout,
+            None => ProxyError::BadRequest("The request body is malformed or was cut short."),
+        }),
+    }
 }
 
 /// One attempt against upstream `i`: health bookkeeping, body limits, and
