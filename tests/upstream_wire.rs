@@ -1425,3 +1425,62 @@ async fn a_client_that_stalls_while_its_body_is_buffered_gets_408_without_reachi
     assert_eq!(r.status, 408);
     assert_eq!(be.accepted(), 0, "the backend was contacted for a stalled upload");
 }
+
+// ---------------------------------------------------------------------------
+// Pooled connections with stray bytes
+// ---------------------------------------------------------------------------
+
+/// A backend that, after answering on its first connection, sends a whole
+/// unasked-for response on it (`stray`) while it sits in the pool; every
+/// later request on any connection gets `fresh conn N`.
+async fn stray_bytes_backend(stray: &'static [u8]) -> (RawBackend, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel::<()>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            if c.index == 0 {
+                if c.read_request().await.is_some() {
+                    c.send(&ok("first")).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    c.send(stray).await;
+                    let _ = tx.send(());
+                }
+            }
+            while c.read_request().await.is_some() {
+                c.send(&ok(&format!("fresh conn {}", c.index))).await;
+            }
+        }
+    })
+    .await;
+    (be, rx)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_with_stray_bytes_is_discarded_not_reused() {
+    for (what, stray) in [
+        (
+            "a whole response",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"[..],
+        ),
+        ("one byte", &b"X"[..]),
+    ] {
+        let (be, mut sent) = stray_bytes_backend(stray).await;
+        let gw = Gateway::start(&proxy_route("stray.test", &be.url(), "")).await;
+        let cl = client(&gw);
+        let r = cl.get("http://stray.test/one").await;
+        assert_eq!(r.text(), "first", "{what}");
+        within("the stray bytes to be sent", WAIT, sent.recv())
+            .await
+            .expect("backend stopped");
+        // Let them arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = cl.get("http://stray.test/two").await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            "fresh conn 1",
+            "{what}: a pooled connection with unread bytes was reused"
+        );
+        assert_eq!(be.accepted(), 2, "{what}");
+    }
+}
