@@ -107,11 +107,10 @@ impl Route {
         }
         let mut now = None;
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
-        let mut order = (0..n).map(|k| (start + k) % n).filter(|i| !tried.contains(i));
-        if let Some(i) = order
-            .clone()
-            .find(|&i| self.health[i].usable(&mut now))
-        {
+        let mut order = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !tried.contains(i));
+        if let Some(i) = order.clone().find(|&i| self.health[i].usable(&mut now)) {
             return Some(i);
         }
         let i = order
