@@ -162,6 +162,8 @@ fn routes_view(shared: &Shared) -> Response<Body> {
                 "strip_prefix": c.strip_prefix,
                 "preserve_host": c.preserve_host,
                 "timeout_ms": c.timeout.as_millis() as u64,
+                "request_buffering": c.limits.request_buffer.is_some(),
+                "request_buffer_bytes": c.limits.request_buffer,
             })
         })
         .collect();

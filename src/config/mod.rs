@@ -121,6 +121,10 @@ pub struct ServerConfig {
     pub upstream_eject_after: u32,
     pub upstream_eject_for: Duration,
     pub h2_max_concurrent_streams: u32,
+    /// Routes' default for request buffering.
+    pub request_buffering: bool,
+    /// Most request body bytes held before the upstream is contacted.
+    pub request_buffer: u64,
     /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
     pub hsts: Option<http::HeaderValue>,
 }

@@ -97,7 +97,10 @@ impl Cx<'_> {
                 deny_ips: raw.deny_ips,
                 max_body: raw.max_body,
                 health_check: raw.health_check,
+                request_buffering: raw.request_buffering,
+                request_buffer: raw.request_buffer,
             },
+            server,
         );
         let auth = self.route_auth(&key, raw.auth, raw.identity_headers, oidc);
 
