@@ -41,6 +41,14 @@ impl Cx<'_> {
             },
         };
 
+        let path_match = self.path_match(
+            &key,
+            raw.matrix_params,
+            raw.case_insensitive_path,
+            path.as_deref(),
+            raw.strip_prefix.unwrap_or(false),
+        );
+
         let n_actions = raw.upstream.is_some() as u8
             + raw.redirect.is_some() as u8
             + raw.respond.is_some() as u8;
@@ -128,6 +136,7 @@ impl Cx<'_> {
             name,
             host,
             path,
+            path_match,
             action,
             strip_prefix: raw.strip_prefix.unwrap_or(false),
             preserve_host: raw.preserve_host.unwrap_or(true),
@@ -138,6 +147,45 @@ impl Cx<'_> {
             auth: auth?,
             line: self.line_of(span.start),
         })
+    }
+
+    /// `matrix_params` and `case_insensitive_path`: both only mean
+    /// something for a route with a path prefix.
+    fn path_match(
+        &mut self,
+        key: &str,
+        matrix: Option<Spanned<bool>>,
+        nocase: Option<Spanned<bool>>,
+        path: Option<&str>,
+        strip_prefix: bool,
+    ) -> super::PathMatch {
+        let mut m = super::PathMatch::default();
+        for (name, v) in [("matrix_params", &matrix), ("case_insensitive_path", &nocase)] {
+            if let Some(v) = v
+                && *v.get_ref()
+                && path == Some("/")
+            {
+                self.err(
+                    Some(v.span()),
+                    &format!("{key}.{name}"),
+                    "only applies to a route with a path prefix (`path` is `/`)".into(),
+                );
+            }
+        }
+        if let Some(v) = &matrix
+            && *v.get_ref()
+        {
+            if strip_prefix {
+                self.err(
+                    Some(v.span()),
+                    &format!("{key}.matrix_params"),
+                    "cannot be combined with `strip_prefix = true` (the prefix to remove may carry ;parameters)".into(),
+                );
+            }
+            m.matrix_params = true;
+        }
+        m.ignore_case = nocase.is_some_and(|v| *v.get_ref());
+        m
     }
 
     /// An integer in `range`, or `default` when absent.
@@ -284,6 +332,31 @@ impl Cx<'_> {
                 ));
             }
         }
+        // A case-insensitive prefix must not tie with another route's.
+        if routes.iter().any(|r| r.path_match.ignore_case) {
+            let mut folded: HashMap<(&HostPattern, String), &RouteConfig> = HashMap::new();
+            for r in routes {
+                match folded.entry((&r.host, r.path.to_ascii_lowercase())) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(r);
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let o = *o.get();
+                        if o.path != r.path && (o.path_match.ignore_case || r.path_match.ignore_case) {
+                            dups.push((
+                                r.line,
+                                "route.case_insensitive_path",
+                                format!(
+                                    "host `{}` path `{}` is the same prefix as `{}` at line {} when case is ignored",
+                                    r.host, r.path, o.path, o.line
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        dups.sort_by_key(|d| d.0);
         for (line, key, msg) in dups {
             let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
             self.err(Some(start..start), key, msg);
