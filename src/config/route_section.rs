@@ -514,6 +514,88 @@ mod tests {
         }
     }
 
+    fn check(routes: &str) -> Result<Vec<RouteConfig>, Vec<(usize, usize, String, String)>> {
+        let src = format!("[server]\nhttp = \"127.0.0.1:0\"\n{routes}");
+        super::super::parse(std::path::Path::new("t.toml"), &src)
+            .map(|c| c.routes)
+            .map_err(|e| {
+                e.0.into_iter()
+                    .map(|e| (e.line, e.column, e.key, e.message))
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn path_match_options() {
+        let ok = check(
+            "[[route]]\nhost = \"a.test\"\npath = \"/shop\"\nmatrix_params = true\nrespond = {}\n\
+             [[route]]\nhost = \"a.test\"\npath = \"/admin\"\ncase_insensitive_path = true\nrespond = {}\n\
+             [[route]]\nhost = \"a.test\"\nrespond = {}\n",
+        )
+        .unwrap();
+        let m: Vec<_> = ok
+            .iter()
+            .map(|r| (r.path_match.matrix_params, r.path_match.ignore_case))
+            .collect();
+        assert_eq!(m, [(true, false), (false, true), (false, false)]);
+
+        // (routes, line, column, key, words in the message)
+        let bad = [
+            (
+                "[[route]]\nhost = \"a.test\"\nmatrix_params = true\nrespond = {}\n",
+                5,
+                17,
+                "route[1].matrix_params",
+                "path prefix",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\ncase_insensitive_path = true\nrespond = {}\n",
+                5,
+                25,
+                "route[1].case_insensitive_path",
+                "path prefix",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\npath = \"/x\"\nstrip_prefix = true\nmatrix_params = true\nupstream = \"http://127.0.0.1:1\"\n",
+                7,
+                17,
+                "route[1].matrix_params",
+                "strip_prefix",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\npath = \"/x\"\nmatrix_params = \"yes\"\nrespond = {}\n",
+                6,
+                17,
+                "",
+                "bool",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\npath = \"/Admin\"\nrespond = {}\n\
+                 [[route]]\nhost = \"a.test\"\npath = \"/admin\"\ncase_insensitive_path = true\nrespond = {}\n",
+                7,
+                1,
+                "route.case_insensitive_path",
+                "line 3",
+            ),
+        ];
+        for (routes, line, col, key, words) in bad {
+            let e = check(routes).unwrap_err();
+            assert_eq!(e.len(), 1, "{routes}: {e:?}");
+            let (l, c, k, msg) = &e[0];
+            assert_eq!((*l, *c), (line, col), "{routes}: {e:?}");
+            assert!(k.contains(key), "{routes}: {e:?}");
+            assert!(msg.contains(words), "{routes}: {e:?}");
+        }
+        // Case differences are fine when neither route ignores case.
+        assert!(
+            check(
+                "[[route]]\nhost = \"a.test\"\npath = \"/Admin\"\nrespond = {}\n\
+                 [[route]]\nhost = \"a.test\"\npath = \"/admin\"\nrespond = {}\n"
+            )
+            .is_ok()
+        );
+    }
+
     #[test]
     fn upstreams() {
         let t = parse_upstream("http://10.0.0.3:3000/base/").unwrap();
