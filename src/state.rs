@@ -165,7 +165,12 @@ impl Snapshot {
     ) -> Snapshot {
         let table = RouteTable::build_with(config.routes.into_iter().map(|r| {
             let m = metrics.route(&r.name);
-            (r.host.clone(), r.path.clone(), r.path_match, Route::new(r, m))
+            (
+                r.host.clone(),
+                r.path.clone(),
+                r.path_match,
+                Route::new(r, m),
+            )
         }));
         Snapshot {
             generation,

@@ -170,6 +170,9 @@ async fn nginx_auth_request_judges_the_path_the_backend_gets() {
     ] {
         env.refused(path, 500).await;
     }
+    // Raw non-ASCII (not visible ASCII in a header value) is read as the
+    // request line would be, never taken for `/`.
+    env.refused("/private/caf\u{e9}", 401).await;
     // Ordinary parameters and dots further down stay allowed.
     let r = env.via_nginx("/public/a;b/c.", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -195,10 +198,17 @@ async fn forward_auth_decides_like_the_request_path() {
         ("/a%00b", 400),
         ("/a%zz", 400),
         ("/public/x;y", 200),
+        ("/private/caf\u{e9}", 401),
+        ("/public/caf\u{e9}", 200),
     ];
     for (path, want) in cases {
         let direct = env.direct(path).await;
-        assert_eq!(direct.status, want, "request path {path}: {}", direct.text());
+        assert_eq!(
+            direct.status,
+            want,
+            "request path {path}: {}",
+            direct.text()
+        );
         let fa = env.forward_auth(path).await;
         assert_eq!(fa.status, want, "forward-auth {path}: {}", fa.text());
     }
@@ -241,7 +251,12 @@ auth = { oidc = "authentik" }
     let r = env.via_nginx("/PRIVATE/secret", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The options are shown in GET /routes.
-    let routes = env.gw.client().get(&env.gw.admin_url("/routes")).await.json();
+    let routes = env
+        .gw
+        .client()
+        .get(&env.gw.admin_url("/routes"))
+        .await
+        .json();
     let by_path = |p: &str| {
         routes["routes"]
             .as_array()

@@ -23,6 +23,7 @@ const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const BAD_URI: &str = "The forwarded URI is not valid.";
 
 /// `/.portcullis/auth` for other proxies (nginx `auth_request`, Traefik
 /// and Caddy `forward_auth`): the route matching the original host and URI
@@ -43,18 +44,31 @@ pub(super) async fn forward_auth(
 ) -> Result<Response<Body>, ProxyError> {
     let headers = req.headers();
     let trusted = snap.is_trusted_proxy(canonical_ip(conn.peer.ip()));
-    let from_proxy = |name: &HeaderName| {
-        trusted
-            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
-            .flatten()
+    // A trusted proxy's header; one that is there but unreadable is a 400,
+    // never taken for absent (which would judge another host or path).
+    // The URI is read as UTF-8, the way the request line is; the other
+    // headers as visible ASCII, the way the Host header is.
+    let from_proxy = |names: &[HeaderName], what: &'static str| {
+        let Some(v) = names
+            .iter()
+            .find_map(|n| headers.get(n))
+            .filter(|_| trusted)
+        else {
+            return Ok(None);
+        };
+        let text = if what == BAD_URI {
+            std::str::from_utf8(v.as_bytes()).ok()
+        } else {
+            v.to_str().ok()
+        };
+        text.map(Some).ok_or(ProxyError::BadRequest(what))
     };
-    let fwd_host = from_proxy(&X_FORWARDED_HOST);
+    let fwd_host = from_proxy(&[X_FORWARDED_HOST], "The forwarded host is not valid.")?;
     let target_host = fwd_host.unwrap_or(raw_host);
-    let target: Uri = from_proxy(&X_FORWARDED_URI)
-        .or_else(|| from_proxy(&X_ORIGINAL_URI))
+    let target: Uri = from_proxy(&[X_FORWARDED_URI, X_ORIGINAL_URI], BAD_URI)?
         .unwrap_or("/")
         .parse()
-        .map_err(|_| ProxyError::BadRequest("The forwarded URI is not valid."))?;
+        .map_err(|_| ProxyError::BadRequest(BAD_URI))?;
     let path = normalize_path(target.path()).map_err(|e| ProxyError::BadRequest(e.reason()))?;
     let mut buf = [0u8; crate::routing::HOST_BUF_LEN];
     let host = crate::routing::normalize_host(target_host, &mut buf)
@@ -77,9 +91,10 @@ pub(super) async fn forward_auth(
     // The method of the request being judged, not of this check (nginx and
     // Traefik always check with GET): a POST must get 401, never a login
     // redirect that would lose its body.
-    let method = match from_proxy(&X_FORWARDED_METHOD).or_else(|| from_proxy(&X_ORIGINAL_METHOD)) {
-        Some(m) => Method::from_bytes(m.as_bytes()).ok(),
-        None => Some(req.method().clone()),
+    let method = match from_proxy(&[X_FORWARDED_METHOD, X_ORIGINAL_METHOD], "") {
+        Ok(Some(m)) => Method::from_bytes(m.as_bytes()).ok(),
+        Ok(None) => Some(req.method().clone()),
+        Err(_) => None,
     };
     match identify(sessions, view, headers, unix_now()).await {
         Identified::Who(who) => match decide(policy, who, request_id, accept) {

@@ -160,7 +160,10 @@ impl Cx<'_> {
         strip_prefix: bool,
     ) -> super::PathMatch {
         let mut m = super::PathMatch::default();
-        for (name, v) in [("matrix_params", &matrix), ("case_insensitive_path", &nocase)] {
+        for (name, v) in [
+            ("matrix_params", &matrix),
+            ("case_insensitive_path", &nocase),
+        ] {
             if let Some(v) = v
                 && *v.get_ref()
                 && path == Some("/")
@@ -342,7 +345,9 @@ impl Cx<'_> {
                     }
                     std::collections::hash_map::Entry::Occupied(o) => {
                         let o = *o.get();
-                        if o.path != r.path && (o.path_match.ignore_case || r.path_match.ignore_case) {
+                        if o.path != r.path
+                            && (o.path_match.ignore_case || r.path_match.ignore_case)
+                        {
                             dups.push((
                                 r.line,
                                 "route.case_insensitive_path",

@@ -24,8 +24,8 @@ use std::collections::HashMap;
 
 pub use host::{HOST_BUF_LEN, normalize_authority, normalize_host};
 
-pub use crate::config::PathMatch;
 use crate::config::HostPattern;
+pub use crate::config::PathMatch;
 
 impl PathMatch {
     fn is_plain(self) -> bool {
@@ -80,19 +80,23 @@ impl PathTable {
 #[inline]
 pub fn has_lenient_reading(path: &str) -> bool {
     let b = path.as_bytes();
-    b.iter().enumerate().any(|(i, &c)| {
-        let seg_end = matches!(b.get(i + 1), None | Some(b'/'));
-        match c {
+    let seg_end = |i: usize| matches!(b.get(i), None | Some(b'/'));
+    for (i, &c) in b.iter().enumerate() {
+        let lenient = match c {
             b';' => true,
-            b'%' => {
-                let esc = b.get(i + 1..i + 3).unwrap_or_default();
-                esc.eq_ignore_ascii_case(b"3B")
-                    || (esc == b"20" && matches!(b.get(i + 3), None | Some(b'/')))
-            }
-            b'.' => seg_end,
+            b'.' => seg_end(i + 1),
+            b'%' => match b.get(i + 1..i + 3) {
+                Some(b"3B" | b"3b") => true,
+                Some(b"20") => seg_end(i + 3),
+                _ => false,
+            },
             _ => false,
+        };
+        if lenient {
+            return true;
         }
-    })
+    }
+    false
 }
 
 /// A request segment as the most lenient backend reads it: cut at the
@@ -203,7 +207,9 @@ impl<T> RouteTable<T> {
 
     /// Builds the table. Duplicate (host, path) pairs are a config error
     /// caught earlier; here the later one would simply never be chosen.
-    pub fn build_with(items: impl IntoIterator<Item = (HostPattern, String, PathMatch, T)>) -> Self {
+    pub fn build_with(
+        items: impl IntoIterator<Item = (HostPattern, String, PathMatch, T)>,
+    ) -> Self {
         let mut routes = Vec::new();
         let mut exact: HashMap<Box<str>, PathTable> = HashMap::new();
         let mut wildcard: HashMap<Box<str>, PathTable> = HashMap::new();
@@ -265,11 +271,7 @@ impl<T> RouteTable<T> {
             let mut rest = host;
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
-                if let Some(id) = self
-                    .wildcard
-                    .get(rest)
-                    .and_then(|t| t.find(path, reading))
-                {
+                if let Some(id) = self.wildcard.get(rest).and_then(|t| t.find(path, reading)) {
                     return Some(id);
                 }
             }
@@ -365,9 +367,11 @@ mod tests {
     }
 
     fn table_with(items: &[(&str, PathMatch)]) -> RouteTable<String> {
-        RouteTable::build_with(items.iter().map(|(p, m)| {
-            (HostPattern::Any, p.to_string(), *m, p.to_string())
-        }))
+        RouteTable::build_with(
+            items
+                .iter()
+                .map(|(p, m)| (HostPattern::Any, p.to_string(), *m, p.to_string())),
+        )
     }
 
     const PLAIN: PathMatch = PathMatch {

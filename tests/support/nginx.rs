@@ -74,10 +74,7 @@ fn nginx_binary() -> String {
     if Path::new(NGINX).exists() {
         return NGINX.to_string();
     }
-    match Command::new("sh")
-        .args(["-c", "command -v nginx"])
-        .output()
-    {
+    match Command::new("sh").args(["-c", "command -v nginx"]).output() {
         Ok(o) if o.status.success() && !o.stdout.is_empty() => {
             String::from_utf8_lossy(&o.stdout).trim().to_string()
         }
