@@ -519,7 +519,10 @@ mod tests {
         }
     }
 
-    fn check(routes: &str) -> Result<Vec<RouteConfig>, Vec<(usize, usize, String, String)>> {
+    /// (line, column, key, message)
+    type Located = (usize, usize, String, String);
+
+    fn check(routes: &str) -> Result<Vec<RouteConfig>, Vec<Located>> {
         let src = format!("[server]\nhttp = \"127.0.0.1:0\"\n{routes}");
         super::super::parse(std::path::Path::new("t.toml"), &src)
             .map(|c| c.routes)

@@ -60,16 +60,20 @@ impl PathTable {
 
     #[inline]
     fn find(&self, path: &str, reading: Reading) -> Option<u32> {
-        self.entries
-            .iter()
-            .find(|(prefix, m, _)| {
-                if m.is_plain() && reading == Reading::Exact {
+        let found = match reading {
+            Reading::Exact => self.entries.iter().find(|(prefix, m, _)| {
+                if m.is_plain() {
                     prefix_matches(prefix, path)
                 } else {
-                    segments_match(prefix, *m, path, reading)
+                    segments_match(prefix, *m, path, Reading::Exact)
                 }
-            })
-            .map(|(_, _, id)| *id)
+            }),
+            Reading::Lenient => self
+                .entries
+                .iter()
+                .find(|(prefix, m, _)| segments_match(prefix, *m, path, Reading::Lenient)),
+        };
+        found.map(|(_, _, id)| *id)
     }
 }
 
@@ -80,6 +84,15 @@ impl PathTable {
 #[inline]
 pub fn has_lenient_reading(path: &str) -> bool {
     let b = path.as_bytes();
+    // A first pass without early exit, which the compiler vectorises: most
+    // paths have none of these bytes at all.
+    let mut any = false;
+    for &c in b {
+        any |= (c == b';') | (c == b'.') | (c == b'%');
+    }
+    if !any {
+        return false;
+    }
     let seg_end = |i: usize| matches!(b.get(i), None | Some(b'/'));
     for (i, &c) in b.iter().enumerate() {
         let lenient = match c {
