@@ -207,9 +207,14 @@ impl Snapshot {
         metrics: &Metrics,
         auth: Arc<crate::auth::AuthSnapshot>,
     ) -> Snapshot {
-        let table = RouteTable::build(config.routes.into_iter().map(|r| {
+        let table = RouteTable::build_with(config.routes.into_iter().map(|r| {
             let m = metrics.route(&r.name);
-            (r.host.clone(), r.path.clone(), Route::new(r, m))
+            (
+                r.host.clone(),
+                r.path.clone(),
+                r.path_match,
+                Route::new(r, m),
+            )
         }));
         Snapshot {
             generation,

@@ -157,6 +157,8 @@ fn routes_view(shared: &Shared) -> Response<Body> {
                 "name": c.name,
                 "host": c.host.to_string(),
                 "path": c.path,
+                "matrix_params": c.path_match.matrix_params,
+                "case_insensitive_path": c.path_match.ignore_case,
                 "action": kind,
                 "target": target,
                 "strip_prefix": c.strip_prefix,

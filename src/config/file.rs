@@ -238,6 +238,12 @@ pub struct FileRoute {
     pub redirect: Option<Spanned<FileRedirect>>,
     /// Answer directly instead of proxying.
     pub respond: Option<Spanned<FileRespond>>,
+    /// `;params` in a request segment do not keep a request out of this
+    /// route's prefix (default false: such a path is refused when its
+    /// parameters would change the route).
+    pub matrix_params: Option<Spanned<bool>>,
+    /// Match the path prefix ignoring ASCII letter case (default false).
+    pub case_insensitive_path: Option<Spanned<bool>>,
     /// Remove the route's path prefix before forwarding (default false).
     pub strip_prefix: Option<bool>,
     /// Forward the client's Host header (default true); false sends the

@@ -215,12 +215,25 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// How a route's prefix is compared with request paths (route options
+/// `matrix_params` and `case_insensitive_path`; see `routing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PathMatch {
+    /// `;params` in a request segment are ignored: `/shop` matches
+    /// `/shop;region=eu/items`.
+    pub matrix_params: bool,
+    /// ASCII letters compare ignoring case: `/admin` matches `/ADMIN/x`.
+    pub ignore_case: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
     pub host: HostPattern,
     /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`.
     pub path: String,
+    /// How `path` is matched: `matrix_params`, `case_insensitive_path`.
+    pub path_match: PathMatch,
     pub action: Action,
     pub strip_prefix: bool,
     pub preserve_host: bool,

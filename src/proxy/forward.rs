@@ -487,6 +487,7 @@ mod tests {
             name: "r".into(),
             host: HostPattern::Any,
             path: path.into(),
+            path_match: Default::default(),
             action: Action::Upstream(vec![]),
             strip_prefix: strip,
             preserve_host: true,
