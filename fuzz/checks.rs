@@ -338,6 +338,9 @@ const KEYS: &[&str] = &[
     "request_body_timeout",
     "upstream_eject_after",
     "upstream_eject_for",
+    // route path matching
+    "matrix_params",
+    "case_insensitive_path",
 ];
 const STRINGS: &[&str] = &[
     "",
@@ -868,6 +871,33 @@ pub fn check_normalized_host(raw: &str) -> Option<String> {
     Some(h)
 }
 
+/// A normalised path as the most lenient backend reads it, written
+/// independently of `routing::lenient_segment`: every segment cut at `;`
+/// or `%3B`, trailing `.` and `%20` removed, segments left empty dropped.
+fn reference_lenient(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('/').skip(1) {
+        let lower = seg.to_ascii_lowercase();
+        let cut = [lower.find(';'), lower.find("%3b")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(seg.len());
+        let mut s = &seg[..cut];
+        while let Some(rest) = s.strip_suffix('.').or_else(|| s.strip_suffix("%20")) {
+            s = rest;
+        }
+        if !s.is_empty() {
+            out.push('/');
+            out.push_str(s);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 fn reference_prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/"))
 }
@@ -966,6 +996,24 @@ pub fn path_route(data: &[u8]) {
             );
         }
         assert_eq!(got, want, "lookup({host:?}, {path:?}) over {routes:?}");
+
+        // The lookup every entry point uses: the path's route when its
+        // lenient reading agrees, refused when it does not.
+        let lenient = reference_lenient(&path);
+        let lenient_want = reference_lookup(&routes, &host, &lenient);
+        match table.route(&host, &path) {
+            Ok(r) => {
+                assert_eq!(r.copied(), got, "route({host:?}, {path:?})");
+                assert_eq!(
+                    lenient_want, got,
+                    "route({host:?}, {path:?}) allowed, but {lenient:?} routes elsewhere over {routes:?}"
+                );
+            }
+            Err(_) => assert_ne!(
+                lenient_want, got,
+                "route({host:?}, {path:?}) refused, but {lenient:?} routes the same over {routes:?}"
+            ),
+        }
     }
 }
 

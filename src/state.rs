@@ -65,7 +65,12 @@ pub struct Route {
     /// once here: an access-log record takes a reference count, not a copy.
     pub log_name: Arc<str>,
     pub log_upstreams: Vec<Arc<str>>,
+    /// When panic mode was last logged ([`mono_ms`]; 0 = never).
+    panic_logged_ms: AtomicU64,
 }
+
+/// Panic mode is logged at most this often per route.
+const PANIC_LOG_EVERY_MS: u64 = 10_000;
 
 impl Route {
     pub fn new(config: RouteConfig, metrics: Arc<RouteMetrics>) -> Self {
@@ -81,11 +86,20 @@ impl Route {
             metrics,
             next_upstream: AtomicUsize::new(0),
             health: (0..n).map(|_| UpstreamHealth::default()).collect(),
+            panic_logged_ms: AtomicU64::new(0),
         }
     }
 
-    /// Round robin over the route's usable upstreams, skipping those in
-    /// `tried`. `None` when every upstream is down, ejected or tried.
+    /// Round robin over the route's upstreams, skipping those in `tried`.
+    /// Usable ones (neither ejected nor failing their health check) come
+    /// first. When none is usable the route does not go dark ("panic
+    /// mode", as Envoy calls it; nginx never ejects a sole server): the
+    /// pick is among those that pass their health check, ignoring
+    /// ejection, and failing that among all of them. Passive ejection
+    /// alone can be caused by a few requests that time out, so it must
+    /// not be able to take a whole route down; an upstream failing its
+    /// health check stays out as long as any other passes. `None` only
+    /// when every upstream has been tried (or there are none).
     pub fn pick_upstream(&self, tried: &[usize]) -> Option<usize> {
         let n = self.health.len();
         if n == 0 {
@@ -93,9 +107,39 @@ impl Route {
         }
         let mut now = None;
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
-        (0..n)
+        let mut order = (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| !tried.contains(&i) && self.health[i].usable(&mut now))
+            .filter(|i| !tried.contains(i));
+        if let Some(i) = order.clone().find(|&i| self.health[i].usable(&mut now)) {
+            return Some(i);
+        }
+        let i = order
+            .clone()
+            .find(|&i| !self.health[i].down.load(Ordering::Relaxed))
+            .or_else(|| order.next())?;
+        self.panicked();
+        Some(i)
+    }
+
+    /// Counts a pick made with no usable upstream, and says so in the log
+    /// at most every [`PANIC_LOG_EVERY_MS`] per route (not per request).
+    fn panicked(&self) {
+        self.metrics.upstream_panic();
+        let now = mono_ms();
+        let last = self.panic_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= PANIC_LOG_EVERY_MS)
+            && self
+                .panic_logged_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                route = %self.config.name,
+                upstreams = self.health.len(),
+                "every upstream of the route is ejected or failing its health check; \
+                 sending requests to them anyway (panic mode)"
+            );
+        }
     }
 
     /// Records the outcome of a request to upstream `i`. After
@@ -163,9 +207,14 @@ impl Snapshot {
         metrics: &Metrics,
         auth: Arc<crate::auth::AuthSnapshot>,
     ) -> Snapshot {
-        let table = RouteTable::build(config.routes.into_iter().map(|r| {
+        let table = RouteTable::build_with(config.routes.into_iter().map(|r| {
             let m = metrics.route(&r.name);
-            (r.host.clone(), r.path.clone(), Route::new(r, m))
+            (
+                r.host.clone(),
+                r.path.clone(),
+                r.path_match,
+                Route::new(r, m),
+            )
         }));
         Snapshot {
             generation,

@@ -40,6 +40,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "counter",
         &["route", "kind"],
     ),
+    ("portcullis_upstream_panic_total", "counter", &["route"]),
     ("portcullis_requests_in_flight", "gauge", &["listener"]),
     ("portcullis_connections_open", "gauge", &["listener"]),
     ("portcullis_connections_total", "counter", &["listener"]),

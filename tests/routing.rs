@@ -421,6 +421,61 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_params_dots_and_case_never_leave_a_prefix() {
+    let mut toml = String::new();
+    toml += &respond_route("*", "/", "root");
+    toml += &respond_route("*", "/private", "private");
+    toml += &respond_route("*", "/admin", "admin");
+    toml += "case_insensitive_path = true\n\n";
+    toml += &respond_route("*", "/shop", "shop");
+    toml += "matrix_params = true\n\n";
+    let gw = Gateway::start(&toml).await;
+    // (path, Some(route that answers) | None for 400)
+    let cases = [
+        ("/private/x", Some("private")),
+        ("/private/x;jsessionid=1", Some("private")),
+        ("/private/a./b%20", Some("private")),
+        ("/root;x/y.", Some("root")),
+        ("/private;x/y", None),
+        ("/private%3bx/y", None),
+        ("/private./y", None),
+        ("/private%2E/y", None),
+        ("/private%20/y", None),
+        ("/private.%20./y", None),
+        ("/;x/private/y", None),
+        // Letter case counts unless the route says otherwise.
+        ("/PRIVATE/y", Some("root")),
+        ("/ADMIN/y", Some("admin")),
+        ("/aDmin", Some("admin")),
+        ("/%41dmin/y", Some("admin")),
+        ("/ADMIN;x/y", None),
+        // A route using matrix parameters keeps them.
+        ("/shop;region=eu/items", Some("shop")),
+        ("/shop%3Bregion=eu", Some("shop")),
+        ("/shop./items", None),
+    ];
+    for (path, want) in cases {
+        let r = raw(
+            gw.http_addr(),
+            &[
+                &format!("GET {path} HTTP/1.1"),
+                "Host: s.test",
+                "Connection: close",
+            ],
+            b"",
+        )
+        .await;
+        match want {
+            Some(body) => {
+                assert_eq!(r.status, 200, "{path}: {}", r.text());
+                assert_eq!(r.text(), body, "{path}");
+            }
+            None => assert_eq!(r.status, 400, "{path}: {}", r.text()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_host_is_a_400() {
     let be = Backend::echo().await;
     let gw = Gateway::start(&format!(

@@ -1133,3 +1133,363 @@ async fn empty_post_without_a_length_reaches_the_backend_with_content_length_zer
         seen.head.headers
     );
 }
+
+// ---------------------------------------------------------------------------
+// Ejection: what counts against an upstream, and panic mode
+// ---------------------------------------------------------------------------
+
+/// The value of `portcullis_upstream_panic_total` for `route`, from the
+/// admin listener's `/metrics`.
+async fn panic_count(gw: &Gateway, route: &str) -> u64 {
+    let text = TestClient::new()
+        .with_timeout(WAIT)
+        .get(&gw.admin_url("/metrics"))
+        .await
+        .text();
+    let key = format!("portcullis_upstream_panic_total{{route=\"{route}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a counter value")
+}
+
+#[tokio::test]
+async fn a_sole_upstream_ejected_by_timeouts_still_gets_requests_in_panic_mode() {
+    // The first three connections never answer; later ones do.
+    let be = RawBackend::start(|mut c| async move {
+        if c.index < 3 {
+            if c.read_head().await.is_some() {
+                c.hold().await;
+            }
+            return;
+        }
+        while c.read_request().await.is_some() {
+            c.send(&ok("answered")).await;
+        }
+    })
+    .await;
+    let gw = support::gateway::gateway_with(
+        &format!(
+            "[[route]]\nname = \"sole\"\nhost = \"sole.test\"\nupstream = \"{}\"\ntimeout = \"300ms\"\n",
+            be.url()
+        ),
+        "upstream_eject_after = 3\nupstream_eject_for = \"60s\"",
+    )
+    .await;
+    let cl = client(&gw);
+    for i in 0..3 {
+        let r = cl.get("http://sole.test/slow").await;
+        assert_eq!(r.status, 504, "request {i}: {}", r.text());
+    }
+    // The upstream is ejected now, but it is the only one: requests still
+    // go to it instead of everyone getting a 502 for a minute.
+    for i in 0..2 {
+        let r = cl.get("http://sole.test/fine").await;
+        assert_eq!(
+            r.status,
+            200,
+            "request {i} after the ejection was not sent to the sole upstream: {}",
+            r.text()
+        );
+        assert_eq!(r.text(), "answered");
+    }
+    assert_eq!(panic_count(&gw, "sole").await, 2);
+}
+
+#[tokio::test]
+async fn slow_uploads_the_backend_gives_up_on_do_not_eject_it() {
+    // Like a backend whose own body timeout fires: it reads the head and
+    // part of the body, then hangs up without answering. Requests without
+    // a body are answered.
+    let be = RawBackend::start(|mut c| async move {
+        while let Some(req) = c.read_head().await {
+            if req.method == "POST" {
+                let _ = c.wire.exact(1000).await;
+                return;
+            }
+            c.send(&ok("fine")).await;
+        }
+    })
+    .await;
+    let gw = support::gateway::gateway_with(
+        &format!(
+            "[[route]]\nname = \"up\"\nhost = \"up.test\"\nupstream = \"{}\"\ntimeout = \"5s\"\n",
+            be.url()
+        ),
+        "upstream_eject_after = 3\nupstream_eject_for = \"60s\"",
+    )
+    .await;
+    // Bigger than any request buffer, so it goes upstream before it is
+    // complete; then the client stalls.
+    let part = vec![b'x'; 256 * 1024];
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: up.test\r\nContent-Length: 1000000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&part).await.unwrap();
+        let mut w = Wire::new(s);
+        let r = within(
+            "the answer to a stalled upload",
+            WAIT,
+            read_raw_response(&mut w),
+        )
+        .await
+        .unwrap_or_else(|| panic!("upload {i}: no answer"));
+        assert_eq!(r.status, 502, "upload {i}");
+        stalled.push(w);
+    }
+    let r = client(&gw).get("http://up.test/").await;
+    assert_eq!(
+        r.status,
+        200,
+        "three stalled uploads took the sole upstream out: {}",
+        r.text()
+    );
+    assert_eq!(r.text(), "fine");
+    assert_eq!(
+        panic_count(&gw, "up").await,
+        0,
+        "the upstream was ejected by the clients' stalled uploads"
+    );
+}
+
+#[tokio::test]
+async fn when_every_upstream_fails_its_health_check_requests_are_still_tried() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            while let Some(req) = c.read_request().await {
+                let _ = tx.send(req.target.clone());
+                if req.target == "/healthz" {
+                    c.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                } else {
+                    c.send(&ok("still here")).await;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = support::gateway::gateway_with(
+        &format!(
+            "[[route]]\nname = \"hc\"\nhost = \"hc.test\"\nupstream = \"{}\"\n\
+             health_check = {{ path = \"/healthz\", interval = \"50ms\", timeout = \"1s\" }}\n",
+            be.url()
+        ),
+        "",
+    )
+    .await;
+    // Two checks seen: the first one's verdict has been recorded.
+    let mut checks = 0;
+    while checks < 2 {
+        if within("a health check", WAIT, rx.recv()).await.as_deref() == Some("/healthz") {
+            checks += 1;
+        }
+    }
+    let r = client(&gw).get("http://hc.test/page").await;
+    assert_eq!(
+        r.status,
+        200,
+        "the route's only upstream fails its health check and nothing was tried: {}",
+        r.text()
+    );
+    assert_eq!(r.text(), "still here");
+    assert_eq!(panic_count(&gw, "hc").await, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Request buffering
+// ---------------------------------------------------------------------------
+
+/// A backend that reports each whole request and answers with its body.
+async fn body_echo_backend() -> (RawBackend, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel::<Seen>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            while let Some(req) = c.read_request().await {
+                let answer = ok(&String::from_utf8_lossy(&req.body));
+                let _ = tx.send(req);
+                c.send(&answer).await;
+            }
+        }
+    })
+    .await;
+    (be, rx)
+}
+
+#[tokio::test]
+async fn a_slow_upload_reaches_the_backend_only_once_it_is_complete() {
+    let (be, mut rx) = body_echo_backend().await;
+    let gw = Gateway::start(&proxy_route("buf.test", &be.url(), "")).await;
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: buf.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    // Something the gateway would have done by now if it streamed: a
+    // request on another connection goes through meanwhile.
+    let r = client(&gw).get("http://buf.test/other").await;
+    assert_eq!(r.status, 200);
+    let first = next_seen(&mut rx).await;
+    assert_eq!(
+        first.target, "/other",
+        "the unfinished upload reached the backend first"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        be.accepted(),
+        1,
+        "a backend connection was opened for an upload that is not complete"
+    );
+    s.write_all(b"56789").await.unwrap();
+    let mut w = Wire::new(s);
+    let r = within("the upload's answer", WAIT, read_raw_response(&mut w))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"0123456789");
+    let seen = next_seen(&mut rx).await;
+    assert_eq!(seen.target, "/up");
+    assert_eq!(seen.body, b"0123456789");
+}
+
+#[tokio::test]
+async fn a_buffered_chunked_upload_reaches_the_backend_with_its_length() {
+    let (be, mut rx) = body_echo_backend().await;
+    let gw = Gateway::start(&proxy_route("buf.test", &be.url(), "")).await;
+    let r = raw_exchange(
+        gw.http_addr(),
+        b"POST /c HTTP/1.1\r\nHost: buf.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = next_seen(&mut rx).await;
+    assert_eq!(seen.body, b"hello world");
+    assert_eq!(seen.head.all("content-length"), ["11"]);
+    assert!(seen.head.all("transfer-encoding").is_empty());
+}
+
+#[tokio::test]
+async fn with_request_buffering_off_an_upload_is_streamed_as_it_comes() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            if let Some(req) = c.read_head().await {
+                let _ = tx.send(req);
+                if c.wire.exact(10).await.is_some() {
+                    c.send(&ok("got it")).await;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = Gateway::start(&proxy_route(
+        "stream.test",
+        &be.url(),
+        "request_buffering = false",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: stream.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    // The head reaches the backend before the body is complete.
+    let seen = next_seen(&mut rx).await;
+    assert_eq!(seen.target, "/up");
+    s.write_all(b"56789").await.unwrap();
+    let mut w = Wire::new(s);
+    let r = within("the upload's answer", WAIT, read_raw_response(&mut w))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"got it");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_while_its_body_is_buffered_gets_408_without_reaching_the_backend() {
+    let (be, _rx) = body_echo_backend().await;
+    let toml =
+        server_with("request_body_timeout = \"200ms\"") + &proxy_route("buf.test", &be.url(), "");
+    let gw = Gateway::start(&toml).await;
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: buf.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    let mut w = Wire::new(s);
+    let r = within(
+        "the stalled upload's answer",
+        WAIT,
+        read_raw_response(&mut w),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(r.status, 408);
+    assert_eq!(
+        be.accepted(),
+        0,
+        "the backend was contacted for a stalled upload"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Pooled connections with stray bytes
+// ---------------------------------------------------------------------------
+
+/// A backend that, after answering on its first connection, sends a whole
+/// unasked-for response on it (`stray`) while it sits in the pool; every
+/// later request on any connection gets `fresh conn N`.
+async fn stray_bytes_backend(stray: &'static [u8]) -> (RawBackend, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel::<()>();
+    let be = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            if c.index == 0 && c.read_request().await.is_some() {
+                c.send(&ok("first")).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.send(stray).await;
+                let _ = tx.send(());
+            }
+            while c.read_request().await.is_some() {
+                c.send(&ok(&format!("fresh conn {}", c.index))).await;
+            }
+        }
+    })
+    .await;
+    (be, rx)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_with_stray_bytes_is_discarded_not_reused() {
+    for (what, stray) in [
+        (
+            "a whole response",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"[..],
+        ),
+        ("one byte", &b"X"[..]),
+    ] {
+        let (be, mut sent) = stray_bytes_backend(stray).await;
+        let gw = Gateway::start(&proxy_route("stray.test", &be.url(), "")).await;
+        let cl = client(&gw);
+        let r = cl.get("http://stray.test/one").await;
+        assert_eq!(r.text(), "first", "{what}");
+        within("the stray bytes to be sent", WAIT, sent.recv())
+            .await
+            .expect("backend stopped");
+        // Let them arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = cl.get("http://stray.test/two").await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            "fresh conn 1",
+            "{what}: a pooled connection with unread bytes was reused"
+        );
+        assert_eq!(be.accepted(), 2, "{what}");
+    }
+}

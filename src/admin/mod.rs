@@ -159,11 +159,15 @@ fn routes_view(shared: &Shared) -> Response<Body> {
                 "name": c.name,
                 "host": c.host.to_string(),
                 "path": c.path,
+                "matrix_params": c.path_match.matrix_params,
+                "case_insensitive_path": c.path_match.ignore_case,
                 "action": kind,
                 "target": target,
                 "strip_prefix": c.strip_prefix,
                 "preserve_host": c.preserve_host,
                 "timeout_ms": c.timeout.as_millis() as u64,
+                "request_buffering": c.limits.request_buffer.is_some(),
+                "request_buffer_bytes": c.limits.request_buffer,
             })
         })
         .collect();

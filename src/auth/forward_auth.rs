@@ -4,25 +4,36 @@
 //! exactly as if the request had come to us.
 
 use ::http::header::{self, HeaderName, HeaderValue};
-use ::http::{Request, Response};
+use ::http::{Method, Request, Response, Uri};
 
 use super::flow::{self, LoginTarget};
-use super::gate::{Identified, decide, effective_scheme, identify, is_browser, resolve};
+use super::gate::{
+    Identified, decide, effective_scheme, forwarded_proto, identify, is_browser, resolve,
+};
 use super::session::unix_now;
 use crate::config::RouteAuth;
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
+use crate::proxy::normalize::normalize_path;
 use crate::state::{Shared, Snapshot, canonical_ip};
 
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const BAD_URI: &str = "The forwarded URI is not valid.";
 
 /// `/.portcullis/auth` for other proxies (nginx `auth_request`, Traefik
 /// and Caddy `forward_auth`): the route matching the original host and URI
 /// decides. 200 with identity headers, 403, or 401; with
 /// `X-Forwarded-Host` from a trusted proxy, browsers get the login redirect.
+///
+/// The forwarded path goes through the request path's own steps (URI
+/// parsing, normalisation, the route lookup with its lenient reading), so
+/// this answers 200 exactly when the same request sent to us would pass
+/// the gate, and 400 where the request path would answer 400.
 pub(super) async fn forward_auth(
     shared: &Shared,
     snap: &Snapshot,
@@ -33,22 +44,36 @@ pub(super) async fn forward_auth(
 ) -> Result<Response<Body>, ProxyError> {
     let headers = req.headers();
     let trusted = snap.is_trusted_proxy(canonical_ip(conn.peer.ip()));
-    let from_proxy = |name: &HeaderName| {
-        trusted
-            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
-            .flatten()
+    // A trusted proxy's header; one that is there but unreadable is a 400,
+    // never taken for absent (which would judge another host or path).
+    // The URI is read as UTF-8, the way the request line is; the other
+    // headers as visible ASCII, the way the Host header is.
+    let from_proxy = |names: &[HeaderName], what: &'static str| {
+        let Some(v) = names
+            .iter()
+            .find_map(|n| headers.get(n))
+            .filter(|_| trusted)
+        else {
+            return Ok(None);
+        };
+        let text = if what == BAD_URI {
+            std::str::from_utf8(v.as_bytes()).ok()
+        } else {
+            v.to_str().ok()
+        };
+        text.map(Some).ok_or(ProxyError::BadRequest(what))
     };
-    let fwd_host = from_proxy(&X_FORWARDED_HOST);
+    let fwd_host = from_proxy(&[X_FORWARDED_HOST], "The forwarded host is not valid.")?;
     let target_host = fwd_host.unwrap_or(raw_host);
-    let uri = from_proxy(&X_FORWARDED_URI)
-        .or_else(|| from_proxy(&X_ORIGINAL_URI))
-        .filter(|u| u.starts_with('/'))
-        .unwrap_or("/");
-    let path = uri.split(['?', '#']).next().unwrap_or("/");
+    let target: Uri = from_proxy(&[X_FORWARDED_URI, X_ORIGINAL_URI], BAD_URI)?
+        .unwrap_or("/")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest(BAD_URI))?;
+    let path = normalize_path(target.path()).map_err(|e| ProxyError::BadRequest(e.reason()))?;
     let mut buf = [0u8; crate::routing::HOST_BUF_LEN];
     let host = crate::routing::normalize_host(target_host, &mut buf)
         .ok_or(ProxyError::BadRequest("The forwarded host is not valid."))?;
-    let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
+    let route = crate::proxy::find_route(snap, host, &path)?;
     let ok = || {
         let mut r = Response::new(Body::Empty);
         r.headers_mut()
@@ -63,6 +88,14 @@ pub(super) async fn forward_auth(
         Err(_) => return Err(ProxyError::Internal),
     };
     let accept = headers.get(header::ACCEPT);
+    // The method of the request being judged, not of this check (nginx and
+    // Traefik always check with GET): a POST must get 401, never a login
+    // redirect that would lose its body.
+    let method = match from_proxy(&[X_FORWARDED_METHOD, X_ORIGINAL_METHOD], "") {
+        Ok(Some(m)) => Method::from_bytes(m.as_bytes()).ok(),
+        Ok(None) => Some(req.method().clone()),
+        Err(_) => None,
+    };
     match identify(sessions, view, headers, unix_now()).await {
         Identified::Who(who) => match decide(policy, who, request_id, accept) {
             Ok(who) => {
@@ -75,16 +108,26 @@ pub(super) async fn forward_auth(
         },
         Identified::BadToken => Err(ProxyError::InvalidToken),
         Identified::Unavailable => Err(ProxyError::LoginUnavailable),
-        Identified::Nobody if fwd_host.is_some() && is_browser(req.method(), headers) => {
-            let scheme = match from_proxy(&HeaderName::from_static("x-forwarded-proto")) {
+        Identified::Nobody
+            if fwd_host.is_some() && method.is_some_and(|m| is_browser(&m, headers)) =>
+        {
+            let scheme = match forwarded_proto(headers).filter(|_| trusted) {
                 Some(p) if p.eq_ignore_ascii_case("https") => "https",
                 Some(_) => "http",
                 None => effective_scheme(snap, conn, headers),
             };
+            // The login comes back to this host: lowercase, no trailing dot
+            // (the provider compares `redirect_uri` byte for byte).
+            let url_host = crate::routing::normalize_authority(target_host)
+                .ok_or(ProxyError::BadRequest("The forwarded host is not valid."))?;
+            let path_and_query = match target.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
             let target = LoginTarget {
                 scheme,
-                host: target_host,
-                path_and_query: uri,
+                host: &url_host,
+                path_and_query: &path_and_query,
             };
             flow::start_login(&shared.auth, view, &target, headers).await
         }

@@ -208,12 +208,18 @@ pub(super) fn effective_scheme(
     if conn.scheme.is_https() {
         return "https";
     }
-    let forwarded_https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let forwarded_https = forwarded_proto(headers).is_some_and(|p| p.eq_ignore_ascii_case("https"));
     if forwarded_https && snap.is_trusted_proxy(canonical_ip(conn.peer.ip())) {
         "https"
     } else {
         "http"
     }
+}
+
+/// The scheme in `X-Forwarded-Proto` (the caller checks the peer is a
+/// trusted proxy). Chained proxies append to the list (`https, http`): the
+/// first, leftmost entry is the scheme the client used.
+pub(super) fn forwarded_proto(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("x-forwarded-proto")?.to_str().ok()?;
+    Some(v.split(',').next()?.trim()).filter(|p| !p.is_empty())
 }

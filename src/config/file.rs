@@ -87,6 +87,12 @@ pub struct FileServer {
     pub upstream_eject_for: Option<Spanned<String>>,
     /// HTTP/2 streams a client may have open at once on one connection.
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    /// Routes' default: read request bodies (up to `request_buffer`)
+    /// before contacting the upstream.
+    pub request_buffering: Option<Spanned<bool>>,
+    /// How much of a request body is held in memory before the upstream
+    /// is contacted.
+    pub request_buffer: Option<Spanned<FileSize>>,
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`
@@ -232,6 +238,12 @@ pub struct FileRoute {
     pub redirect: Option<Spanned<FileRedirect>>,
     /// Answer directly instead of proxying.
     pub respond: Option<Spanned<FileRespond>>,
+    /// `;params` in a request segment do not keep a request out of this
+    /// route's prefix (default false: such a path is refused when its
+    /// parameters would change the route).
+    pub matrix_params: Option<Spanned<bool>>,
+    /// Match the path prefix ignoring ASCII letter case (default false).
+    pub case_insensitive_path: Option<Spanned<bool>>,
     /// Remove the route's path prefix before forwarding (default false).
     pub strip_prefix: Option<bool>,
     /// Forward the client's Host header (default true); false sends the
@@ -247,6 +259,9 @@ pub struct FileRoute {
     pub max_body: Option<Spanned<FileSize>>,
     /// Active health checks of the upstreams.
     pub health_check: Option<Spanned<FileHealthCheck>>,
+    /// Override `[server] request_buffering` / `request_buffer`.
+    pub request_buffering: Option<Spanned<bool>>,
+    pub request_buffer: Option<Spanned<FileSize>>,
     /// Override `[server] hsts` for this route.
     pub hsts: Option<Spanned<FileHsts>>,
     /// On the plain HTTP listener, redirect to HTTPS (default true when an

@@ -1,5 +1,6 @@
 //! Validation of the hardening knobs: server limits and timeouts, and per
-//! route client-address rules, body limits and active health checks.
+//! route client-address rules, body limits, request buffering and active
+//! health checks.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -86,7 +87,16 @@ pub struct RouteLimits {
     /// Largest request body accepted (413 beyond it).
     pub max_body: Option<u64>,
     pub health_check: Option<HealthCheck>,
+    /// Request buffering: at most this many bytes of a request body are
+    /// read before the upstream is contacted (all of it when it is not
+    /// longer); `None` streams the body as it comes.
+    pub request_buffer: Option<u64>,
 }
+
+/// `[server] request_buffer` when not set.
+pub const DEFAULT_REQUEST_BUFFER: u64 = 64 * 1024;
+/// Largest `request_buffer`: it is memory held per request.
+const MAX_REQUEST_BUFFER: u64 = 16 * 1024 * 1024;
 
 impl RouteLimits {
     /// May a client at `ip` use this route?
@@ -109,6 +119,8 @@ pub struct RawRouteLimits {
     pub deny_ips: Option<Vec<Spanned<String>>>,
     pub max_body: Option<Spanned<FileSize>>,
     pub health_check: Option<Spanned<FileHealthCheck>>,
+    pub request_buffering: Option<Spanned<bool>>,
+    pub request_buffer: Option<Spanned<FileSize>>,
 }
 
 impl Cx<'_> {
@@ -156,7 +168,27 @@ impl Cx<'_> {
         }
     }
 
-    pub(super) fn route_limits(&mut self, key: &str, raw: RawRouteLimits) -> RouteLimits {
+    /// A request buffer size: 1 byte to [`MAX_REQUEST_BUFFER`].
+    pub(super) fn buffer_size(&mut self, key: &str, v: Option<Spanned<FileSize>>) -> Option<u64> {
+        let span = v.as_ref().map(|v| v.span());
+        let n = self.size(key, v, 1)?;
+        if n > MAX_REQUEST_BUFFER {
+            self.err(
+                span,
+                key,
+                "at most 16MiB (it is held in memory for each request); turn request_buffering off to stream larger bodies".into(),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    pub(super) fn route_limits(
+        &mut self,
+        key: &str,
+        raw: RawRouteLimits,
+        server: &super::ServerConfig,
+    ) -> RouteLimits {
         let allow_ips = self.cidrs(&format!("{key}.allow_ips"), raw.allow_ips);
         let deny_ips = self.cidrs(&format!("{key}.deny_ips"), raw.deny_ips);
         let max_body = self.size(&format!("{key}.max_body"), raw.max_body, 0);
@@ -195,11 +227,18 @@ impl Cx<'_> {
                 timeout,
             })
         });
+        let buffering = raw
+            .request_buffering
+            .map_or(server.request_buffering, |b| b.into_inner());
+        let buffer = self
+            .buffer_size(&format!("{key}.request_buffer"), raw.request_buffer)
+            .unwrap_or(server.request_buffer);
         RouteLimits {
             allow_ips,
             deny_ips,
             max_body,
             health_check,
+            request_buffer: buffering.then_some(buffer),
         }
     }
 }
@@ -223,6 +262,35 @@ mod tests {
         for bad in ["", "KiB", "10 parsecs", "-1", "99999999999999999999GiB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn request_buffering_defaults_overrides_and_bounds() {
+        let parse = |src: &str| super::super::parse(std::path::Path::new("t.toml"), src);
+        let head = "[server]\nhttp = \"127.0.0.1:0\"\n";
+        let route = "[[route]]\nhost = \"a.com\"\nupstream = \"http://127.0.0.1:1\"\n";
+        // On by default, 64 KiB.
+        let c = parse(&format!("{head}{route}")).unwrap();
+        assert_eq!(c.routes[0].limits.request_buffer, Some(64 * 1024));
+        // The server's default and size, and a route's overrides.
+        let c = parse(&format!(
+            "{head}request_buffering = false\nrequest_buffer = \"1MiB\"\n{route}{route_b}",
+            route_b = "[[route]]\nhost = \"b.com\"\nupstream = \"http://127.0.0.1:1\"\nrequest_buffering = true\nrequest_buffer = \"8KiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].limits.request_buffer, None);
+        assert_eq!(c.routes[1].limits.request_buffer, Some(8 * 1024));
+        // Out of bounds and wrong types, each at its line.
+        let e = parse(&format!(
+            "{head}request_buffer = \"17MiB\"\n{route}request_buffer = 0\n[[route]]\nhost = \"b.com\"\nupstream = \"http://127.0.0.1:1\"\nrequest_buffering = \"yes\"\n"
+        ))
+        .unwrap_err()
+        .0;
+        let at: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert!(at.contains(&(3, "server.request_buffer")), "{e:?}");
+        assert!(at.contains(&(7, "route[1].request_buffer")), "{e:?}");
+        assert!(at.iter().any(|(l, _)| *l == 11), "{e:?}");
+        assert!(e[0].message.contains("16MiB"), "{e:?}");
     }
 
     #[test]

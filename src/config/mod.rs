@@ -121,6 +121,10 @@ pub struct ServerConfig {
     pub upstream_eject_after: u32,
     pub upstream_eject_for: Duration,
     pub h2_max_concurrent_streams: u32,
+    /// Routes' default for request buffering.
+    pub request_buffering: bool,
+    /// Most request body bytes held before the upstream is contacted.
+    pub request_buffer: u64,
     /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
     pub hsts: Option<http::HeaderValue>,
 }
@@ -211,12 +215,25 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// How a route's prefix is compared with request paths (route options
+/// `matrix_params` and `case_insensitive_path`; see `routing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PathMatch {
+    /// `;params` in a request segment are ignored: `/shop` matches
+    /// `/shop;region=eu/items`.
+    pub matrix_params: bool,
+    /// ASCII letters compare ignoring case: `/admin` matches `/ADMIN/x`.
+    pub ignore_case: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
     pub host: HostPattern,
     /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`.
     pub path: String,
+    /// How `path` is matched: `matrix_params`, `case_insensitive_path`.
+    pub path_match: PathMatch,
     pub action: Action,
     pub strip_prefix: bool,
     pub preserve_host: bool,

@@ -41,6 +41,14 @@ impl Cx<'_> {
             },
         };
 
+        let path_match = self.path_match(
+            &key,
+            raw.matrix_params,
+            raw.case_insensitive_path,
+            path.as_deref(),
+            raw.strip_prefix.unwrap_or(false),
+        );
+
         let n_actions = raw.upstream.is_some() as u8
             + raw.redirect.is_some() as u8
             + raw.respond.is_some() as u8;
@@ -97,7 +105,10 @@ impl Cx<'_> {
                 deny_ips: raw.deny_ips,
                 max_body: raw.max_body,
                 health_check: raw.health_check,
+                request_buffering: raw.request_buffering,
+                request_buffer: raw.request_buffer,
             },
+            server,
         );
         let auth = self.route_auth(&key, raw.auth, raw.identity_headers, oidc);
 
@@ -128,6 +139,7 @@ impl Cx<'_> {
             name,
             host,
             path,
+            path_match,
             action,
             strip_prefix: raw.strip_prefix.unwrap_or(false),
             preserve_host: raw.preserve_host.unwrap_or(true),
@@ -138,6 +150,48 @@ impl Cx<'_> {
             auth: auth?,
             line: self.line_of(span.start),
         })
+    }
+
+    /// `matrix_params` and `case_insensitive_path`: both only mean
+    /// something for a route with a path prefix.
+    fn path_match(
+        &mut self,
+        key: &str,
+        matrix: Option<Spanned<bool>>,
+        nocase: Option<Spanned<bool>>,
+        path: Option<&str>,
+        strip_prefix: bool,
+    ) -> super::PathMatch {
+        let mut m = super::PathMatch::default();
+        for (name, v) in [
+            ("matrix_params", &matrix),
+            ("case_insensitive_path", &nocase),
+        ] {
+            if let Some(v) = v
+                && *v.get_ref()
+                && path == Some("/")
+            {
+                self.err(
+                    Some(v.span()),
+                    &format!("{key}.{name}"),
+                    "only applies to a route with a path prefix (`path` is `/`)".into(),
+                );
+            }
+        }
+        if let Some(v) = &matrix
+            && *v.get_ref()
+        {
+            if strip_prefix {
+                self.err(
+                    Some(v.span()),
+                    &format!("{key}.matrix_params"),
+                    "cannot be combined with `strip_prefix = true` (the prefix to remove may carry ;parameters)".into(),
+                );
+            }
+            m.matrix_params = true;
+        }
+        m.ignore_case = nocase.is_some_and(|v| *v.get_ref());
+        m
     }
 
     /// An integer in `range`, or `default` when absent.
@@ -284,6 +338,33 @@ impl Cx<'_> {
                 ));
             }
         }
+        // A case-insensitive prefix must not tie with another route's.
+        if routes.iter().any(|r| r.path_match.ignore_case) {
+            let mut folded: HashMap<(&HostPattern, String), &RouteConfig> = HashMap::new();
+            for r in routes {
+                match folded.entry((&r.host, r.path.to_ascii_lowercase())) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(r);
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let o = *o.get();
+                        if o.path != r.path
+                            && (o.path_match.ignore_case || r.path_match.ignore_case)
+                        {
+                            dups.push((
+                                r.line,
+                                "route.case_insensitive_path",
+                                format!(
+                                    "host `{}` path `{}` is the same prefix as `{}` at line {} when case is ignored",
+                                    r.host, r.path, o.path, o.line
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        dups.sort_by_key(|d| d.0);
         for (line, key, msg) in dups {
             let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
             self.err(Some(start..start), key, msg);
@@ -439,6 +520,91 @@ mod tests {
         for bad in ["app", "/a//b", "/a/../b", "/a?x", "/a b", "/%2e"] {
             assert!(normalize_route_path(bad).is_err(), "{bad}");
         }
+    }
+
+    /// (line, column, key, message)
+    type Located = (usize, usize, String, String);
+
+    fn check(routes: &str) -> Result<Vec<RouteConfig>, Vec<Located>> {
+        let src = format!("[server]\nhttp = \"127.0.0.1:0\"\n{routes}");
+        super::super::parse(std::path::Path::new("t.toml"), &src)
+            .map(|c| c.routes)
+            .map_err(|e| {
+                e.0.into_iter()
+                    .map(|e| (e.line, e.column, e.key, e.message))
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn path_match_options() {
+        let ok = check(
+            "[[route]]\nhost = \"a.test\"\npath = \"/shop\"\nmatrix_params = true\nrespond = {}\n\
+             [[route]]\nhost = \"a.test\"\npath = \"/admin\"\ncase_insensitive_path = true\nrespond = {}\n\
+             [[route]]\nhost = \"a.test\"\nrespond = {}\n",
+        )
+        .unwrap();
+        let m: Vec<_> = ok
+            .iter()
+            .map(|r| (r.path_match.matrix_params, r.path_match.ignore_case))
+            .collect();
+        assert_eq!(m, [(true, false), (false, true), (false, false)]);
+
+        // (routes, line, column, key, words in the message)
+        let bad = [
+            (
+                "[[route]]\nhost = \"a.test\"\nmatrix_params = true\nrespond = {}\n",
+                5,
+                17,
+                "route[1].matrix_params",
+                "path prefix",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\ncase_insensitive_path = true\nrespond = {}\n",
+                5,
+                25,
+                "route[1].case_insensitive_path",
+                "path prefix",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\npath = \"/x\"\nstrip_prefix = true\nmatrix_params = true\nupstream = \"http://127.0.0.1:1\"\n",
+                7,
+                17,
+                "route[1].matrix_params",
+                "strip_prefix",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\npath = \"/x\"\nmatrix_params = \"yes\"\nrespond = {}\n",
+                6,
+                17,
+                "",
+                "bool",
+            ),
+            (
+                "[[route]]\nhost = \"a.test\"\npath = \"/Admin\"\nrespond = {}\n\
+                 [[route]]\nhost = \"a.test\"\npath = \"/admin\"\ncase_insensitive_path = true\nrespond = {}\n",
+                7,
+                1,
+                "route.case_insensitive_path",
+                "line 3",
+            ),
+        ];
+        for (routes, line, col, key, words) in bad {
+            let e = check(routes).unwrap_err();
+            assert_eq!(e.len(), 1, "{routes}: {e:?}");
+            let (l, c, k, msg) = &e[0];
+            assert_eq!((*l, *c), (line, col), "{routes}: {e:?}");
+            assert!(k.contains(key), "{routes}: {e:?}");
+            assert!(msg.contains(words), "{routes}: {e:?}");
+        }
+        // Case differences are fine when neither route ignores case.
+        assert!(
+            check(
+                "[[route]]\nhost = \"a.test\"\npath = \"/Admin\"\nrespond = {}\n\
+                 [[route]]\nhost = \"a.test\"\npath = \"/admin\"\nrespond = {}\n"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -377,6 +377,10 @@ impl<'a> Cx<'a> {
                 1..=10_000,
                 256,
             ) as u32,
+            request_buffering: raw.request_buffering.is_none_or(|b| b.into_inner()),
+            request_buffer: self
+                .buffer_size("server.request_buffer", raw.request_buffer)
+                .unwrap_or(super::limits_section::DEFAULT_REQUEST_BUFFER),
             tls_handshake_timeout: self.duration(
                 "server.tls_handshake_timeout",
                 raw.tls_handshake_timeout,

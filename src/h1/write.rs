@@ -16,8 +16,10 @@ use super::parse;
 pub use super::wire::encode_chunk;
 use crate::http::body::Body;
 
-/// Response bytes gathered before they are written.
-const WRITE_BATCH: usize = 64 * 1024;
+/// Response bytes gathered before they are written. Also most of what a
+/// connection holds for a client that does not read (besides one body
+/// piece): a write that waits keeps its batch, so this stays small.
+const WRITE_BATCH: usize = 16 * 1024;
 /// Body pieces at least this big are written as they are, not copied.
 const WRITE_DIRECT: usize = 8 * 1024;
 

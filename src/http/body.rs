@@ -5,7 +5,9 @@
 //! Request bodies going upstream are wrapped in [`Limited`] (only when the
 //! request has a body): it enforces the route's `max_body` and the server's
 //! `request_body_timeout`, and records which limit tripped so the caller can
-//! answer 413 or 408 instead of a generic upstream error.
+//! answer 413 or 408 instead of a generic upstream error. It can also read
+//! the start of the body ahead ([`Limited::read_ahead`], request
+//! buffering) and hand it out again before the rest.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -93,7 +95,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) => i.is_end_stream(),
-            Body::Limited(l) => l.inner.is_end_stream(),
+            Body::Limited(l) => l.is_end_stream(),
             Body::Client(c) => c.is_end_stream(),
             Body::Streamed(s) => s.is_end_stream(),
         }
@@ -105,7 +107,7 @@ impl http_body::Body for Body {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Incoming(i) => i.size_hint(),
-            Body::Limited(l) => l.inner.size_hint(),
+            Body::Limited(l) => l.size_hint(),
             Body::Client(c) => c.size_hint(),
             Body::Streamed(s) => s.size_hint(),
         }
@@ -152,6 +154,10 @@ pub struct Limited {
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     wire: TripWire,
+    /// What [`Limited::read_ahead`] read, given out first.
+    ahead: BytesMut,
+    /// `inner` has ended (it is not polled again).
+    ended: bool,
 }
 
 impl Limited {
@@ -163,10 +169,64 @@ impl Limited {
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             wire,
+            ahead: BytesMut::new(),
+            ended: false,
+        }
+    }
+
+    /// Request buffering: reads the body until it ends or more than `max`
+    /// bytes have arrived, under the same limits as when streamed, and
+    /// keeps what it read to give out first. `Ok(Some(n))`: the whole
+    /// body, `n` bytes, is here; `Ok(None)`: it is longer than `max`, the
+    /// rest follows as it comes. An error is the client's (the trip wire
+    /// says whether a limit tripped). Trailers are dropped (they are not
+    /// forwarded anyway).
+    pub async fn read_ahead(&mut self, max: u64) -> Result<Option<u64>, BoxError> {
+        loop {
+            match std::future::poll_fn(|cx| self.poll_inner(cx)).await {
+                None => return Ok(Some(self.ahead.len() as u64)),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        self.ahead.extend_from_slice(d);
+                    }
+                    if self.ahead.len() as u64 > max {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.ahead.is_empty() && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            SizeHint::with_exact(self.ahead.len() as u64)
+        } else {
+            let mut h = self.inner.size_hint();
+            let ahead = self.ahead.len() as u64;
+            h.set_lower(h.lower().saturating_add(ahead));
+            if let Some(u) = h.upper() {
+                h.set_upper(u.saturating_add(ahead));
+            }
+            h
         }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.ahead.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(self.ahead.split().freeze()))));
+        }
+        self.poll_inner(cx)
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -184,6 +244,7 @@ impl Limited {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
+                self.ended = true;
                 self.wire.0.store(DONE, Ordering::Release);
                 Poll::Ready(None)
             }

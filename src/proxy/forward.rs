@@ -229,6 +229,23 @@ pub async fn forward(
     let has_body = !body.is_end_stream();
     // Only a request with a body has limits that can trip.
     let wire = has_body.then(TripWire::default);
+    let mut body = match &wire {
+        Some(wire) => {
+            let mut limited = Box::new(Limited::new(
+                body,
+                limits.max_body,
+                fwd.server.request_body_timeout,
+                wire.clone(),
+            ));
+            if let Some(max) = limits.request_buffer
+                && let Err(e) = buffer_body(&mut limited, max, wire, req.headers_mut()).await
+            {
+                return (Err(e), None);
+            }
+            Body::Limited(limited)
+        }
+        None => Body::Empty,
+    };
 
     let retry = !has_body
         && !upgrade
@@ -249,16 +266,7 @@ pub async fn forward(
         let target = &route.config.upstreams()[i];
         let headers = std::mem::take(req.headers_mut());
         let (method, uri) = (req.method(), req.uri());
-        let body = if has_body {
-            Body::Limited(Box::new(Limited::new(
-                body,
-                limits.max_body,
-                fwd.server.request_body_timeout,
-                wire.clone().unwrap_or_default(),
-            )))
-        } else {
-            Body::Empty
-        };
+        let body = std::mem::take(&mut body);
         let path = upstream_path(target, &route.config, uri);
         let added = fwd.added_lines();
         let host = fwd.host_for(target);
@@ -304,6 +312,33 @@ fn http2_head_rules(req: &mut Request<crate::http::body::Body>) -> Result<(), Pr
     Ok(())
 }
 
+/// Request buffering: reads the client's body (up to `max` bytes) before
+/// any upstream is picked, so a client that sends slowly or stalls holds
+/// no backend connection meanwhile. A body that turned out complete is
+/// sent with its length (as nginx does), not chunked. The client's
+/// failures while buffering are answered here (413, 408, 400).
+async fn buffer_body(
+    body: &mut Limited,
+    max: u64,
+    wire: &TripWire,
+    headers: &mut http::HeaderMap,
+) -> Result<(), ProxyError> {
+    match body.read_ahead(max).await {
+        Ok(Some(len)) => {
+            if !headers.contains_key(http::header::CONTENT_LENGTH) {
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(_) => Err(match wire.get() {
+            Some(Tripped::TooLarge) => ProxyError::PayloadTooLarge,
+            Some(Tripped::Idle) => ProxyError::RequestTimeout,
+            None => ProxyError::BadRequest("The request body is malformed or was cut short."),
+        }),
+    }
+}
+
 /// One attempt against upstream `i`: health bookkeeping, body limits, and
 /// the upgrade tunnel after a 101.
 async fn send_one(
@@ -330,9 +365,16 @@ async fn send_one(
         });
     }
     // Only what the upstream did counts towards ejecting it: a client
-    // whose own request broke must not take a healthy backend out.
+    // whose own request broke must not take a healthy backend out. Nor
+    // does a failure while the client's body was still incomplete: a
+    // backend that gives up on an upload which stalled (its own body
+    // timeout) did what it should, and counting it would let a few slow
+    // uploaders eject it. A backend that is really down is still caught
+    // by requests without a body, complete uploads and health checks.
+    let body_incomplete = body_wire.is_some_and(|w| !w.body_done());
     let verdict = match &result {
         Ok(_) => Some(true),
+        Err(_) if body_incomplete => None,
         Err(e) if e.side() == crate::http::error::Side::Upstream => Some(false),
         Err(_) => None,
     };
@@ -433,6 +475,7 @@ mod tests {
             name: "r".into(),
             host: HostPattern::Any,
             path: path.into(),
+            path_match: Default::default(),
             action: Action::Upstream(vec![]),
             strip_prefix: strip,
             preserve_host: true,

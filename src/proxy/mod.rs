@@ -276,7 +276,7 @@ fn route_request<'a>(
                 return r;
             }
 
-            let route = snap.table.lookup(host, path).ok_or(ProxyError::NoRoute)?;
+            let route = find_route(snap, host, path)?;
             outcome.route = Some(route);
             outcome.hsts = Some(route.config.hsts.clone());
 
@@ -411,6 +411,23 @@ fn route_request<'a>(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
         result
+    }
+}
+
+/// The route step every entry point shares (requests, and forward-auth
+/// for other proxies' requests), on a normalised host and path: the path
+/// itself and its lenient reading must agree on the route (400 if not,
+/// see `routing`), no route is a 404.
+#[inline]
+pub fn find_route<'s>(
+    snap: &'s Snapshot,
+    host: &str,
+    path: &str,
+) -> Result<&'s crate::state::Route, ProxyError> {
+    match snap.table.route(host, path) {
+        Ok(Some(route)) => Ok(route),
+        Ok(None) => Err(ProxyError::NoRoute),
+        Err(e) => Err(ProxyError::BadRequest(e.reason())),
     }
 }
 

@@ -6,8 +6,10 @@
 //!   concurrency, not the number of open clients);
 //! - taking and returning is a thread-local map lookup: no lock, no
 //!   contention, no hand-off to another task;
-//! - a connection that was closed, or idle longer than
-//!   `upstream_idle_timeout`, is dropped instead of reused; a sweeper task
+//! - a connection that was closed, that has unread bytes (a misbehaving
+//!   backend's stray data would become the next client's response), or
+//!   idle longer than `upstream_idle_timeout`, is dropped instead of
+//!   reused (checked on the socket itself when it is taken); a sweeper task
 //!   per thread closes those nobody takes, so a quiet pool does not keep
 //!   sockets the backend has given up on.
 //!

@@ -52,6 +52,22 @@ pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option<
     std::str::from_utf8(&buf[..host.len()]).ok()
 }
 
+/// A `Host`-style value for building URLs: the host normalised as by
+/// [`normalize_host`] (lowercase, no trailing dot), its port kept.
+/// `None` when it is not a host. Allocates (login redirects only).
+pub fn normalize_authority(raw: &str) -> Option<String> {
+    let mut buf = [0u8; HOST_BUF_LEN];
+    let host = normalize_host(raw, &mut buf)?;
+    let after_host = match raw.rfind(']') {
+        Some(i) => &raw[i + 1..],
+        None => raw.rfind(':').map_or("", |i| &raw[i..]),
+    };
+    Some(match after_host.strip_prefix(':') {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
+}
+
 fn is_port(b: &[u8]) -> bool {
     !b.is_empty()
         && b.len() <= 5
@@ -92,6 +108,25 @@ mod tests {
         for (raw, want) in cases {
             let mut buf = [0u8; HOST_BUF_LEN];
             assert_eq!(normalize_host(raw, &mut buf), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn authorities_for_urls() {
+        let cases = [
+            ("App.Example.COM", Some("app.example.com")),
+            ("app.example.com.", Some("app.example.com")),
+            ("App.Example.COM.:8443", Some("app.example.com:8443")),
+            ("app.example.com:443", Some("app.example.com:443")),
+            ("[::1]:8080", Some("[::1]:8080")),
+            ("[::1]", Some("[::1]")),
+            ("127.0.0.1:80", Some("127.0.0.1:80")),
+            ("a..b", None),
+            ("a.test, b.test", None),
+            ("evil.test/x", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_authority(raw).as_deref(), want, "{raw:?}");
         }
     }
 

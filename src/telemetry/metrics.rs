@@ -91,6 +91,9 @@ pub struct RouteMetrics {
     requests: [[AtomicU64; CLASSES.len()]; METHODS.len()],
     pub duration: Histogram,
     upstream_errors: [AtomicU64; UPSTREAM_KINDS.len()],
+    /// Upstream picks made with every upstream ejected or failing its
+    /// health check (panic mode).
+    upstream_panic: AtomicU64,
 }
 
 impl RouteMetrics {
@@ -106,6 +109,12 @@ impl RouteMetrics {
     #[inline]
     pub fn upstream_error(&self, kind: UpstreamFailure) {
         self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request sent to an upstream although none was usable.
+    #[inline]
+    pub fn upstream_panic(&self) {
+        self.upstream_panic.fetch_add(1, Relaxed);
     }
 }
 

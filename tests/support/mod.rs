@@ -9,6 +9,8 @@
 //!   it received, a WebSocket echo, a refusing address and a hanging one.
 //! - [`client`]: an HTTP/1.1 and h2c test client, plus raw-TCP helpers for
 //!   requests a client library would normalise.
+//! - [`nginx`]: a real nginx with `auth_request` to the gateway's
+//!   forward-auth endpoint, in front of a backend (forward-auth tests).
 //! - [`pebble`]: a Pebble ACME server (used by the ACME tests).
 //! - [`tls`]: a test CA and a TLS client (used by the TLS and ACME tests).
 //! - [`browser`]: chromedriver and headless Chromium sessions (WebDriver)
@@ -24,6 +26,7 @@ pub mod browser;
 pub mod client;
 pub mod gateway;
 pub mod idp;
+pub mod nginx;
 pub mod pebble;
 pub mod tls;
 pub mod wire;

@@ -207,7 +207,9 @@ fn poll_read_buf(
 ) -> Poll<io::Result<usize>> {
     loop {
         ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
+        // At most BODY_READ per read, however much room `buf` has: one
+        // piece is what a client that does not read keeps us holding.
+        match io.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, BODY_READ)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return Poll::Ready(r),
         }

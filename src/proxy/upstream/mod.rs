@@ -19,7 +19,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -75,23 +75,23 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry another request: false once
-    /// the backend has closed it or sent something unasked. Does not wait;
-    /// makes a system call only when the socket has reported activity.
+    /// the backend has closed it or sent anything unasked (a stray byte
+    /// would otherwise be read as the start of the next client's
+    /// response). Does not wait. Asks the socket itself (a non-blocking
+    /// peek, one system call) rather than the runtime's readiness flags:
+    /// those are only updated when the runtime next polls for events, so
+    /// bytes that arrived since would go unnoticed.
     pub fn is_reusable(&self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness can be left over from the last read of the previous
-            // response; only a read tells.
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking (tokio's), so an empty one answers
+        // WouldBlock; 0 is the backend's FIN, more is a stray byte.
+        matches!(
+            socket2::SockRef::from(&self.io).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 }
 
@@ -391,6 +391,31 @@ async fn read_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection to a peer the test writes to with blocking calls, so
+    /// that the runtime has no chance to notice what arrives.
+    async fn pair() -> (Conn, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let io = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (peer, _) = l.accept().unwrap();
+        (Conn::new(io), peer)
+    }
+
+    #[tokio::test]
+    async fn a_stray_byte_or_a_close_makes_an_idle_connection_unusable_at_once() {
+        use std::io::Write as _;
+        let (conn, mut peer) = pair().await;
+        assert!(conn.is_reusable());
+        // Loopback delivers before write returns; no await in between, so
+        // the runtime has not polled for events since.
+        peer.write_all(b"X").unwrap();
+        assert!(!conn.is_reusable(), "a stray byte went unnoticed");
+
+        let (conn, peer) = pair().await;
+        assert!(conn.is_reusable());
+        drop(peer);
+        assert!(!conn.is_reusable(), "the backend's close went unnoticed");
+    }
 
     #[test]
     fn request_framing_and_head() {

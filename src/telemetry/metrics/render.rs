@@ -86,6 +86,21 @@ impl Metrics {
             }
         }
 
+        header(
+            &mut out,
+            "portcullis_upstream_panic_total",
+            "counter",
+            "Requests sent to an upstream while every upstream of the route was ejected or failing its health check (panic mode), by route.",
+        );
+        for (name, m) in &all {
+            let _ = writeln!(
+                out,
+                "portcullis_upstream_panic_total{{route=\"{}\"}} {}",
+                escape(name),
+                m.upstream_panic.load(Relaxed)
+            );
+        }
+
         for (metric, kind, help, f) in [
             (
                 "portcullis_requests_in_flight",
