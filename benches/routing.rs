@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group};
 
 use portcullis::config::{self, parse_host_pattern};
-use portcullis::proxy::normalize::normalize_path;
+use portcullis::http::normalize::normalize_path;
 use portcullis::routing::{HOST_BUF_LEN, RouteTable, normalize_host};
 use portcullis::state::Snapshot;
 use portcullis::telemetry::metrics::Metrics;

@@ -17,10 +17,10 @@ use std::path::Path;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use portcullis::config::{HostPattern, parse, parse_host_pattern};
+use portcullis::http::normalize::normalize_path;
 use portcullis::proxy::headers::{
     is_forwarding_header, is_identity_header, remove_hop_by_hop, strip_spoofable,
 };
-use portcullis::proxy::normalize::normalize_path;
 use portcullis::routing::{HOST_BUF_LEN, RouteTable, normalize_host, prefix_matches};
 
 /// One target's checks: panics when a property does not hold.

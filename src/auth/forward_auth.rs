@@ -15,7 +15,7 @@ use crate::config::RouteAuth;
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
-use crate::proxy::normalize::normalize_path;
+use crate::http::normalize::normalize_path;
 use crate::state::{Shared, Snapshot, canonical_ip};
 
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

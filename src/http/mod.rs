@@ -10,6 +10,7 @@
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod normalize;
 
 use std::fmt;
 

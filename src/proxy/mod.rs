@@ -7,7 +7,6 @@ mod answers;
 pub(crate) mod forward;
 pub mod headers;
 pub(crate) mod health;
-pub mod normalize;
 pub(crate) mod pool;
 pub mod request_id;
 pub(crate) mod server;
@@ -149,180 +148,58 @@ struct Outcome<'a> {
     hsts: Option<Option<HeaderValue>>,
 }
 
-/// Routes one request: checks its host and target, answers the gateway's
-/// own endpoints, applies the route's access rules and auth gate, then
-/// answers or forwards. A plain `fn` for the reason given at [`handle`].
+/// Routes one request through the pipeline's steps: [`normalise`] the
+/// target, find the [`request_host`], [`select`] what answers it (an ACME
+/// challenge, one of the gateway's own endpoints, or a route), apply the
+/// route's address rules ([`client_of`]), pass the auth gate, then answer or
+/// [`prepare_forward`] and forward. A plain `fn` for the reason given at
+/// [`handle`]; the steps that do not wait are plain functions, so their
+/// locals (the host buffer among them) are never part of this future.
 #[allow(clippy::manual_async_fn)]
 fn route_request<'a>(
     shared: &Shared,
     snap: &'a Snapshot,
     conn: &ConnInfo,
-    mut req: Request<crate::http::body::Body>,
+    mut req: Request<Body>,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'a>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send {
     async move {
-        // Content-Length together with Transfer-Encoding never gets here:
-        // hyper's parser lets chunked win, drops Content-Length and closes the
-        // connection after the response, so nothing can be smuggled behind it
-        // (RFC 9112 6.3). What remains ambiguous for a backend is refused here.
-        if headers::is_upgrade_request(req.headers()) && has_body(&req) {
-            return Err(ProxyError::BadRequest(
-                "An upgrade request may not have a body.",
-            ));
-        }
-
-        // One normalised path for routing, auth and the backend.
-        if let std::borrow::Cow::Owned(p) = normalize::normalize_path(req.uri().path())
-            .map_err(|e| ProxyError::BadRequest(e.reason()))?
-        {
-            let uri = with_path(req.uri(), &p)?;
-            *req.uri_mut() = uri;
-        }
-
-        // The host: `:authority` (HTTP/2, absolute-form) or the Host header;
-        // if both are present they must agree.
-        let mut host_headers = req.headers().get_all(header::HOST).iter();
-        let first_host = host_headers.next();
-        if host_headers.next().is_some() {
-            return Err(ProxyError::BadRequest(
-                "The request has more than one Host header.",
-            ));
-        }
-        let header_host = match first_host {
-            Some(h) => Some(
-                h.to_str()
-                    .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
-            ),
-            None => None,
-        };
-        let uri_host = req.uri().authority().map(|a| a.as_str());
-        let raw_host = match (uri_host, header_host) {
-            (Some(u), Some(h)) if !same_host(u, h) => {
-                return Err(ProxyError::BadRequest(
-                    "The request names two different hosts.",
-                ));
-            }
-            (Some(u), _) => u,
-            (None, Some(h)) => h,
-            (None, None) => return Err(ProxyError::BadRequest("The request has no Host header.")),
-        };
-        // The normalised host lives in a buffer on the stack: scoped so that
-        // it is not part of the future while the request is forwarded.
-        let (route, https_redirect) = {
-            let mut buf = [0u8; HOST_BUF_LEN];
-            let host = normalize_host(raw_host, &mut buf)
-                .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
-
-            let path = req.uri().path();
-            if let Some(sni) = conn.sni.as_deref()
-                && host != sni
-            {
-                // HTTP/2 clients may reuse a connection for another name the same
-                // certificate covers; anything else was meant for another site.
-                let same_cert = match (shared.certs.resolve(sni), shared.certs.resolve(host)) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(&a.key, &b.key),
-                    _ => false,
-                };
-                if !same_cert {
-                    return Err(ProxyError::Misdirected);
-                }
-            }
-            if !conn.scheme.is_https()
-                && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
-            {
-                return Ok(answers::acme_challenge(shared, token));
-            }
-            if routing_prefix_is_reserved(path) {
-                // issue 4: the gateway's own endpoints (callback, logout, forward-auth).
+        normalise(&mut req)?;
+        let (raw_host, first_host) = request_host(&req)?;
+        let (route, https_redirect) = match select(shared, snap, conn, &req, raw_host)? {
+            Selected::Answer(r) => return Ok(r),
+            Selected::Endpoint => {
                 let raw_host = raw_host.to_string();
-                let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
-                // The session cookie is Secure: a logout over plain HTTP would not
-                // carry it, so send it to HTTPS first (other endpoints, such as
-                // forward-auth from a proxy on the internal network, stay as they are).
-                if !conn.scheme.is_https() && endpoint == "/logout" {
-                    let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
-                    if port != 0 {
-                        return Ok(answers::https_redirect(host, port, req.uri()));
-                    }
-                }
-                let counter = match endpoint {
-                    "/callback" => Some(true),
-                    "/logout" => Some(false),
-                    _ => None,
-                };
-                // Boxed: the login callback's state (code exchange, token checks)
-                // is several KiB that every proxied request would otherwise carry.
-                let r = Box::pin(crate::auth::endpoint(
+                // Boxed: the login callback's state (code exchange, token
+                // checks) is several KiB that every proxied request would
+                // otherwise carry.
+                return Box::pin(reserved_endpoint(
                     shared, snap, conn, req, &raw_host, request_id,
                 ))
                 .await;
-                let a = &shared.metrics.auth;
-                match (counter, &r) {
-                    // A callback that ends in a redirect with a new session is a login.
-                    (Some(true), Ok(resp))
-                        if resp.status().is_redirection()
-                            && resp.headers().contains_key(header::SET_COOKIE) =>
-                    {
-                        a.login_ok.fetch_add(1, Relaxed)
-                    }
-                    (Some(true), _) => a.login_failed.fetch_add(1, Relaxed),
-                    // A cross-site logout answered with a confirm page ended nothing.
-                    (Some(false), Ok(resp)) if resp.status().is_redirection() => {
-                        a.logout.fetch_add(1, Relaxed)
-                    }
-                    _ => 0,
-                };
-                return r;
             }
-
-            let route = find_route(snap, host, path)?;
-            outcome.route = Some(route);
-            outcome.hsts = Some(route.config.hsts.clone());
-
-            // Made here (the host is in `buf`), sent only after the
-            // address rules below: a denied client gets 403, not a redirect.
-            let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
-            let redirect = (!conn.scheme.is_https() && route.config.https_redirect && port != 0)
-                .then(|| answers::https_redirect(host, port, req.uri()));
-            (route, redirect)
+            Selected::Route(route, redirect) => (route, redirect),
         };
-
-        let peer = crate::state::canonical_ip(conn.peer.ip());
-        let peer_trusted = snap.is_trusted_proxy(peer);
-        let client_ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
-        outcome.client_ip = Some(client_ip);
-        if !route.config.limits.allows(client_ip) {
+        outcome.route = Some(route);
+        outcome.hsts = Some(route.config.hsts.clone());
+        let client = client_of(snap, conn, &req);
+        outcome.client_ip = Some(client.ip);
+        if !route.config.limits.allows(client.ip) {
             return Err(ProxyError::AddressDenied);
         }
         if let Some(r) = https_redirect {
             return Ok(r);
         }
 
-        // issue 4: the auth gate (public routes pass at once).
-        let who =
-            match crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await {
-                Ok(who) => {
-                    if let Some(crate::auth::Who::Bearer(_)) = &who {
-                        shared.metrics.auth.bearer_ok.fetch_add(1, Relaxed);
-                    }
-                    who
-                }
-                Err(stop) => {
-                    let a = &shared.metrics.auth;
-                    match &stop {
-                        crate::auth::Stop::Error(ProxyError::InvalidToken) => {
-                            a.bearer_rejected.fetch_add(1, Relaxed);
-                        }
-                        crate::auth::Stop::Respond(_, Some(ProxyError::Forbidden))
-                        | crate::auth::Stop::Error(ProxyError::Forbidden) => {
-                            a.denied.fetch_add(1, Relaxed);
-                        }
-                        _ => {}
-                    }
-                    return stop.into_result(&mut outcome.error);
-                }
-            };
+        // The auth gate (public routes pass at once).
+        let checked =
+            crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await;
+        count_gate(&shared.metrics.auth, &checked);
+        let who = match checked {
+            Ok(who) => who,
+            Err(stop) => return stop.into_result(&mut outcome.error),
+        };
         if let Some(w) = &who
             && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
         {
@@ -333,45 +210,12 @@ fn route_request<'a>(
             Action::Respond(r) => Ok(answers::respond(r)),
             Action::Redirect(r) => Ok(answers::redirect(r, req.uri())),
             Action::Upstream(_) => {
-                // The Host as sent, reused (not copied) for X-Forwarded-Host and
-                // a preserved Host upstream.
                 let host_value = match first_host {
                     Some(v) => v.clone(),
                     None => HeaderValue::from_str(raw_host)
                         .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
                 };
-                // Hop-by-hop headers go first, so a client's `Connection`
-                // header can name only its own headers away, never the ones
-                // we add below (X-Forwarded-*, X-Real-IP, X-Request-Id).
-                let upgrade = headers::is_upgrade_request(req.headers())
-                    && req.version() == http::Version::HTTP_11;
-                let h = req.headers_mut();
-                headers::remove_hop_by_hop(h, upgrade);
-                headers::strip_spoofable(h, peer_trusted);
-                // HTTP/2 cookie crumbs become one line for the HTTP/1.1 hop.
-                headers::join_cookies(h);
-                // issue 4: our cookies never reach a backend; then who the user is.
-                crate::auth::strip_session_cookie(h);
-
-                // From a trusted proxy, its forwarding headers are merged
-                // with ours in the map; otherwise ours are written as lines.
-                let forwarded = if peer_trusted {
-                    let origin = headers::Origin {
-                        peer,
-                        peer_value: &conn.peer_value,
-                        peer_trusted,
-                        scheme: conn.scheme,
-                        host: &host_value,
-                    };
-                    headers::set_forwarded(h, &origin, client_ip);
-                    None
-                } else {
-                    Some(forward::Forwarded {
-                        peer: &conn.peer_value,
-                        scheme: conn.scheme,
-                    })
-                };
-
+                let (upgrade, forwarded) = prepare_forward(conn, &mut req, &client, &host_value);
                 let fwd = Forward {
                     route,
                     server: &snap.server,
@@ -385,32 +229,289 @@ fn route_request<'a>(
                 };
                 let (result, used) = forward::forward(fwd, &mut req).await;
                 outcome.upstream_index = used;
-                if let Err(e) = &result
-                    && e.side() == crate::http::error::Side::Upstream
-                {
-                    tracing::warn!(
-                        route = %route.config.name,
-                        upstream = used.map_or("(none usable)", |i| route.config.upstreams()[i]
-                            .url
-                            .as_str()),
-                        request_id = request_id.to_str().unwrap_or(""),
-                        error = e.kind(),
-                        "upstream request failed"
-                    );
-                }
+                log_upstream_failure(route, used, request_id, &result);
                 result
             }
         };
-        // A signed-in user's pages are theirs alone: without a
-        // Cache-Control of the backend's own, shared caches must not keep them.
-        if who.is_some()
-            && let Ok(r) = &mut result
-            && !r.headers().contains_key(header::CACHE_CONTROL)
-        {
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        if who.is_some() {
+            private_to_user(&mut result);
         }
         result
+    }
+}
+
+/// Refuses targets a backend could read two ways, and normalises the path
+/// once, so routing, the auth gate and the backend all see the same one.
+/// (Content-Length together with Transfer-Encoding never gets here: the
+/// HTTP/1 codec reads such a request as chunked, drops the length and
+/// closes the connection after the response, RFC 9112 6.3; HTTP/2 has no
+/// such framing.)
+fn normalise(req: &mut Request<Body>) -> Result<(), ProxyError> {
+    if headers::is_upgrade_request(req.headers()) && has_body(req) {
+        return Err(ProxyError::BadRequest(
+            "An upgrade request may not have a body.",
+        ));
+    }
+    if let std::borrow::Cow::Owned(p) = crate::http::normalize::normalize_path(req.uri().path())
+        .map_err(|e| ProxyError::BadRequest(e.reason()))?
+    {
+        let uri = with_path(req.uri(), &p)?;
+        *req.uri_mut() = uri;
+    }
+    Ok(())
+}
+
+/// The host as the client sent it: `:authority` (HTTP/2, absolute-form)
+/// or the one Host header; if both are present they must agree. Also the
+/// Host header itself, reused as a header value when forwarding.
+fn request_host(req: &Request<Body>) -> Result<(&str, Option<&HeaderValue>), ProxyError> {
+    let mut host_headers = req.headers().get_all(header::HOST).iter();
+    let first_host = host_headers.next();
+    if host_headers.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "The request has more than one Host header.",
+        ));
+    }
+    let header_host = match first_host {
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
+        ),
+        None => None,
+    };
+    let uri_host = req.uri().authority().map(|a| a.as_str());
+    let raw_host = match (uri_host, header_host) {
+        (Some(u), Some(h)) if !same_host(u, h) => {
+            return Err(ProxyError::BadRequest(
+                "The request names two different hosts.",
+            ));
+        }
+        (Some(u), _) => u,
+        (None, Some(h)) => h,
+        (None, None) => return Err(ProxyError::BadRequest("The request has no Host header.")),
+    };
+    Ok((raw_host, first_host))
+}
+
+/// What answers a request, once its host is known.
+enum Selected<'a> {
+    /// Answered here: an ACME HTTP-01 challenge, or a logout over plain
+    /// HTTP sent to HTTPS.
+    Answer(Response<Body>),
+    /// One of the gateway's own endpoints under [`RESERVED_PREFIX`].
+    Endpoint,
+    /// A route, and the redirect to HTTPS to send once its address rules
+    /// have passed (a denied client gets 403, not a redirect).
+    Route(&'a crate::state::Route, Option<Response<Body>>),
+}
+
+/// Checks the host against the TLS name, then picks what answers: an ACME
+/// challenge (plain HTTP), the reserved endpoints, or the route.
+fn select<'a>(
+    shared: &Shared,
+    snap: &'a Snapshot,
+    conn: &ConnInfo,
+    req: &Request<Body>,
+    raw_host: &str,
+) -> Result<Selected<'a>, ProxyError> {
+    let mut buf = [0u8; HOST_BUF_LEN];
+    let host = normalize_host(raw_host, &mut buf)
+        .ok_or(ProxyError::BadRequest("The Host header is not valid."))?;
+    let path = req.uri().path();
+    if let Some(sni) = conn.sni.as_deref()
+        && host != sni
+    {
+        // HTTP/2 clients may reuse a connection for another name the same
+        // certificate covers; anything else was meant for another site.
+        let same_cert = match (shared.certs.resolve(sni), shared.certs.resolve(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.key, &b.key),
+            _ => false,
+        };
+        if !same_cert {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    if !conn.scheme.is_https()
+        && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
+    {
+        return Ok(Selected::Answer(answers::acme_challenge(shared, token)));
+    }
+    let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
+    if routing_prefix_is_reserved(path) {
+        // The session cookie is Secure: a logout over plain HTTP would not
+        // carry it, so send it to HTTPS first (other endpoints, such as
+        // forward-auth from a proxy on the internal network, stay as they are).
+        let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
+        if !conn.scheme.is_https() && endpoint == "/logout" && port != 0 {
+            return Ok(Selected::Answer(answers::https_redirect(
+                host,
+                port,
+                req.uri(),
+            )));
+        }
+        return Ok(Selected::Endpoint);
+    }
+    let route = find_route(snap, host, path)?;
+    // Made here, where the host is in `buf`.
+    let redirect = (!conn.scheme.is_https() && route.config.https_redirect && port != 0)
+        .then(|| answers::https_redirect(host, port, req.uri()));
+    Ok(Selected::Route(route, redirect))
+}
+
+/// The gateway's own endpoints (sign-in callback, logout, back-channel
+/// logout, forward-auth), counted as logins and logouts.
+#[allow(clippy::manual_async_fn)]
+fn reserved_endpoint<'a>(
+    shared: &'a Shared,
+    snap: &'a Snapshot,
+    conn: &'a ConnInfo,
+    req: Request<Body>,
+    raw_host: &'a str,
+    request_id: &'a HeaderValue,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+    async move {
+        let counter = match req.uri().path().strip_prefix(RESERVED_PREFIX) {
+            Some("/callback") => Some(true),
+            Some("/logout") => Some(false),
+            _ => None,
+        };
+        let r = crate::auth::endpoint(shared, snap, conn, req, raw_host, request_id).await;
+        let a = &shared.metrics.auth;
+        match (counter, &r) {
+            // A callback that ends in a redirect with a new session is a login.
+            (Some(true), Ok(resp))
+                if resp.status().is_redirection()
+                    && resp.headers().contains_key(header::SET_COOKIE) =>
+            {
+                a.login_ok.fetch_add(1, Relaxed)
+            }
+            (Some(true), _) => a.login_failed.fetch_add(1, Relaxed),
+            // A cross-site logout answered with a confirm page ended nothing.
+            (Some(false), Ok(resp)) if resp.status().is_redirection() => {
+                a.logout.fetch_add(1, Relaxed)
+            }
+            _ => 0,
+        };
+        r
+    }
+}
+
+/// Who the client is, as far as the route's address rules go.
+struct Client {
+    /// The TCP peer (IPv4-mapped addresses as IPv4).
+    peer: std::net::IpAddr,
+    /// Is the peer a trusted proxy?
+    peer_trusted: bool,
+    /// The client's address: the peer, or from a trusted proxy's headers.
+    ip: std::net::IpAddr,
+}
+
+/// The client's address, for the route's `allow`/`deny` rules, the logs
+/// and the forwarding headers.
+fn client_of(snap: &Snapshot, conn: &ConnInfo, req: &Request<Body>) -> Client {
+    let peer = crate::http::conn::canonical_ip(conn.peer.ip());
+    let peer_trusted = snap.is_trusted_proxy(peer);
+    let ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
+    Client {
+        peer,
+        peer_trusted,
+        ip,
+    }
+}
+
+/// Counts the auth gate's verdict: bearer tokens taken or refused, users
+/// denied by a route's policy.
+fn count_gate(
+    a: &crate::telemetry::metrics::AuthMetrics,
+    checked: &Result<Option<crate::auth::Who>, crate::auth::Stop>,
+) {
+    match checked {
+        Ok(Some(crate::auth::Who::Bearer(_))) => {
+            a.bearer_ok.fetch_add(1, Relaxed);
+        }
+        Err(crate::auth::Stop::Error(ProxyError::InvalidToken)) => {
+            a.bearer_rejected.fetch_add(1, Relaxed);
+        }
+        Err(
+            crate::auth::Stop::Respond(_, Some(ProxyError::Forbidden))
+            | crate::auth::Stop::Error(ProxyError::Forbidden),
+        ) => {
+            a.denied.fetch_add(1, Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// Rewrites the request's headers for the backend. Hop-by-hop headers go
+/// first, so a client's `Connection` header can name only its own headers
+/// away, never the ones we add (X-Forwarded-*, X-Real-IP, X-Request-Id).
+/// Returns whether this is an upgrade, and the forwarding header lines to
+/// write (none when a trusted proxy's were merged into the map).
+fn prepare_forward<'c>(
+    conn: &'c ConnInfo,
+    req: &mut Request<Body>,
+    client: &Client,
+    host_value: &HeaderValue,
+) -> (bool, Option<forward::Forwarded<'c>>) {
+    let upgrade =
+        headers::is_upgrade_request(req.headers()) && req.version() == http::Version::HTTP_11;
+    let h = req.headers_mut();
+    headers::remove_hop_by_hop(h, upgrade);
+    headers::strip_spoofable(h, client.peer_trusted);
+    // HTTP/2 cookie crumbs become one line for the HTTP/1.1 hop.
+    headers::join_cookies(h);
+    // Our cookies never reach a backend; who the user is goes as
+    // identity header lines instead.
+    crate::auth::strip_session_cookie(h);
+    let forwarded = if client.peer_trusted {
+        let origin = headers::Origin {
+            peer: client.peer,
+            peer_value: &conn.peer_value,
+            peer_trusted: true,
+            scheme: conn.scheme,
+            host: host_value,
+        };
+        headers::set_forwarded(h, &origin, client.ip);
+        None
+    } else {
+        Some(forward::Forwarded {
+            peer: &conn.peer_value,
+            scheme: conn.scheme,
+        })
+    };
+    (upgrade, forwarded)
+}
+
+/// Logs a failure the backend is to blame for (never on the page).
+fn log_upstream_failure(
+    route: &crate::state::Route,
+    used: Option<usize>,
+    request_id: &HeaderValue,
+    result: &Result<Response<Body>, ProxyError>,
+) {
+    if let Err(e) = result
+        && e.side() == crate::http::error::Side::Upstream
+    {
+        tracing::warn!(
+            route = %route.config.name,
+            upstream = used.map_or("(none usable)", |i| route.config.upstreams()[i]
+                .url
+                .as_str()),
+            request_id = request_id.to_str().unwrap_or(""),
+            error = e.kind(),
+            "upstream request failed"
+        );
+    }
+}
+
+/// A signed-in user's pages are theirs alone: without a Cache-Control of
+/// the backend's own, shared caches must not keep them.
+fn private_to_user(result: &mut Result<Response<Body>, ProxyError>) {
+    if let Ok(r) = result
+        && !r.headers().contains_key(header::CACHE_CONTROL)
+    {
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
 }
 
@@ -442,7 +543,7 @@ fn same_host(a: &str, b: &str) -> bool {
 }
 
 /// True when the request announces a body.
-fn has_body(req: &Request<crate::http::body::Body>) -> bool {
+fn has_body(req: &Request<Body>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
         || headers::content_length(req.headers()).is_some_and(|n| n > 0)
 }
