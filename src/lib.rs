@@ -19,6 +19,7 @@ pub mod routing;
 pub mod state;
 pub mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -229,7 +230,7 @@ impl Gateway {
                 .spawn(move || worker.run())
                 .context("starting a worker thread")?;
         }
-        proxy::health::spawn_checks(&shared, &snap);
+        state::spawn_health_checks(&shared, &snap);
         shared.ready.store(true, Ordering::Release);
         tracing::info!(
             routes = snap.table.len(),

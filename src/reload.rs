@@ -162,7 +162,7 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
     let routes = snapshot.table.len();
     let snapshot = Arc::new(snapshot);
     shared.snapshot.store(snapshot.clone());
-    crate::proxy::health::spawn_checks(shared, &snapshot);
+    crate::state::spawn_health_checks(shared, &snapshot);
     shared.metrics.reload_succeeded(routes);
     tracing::info!(generation, routes, "config reloaded: {summary}");
     ReloadOutcome::Reloaded {

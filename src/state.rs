@@ -9,9 +9,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU16};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -19,38 +18,12 @@ use tokio::sync::watch;
 use crate::acme::AcmePlan;
 
 use crate::config::{Config, RouteConfig, ServerConfig};
-use crate::proxy::forward::UpstreamClient;
 use crate::proxy::request_id::RequestIds;
 use crate::routing::RouteTable;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::tls::CertStore;
-
-/// Milliseconds on a monotonic clock, for ejection deadlines.
-pub fn mono_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Health of one upstream of a route: passive (consecutive failures eject
-/// it for a while) and active (a failing health check marks it down).
-#[derive(Debug, Default)]
-pub struct UpstreamHealth {
-    failures: AtomicU32,
-    ejected_until_ms: AtomicU64,
-    down: AtomicBool,
-}
-
-impl UpstreamHealth {
-    /// `now_ms` is read on first need: only an upstream that was ejected
-    /// at some point needs the clock, so the usual pick reads none.
-    fn usable(&self, now_ms: &mut Option<u64>) -> bool {
-        if self.down.load(Ordering::Relaxed) {
-            return false;
-        }
-        let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until == 0 || until <= *now_ms.get_or_insert_with(mono_ms)
-    }
-}
+use crate::upstream::balance::Balancer;
+use crate::upstream::health::{self, HealthClient};
 
 /// One route as the request path uses it.
 #[derive(Debug)]
@@ -58,19 +31,13 @@ pub struct Route {
     pub config: RouteConfig,
     /// This route's counters, looked up once when the snapshot is built.
     pub metrics: Arc<RouteMetrics>,
-    next_upstream: AtomicUsize,
-    /// Parallel to the upstream list.
-    health: Vec<UpstreamHealth>,
+    /// Which upstream gets the next request.
+    balancer: Balancer,
     /// The route's name and its upstreams' URLs as shared strings, made
     /// once here: an access-log record takes a reference count, not a copy.
     pub log_name: Arc<str>,
     pub log_upstreams: Vec<Arc<str>>,
-    /// When panic mode was last logged ([`mono_ms`]; 0 = never).
-    panic_logged_ms: AtomicU64,
 }
-
-/// Panic mode is logged at most this often per route.
-const PANIC_LOG_EVERY_MS: u64 = 10_000;
 
 impl Route {
     pub fn new(config: RouteConfig, metrics: Arc<RouteMetrics>) -> Self {
@@ -84,100 +51,28 @@ impl Route {
                 .collect(),
             config,
             metrics,
-            next_upstream: AtomicUsize::new(0),
-            health: (0..n).map(|_| UpstreamHealth::default()).collect(),
-            panic_logged_ms: AtomicU64::new(0),
+            balancer: Balancer::new(n),
         }
     }
 
-    /// Round robin over the route's upstreams, skipping those in `tried`.
-    /// Usable ones (neither ejected nor failing their health check) come
-    /// first. When none is usable the route does not go dark ("panic
-    /// mode", as Envoy calls it; nginx never ejects a sole server): the
-    /// pick is among those that pass their health check, ignoring
-    /// ejection, and failing that among all of them. Passive ejection
-    /// alone can be caused by a few requests that time out, so it must
-    /// not be able to take a whole route down; an upstream failing its
-    /// health check stays out as long as any other passes. `None` only
-    /// when every upstream has been tried (or there are none).
+    /// The next upstream to try, skipping those in `tried` (see
+    /// [`Balancer::pick`]).
+    #[inline]
     pub fn pick_upstream(&self, tried: &[usize]) -> Option<usize> {
-        let n = self.health.len();
-        if n == 0 {
-            return None;
-        }
-        let mut now = None;
-        let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
-        let mut order = (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|i| !tried.contains(i));
-        if let Some(i) = order.clone().find(|&i| self.health[i].usable(&mut now)) {
-            return Some(i);
-        }
-        let i = order
-            .clone()
-            .find(|&i| !self.health[i].down.load(Ordering::Relaxed))
-            .or_else(|| order.next())?;
-        self.panicked();
-        Some(i)
+        self.balancer.pick(tried, &self.config, &self.metrics)
     }
 
-    /// Counts a pick made with no usable upstream, and says so in the log
-    /// at most every [`PANIC_LOG_EVERY_MS`] per route (not per request).
-    fn panicked(&self) {
-        self.metrics.upstream_panic();
-        let now = mono_ms();
-        let last = self.panic_logged_ms.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= PANIC_LOG_EVERY_MS)
-            && self
-                .panic_logged_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                route = %self.config.name,
-                upstreams = self.health.len(),
-                "every upstream of the route is ejected or failing its health check; \
-                 sending requests to them anyway (panic mode)"
-            );
-        }
-    }
-
-    /// Records the outcome of a request to upstream `i`. After
-    /// `eject_after` consecutive failures it is skipped for `eject_for`.
+    /// Records the outcome of a request to upstream `i` (see
+    /// [`Balancer::report`]).
+    #[inline]
     pub fn report(&self, i: usize, ok: bool, eject_after: u32, eject_for: std::time::Duration) {
-        let Some(h) = self.health.get(i) else { return };
-        if ok {
-            if h.failures.load(Ordering::Relaxed) != 0 {
-                h.failures.store(0, Ordering::Relaxed);
-            }
-            return;
-        }
-        let f = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if eject_after > 0 && f >= eject_after {
-            h.failures.store(0, Ordering::Relaxed);
-            h.ejected_until_ms
-                .store(mono_ms() + eject_for.as_millis() as u64, Ordering::Relaxed);
-            tracing::warn!(
-                route = %self.config.name,
-                upstream = %self.config.upstreams()[i].url,
-                failures = f,
-                eject_ms = eject_for.as_millis() as u64,
-                "upstream ejected after consecutive failures"
-            );
-        }
+        self.balancer
+            .report(i, ok, eject_after, eject_for, &self.config);
     }
 
-    /// Active health check result for upstream `i`; logs transitions.
+    /// Active health check result for upstream `i`.
     pub fn set_down(&self, i: usize, down: bool) {
-        let Some(h) = self.health.get(i) else { return };
-        if h.down.swap(down, Ordering::Relaxed) != down {
-            let upstream = &self.config.upstreams()[i].url;
-            if down {
-                tracing::warn!(route = %self.config.name, %upstream, "upstream failed its health check; taken out of rotation");
-            } else {
-                tracing::info!(route = %self.config.name, %upstream, "upstream healthy again");
-            }
-        }
+        self.balancer.set_down(i, down, &self.config);
     }
 }
 
@@ -238,7 +133,8 @@ pub use crate::http::conn::canonical_ip;
 /// Process-wide state shared by every connection.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub client: UpstreamClient,
+    /// The client active health checks use.
+    pub health_client: HealthClient,
     pub request_ids: RequestIds,
     /// Set once the listeners are up and the first snapshot is published.
     pub ready: AtomicBool,
@@ -267,7 +163,7 @@ impl Shared {
         auth: Arc<crate::auth::AuthShared>,
         auth_snapshot: Arc<crate::auth::AuthSnapshot>,
     ) -> Arc<Shared> {
-        let client = UpstreamClient::new(&config.server);
+        let health_client = HealthClient::new(&config.server);
         let config_path = config.source.clone();
         let certs = Arc::new(CertStore::new());
         let plan = publish_certificates(&config, &certs);
@@ -278,7 +174,7 @@ impl Shared {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
-            client,
+            health_client,
             request_ids: RequestIds::new(),
             ready: AtomicBool::new(false),
             config_path,
@@ -308,4 +204,40 @@ fn publish_certificates(config: &Config, certs: &CertStore) -> Option<Arc<AcmePl
     let plan = AcmePlan::from_config(config)?;
     crate::acme::load_stored(&plan, certs);
     Some(Arc::new(plan))
+}
+
+/// Starts the active health checks of `snap`'s routes: a task per route
+/// with `health_check`, probing each upstream every `interval` and taking
+/// failing ones out of rotation, until `snap` is no longer the live one.
+pub fn spawn_health_checks(shared: &Arc<Shared>, snap: &Arc<Snapshot>) {
+    for (idx, route) in snap.table.routes().iter().enumerate() {
+        let Some(check) = route.config.limits.health_check.clone() else {
+            continue;
+        };
+        if route.config.upstreams().is_empty() {
+            continue;
+        }
+        let shared = shared.clone();
+        let weak = Arc::downgrade(snap);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(check.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Stop once this snapshot is no longer the live one.
+                let Some(snap) = weak.upgrade() else { return };
+                if !Arc::ptr_eq(&snap, &shared.current()) {
+                    return;
+                }
+                let route = &snap.table.routes()[idx];
+                for (i, target) in route.config.upstreams().iter().enumerate() {
+                    if let Some(healthy) =
+                        health::probe(&shared.health_client, target, &check).await
+                    {
+                        route.set_down(i, !healthy);
+                    }
+                }
+            }
+        });
+    }
 }

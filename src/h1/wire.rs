@@ -71,6 +71,13 @@ pub fn one_length(headers: &mut HeaderMap) -> Result<Option<u64>, BadLength> {
     Ok(Some(n))
 }
 
+/// The message's declared body length (`Content-Length`), if valid, read
+/// by the same rules as the HTTP/1 parsers (digits, or a list of equal
+/// values).
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    parse_length(h.get(header::CONTENT_LENGTH)?.as_bytes())
+}
+
 /// A `Content-Length` value: digits only, or a list of identical values.
 pub fn parse_length(v: &[u8]) -> Option<u64> {
     let mut out = None;

@@ -2,62 +2,23 @@
 //! relaying protocol upgrades (WebSocket) once the backend has agreed with
 //! a 101.
 //!
-//! Requests go over per-thread pooled upstream connections
-//! ([`super::pool`]); health checks use the shared hyper-util client
-//! ([`UpstreamClient`]).
+//! Requests go over per-thread pooled upstream connections on our HTTP/1
+//! codec ([`crate::upstream::pool`]).
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use super::headers;
-use super::pool;
-use super::upstream::{self as pool_conn, Outgoing};
 use crate::config::{ServerConfig, UpstreamTarget};
 use crate::http::body::{Body, Limited, TripWire, Tripped};
 use crate::http::error::ProxyError;
 use crate::state::Route;
-
-/// The pooled HTTP/1.1 client to every upstream. One per process: it
-/// survives reloads so keep-alive connections do too.
-pub struct UpstreamClient {
-    client: Client<HttpConnector, Body>,
-}
-
-impl UpstreamClient {
-    pub fn new(server: &ServerConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(server.upstream_connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(server.upstream_idle_timeout)
-            .pool_max_idle_per_host(256)
-            // We set Host ourselves (preserve_host decides which).
-            .set_host(false)
-            .build(connector);
-        UpstreamClient { client }
-    }
-
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-        timeout: Duration,
-    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
-        }
-    }
-}
+use crate::upstream::conn::{self as pool_conn, Outgoing};
+use crate::upstream::pool;
 
 /// Waits for response headers: `timeout` from the end of the upload
 /// (`wire` tells when the body is done; `None` for bodiless requests).
@@ -80,30 +41,6 @@ async fn await_response<T>(
                 deadline = tokio::time::Instant::now() + timeout;
             }
         }
-    }
-}
-
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let timed_out = {
-        let mut src = e.source();
-        let mut found = false;
-        while let Some(s) = src {
-            if let Some(io) = s.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::TimedOut
-            {
-                found = true;
-                break;
-            }
-            src = s.source();
-        }
-        found
-    };
-    if timed_out {
-        ProxyError::UpstreamTimeout
-    } else if e.is_connect() {
-        ProxyError::UpstreamUnavailable
-    } else {
-        ProxyError::UpstreamBroken
     }
 }
 

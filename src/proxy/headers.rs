@@ -86,12 +86,7 @@ pub fn is_forwarding_header(name: &str) -> bool {
             .any(|e| normalized_eq(n, e.as_bytes()))
 }
 
-/// The message's declared body length (`Content-Length`), if valid, read
-/// by the same rules as the HTTP/1 parsers (digits, or a list of equal
-/// values).
-pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    crate::proxy::wire::parse_length(h.get(header::CONTENT_LENGTH)?.as_bytes())
-}
+pub use crate::h1::wire::content_length;
 
 /// Removes hop-by-hop headers, including every header named in
 /// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`

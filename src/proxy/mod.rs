@@ -6,11 +6,8 @@ pub(crate) mod access;
 mod answers;
 pub(crate) mod forward;
 pub mod headers;
-pub(crate) mod health;
-pub(crate) mod pool;
 pub mod request_id;
 pub(crate) mod server;
-pub(crate) mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;

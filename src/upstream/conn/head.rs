@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use super::{Failure, Framing, Head, MAX_HEAD, MAX_HEADERS};
-use crate::proxy::wire::{BadLength, FramingHeaders};
+use crate::h1::wire::{BadLength, FramingHeaders};
 
 /// Parses one response head from the front of `buf` and consumes it;
 /// `None` when more bytes are needed. The headers go into `spare`'s room

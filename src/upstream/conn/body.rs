@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 
 use super::{BODY_READ, Conn, Framing, MAX_HEAD};
 use crate::config::PoolKey;
+use crate::h1::wire::{Dechunker, Step, take};
 use crate::http::body::{Body, BoxError};
-use crate::proxy::wire::{Dechunker, Step, take};
 
 /// Where a response body is.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl UpstreamBody {
         let reading = match framing {
             Framing::None | Framing::Length(0) => {
                 if reusable && conn.buf.is_empty() {
-                    crate::proxy::pool::release(key, conn, max_idle);
+                    crate::upstream::pool::release(key, conn, max_idle);
                 }
                 return Body::Empty;
             }
@@ -82,7 +82,7 @@ impl UpstreamBody {
             && self.reusable
             && conn.buf.is_empty()
         {
-            crate::proxy::pool::release(&self.key, conn, self.max_idle);
+            crate::upstream::pool::release(&self.key, conn, self.max_idle);
         }
     }
 

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-use super::wire::encode_chunk;
+use crate::h1::wire::encode_chunk;
 use crate::http::body::Body;
 
 mod body;
@@ -109,7 +109,7 @@ pub enum Upload {
 /// Decides the request body's framing and makes the headers say so:
 /// `has_body` is false when the request is known to carry nothing.
 pub fn upload_framing(method: &Method, headers: &mut HeaderMap, has_body: bool) -> Upload {
-    let declared = super::headers::content_length(headers);
+    let declared = crate::h1::wire::content_length(headers);
     if !has_body {
         // A body-carrying method without one still says so (as hyper and
         // nginx do); a stale non-zero length would make the backend wait.

@@ -18,7 +18,7 @@
 //! connection; idempotent methods only, unless the head could not even be
 //! written.
 //!
-//! [`UpstreamBody`]: super::upstream::UpstreamBody
+//! [`UpstreamBody`]: super::conn::UpstreamBody
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use http::Response;
 use tokio::net::TcpStream;
 
-use super::upstream::{self, Conn, Failure, Outgoing, UpstreamBody};
+use super::conn::{self as upstream, Conn, Failure, Outgoing, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 use crate::http::body::Body;
 use crate::http::error::ProxyError;
