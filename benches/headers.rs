@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering;
 use criterion::{BatchSize, Criterion, criterion_group};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use portcullis::http::request_id::{REQUEST_ID, RequestIds, request_id};
 use portcullis::proxy::headers::{
     Origin, client_ip, is_upgrade_request, remove_hop_by_hop, set_forwarded, strip_spoofable,
 };
-use portcullis::proxy::request_id::{REQUEST_ID, RequestIds, request_id};
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;

@@ -24,7 +24,7 @@ use criterion::{BatchSize, Criterion, SamplingMode, criterion_group};
 use portcullis::config::{self, parse_host_pattern};
 use portcullis::http::normalize::normalize_path;
 use portcullis::routing::{HOST_BUF_LEN, RouteTable, normalize_host};
-use portcullis::state::Snapshot;
+use portcullis::snapshot::Snapshot;
 use portcullis::telemetry::metrics::Metrics;
 
 #[path = "common/counting_alloc.rs"]

@@ -16,7 +16,7 @@ pub(crate) mod pki;
 pub mod proxy;
 pub(crate) mod reload;
 pub mod routing;
-pub mod state;
+pub mod snapshot;
 pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
@@ -33,7 +33,7 @@ pub use config::Config;
 pub use reload::{ReloadHandle, ReloadOutcome};
 
 use proxy::server::{self, Drain};
-use state::Shared;
+use snapshot::Shared;
 
 /// Installs ring as the process's one rustls crypto provider. Safe to call
 /// more than once.
@@ -98,14 +98,22 @@ impl Gateway {
         let auth_snapshot = auth
             .prepare(&config)
             .map_err(|e| anyhow::anyhow!("single sign-on: {e}"))?;
-        let shared = Shared::with_auth(config, auth.clone(), auth_snapshot.clone());
+        // The same steps as a reload (see `reload`): certificates, then
+        // the snapshot, then ACME is asked for what is missing.
+        let certs = Arc::new(tls::CertStore::new());
+        let plan = reload::install_certificates(&config, &certs);
+        let metrics = Arc::new(telemetry::metrics::Metrics::new());
+        let config_path = config.source.clone();
+        let first = snapshot::assemble(config, None, &metrics, auth_snapshot.clone());
+        let shared = Shared::new(first, config_path, certs, metrics, auth.clone());
         auth::spawn_background(&auth, &auth_snapshot);
-        let reload = reload::spawn(shared.clone());
+        let acme_plans = tokio::sync::watch::channel(plan).0;
         acme::spawn(
             shared.certs.clone(),
             shared.metrics.clone(),
-            shared.acme_plans.subscribe(),
+            acme_plans.subscribe(),
         );
+        let reload = reload::spawn(shared.clone(), acme_plans);
         Ok(Gateway {
             shared,
             listeners,
@@ -230,7 +238,7 @@ impl Gateway {
                 .spawn(move || worker.run())
                 .context("starting a worker thread")?;
         }
-        state::spawn_health_checks(&shared, &snap);
+        snapshot::spawn_health_checks(&shared, &snap);
         shared.ready.store(true, Ordering::Release);
         tracing::info!(
             routes = snap.table.len(),

@@ -7,10 +7,12 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{self, ConfigError};
-use crate::state::{Shared, Snapshot};
+use crate::acme::AcmePlan;
+use crate::config::{self, Config, ConfigError};
+use crate::snapshot::Shared;
+use crate::tls::CertStore;
 
 /// The result of one reload, as reported to the admin API and the log.
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +77,10 @@ impl ReloadHandle {
 }
 
 /// Starts the reload task; it ends when every handle is dropped.
-pub fn spawn(shared: Arc<Shared>) -> ReloadHandle {
+pub fn spawn(
+    shared: Arc<Shared>,
+    acme_plans: watch::Sender<Option<Arc<AcmePlan>>>,
+) -> ReloadHandle {
     let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -83,7 +88,7 @@ pub fn spawn(shared: Arc<Shared>) -> ReloadHandle {
             while let Ok(w) = rx.try_recv() {
                 waiters.push(w);
             }
-            let outcome = reload_once(&shared).await;
+            let outcome = reload_once(&shared, &acme_plans).await;
             for w in waiters.into_iter().flatten() {
                 let _ = w.send(outcome.clone());
             }
@@ -92,7 +97,21 @@ pub fn spawn(shared: Arc<Shared>) -> ReloadHandle {
     ReloadHandle { tx }
 }
 
-async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
+/// Installs `config`'s certificates in the store (configured ones, and the
+/// stored ACME ones of its hosts) before its routes go live; returns its
+/// ACME plan, for the ACME task once they are live. Start-up uses it too.
+pub fn install_certificates(config: &Config, certs: &CertStore) -> Option<Arc<AcmePlan>> {
+    certs.set_configured(&config.certificates);
+    crate::acme::prepare(config, certs)
+}
+
+/// Loads the config file, and if it is valid: identity providers,
+/// certificates, the new snapshot (built off the runtime), publish, then
+/// ACME for the new hosts.
+async fn reload_once(
+    shared: &Arc<Shared>,
+    acme_plans: &watch::Sender<Option<Arc<AcmePlan>>>,
+) -> ReloadOutcome {
     let path = shared.config_path.clone();
     let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
     let config = match loaded {
@@ -144,12 +163,12 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
     };
     crate::auth::rediscover(&auth).await;
     crate::auth::spawn_background(&shared.auth, &auth);
-    shared.update_certificates(&config);
-    let generation = old.generation + 1;
+    let plan = install_certificates(&config, &shared.certs);
     // Build off the hot path (spawn_blocking: a 10,000-route table is a few ms).
     let metrics = shared.metrics.clone();
+    let previous = old.clone();
     let built = tokio::task::spawn_blocking(move || {
-        Snapshot::build_with_auth(config, generation, &metrics, auth)
+        crate::snapshot::assemble(config, Some(&previous), &metrics, auth)
     })
     .await;
     let snapshot = match built {
@@ -159,11 +178,9 @@ async fn reload_once(shared: &Arc<Shared>) -> ReloadOutcome {
             return ReloadOutcome::Rejected { errors: vec![] };
         }
     };
-    let routes = snapshot.table.len();
-    let snapshot = Arc::new(snapshot);
-    shared.snapshot.store(snapshot.clone());
-    crate::state::spawn_health_checks(shared, &snapshot);
-    shared.metrics.reload_succeeded(routes);
+    let (generation, routes) = (snapshot.generation, snapshot.table.len());
+    shared.publish(snapshot);
+    acme_plans.send_replace(plan);
     tracing::info!(generation, routes, "config reloaded: {summary}");
     ReloadOutcome::Reloaded {
         generation,

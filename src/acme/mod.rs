@@ -76,6 +76,16 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// The ACME plan of `config`, with the stored, still-valid certificates of
+/// its hosts already in the store (so hosts going live have what exists);
+/// `None` without ACME. The caller hands the plan to the ACME task once the
+/// new snapshot is live, which then orders what is missing.
+pub fn prepare(config: &crate::config::Config, store: &CertStore) -> Option<Arc<AcmePlan>> {
+    let plan = AcmePlan::from_config(config)?;
+    load_stored(&plan, store);
+    Some(Arc::new(plan))
+}
+
 /// Puts stored, still-valid certificates for the plan's hosts into the store.
 pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
     let storage = Storage::new(&plan.state_dir, &plan.config.directory);

@@ -21,7 +21,7 @@ use crate::config::Action;
 use crate::http::body::Body;
 use crate::proxy::server::DrainState;
 use crate::reload::{ReloadHandle, ReloadOutcome};
-use crate::state::Shared;
+use crate::snapshot::Shared;
 use crate::telemetry::metrics::CertGauge;
 use crate::tls::store::Source;
 

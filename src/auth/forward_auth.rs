@@ -16,7 +16,7 @@ use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
 use crate::http::normalize::normalize_path;
-use crate::state::{Shared, Snapshot, canonical_ip};
+use crate::snapshot::{Shared, Snapshot, canonical_ip};
 
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");

@@ -16,7 +16,7 @@ use crate::config::{OidcPolicy, RouteAuth};
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::{self, ProxyError};
-use crate::state::{Route, Shared, Snapshot, canonical_ip};
+use crate::snapshot::{Route, Shared, Snapshot, canonical_ip};
 
 /// Who a request is from.
 pub enum Who {

@@ -35,7 +35,7 @@ use crate::config::{Config, OidcConfig, RouteAuth};
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
-use crate::state::{Route, Shared, Snapshot};
+use crate::snapshot::{Route, Shared, Snapshot};
 
 use self::flow::OUR_COOKIES;
 use self::provider::Provider;

@@ -11,6 +11,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod normalize;
+pub mod request_id;
 
 use std::fmt;
 

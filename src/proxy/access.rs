@@ -72,7 +72,7 @@ impl Record {
 
     /// Writes the line.
     pub fn emit(&self, bytes_out: Option<u64>) {
-        let peer_ip = crate::state::canonical_ip(self.conn.peer.ip());
+        let peer_ip = crate::snapshot::canonical_ip(self.conn.peer.ip());
         let client_ip = self.client_ip.unwrap_or(peer_ip);
         AccessLine {
             request_id: self.request_id.to_str().unwrap_or(""),

@@ -6,7 +6,7 @@ use http::header::{self, HeaderValue};
 
 use crate::config::{Redirect, Respond};
 use crate::http::body::Body;
-use crate::state::Shared;
+use crate::snapshot::Shared;
 
 /// Answers an ACME HTTP-01 validator with the key authorization.
 pub(super) fn acme_challenge(shared: &Shared, token: &str) -> Response<Body> {

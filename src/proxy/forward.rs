@@ -16,7 +16,7 @@ use super::headers;
 use crate::config::{ServerConfig, UpstreamTarget};
 use crate::http::body::{Body, Limited, TripWire, Tripped};
 use crate::http::error::ProxyError;
-use crate::state::Route;
+use crate::snapshot::Route;
 use crate::upstream::conn::{self as pool_conn, Outgoing};
 use crate::upstream::pool;
 

@@ -6,7 +6,6 @@ pub(crate) mod access;
 mod answers;
 pub(crate) mod forward;
 pub mod headers;
-pub mod request_id;
 pub(crate) mod server;
 
 use std::convert::Infallible;
@@ -18,6 +17,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 
 use self::forward::Forward;
+use crate::http::request_id;
 // The codec's wire helpers and upgrade hand-over, used by the forwarding
 // code below as `super::wire` / `super::h1`.
 use crate::config::Action;
@@ -26,7 +26,7 @@ use crate::http::body::Body;
 pub use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
 use crate::routing::{HOST_BUF_LEN, normalize_host};
-use crate::state::{Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::metrics::UpstreamFailure;
 
 /// The path prefix reserved on every host for the gateway's own endpoints.
@@ -134,7 +134,7 @@ fn upstream_failure(e: ProxyError) -> Option<UpstreamFailure> {
 /// snapshot, so filling it in allocates nothing.
 #[derive(Default)]
 struct Outcome<'a> {
-    route: Option<&'a crate::state::Route>,
+    route: Option<&'a crate::snapshot::Route>,
     /// Which of the route's upstreams answered or failed last.
     upstream_index: Option<usize>,
     /// The authenticated user's name, when a session or token identified one.
@@ -299,7 +299,7 @@ enum Selected<'a> {
     Endpoint,
     /// A route, and the redirect to HTTPS to send once its address rules
     /// have passed (a denied client gets 403, not a redirect).
-    Route(&'a crate::state::Route, Option<Response<Body>>),
+    Route(&'a crate::snapshot::Route, Option<Response<Body>>),
 }
 
 /// Checks the host against the TLS name, then picks what answers: an ACME
@@ -481,7 +481,7 @@ fn prepare_forward<'c>(
 
 /// Logs a failure the backend is to blame for (never on the page).
 fn log_upstream_failure(
-    route: &crate::state::Route,
+    route: &crate::snapshot::Route,
     used: Option<usize>,
     request_id: &HeaderValue,
     result: &Result<Response<Body>, ProxyError>,
@@ -521,7 +521,7 @@ pub fn find_route<'s>(
     snap: &'s Snapshot,
     host: &str,
     path: &str,
-) -> Result<&'s crate::state::Route, ProxyError> {
+) -> Result<&'s crate::snapshot::Route, ProxyError> {
     match snap.table.route(host, path) {
         Ok(Some(route)) => Ok(route),
         Ok(None) => Err(ProxyError::NoRoute),

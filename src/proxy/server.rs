@@ -20,7 +20,7 @@ use crate::config::ServerConfig;
 use crate::h1;
 use crate::http::Scheme;
 use crate::http::body::Body;
-use crate::state::Shared;
+use crate::snapshot::Shared;
 use crate::tls::{Handshake, TlsContext, handshake};
 
 /// The HTTP/1.x and HTTP/2 server settings shared by every public

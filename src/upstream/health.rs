@@ -1,7 +1,7 @@
 //! Active health checks of upstreams: [`probe`] GETs an upstream's check
 //! path (2xx and 3xx are healthy) with the process's [`HealthClient`].
 //! The tasks that run them every `interval` belong to a snapshot
-//! (`state::spawn_health_checks`) and end when a reload replaces it.
+//! (`snapshot::spawn_health_checks`) and end when a reload replaces it.
 
 use std::error::Error as _;
 use std::time::Duration;

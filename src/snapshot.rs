@@ -1,11 +1,11 @@
 //! What the request path reads: one immutable [`Snapshot`] of the routing
 //! state behind one `ArcSwap`, and the process-wide [`Shared`] parts that
-//! outlive reloads (upstream connection pool, request ids).
+//! outlive reloads (certificate store, sessions, counters, request ids).
 //!
-//! Background tasks (reload) build a whole new snapshot and publish it with
-//! one atomic store; requests load it once and keep it until they finish, so
-//! an in-flight request completes on the route it started on.
-
+//! Start-up and reload make a snapshot the same way ([`assemble`]);
+//! reload publishes it with one atomic store ([`Shared::publish`]).
+//! Requests load it once and keep it until they finish, so an in-flight
+//! request completes on the route it started on.
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU16};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
-
-use crate::acme::AcmePlan;
 
 use crate::config::{Config, RouteConfig, ServerConfig};
-use crate::proxy::request_id::RequestIds;
+use crate::http::request_id::RequestIds;
 use crate::routing::RouteTable;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::tls::CertStore;
@@ -84,19 +81,36 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub server: ServerConfig,
     pub table: RouteTable<Route>,
-    /// Identity providers of this config (issue 4).
+    /// Identity providers of this config.
     pub auth: Arc<crate::auth::AuthSnapshot>,
 }
 
+/// Builds the snapshot for `config`, at start-up (`previous` is `None`)
+/// and on reload (the live snapshot, whose generation this one follows):
+/// routes with their counters and upstream balancers, and the identity
+/// providers the gateway prepared (`AuthShared::prepare`, so discovery
+/// survives reloads). Nothing is published or started here; the caller
+/// installs certificates before and asks ACME for missing ones after
+/// [`Shared::publish`].
+pub fn assemble(
+    config: Config,
+    previous: Option<&Snapshot>,
+    metrics: &Metrics,
+    auth: Arc<crate::auth::AuthSnapshot>,
+) -> Snapshot {
+    let generation = previous.map_or(1, |p| p.generation + 1);
+    Snapshot::build_parts(config, generation, metrics, auth)
+}
+
 impl Snapshot {
+    /// A snapshot of `config` without a running gateway (identity
+    /// providers detached), for benchmarks and tests.
     pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Snapshot {
         let auth = Arc::new(crate::auth::AuthSnapshot::detached(&config.oidc));
-        Self::build_with_auth(config, generation, metrics, auth)
+        Self::build_parts(config, generation, metrics, auth)
     }
 
-    /// [`Snapshot::build`] with providers prepared by the running gateway
-    /// (`AuthShared::prepare`), so discovery survives reloads.
-    pub fn build_with_auth(
+    fn build_parts(
         config: Config,
         generation: u64,
         metrics: &Metrics,
@@ -144,66 +158,51 @@ pub struct Shared {
     pub certs: Arc<CertStore>,
     /// The https listener's port (0 = none), for redirects from http.
     pub https_port: AtomicU16,
-    /// What the ACME task should keep certificates for; reloads publish here.
-    pub acme_plans: watch::Sender<Option<Arc<AcmePlan>>>,
     pub metrics: Arc<Metrics>,
-    /// Sessions, sign-ins in progress, providers (issue 4).
+    /// Sessions, sign-ins in progress, identity providers.
     pub auth: Arc<crate::auth::AuthShared>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
-        let auth = Arc::new(crate::auth::AuthSnapshot::detached(&config.oidc));
-        Self::with_auth(config, crate::auth::AuthShared::new(), auth)
-    }
-
-    /// [`Shared::new`] with the auth state the gateway prepared.
-    pub fn with_auth(
-        config: Config,
+    /// The process-wide parts of a starting gateway, with its first
+    /// snapshot (from [`assemble`], counted in `metrics`); `certs` already
+    /// holds that snapshot's certificates. Its health checks start with
+    /// the listeners.
+    pub fn new(
+        first: Snapshot,
+        config_path: PathBuf,
+        certs: Arc<CertStore>,
+        metrics: Arc<Metrics>,
         auth: Arc<crate::auth::AuthShared>,
-        auth_snapshot: Arc<crate::auth::AuthSnapshot>,
     ) -> Arc<Shared> {
-        let health_client = HealthClient::new(&config.server);
-        let config_path = config.source.clone();
-        let certs = Arc::new(CertStore::new());
-        let plan = publish_certificates(&config, &certs);
-        let acme_plans = watch::channel(plan).0;
-        let metrics = Arc::new(Metrics::new());
-        let snapshot = Snapshot::build_with_auth(config, 1, &metrics, auth_snapshot);
-        metrics.reload_succeeded(snapshot.table.len());
+        metrics.reload_succeeded(first.table.len());
         Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            health_client: HealthClient::new(&first.server),
+            snapshot: ArcSwap::from_pointee(first),
             metrics,
-            health_client,
             request_ids: RequestIds::new(),
             ready: AtomicBool::new(false),
             config_path,
             certs,
             https_port: AtomicU16::new(0),
-            acme_plans,
             auth,
         })
     }
 
-    /// Publishes a new config's certificates and ACME plan (before its
-    /// routes go live, so new hosts have what exists already).
-    pub fn update_certificates(&self, config: &Config) {
-        let plan = publish_certificates(config, &self.certs);
-        self.acme_plans.send_replace(plan);
+    /// Makes a reloaded `snapshot` the live one: requests that start from
+    /// now on use it; its health checks start (the old one's stop).
+    pub fn publish(self: &Arc<Self>, snapshot: Snapshot) -> Arc<Snapshot> {
+        let routes = snapshot.table.len();
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        spawn_health_checks(self, &snapshot);
+        self.metrics.reload_succeeded(routes);
+        snapshot
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
-}
-
-/// Installs the configured certificates and stored ACME ones; returns the
-/// ACME plan for the background task.
-fn publish_certificates(config: &Config, certs: &CertStore) -> Option<Arc<AcmePlan>> {
-    certs.set_configured(&config.certificates);
-    let plan = AcmePlan::from_config(config)?;
-    crate::acme::load_stored(&plan, certs);
-    Some(Arc::new(plan))
 }
 
 /// Starts the active health checks of `snap`'s routes: a task per route
