@@ -6,6 +6,7 @@
 use ::http::header::{self, HeaderName, HeaderValue};
 use ::http::{Method, Request, Response, Uri};
 
+use super::Ctx;
 use super::flow::{self, LoginTarget};
 use super::gate::{
     Identified, decide, effective_scheme, forwarded_proto, identify, is_browser, resolve,
@@ -16,7 +17,6 @@ use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
 use crate::http::normalize::normalize_path;
-use crate::snapshot::{Shared, Snapshot, canonical_ip};
 
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -35,15 +35,14 @@ const BAD_URI: &str = "The forwarded URI is not valid.";
 /// this answers 200 exactly when the same request sent to us would pass
 /// the gate, and 400 where the request path would answer 400.
 pub(super) async fn forward_auth(
-    shared: &Shared,
-    snap: &Snapshot,
+    cx: Ctx<'_>,
     conn: &ConnInfo,
     req: &Request<crate::http::body::Body>,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
     let headers = req.headers();
-    let trusted = snap.is_trusted_proxy(canonical_ip(conn.peer.ip()));
+    let trusted = cx.is_trusted_proxy(conn.peer.ip());
     // A trusted proxy's header; one that is there but unreadable is a 400,
     // never taken for absent (which would judge another host or path).
     // The URI is read as UTF-8, the way the request line is; the other
@@ -73,17 +72,17 @@ pub(super) async fn forward_auth(
     let mut buf = [0u8; crate::routing::HOST_BUF_LEN];
     let host = crate::routing::normalize_host(target_host, &mut buf)
         .ok_or(ProxyError::BadRequest("The forwarded host is not valid."))?;
-    let route = crate::proxy::find_route(snap, host, &path)?;
+    let route = (cx.find_route)(host, &path)?;
     let ok = || {
         let mut r = Response::new(Body::Empty);
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     };
-    let RouteAuth::Oidc(policy) = &route.config.auth else {
+    let RouteAuth::Oidc(policy) = &route.auth else {
         return Ok(ok());
     };
-    let (view, sessions) = match resolve(shared, snap, policy) {
+    let (view, sessions) = match resolve(&cx, policy) {
         Ok(x) => x,
         Err(_) => return Err(ProxyError::Internal),
     };
@@ -114,7 +113,7 @@ pub(super) async fn forward_auth(
             let scheme = match forwarded_proto(headers).filter(|_| trusted) {
                 Some(p) if p.eq_ignore_ascii_case("https") => "https",
                 Some(_) => "http",
-                None => effective_scheme(snap, conn, headers),
+                None => effective_scheme(&cx, conn, headers),
             };
             // The login comes back to this host: lowercase, no trailing dot
             // (the provider compares `redirect_uri` byte for byte).
@@ -129,7 +128,7 @@ pub(super) async fn forward_auth(
                 host: &url_host,
                 path_and_query: &path_and_query,
             };
-            flow::start_login(&shared.auth, view, &target, headers).await
+            flow::start_login(cx.shared, view, &target, headers).await
         }
         Identified::Nobody => Err(ProxyError::Unauthorized),
     }

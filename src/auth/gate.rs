@@ -8,15 +8,16 @@ use std::sync::Arc;
 use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Method, Request, Response};
 
+use super::Ctx;
 use super::flow::{self, LoginTarget};
 use super::identity::Identity;
 use super::session::{Found, Session, Sessions, unix_now};
 use super::{ProviderView, bearer, policy};
+use crate::config::RouteConfig;
 use crate::config::{OidcPolicy, RouteAuth};
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::{self, ProxyError};
-use crate::snapshot::{Route, Shared, Snapshot, canonical_ip};
 
 /// Who a request is from.
 pub enum Who {
@@ -65,32 +66,30 @@ pub(super) enum Identified {
 /// The auth gate for a chosen route. Public routes pass at once.
 #[inline]
 pub async fn check(
-    shared: &Shared,
-    snap: &Snapshot,
+    cx: Ctx<'_>,
     conn: &ConnInfo,
     req: &Request<crate::http::body::Body>,
-    route: &Route,
+    route: &RouteConfig,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Option<Who>, Stop> {
-    let RouteAuth::Oidc(policy) = &route.config.auth else {
+    let RouteAuth::Oidc(policy) = &route.auth else {
         return Ok(None);
     };
-    protected(shared, snap, conn, req, policy, raw_host, request_id)
+    protected(cx, conn, req, policy, raw_host, request_id)
         .await
         .map(Some)
 }
 
 async fn protected(
-    shared: &Shared,
-    snap: &Snapshot,
+    cx: Ctx<'_>,
     conn: &ConnInfo,
     req: &Request<crate::http::body::Body>,
     policy: &OidcPolicy,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Who, Stop> {
-    let (view, sessions) = resolve(shared, snap, policy)?;
+    let (view, sessions) = resolve(&cx, policy)?;
     let headers = req.headers();
     match identify(sessions, view, headers, unix_now()).await {
         Identified::Who(who) => decide(policy, who, request_id, headers.get(header::ACCEPT)),
@@ -98,11 +97,11 @@ async fn protected(
         Identified::Unavailable => Err(Stop::Error(ProxyError::LoginUnavailable)),
         Identified::Nobody if is_browser(req.method(), headers) => {
             let target = LoginTarget {
-                scheme: effective_scheme(snap, conn, headers),
+                scheme: effective_scheme(&cx, conn, headers),
                 host: raw_host,
                 path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             };
-            match flow::start_login(&shared.auth, view, &target, headers).await {
+            match flow::start_login(cx.shared, view, &target, headers).await {
                 Ok(r) => Err(Stop::Respond(Box::new(r), None)),
                 Err(e) => Err(Stop::Error(e)),
             }
@@ -112,12 +111,11 @@ async fn protected(
 }
 
 pub(super) fn resolve<'a>(
-    shared: &'a Shared,
-    snap: &'a Snapshot,
+    cx: &Ctx<'a>,
     policy: &OidcPolicy,
 ) -> Result<(&'a ProviderView, &'a Arc<Sessions>), Stop> {
-    let view = snap.auth.providers.get(policy.provider_index);
-    match (view, shared.auth.sessions()) {
+    let view = cx.snap.providers.get(policy.provider_index);
+    match (view, cx.shared.sessions()) {
         (Some(v), Some(s)) if v.config.name == policy.provider => Ok((v, s)),
         _ => {
             tracing::error!(provider = %policy.provider, "route names a provider the snapshot lacks");
@@ -200,16 +198,12 @@ pub(super) fn is_browser(method: &Method, headers: &HeaderMap) -> bool {
 
 /// How the browser reached us: the connection, or a trusted proxy's
 /// `X-Forwarded-Proto`.
-pub(super) fn effective_scheme(
-    snap: &Snapshot,
-    conn: &ConnInfo,
-    headers: &HeaderMap,
-) -> &'static str {
+pub(super) fn effective_scheme(cx: &Ctx<'_>, conn: &ConnInfo, headers: &HeaderMap) -> &'static str {
     if conn.scheme.is_https() {
         return "https";
     }
     let forwarded_https = forwarded_proto(headers).is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    if forwarded_https && snap.is_trusted_proxy(canonical_ip(conn.peer.ip())) {
+    if forwarded_https && cx.is_trusted_proxy(conn.peer.ip()) {
         "https"
     } else {
         "http"

@@ -31,11 +31,11 @@ use std::time::Duration;
 use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Request, Response};
 
+use crate::config::RouteConfig;
 use crate::config::{Config, OidcConfig, RouteAuth};
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 use crate::http::error::ProxyError;
-use crate::snapshot::{Route, Shared, Snapshot};
 
 use self::flow::OUR_COOKIES;
 use self::provider::Provider;
@@ -224,13 +224,37 @@ pub async fn rediscover(snap: &AuthSnapshot) {
 
 pub use self::gate::{Stop, Who, check};
 
+/// What the auth floor needs from the running gateway for one request:
+/// its own shared state and snapshot part, the trusted proxies, and (for
+/// forward-auth) the route lookup the request path itself uses. Built by
+/// the request pipeline; auth never sees the whole snapshot.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub shared: &'a AuthShared,
+    pub snap: &'a AuthSnapshot,
+    pub trusted_proxies: &'a [ipnet::IpNet],
+    /// The route for a normalised host and path, as the pipeline finds it.
+    pub find_route: &'a RouteFinder<'a>,
+}
+
+/// The pipeline's route lookup, as [`Ctx`] carries it.
+pub type RouteFinder<'a> = dyn Fn(&str, &str) -> Result<&'a RouteConfig, ProxyError> + Sync + 'a;
+
+impl Ctx<'_> {
+    /// Is this address one of the configured trusted proxies?
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = crate::http::conn::canonical_ip(ip);
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// The identity headers of the route's style, as header lines written
 /// once per session, for a request being forwarded (client-sent ones were
 /// already stripped, and, not being in the request's header map, ours
 /// cannot be named away by a client's `Connection` header).
 #[inline]
-pub fn identity_lines<'a>(route: &Route, who: &'a Who) -> &'a [u8] {
-    match &route.config.auth {
+pub fn identity_lines<'a>(route: &RouteConfig, who: &'a Who) -> &'a [u8] {
+    match &route.auth {
         RouteAuth::Oidc(p) => who.identity().header_lines(p.identity_headers),
         _ => &[],
     }
@@ -321,31 +345,28 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
 /// Serves the gateway's own endpoints on any host. Without any provider
 /// configured, the prefix stays a plain 404.
 pub async fn endpoint(
-    shared: &Shared,
-    snap: &Snapshot,
+    cx: Ctx<'_>,
     conn: &ConnInfo,
     req: Request<crate::http::body::Body>,
     raw_host: &str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
-    let auth_snap = &snap.auth;
+    let auth_snap = cx.snap;
     if auth_snap.providers.is_empty() {
         return Err(ProxyError::NoRoute);
     }
     let accept = req.headers().get(header::ACCEPT);
     match req.uri().path() {
-        "/.portcullis/callback" => flow::callback(&shared.auth, auth_snap, &req, raw_host).await,
+        "/.portcullis/callback" => flow::callback(cx.shared, auth_snap, &req, raw_host).await,
         "/.portcullis/logout" => {
-            let scheme = gate::effective_scheme(snap, conn, req.headers());
+            let scheme = gate::effective_scheme(&cx, conn, req.headers());
             let h = req.headers();
-            logout::logout(&shared.auth, auth_snap, h, scheme, raw_host, request_id).await
+            logout::logout(cx.shared, auth_snap, h, scheme, raw_host, request_id).await
         }
         "/.portcullis/logged-out" => Ok(logout::logged_out(req.uri().query(), request_id, accept)),
-        "/.portcullis/backchannel-logout" => {
-            logout::backchannel(&shared.auth, auth_snap, req).await
-        }
+        "/.portcullis/backchannel-logout" => logout::backchannel(cx.shared, auth_snap, req).await,
         "/.portcullis/auth" => {
-            forward_auth::forward_auth(shared, snap, conn, &req, raw_host, request_id).await
+            forward_auth::forward_auth(cx, conn, &req, raw_host, request_id).await
         }
         _ => Err(ProxyError::NoRoute),
     }

@@ -509,4 +509,25 @@ mod tests {
         let untrusted: IpAddr = "5.5.5.5".parse().unwrap();
         assert_eq!(client_ip(&h, untrusted, trusted), untrusted);
     }
+
+    #[test]
+    fn identity_headers_auth_sets_are_stripped_from_clients() {
+        use crate::auth::identity::{Identity, UserClaims};
+        use crate::config::IdentityHeaders;
+        let id = Identity::new(UserClaims {
+            sub: "abc123".into(),
+            username: "alice".into(),
+            email: Some("alice@example.com".into()),
+            email_verified: Some(true),
+            name: Some("Alice".into()),
+            groups: vec!["admins".into(), "users".into()],
+        });
+        let (mut h, mut f) = (HeaderMap::new(), HeaderMap::new());
+        id.apply(&mut h, IdentityHeaders::Authentik);
+        id.apply(&mut f, IdentityHeaders::Forwarded);
+        // Everything we set is something strip_spoofable removes from clients.
+        for name in h.keys().chain(f.keys()) {
+            assert!(is_identity_header(name.as_str()), "{name}");
+        }
+    }
 }

@@ -190,8 +190,9 @@ fn route_request<'a>(
         }
 
         // The auth gate (public routes pass at once).
-        let checked =
-            crate::auth::check(shared, snap, conn, &req, route, raw_host, request_id).await;
+        let find = |host: &str, path: &str| find_route(snap, host, path).map(|r| &r.config);
+        let cx = auth_context(shared, snap, &find);
+        let checked = crate::auth::check(cx, conn, &req, &route.config, raw_host, request_id).await;
         count_gate(&shared.metrics.auth, &checked);
         let who = match checked {
             Ok(who) => who,
@@ -219,7 +220,7 @@ fn route_request<'a>(
                     host_value: &host_value,
                     identity: who
                         .as_ref()
-                        .map_or(&[][..], |w| crate::auth::identity_lines(route, w)),
+                        .map_or(&[][..], |w| crate::auth::identity_lines(&route.config, w)),
                     upgrade,
                     forwarded,
                     request_id,
@@ -372,7 +373,9 @@ fn reserved_endpoint<'a>(
             Some("/logout") => Some(false),
             _ => None,
         };
-        let r = crate::auth::endpoint(shared, snap, conn, req, raw_host, request_id).await;
+        let find = |host: &str, path: &str| find_route(snap, host, path).map(|r| &r.config);
+        let cx = auth_context(shared, snap, &find);
+        let r = crate::auth::endpoint(cx, conn, req, raw_host, request_id).await;
         let a = &shared.metrics.auth;
         match (counter, &r) {
             // A callback that ends in a redirect with a new session is a login.
@@ -390,6 +393,20 @@ fn reserved_endpoint<'a>(
             _ => 0,
         };
         r
+    }
+}
+
+/// The parts of the gateway's state the auth floor works with.
+fn auth_context<'a>(
+    shared: &'a Shared,
+    snap: &'a Snapshot,
+    find: &'a crate::auth::RouteFinder<'a>,
+) -> crate::auth::Ctx<'a> {
+    crate::auth::Ctx {
+        shared: &shared.auth,
+        snap: &snap.auth,
+        trusted_proxies: &snap.server.trusted_proxies,
+        find_route: find,
     }
 }
 
