@@ -1,4 +1,4 @@
-//! Route lookup and snapshot build benchmarks (issue 2 "Speed", issue 7).
+//! Route lookup and snapshot build benchmarks.
 //!
 //! Goals: lookup on a 10,000-route table (mixed exact and `*.wildcard`
 //! hosts, several paths each) has a median under 100 ns and allocates

@@ -1,5 +1,5 @@
 //! The per-request session check on a protected route with a hot cache
-//! (issue 4 "Speed", goal < 2 µs): find our cookie among a browser's
+//! (goal < 2 µs): find our cookie among a browser's
 //! cookies, decode the id, one cache lookup, expiry / refresh / provider
 //! checks, the route policy; then the header work a signed-in request adds
 //! (our cookie stripped from `Cookie`, identity headers set).

@@ -3,6 +3,10 @@
 //! [`Gateway`] (or [`run`]) starts the whole gateway on listeners the caller
 //! has bound, so tests run the real thing on `127.0.0.1:0`. `main.rs` only
 //! parses the command line and wires signals.
+//!
+//! Modules sit on floors and import only from floors below them; the map,
+//! the request and reload paths and where changes go are in
+//! `docs/ARCHITECTURE.md`.
 #![forbid(unsafe_code)]
 
 pub(crate) mod acme;

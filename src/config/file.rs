@@ -267,7 +267,7 @@ pub struct FileRoute {
     /// On the plain HTTP listener, redirect to HTTPS (default true when an
     /// https listener is configured); false serves this route over HTTP too.
     pub https_redirect: Option<bool>,
-    // --- single sign-on (issue 4; checked in `oidc_section`) ---
+    // --- single sign-on (checked in `oidc_section`) ---
     /// `"public"` (default) or `{ oidc = "NAME", groups = [..], emails = [..],
     /// email_domains = [..] }`.
     pub auth: Option<Spanned<FileAuth>>,
@@ -276,7 +276,7 @@ pub struct FileRoute {
     pub identity_headers: Option<Spanned<String>>,
 }
 
-// --- single sign-on (issue 4) ------------------------------------------------
+// --- single sign-on -----------------------------------------------------------
 
 /// `[oidc.NAME]`: one OpenID Connect provider (Authentik or any other).
 #[derive(Debug, Deserialize)]

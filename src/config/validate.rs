@@ -81,7 +81,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             certificates.push(c);
         }
     }
-    // SSO providers before routes: routes refer to them (issue 4).
+    // SSO providers before routes: routes refer to them.
     let oidc = oidc_raw.map(|v| cx.oidc(v)).unwrap_or_default();
     let mut routes = Vec::with_capacity(routes_raw.len());
     for (index, span, raw) in routes_raw {

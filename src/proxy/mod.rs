@@ -1,6 +1,9 @@
-//! The public request path: accept loops and connections (`server`),
-//! routing a request to its action, forwarding (`forward`), header rules
-//! (`headers`) and the one error → status/page mapping (`error`).
+//! The request pipeline (floor 6 of docs/ARCHITECTURE.md): [`handle`]
+//! counts and logs around [`route_request`], whose named steps normalise
+//! the target, answer the reserved endpoints, find the route, apply its
+//! address rules and auth gate, then answer or forward (`forward`, with
+//! header rules in `headers`). `server` holds the accept loops (plain and
+//! TLS) and the HTTP/1 vs HTTP/2 dispatch. Errors are `http::error`'s.
 
 pub(crate) mod access;
 mod answers;
