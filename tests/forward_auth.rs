@@ -335,3 +335,53 @@ async fn forward_auth_reads_the_proxied_request() {
         format!("http://app.test:{port}/.portcullis/callback")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_fails_closed_when_the_proxy_does_not_say_what_it_asks() {
+    let env = Env::start("").await;
+    let ask = |lines: &[&str]| {
+        let mut head = vec!["GET /.portcullis/auth HTTP/1.1", "Host: app.test"];
+        head.extend_from_slice(lines);
+        head.push("Connection: close");
+        let head: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+        let addr = env.gw.http_addr();
+        async move {
+            let h: Vec<&str> = head.iter().map(String::as_str).collect();
+            raw(addr, &h, b"").await
+        }
+    };
+    // A trusted proxy that names no URI (an nginx snippet without
+    // X-Original-URI) would have every path judged as `/`, which is public
+    // here: refused instead, and the reason says what is missing.
+    let r = ask(&["X-Forwarded-Host: app.test"]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("X-Forwarded-Uri"), "{}", r.text());
+
+    // Authentik's own nginx snippets send the whole URL as X-Original-URL:
+    // its path (and host) decide like X-Original-URI's.
+    let r = ask(&["X-Original-URL: http://app.test/private/secret"]).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = ask(&["X-Original-URL: http://app.test/public/../private/secret"]).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = ask(&["X-Original-URL: http://app.test/public/page"]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A browser asking through such a proxy is sent to the login and comes
+    // back to the URL's host.
+    let r = ask(&[
+        "X-Original-URL: http://app.test/private/secret",
+        "Accept: text/html",
+    ])
+    .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let loc = r.header("location").expect("a login redirect");
+    assert!(loc.starts_with(env.idp.issuer()), "{loc}");
+    let redirect_uri = query_of(loc)
+        .into_iter()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v)
+        .expect("redirect_uri");
+    assert!(
+        redirect_uri.starts_with("http://app.test/"),
+        "{redirect_uri}"
+    );
+}

@@ -323,6 +323,9 @@ async fn es256_bearer_tokens_verify_against_the_jwks() {
     assert_eq!(r.status, StatusCode::OK, "after rotation: {}", r.text());
 }
 
+/// What a proxy's forward-auth check sends at the least: the URI it asks about.
+const URI_ROOT: &[(&str, &str)] = &[("x-forwarded-uri", "/")];
+
 #[tokio::test]
 async fn forward_auth_answers_other_proxies() {
     let env = Env::start(Opts {
@@ -334,12 +337,12 @@ async fn forward_auth_answers_other_proxies() {
     let auth = |host: &str| env.url(host, "/.portcullis/auth");
 
     // nginx auth_request: no session → 401.
-    let r = c.get(&auth("app.localtest")).await;
+    let r = c.get_with(&auth("app.localtest"), URI_ROOT).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.header("www-authenticate").is_some());
     // Public route → 200.
     assert_eq!(
-        c.get(&auth("public.localtest")).await.status,
+        c.get_with(&auth("public.localtest"), URI_ROOT).await.status,
         StatusCode::OK
     );
 
@@ -382,7 +385,10 @@ async fn forward_auth_answers_other_proxies() {
     let r = c
         .get_with(
             &auth("app.localtest"),
-            &[("cookie", &format!("{COOKIE}={session}"))],
+            &[
+                ("cookie", &format!("{COOKIE}={session}")),
+                ("x-forwarded-uri", "/"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
@@ -396,6 +402,7 @@ async fn forward_auth_answers_other_proxies() {
             &[
                 ("x-forwarded-host", "admins.localtest"),
                 ("authorization", &format!("Bearer {bob}")),
+                ("x-forwarded-uri", "/"),
             ],
         )
         .await;
@@ -406,6 +413,7 @@ async fn forward_auth_answers_other_proxies() {
             &[
                 ("x-forwarded-host", "fwd.localtest"),
                 ("authorization", &format!("Bearer {bob}")),
+                ("x-forwarded-uri", "/"),
             ],
         )
         .await;
@@ -414,7 +422,7 @@ async fn forward_auth_answers_other_proxies() {
 }
 
 #[tokio::test]
-async fn forward_auth_ignores_forwarded_headers_from_untrusted_peers() {
+async fn forward_auth_refuses_forwarded_uris_from_untrusted_peers() {
     let env = Env::start(Opts::default()).await;
     let mut b = env.browser();
     let r = b
@@ -428,8 +436,11 @@ async fn forward_auth_ignores_forwarded_headers_from_untrusted_peers() {
             (),
         )
         .await;
-    // Judged as public.localtest: public, no redirect anywhere.
-    assert_eq!(r.status, StatusCode::OK);
+    // A URI from a peer outside trusted_proxies is refused, not ignored:
+    // ignoring it would judge `/`, and a misconfigured proxy would let
+    // every protected path through.
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.header("location").is_none());
     let r = b
         .request(
             Method::GET,

@@ -21,6 +21,8 @@ use crate::http::normalize::normalize_path;
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+/// Authentik's own nginx snippets send the whole URL under this name.
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const BAD_URI: &str = "The forwarded URI is not valid.";
@@ -34,6 +36,11 @@ const BAD_URI: &str = "The forwarded URI is not valid.";
 /// parsing, normalisation, the route lookup with its lenient reading), so
 /// this answers 200 exactly when the same request sent to us would pass
 /// the gate, and 400 where the request path would answer 400.
+///
+/// It fails closed on a set-up that would judge everything as `/`: a
+/// trusted proxy must send `X-Forwarded-Uri`, `X-Original-URI` or
+/// `X-Original-URL` (a whole URL, as Authentik's nginx snippets send), and
+/// any of them from a peer outside `trusted_proxies` is a 400.
 pub(super) async fn forward_auth(
     cx: Ctx<'_>,
     conn: &ConnInfo,
@@ -63,11 +70,29 @@ pub(super) async fn forward_auth(
         text.map(Some).ok_or(ProxyError::BadRequest(what))
     };
     let fwd_host = from_proxy(&[X_FORWARDED_HOST], "The forwarded host is not valid.")?;
-    let target_host = fwd_host.unwrap_or(raw_host);
-    let target: Uri = from_proxy(&[X_FORWARDED_URI, X_ORIGINAL_URI], BAD_URI)?
+    // Fail closed on a proxy set-up that would judge every request as `/`:
+    // a trusted proxy must say which URI it asks about, and a URI header
+    // from a peer outside `trusted_proxies` is refused, not ignored.
+    let uri_names = [X_FORWARDED_URI, X_ORIGINAL_URI, X_ORIGINAL_URL];
+    let uri_sent = uri_names.iter().any(|n| headers.contains_key(n));
+    if uri_sent && !trusted {
+        return Err(ProxyError::BadRequest(
+            "The forwarded URI comes from a peer that is not in trusted_proxies.",
+        ));
+    }
+    if trusted && !uri_sent {
+        return Err(ProxyError::BadRequest(
+            "A forward-auth check needs X-Forwarded-Uri or X-Original-URI.",
+        ));
+    }
+    let target: Uri = from_proxy(&uri_names, BAD_URI)?
         .unwrap_or("/")
         .parse()
         .map_err(|_| ProxyError::BadRequest(BAD_URI))?;
+    // A whole URL (`X-Original-URL`) names the host too, when the proxy
+    // sends no `X-Forwarded-Host`.
+    let fwd_host = fwd_host.or(target.authority().map(|a| a.as_str()));
+    let target_host = fwd_host.unwrap_or(raw_host);
     let path = normalize_path(target.path()).map_err(|e| ProxyError::BadRequest(e.reason()))?;
     let mut buf = [0u8; crate::routing::HOST_BUF_LEN];
     let host = crate::routing::normalize_host(target_host, &mut buf)
