@@ -209,11 +209,6 @@ impl Unverified<'_> {
         Ok(())
     }
 
-    /// `iat` is present and a number.
-    pub fn has_iat(&self) -> bool {
-        self.num_claim("iat").is_some()
-    }
-
     /// Explicit typing (RFC 8725 §3.11): an access token, never an ID
     /// token or a logout token signed by the same keys. `typ` is `at+jwt`
     /// (RFC 9068), or `JWT` or absent (providers that do not type their
@@ -300,7 +295,6 @@ mod tests {
         assert!(u.check_audience(["nope"].into_iter()).is_err());
         assert!(u.check_times(1000, true).is_ok(), "within leeway");
         assert!(u.check_times(1000 + LEEWAY_SECS, true).is_err());
-        assert!(u.has_iat());
     }
 
     #[test]
