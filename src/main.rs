@@ -70,14 +70,25 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
-    /// Probe a running gateway's admin listener (`GET /healthz`, or
-    /// `/readyz` with `--ready`): exits 0 when it answers 200, 1 otherwise.
-    /// Reads no config file, so a config being edited cannot fail it; this
-    /// is the container image's HEALTHCHECK (no curl in the image).
+    /// Probe a running gateway (`GET /healthz`, or `/readyz` with
+    /// `--ready`) on the admin listener named by the config's
+    /// `server.admin`: exits 0 when it answers 200, 1 otherwise. With
+    /// `admin = "off"` it checks that the gateway's http (or https)
+    /// listener accepts connections. Only `[server]`'s listener keys are
+    /// read, so a config being edited elsewhere cannot fail it; this is the
+    /// container image's HEALTHCHECK (no curl in the image).
     Health {
-        /// The admin listener's address.
-        #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9180")]
-        admin: SocketAddr,
+        /// The config file (TOML) the gateway runs with.
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "/etc/portcullis/portcullis.toml"
+        )]
+        config: PathBuf,
+        /// Probe this admin address instead of the config's `server.admin`.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
         /// Check readiness (`/readyz`: config loaded, listeners up, not
         /// draining) instead of liveness (`/healthz`).
         #[arg(long)]
@@ -113,12 +124,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Health {
+            config,
             admin,
             ready,
             timeout,
         } => {
-            let path = if ready { "/readyz" } else { "/healthz" };
-            match admin::client::health(admin, path, Duration::from_secs(timeout.max(1))) {
+            let timeout = Duration::from_secs(timeout.max(1));
+            let target = match admin {
+                Some(addr) => admin::client::HealthTarget::Admin(addr),
+                None => admin::client::HealthTarget::from_config(&config),
+            };
+            match admin::client::probe(&target, ready, timeout) {
                 Ok(text) => {
                     println!("{text}");
                     ExitCode::SUCCESS

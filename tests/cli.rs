@@ -231,3 +231,25 @@ fn help_of_every_subcommand_is_complete() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// `--log-format pretty` into a pipe (docker logs, journald, a file) writes
+/// plain text: no terminal colour codes.
+#[test]
+fn pretty_logs_into_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = portcullis(&[
+        "--log-format",
+        "pretty",
+        "run",
+        "--config",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let logged = text(&out.stdout);
+    assert!(
+        logged.contains("missing.toml"),
+        "the error is logged: {logged:?}"
+    );
+    assert!(!logged.contains('\u{1b}'), "no escape codes: {logged:?}");
+}

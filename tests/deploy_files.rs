@@ -329,11 +329,11 @@ fn compose_wiring_matches_the_portcullis_config() {
         .map(|t| s(t).to_string())
         .collect();
     assert_eq!(targets, [format!("portcullis:{admin_port}")]);
-    // The HEALTHCHECK probes 127.0.0.1 on the same port.
-    let dockerfile = read("Dockerfile");
+    // The HEALTHCHECK reads server.admin from the mounted config itself:
+    // no second copy of the address that could disagree with it.
     assert!(
-        dockerfile.contains(&format!("PORTCULLIS_ADMIN=127.0.0.1:{admin_port}")),
-        "the Dockerfile's PORTCULLIS_ADMIN does not match server.admin {admin}"
+        !read("Dockerfile").contains("PORTCULLIS_ADMIN") && env(pc, "PORTCULLIS_ADMIN").is_none(),
+        "the health probe's address comes from server.admin ({admin}), not the environment"
     );
 
     // Every secret file the config names is a compose secret granted to it.
@@ -893,7 +893,10 @@ fn dockerfile_is_multi_stage_locked_and_unprivileged() {
         .map(|(_, a)| a)
         .collect();
     assert!(froms.len() >= 2, "multi-stage");
-    let builder = froms[0];
+    let builder = froms
+        .iter()
+        .find(|f| f.contains("/rust:"))
+        .expect("a rust build stage");
     let (image, stage) = builder
         .split_once(" AS ")
         .or_else(|| builder.split_once(" as "))
@@ -914,11 +917,32 @@ fn dockerfile_is_multi_stage_locked_and_unprivileged() {
         (v.next().unwrap(), v.next().unwrap()) >= (1, 88),
         "builder {image}"
     );
-    let runtime = froms.last().unwrap();
-    assert!(
-        runtime.ends_with("debian:bookworm-slim"),
-        "runtime {runtime}"
-    );
+    // The default (last) stage runs on Debian slim, through the stages it
+    // builds on.
+    let stage_of = |f: &str| -> (String, Option<String>) {
+        match f.split_once(" AS ").or_else(|| f.split_once(" as ")) {
+            Some((image, name)) => (image.trim().to_string(), Some(name.trim().to_string())),
+            None => (f.trim().to_string(), None),
+        }
+    };
+    let mut base = stage_of(froms.last().unwrap()).0;
+    while let Some(parent) = froms
+        .iter()
+        .map(|f| stage_of(f))
+        .find(|(_, name)| name.as_deref() == Some(base.as_str()))
+    {
+        base = parent.0;
+    }
+    assert!(base.ends_with("debian:bookworm-slim"), "runtime on {base}");
+    // The test suite's prebuilt-binary stage comes before the build
+    // stage, so the classic builder never runs cargo for it.
+    let position = |name: &str| {
+        froms
+            .iter()
+            .position(|f| stage_of(f).1.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("a stage named {name}"))
+    };
+    assert!(position("prebuilt") < position(stage));
 
     let runs: Vec<&String> = ins
         .iter()
@@ -927,9 +951,12 @@ fn dockerfile_is_multi_stage_locked_and_unprivileged() {
         .collect();
     assert!(
         runs.iter().any(|r| r.contains("cargo build")
-            && r.contains("--release")
-            && r.contains("--locked"))
+            && r.contains("--profile dist")
+            && r.contains("--locked")),
+        "the image ships the stripped dist profile"
     );
+    let dist = &toml_file("Cargo.toml")["profile"]["dist"];
+    assert_eq!(dist["strip"].as_bool(), Some(true), "profile.dist strips");
     assert!(
         runs.iter()
             .any(|r| r.contains("apt-get install") && r.contains("ca-certificates"))
@@ -964,7 +991,7 @@ fn dockerfile_is_multi_stage_locked_and_unprivileged() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("PORTCULLIS_ADMIN"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("server.admin"));
 
     // The default command runs the config where compose mounts it.
     let entry = json_array(&ins.iter().find(|(i, _)| i == "ENTRYPOINT").unwrap().1);
@@ -988,6 +1015,11 @@ fn dockerfile_is_multi_stage_locked_and_unprivileged() {
             .filter(|p| !p.starts_with("--"))
             .collect();
         for src in &parts[..parts.len() - 1] {
+            if src.starts_with("dist/") {
+                // The prebuilt stage's binary: the image test puts it there.
+                assert!(!dockerignored(src), "COPY {src}: excluded by .dockerignore");
+                continue;
+            }
             assert!(root().join(src).exists(), "COPY {src}: not in the repo");
             assert!(!dockerignored(src), "COPY {src}: excluded by .dockerignore");
             copied.push(src.to_string());

@@ -1590,6 +1590,32 @@ async fn health_command_probes_the_admin_listener() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&closed));
 
+    // No --admin: the address is the config's server.admin, whatever the
+    // environment says.
+    // (The test gateway's own file says port 0: it binds a free one.)
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, format!("[server]\nadmin = \"{admin}\"\n")).unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["health", "--ready", "--config", &config])
+                .env("PORTCULLIS_ADMIN", "127.0.0.1:1")
+                .output()
+                .expect("run portcullis health")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ready");
+
     // An HTTP server that is not healthy (the public listener answers 404
     // for /healthz): exit 1 with the status.
     let public = gw.http_addr().to_string();
@@ -1598,6 +1624,51 @@ async fn health_command_probes_the_admin_listener() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}
+
+/// With the admin listener off, `portcullis health` checks that the
+/// config's http listener accepts connections, and says which it tried.
+#[tokio::test]
+async fn health_command_without_an_admin_listener_probes_the_public_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nhttp = \"{addr}\"\nadmin = \"off\"\n"),
+    )
+    .unwrap();
+    let health = move |config: std::path::PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["health", "--timeout", "2", "--config"])
+            .arg(config)
+            .output()
+            .expect("run portcullis health")
+    };
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || health(config)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&addr.to_string()));
+
+    drop(listener);
+    let out = tokio::task::spawn_blocking(move || health(config))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("admin listener off"),
+        "{err}"
+    );
 }
 
 // --- README -----------------------------------------------------------------------

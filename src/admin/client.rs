@@ -15,6 +15,106 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::Secret;
 
+/// What `portcullis health` probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthTarget {
+    /// `GET /healthz` (or `/readyz`) on the admin listener.
+    Admin(SocketAddr),
+    /// The admin listener is off: a TCP connect to a public listener.
+    Listener(SocketAddr),
+}
+
+/// The admin address when the config does not name one (as `check` has it).
+const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9180);
+
+impl HealthTarget {
+    /// Reads only `[server]`'s `admin`, `http` and `https` from the config
+    /// file, so the probe agrees with the gateway without an environment
+    /// variable that could say otherwise. A file that cannot be read or
+    /// parsed (being edited, say) falls back to the default admin address,
+    /// with a note on stderr: the running gateway still has its old config.
+    pub fn from_config(path: &std::path::Path) -> HealthTarget {
+        match Self::read(path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!(
+                    "portcullis health: {e:#}; probing the default admin address {DEFAULT_ADMIN}"
+                );
+                HealthTarget::Admin(DEFAULT_ADMIN)
+            }
+        }
+    }
+
+    fn read(path: &std::path::Path) -> anyhow::Result<HealthTarget> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let doc: toml::Table = text
+            .parse()
+            .with_context(|| format!("cannot parse {}", path.display()))?;
+        let server = doc.get("server").and_then(|s| s.as_table());
+        let key = |k: &str| server.and_then(|s| s.get(k)).and_then(|v| v.as_str());
+        let addr = |k: &str, v: &str| -> anyhow::Result<SocketAddr> {
+            let a: SocketAddr = v.parse().with_context(|| {
+                format!("{}: server.{k} = {v:?} is not an address", path.display())
+            })?;
+            Ok(reachable(a))
+        };
+        match key("admin") {
+            None => Ok(HealthTarget::Admin(DEFAULT_ADMIN)),
+            Some("" | "off") => {
+                let (k, v) = ["http", "https"]
+                    .into_iter()
+                    .find_map(|k| key(k).map(|v| (k, v)))
+                    .with_context(|| {
+                        format!(
+                            "{}: server.admin is off and no listener is set",
+                            path.display()
+                        )
+                    })?;
+                Ok(HealthTarget::Listener(addr(k, v)?))
+            }
+            Some(v) => Ok(HealthTarget::Admin(addr("admin", v)?)),
+        }
+    }
+}
+
+/// A wildcard listen address is reached on loopback.
+fn reachable(a: SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match a.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+        }
+        _ => a,
+    }
+}
+
+/// Probes `target`: the admin endpoint's text, or `listening on ADDR`.
+pub fn probe(target: &HealthTarget, ready: bool, timeout: Duration) -> anyhow::Result<String> {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match *target {
+        HealthTarget::Admin(addr) => health(addr, path, timeout),
+        HealthTarget::Listener(addr) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                    Ok(Ok(_)) => Ok(format!("listening on {addr} (admin listener off)")),
+                    Ok(Err(e)) => Err(anyhow::anyhow!(
+                        "cannot reach the gateway's listener at {addr} (admin listener off): {e}"
+                    )),
+                    Err(_) => anyhow::bail!("no connection to {addr} within {timeout:?}"),
+                }
+            })
+        }
+    }
+}
+
 /// `GET path` on the admin listener; the body's text when it answers 200.
 pub fn health(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -41,7 +41,11 @@ pub fn init_logging(format: LogFormat) -> writer::BufferedStdout {
             .with_span_list(false)
             .try_init()
     } else {
-        builder.try_init()
+        // Colour only for a terminal: escape codes in a file or a pipe
+        // (docker logs, journald, less) are noise.
+        builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init()
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
