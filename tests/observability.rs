@@ -1112,6 +1112,11 @@ upstream = "{}"
             ("authorization", auth.clone()),
             ("cookie", cookie.clone()),
             ("x-request-id", id.to_string()),
+            ("user-agent", "obs-agent/1.0".to_string()),
+            (
+                "referer",
+                format!("https://ref.test/page?code={QUERY_SECRET}"),
+            ),
         ]
     };
     let send = |method: Method, url: String, id: &'static str, body: &'static str| {
@@ -1199,6 +1204,9 @@ upstream = "{}"
         "route",
         "upstream",
         "user",
+        "protocol",
+        "user_agent",
+        "referer",
     ];
     let line = |id: &str| {
         let v = access
@@ -1222,6 +1230,10 @@ upstream = "{}"
     assert_eq!(a["upstream"], echo.url());
     assert_eq!(a["bytes_out"], ok.body.len() as u64);
     assert_eq!(a["error"], "");
+    assert_eq!(a["protocol"], "HTTP/1.1");
+    assert_eq!(a["user_agent"], "obs-agent/1.0");
+    assert_eq!(a["referer"], "https://ref.test/page");
+    assert!(a.get("tls_version").is_none(), "plain http: {a}");
 
     let b = line("obs-2");
     assert_eq!(b["method"], "POST");
@@ -1247,6 +1259,57 @@ upstream = "{}"
             "the dashboard's Loki query uses `{f}`, which access-log lines lack"
         );
     }
+}
+
+/// `access_log_format = "combined"`: Apache/nginx combined lines on
+/// stdout (for fail2ban and GoAccess), the host's port never in the way,
+/// no query string.
+#[tokio::test]
+async fn access_log_can_be_written_in_the_combined_format() {
+    let echo = Backend::echo().await;
+    let toml = format!(
+        r#"
+[server]
+http = "{{{{HTTP}}}}"
+admin = "{{{{ADMIN}}}}"
+state_dir = "{{{{DIR}}}}/state"
+access_log_format = "combined"
+
+[[route]]
+host = "app.test"
+upstream = "{}"
+"#,
+        echo.url()
+    );
+    let proc = Gateway::builder(&toml).spawn_binary().await;
+    let r = proc
+        .client()
+        .get_with(
+            &format!("http://app.test/combined?secret={QUERY_SECRET}"),
+            &[
+                ("user-agent", "Mozilla/5.0 \"quoted\""),
+                ("referer", "https://ref.test/"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let line = support::wait_for("a combined access line", Duration::from_secs(15), || {
+        let logs = proc.logs();
+        async move {
+            logs.lines()
+                .find(|l| l.contains("\"GET /combined HTTP/1.1\""))
+                .map(String::from)
+        }
+    })
+    .await;
+    let want_start = "127.0.0.1 - - [";
+    assert!(line.starts_with(want_start), "{line}");
+    let tail = format!(
+        "] \"GET /combined HTTP/1.1\" 200 {} \"https://ref.test/\" \"Mozilla/5.0 \\x22quoted\\x22\"",
+        r.body.len()
+    );
+    assert!(line.ends_with(&tail), "{line}\nwant …{tail}");
+    assert!(!proc.logs().contains(QUERY_SECRET));
 }
 
 /// Access-log lines of `logs` by request id.

@@ -52,6 +52,9 @@ pub struct FileServer {
     pub admin_token_file: Option<Spanned<String>>,
     /// CIDRs whose `X-Forwarded-*` headers are believed. Default: none.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Access-log line shape: `"default"` (the log format's own) or
+    /// `"combined"` (Apache/nginx combined).
+    pub access_log_format: Option<Spanned<String>>,
     /// Where ACME state, certificates and sessions live.
     pub state_dir: Option<Spanned<String>>,
     /// How long in-flight requests may take to finish on shutdown.

@@ -90,6 +90,16 @@ pub enum CertSource {
     SelfSigned,
 }
 
+/// `server.access_log_format`: the shape of an access-log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// The log's own format (`--log-format`): a JSON line or pretty fields.
+    #[default]
+    Default,
+    /// Apache/nginx combined, for fail2ban and GoAccess.
+    Combined,
+}
+
 #[derive(Clone)]
 pub struct ServerConfig {
     pub http: Option<SocketAddr>,
@@ -99,6 +109,8 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     pub admin_token_file: Option<PathBuf>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The access log's line shape.
+    pub access_log_format: AccessLogFormat,
     pub state_dir: PathBuf,
     pub grace_period: Duration,
     pub upstream_connect_timeout: Duration,

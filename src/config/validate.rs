@@ -11,7 +11,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::file::{FileAcme, FileCertificate, FileRoute, FileServer, TOP_LEVEL_KEYS};
-use super::{Config, ConfigError, ConfigErrors, Secret, ServerConfig, parse_duration};
+use super::{
+    AccessLogFormat, Config, ConfigError, ConfigErrors, Secret, ServerConfig, parse_duration,
+};
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
 const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
@@ -285,6 +287,21 @@ impl<'a> Cx<'a> {
         }
 
         let trusted_proxies = self.cidrs("server.trusted_proxies", raw.trusted_proxies);
+        let access_log_format = match raw.access_log_format {
+            None => AccessLogFormat::Default,
+            Some(f) => match f.get_ref().as_str() {
+                "default" => AccessLogFormat::Default,
+                "combined" => AccessLogFormat::Combined,
+                other => {
+                    self.err(
+                        Some(f.span()),
+                        "server.access_log_format",
+                        format!("unknown format {other:?} (use \"default\" or \"combined\")"),
+                    );
+                    AccessLogFormat::Default
+                }
+            },
+        };
 
         let workers = match raw.workers {
             None => 0,
@@ -306,6 +323,7 @@ impl<'a> Cx<'a> {
             admin_token,
             admin_token_file,
             trusted_proxies,
+            access_log_format,
             state_dir: raw
                 .state_dir
                 .map(|s| resolve_relative(self.file, Path::new(s.get_ref())))

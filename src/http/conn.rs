@@ -18,6 +18,8 @@ pub struct ConnInfo {
     pub sni: Option<Box<str>>,
     /// The peer's address as a header value, formatted once.
     pub peer_value: HeaderValue,
+    /// The negotiated TLS version (`TLSv1.3`), on https.
+    pub tls_version: Option<&'static str>,
 }
 
 impl ConnInfo {
@@ -28,7 +30,18 @@ impl ConnInfo {
             scheme,
             sni,
             peer_value: ip_value(canonical_ip(peer.ip())),
+            tls_version: None,
         }
+    }
+
+    /// The same, with the TLS version the handshake settled on.
+    pub fn with_tls_version(mut self, version: Option<rustls::ProtocolVersion>) -> Self {
+        self.tls_version = version.map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        });
+        self
     }
 }
 

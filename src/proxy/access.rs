@@ -22,7 +22,7 @@ use http_body::{Body as _, Frame, SizeHint};
 
 use super::ConnInfo;
 use crate::http::body::{Body, BoxError};
-use crate::telemetry::access::AccessLine;
+use crate::telemetry::access::{AccessLine, Format};
 
 /// nginx's code for a request whose client closed the connection first.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -36,6 +36,10 @@ pub struct Record {
     method: Method,
     uri: Uri,
     host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    version: http::Version,
+    format: Format,
     bytes_in: Option<u64>,
     pub client_ip: Option<IpAddr>,
     pub status: u16,
@@ -52,14 +56,23 @@ impl Record {
         conn: &Arc<ConnInfo>,
         request_id: &HeaderValue,
         req: &http::Request<crate::http::body::Body>,
+        format: crate::config::AccessLogFormat,
     ) -> Self {
+        let header = |name| req.headers().get(name).cloned();
         Record {
             start,
             conn: conn.clone(),
             request_id: request_id.clone(),
             method: req.method().clone(),
             uri: req.uri().clone(),
-            host: req.headers().get(http::header::HOST).cloned(),
+            host: header(http::header::HOST),
+            user_agent: header(http::header::USER_AGENT),
+            referer: header(http::header::REFERER),
+            version: req.version(),
+            format: match format {
+                crate::config::AccessLogFormat::Default => Format::Default,
+                crate::config::AccessLogFormat::Combined => Format::Combined,
+            },
             bytes_in: super::headers::content_length(req.headers()),
             client_ip: None,
             status: CLIENT_CLOSED,
@@ -81,11 +94,15 @@ impl Record {
                 .then(|| self.conn.peer_value.to_str().ok())
                 .flatten(),
             method: self.method.as_str(),
-            host: self
-                .uri
-                .host()
-                .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
-                .unwrap_or(""),
+            // The name without the port, from `:authority` (HTTP/2,
+            // absolute-form) or `Host`: the same for both protocols.
+            host: host_name(
+                self.uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+                    .unwrap_or(""),
+            ),
             path: self.uri.path(),
             status: self.status,
             bytes_in: self.bytes_in,
@@ -95,8 +112,41 @@ impl Record {
             upstream: self.upstream.as_deref().unwrap_or(""),
             user: &self.user,
             error: self.error,
+            user_agent: text(&self.user_agent),
+            // Like the path, without its query: a referring URL can
+            // carry tokens (an OAuth callback's `code`, say).
+            referer: text(&self.referer).split(['?', '#']).next().unwrap_or(""),
+            protocol: protocol(self.version),
+            tls_version: self.conn.tls_version,
         }
-        .emit();
+        .emit(self.format);
+    }
+}
+
+/// A header's value as text (`""` when absent or not visible ASCII).
+fn text(v: &Option<HeaderValue>) -> &str {
+    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// `host[:port]` (or `[v6]:port`, or `user@host`) → the host name.
+fn host_name(authority: &str) -> &str {
+    let a = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if a.starts_with('[') {
+        return a.find(']').map_or(a, |end| &a[..=end]);
+    }
+    match a.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => a,
+    }
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -230,5 +280,24 @@ impl std::fmt::Debug for Logged {
             .field("inner", &self.inner)
             .field("sent", &self.sent)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn hosts_are_logged_without_their_port() {
+        for (authority, want) in [
+            ("app.example.com", "app.example.com"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("[::1]:8443", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("user@app.test:80", "app.test"),
+            ("", ""),
+        ] {
+            assert_eq!(host_name(authority), want, "{authority}");
+        }
     }
 }

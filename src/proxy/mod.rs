@@ -66,8 +66,15 @@ pub fn handle<'a>(
         // Written when the response ends, or with 499 if this future is
         // dropped first (the client went away). Boxed: most requests are
         // not logged, and inline it would be part of every request's state.
-        let mut pending =
-            access::Guard::new(log.then(|| access::Record::start(start, conn, &request_id, &req)));
+        let mut pending = access::Guard::new(log.then(|| {
+            access::Record::start(
+                start,
+                conn,
+                &request_id,
+                &req,
+                snap.server.access_log_format,
+            )
+        }));
 
         let mut outcome = Outcome::default();
         let mut resp =

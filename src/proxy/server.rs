@@ -285,12 +285,10 @@ pub async fn accept_tls_loop(
                 }
                 Handshake::Challenge => return,
             };
-            let info = Arc::new(ConnInfo::new(
-                peer,
-                local,
-                Scheme::Https,
-                Some(sni.into_boxed_str()),
-            ));
+            let info = Arc::new(
+                ConnInfo::new(peer, local, Scheme::Https, Some(sni.into_boxed_str()))
+                    .with_tls_version(stream.get_ref().1.protocol_version()),
+            );
             let proto = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,

@@ -12,6 +12,10 @@
 //! request declared a length, `bytes_out` only when the response's is
 //! known. With the pretty format (or before logging is set up, as in unit
 //! tests) the same fields go through `tracing::info!`.
+//!
+//! `[server] access_log_format = "combined"` writes Apache/nginx's combined
+//! format instead (what fail2ban and GoAccess read), straight to stdout
+//! whatever `--log-format` says; the other log lines keep their format.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -21,12 +25,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::writer::BufferedStdout;
 
-/// Where JSON access lines go; set once by `init_logging` in JSON mode.
-static JSON_SINK: OnceLock<BufferedStdout> = OnceLock::new();
+/// Where access lines go, set once by `init_logging`, and whether the
+/// logs are JSON.
+static SINK: OnceLock<(BufferedStdout, bool)> = OnceLock::new();
 
-/// Sends access lines straight to `out` as JSON (from then on).
-pub fn install_json(out: BufferedStdout) {
-    let _ = JSON_SINK.set(out);
+/// Sends access lines straight to `out` (from then on): as JSON when
+/// `json`, else through tracing's pretty format (combined lines always go
+/// straight to `out`).
+pub fn install(out: BufferedStdout, json: bool) {
+    let _ = SINK.set((out, json));
+}
+
+/// The shape of an access-log line (`server.access_log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The log's own format: a JSON line, or pretty fields.
+    #[default]
+    Default,
+    /// Apache/nginx combined: `addr - user [time] "request" status bytes
+    /// "referer" "user-agent"`.
+    Combined,
 }
 
 /// One request's access-log fields. Never a header value, cookie or query.
@@ -46,6 +64,13 @@ pub struct AccessLine<'a> {
     pub upstream: &'a str,
     pub user: &'a str,
     pub error: &'a str,
+    /// `User-Agent` and `Referer` as sent (`""`: none).
+    pub user_agent: &'a str,
+    pub referer: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`, …
+    pub protocol: &'a str,
+    /// `TLSv1.3`, … on https.
+    pub tls_version: Option<&'a str>,
 }
 
 thread_local! {
@@ -61,9 +86,16 @@ struct LineBuf {
 }
 
 impl AccessLine<'_> {
-    /// Writes the line: JSON straight to the log buffer, or through tracing.
-    pub fn emit(&self) {
-        if let Some(sink) = JSON_SINK.get() {
+    /// Writes the line: JSON or combined straight to the log buffer, or
+    /// through tracing.
+    pub fn emit(&self, format: Format) {
+        let sink = SINK.get();
+        let direct = match (sink, format) {
+            (Some((sink, _)), Format::Combined) => Some((sink, true)),
+            (Some((sink, true)), Format::Default) => Some((sink, false)),
+            _ => None,
+        };
+        if let Some((sink, combined)) = direct {
             LINE.with(|b| {
                 let mut b = b.borrow_mut();
                 let b = &mut *b;
@@ -71,9 +103,19 @@ impl AccessLine<'_> {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
-                self.write_json(&mut b.out, now, &mut b.second, &mut b.prefix);
+                if combined {
+                    self.write_combined(&mut b.out, now.as_secs());
+                } else {
+                    self.write_json(&mut b.out, now, &mut b.second, &mut b.prefix);
+                }
                 sink.write_line(b.out.as_bytes());
             });
+            return;
+        }
+        if format == Format::Combined {
+            let mut line = String::new();
+            self.write_combined(&mut line, 0);
+            tracing::info!(target: "portcullis::access", "{}", line.trim_end());
             return;
         }
         tracing::info!(
@@ -83,6 +125,7 @@ impl AccessLine<'_> {
             method = self.method,
             host = self.host,
             path = self.path,
+            protocol = self.protocol,
             status = self.status,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
@@ -90,9 +133,39 @@ impl AccessLine<'_> {
             route = self.route,
             upstream = self.upstream,
             user = self.user,
+            user_agent = self.user_agent,
+            referer = self.referer,
+            tls_version = self.tls_version,
             error = self.error,
             "request"
         );
+    }
+
+    /// The combined-format line, newline-terminated: `addr - user
+    /// [02/Dec/2026:18:30:00 +0000] "GET /path HTTP/1.1" 200 1234
+    /// "referer" "user-agent"`. Quotes, backslashes, control and non-ASCII
+    /// bytes inside the quoted parts are written `\xHH`, as nginx does.
+    fn write_combined(&self, out: &mut String, secs: u64) {
+        let _ = write!(out, "{} - ", self.client_ip);
+        push_escaped_or_dash(out, self.user);
+        out.push_str(" [");
+        push_clf_time(out, secs);
+        out.push_str("] \"");
+        push_escaped(out, self.method);
+        out.push(' ');
+        push_escaped(out, self.path);
+        out.push(' ');
+        push_escaped(out, self.protocol);
+        let _ = write!(out, "\" {} ", self.status);
+        match self.bytes_out {
+            Some(n) => push_padded(out, n, 1),
+            None => out.push('-'),
+        }
+        out.push_str(" \"");
+        push_escaped_or_dash(out, self.referer);
+        out.push_str("\" \"");
+        push_escaped_or_dash(out, self.user_agent);
+        out.push_str("\"\n");
     }
 
     /// The JSON line, newline-terminated, appended to `out`. `second` and
@@ -124,6 +197,12 @@ impl AccessLine<'_> {
         push_str(out, self.host);
         out.push_str(",\"path\":");
         push_str(out, self.path);
+        out.push_str(",\"protocol\":");
+        push_str(out, self.protocol);
+        if let Some(v) = self.tls_version {
+            out.push_str(",\"tls_version\":");
+            push_str(out, v);
+        }
         out.push_str(",\"status\":");
         push_padded(out, u64::from(self.status), 1);
         if let Some(n) = self.bytes_in {
@@ -146,6 +225,10 @@ impl AccessLine<'_> {
         push_str(out, self.upstream);
         out.push_str(",\"user\":");
         push_str(out, self.user);
+        out.push_str(",\"user_agent\":");
+        push_str(out, self.user_agent);
+        out.push_str(",\"referer\":");
+        push_str(out, self.referer);
         out.push_str(",\"error\":");
         push_str(out, self.error);
         out.push_str(",\"target\":\"portcullis::access\"}\n");
@@ -202,6 +285,44 @@ fn push_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// `s` with `"`, `\\`, control and non-ASCII bytes as `\xHH` (nginx's
+/// escaping in its text logs), so a value cannot end its quotes or line.
+fn push_escaped(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+}
+
+/// [`push_escaped`], or `-` for an empty value.
+fn push_escaped_or_dash(out: &mut String, s: &str) {
+    if s.is_empty() {
+        out.push('-');
+    } else {
+        push_escaped(out, s);
+    }
+}
+
+/// `02/Dec/2026:18:30:00 +0000`: the common log format's time, in UTC.
+fn push_clf_time(out: &mut String, secs: u64) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[m as usize - 1],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time.
 fn push_datetime(out: &mut String, secs: u64) {
     let days = (secs / 86_400) as i64;
@@ -251,6 +372,10 @@ mod tests {
             upstream: "http://10.0.0.2:8080",
             user,
             error: "",
+            user_agent: "curl/8.5.0",
+            referer: "",
+            protocol: "HTTP/1.1",
+            tls_version: Some("TLSv1.3"),
         }
     }
 
@@ -280,6 +405,34 @@ mod tests {
         assert_eq!(v["route"], "app");
         assert_eq!(v["upstream"], "http://10.0.0.2:8080");
         assert_eq!(v["error"], "");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["user_agent"], "curl/8.5.0");
+        assert_eq!(v["referer"], "");
+    }
+
+    #[test]
+    fn combined_lines_read_like_nginx_and_cannot_be_forged() {
+        let mut l = line("alice", "/a b/\u{e9}");
+        l.client_ip = "192.0.2.7".parse().unwrap();
+        l.referer = "https://x.test/\"evil";
+        l.user_agent = "agent\n1.2.3.4 - - [forged]";
+        let mut out = String::new();
+        l.write_combined(&mut out, 1_795_755_243);
+        assert_eq!(
+            out,
+            "192.0.2.7 - alice [27/Nov/2026:04:54:03 +0000] \"GET /a b/\\xC3\\xA9 HTTP/1.1\" 200 100 \"https://x.test/\\x22evil\" \"agent\\x0A1.2.3.4 - - [forged]\"\n"
+        );
+        let mut anon = line("", "/");
+        anon.client_ip = "192.0.2.7".parse().unwrap();
+        anon.bytes_out = None;
+        anon.user_agent = "";
+        let mut out = String::new();
+        anon.write_combined(&mut out, 0);
+        assert_eq!(
+            out,
+            "192.0.2.7 - - [01/Jan/1970:00:00:00 +0000] \"GET / HTTP/1.1\" 200 - \"-\" \"-\"\n"
+        );
     }
 
     #[test]

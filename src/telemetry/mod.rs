@@ -32,8 +32,8 @@ pub fn init_logging(format: LogFormat) -> writer::BufferedStdout {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(out.clone());
+    access::install(out.clone(), json);
     let result = if json {
-        access::install_json(out.clone());
         builder
             .json()
             .flatten_event(true)
