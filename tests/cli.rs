@@ -97,7 +97,7 @@ fn check_prints_every_error_with_file_line_and_key() {
     for (line, key) in [
         (4, "server.grace_period"),
         (8, "route[1].upstream"),
-        (12, "route[2]"),
+        (12, "route[2].hots"),
         (16, "route[3].host"),
     ] {
         let prefix = format!("{path}:{line}:");
@@ -252,4 +252,91 @@ fn pretty_logs_into_a_pipe_have_no_colour_codes() {
         "the error is logged: {logged:?}"
     );
     assert!(!logged.contains('\u{1b}'), "no escape codes: {logged:?}");
+}
+
+/// One bad key neither hides the others nor invents new ones: a typo, a
+/// wrong type and a bad value in one table are three errors, each with its
+/// full key path and its own line; the table's good keys still count (no
+/// "no listener" although `http` is set); a typo names the key meant.
+#[test]
+fn check_reports_each_bad_key_once_and_keeps_checking_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "typos.toml",
+        r#"[server]
+http = "127.0.0.1:0"
+grace_perod = "5s"
+upstream_timeout = 30
+grace_period = "5 seconds"
+admin = "off"
+
+[[route]]
+host = "a.test"
+upstream = "http://127.0.0.1:9"
+
+[[route]]
+host = "a.test"
+upstream = "http://127.0.0.1:9"
+strip_prefx = true
+"#,
+    );
+    let out = portcullis(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for (line, key, says) in [
+        (3, "server.grace_perod", "did you mean `grace_period`?"),
+        (4, "server.upstream_timeout", "invalid type"),
+        (
+            5,
+            "server.grace_period",
+            "unknown unit `seconds` (use ms, s, m, h, d)",
+        ),
+        (12, "route", "already routed at line 8"),
+        (15, "route[2].strip_prefx", "did you mean `strip_prefix`?"),
+    ] {
+        let prefix = format!("{path}:{line}:");
+        assert!(
+            stderr.lines().any(|l| l.trim_start().starts_with(&prefix)
+                && l.contains(&format!(": {key}: "))
+                && l.contains(says)),
+            "no `{says}` for {key} at line {line} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("no listener"), "invented: {stderr}");
+    assert_eq!(
+        stderr.matches("line 8").count(),
+        1,
+        "the duplicate route is reported once: {stderr}"
+    );
+    assert!(stderr.contains("5 errors"), "{stderr}");
+}
+
+/// A `[[certificate]]` whose file is missing is that error alone: no hint
+/// to add the certificate that is right there.
+#[test]
+fn check_does_not_suggest_adding_a_certificate_that_failed_to_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "cert.toml",
+        r#"[server]
+https = "127.0.0.1:0"
+admin = "off"
+
+[[certificate]]
+hosts = ["a.test"]
+cert_file = "missing.pem"
+key_file = "missing.key"
+
+[[route]]
+host = "a.test"
+upstream = "http://127.0.0.1:9"
+"#,
+    );
+    let out = portcullis(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+    assert!(!stderr.contains("add an [acme] section"), "{stderr}");
 }

@@ -36,6 +36,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let n: u64 = s[start..i]
             .parse()
             .map_err(|_| format!("`{s}`: number too large"))?;
+        // "5 seconds": read the unit past the space, to name it.
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
         let unit_start = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
@@ -53,6 +57,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
+        if unit_start > start && bytes[unit_start - 1] == b' ' {
+            return Err(format!(
+                "`{s}`: no space between number and unit; write e.g. \"{n}{}\"",
+                &s[unit_start..i]
+            ));
+        }
         total = total.saturating_add(part);
     }
     if total > MAX_DURATION {
@@ -64,6 +74,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spelled_out_units_are_named() {
+        let e = parse_duration("5 seconds").unwrap_err();
+        assert!(
+            e.contains("unknown unit `seconds` (use ms, s, m, h, d)"),
+            "{e}"
+        );
+        let e = parse_duration("5 s").unwrap_err();
+        assert!(e.contains("no space"), "{e}");
+    }
 
     #[test]
     fn parses_units_and_combinations() {

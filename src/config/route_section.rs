@@ -320,7 +320,8 @@ impl Cx<'_> {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut dups = Vec::new();
         for r in routes {
-            if let Some(first) = seen.insert((&r.host, r.path.as_str()), r.line) {
+            let same_place = seen.insert((&r.host, r.path.as_str()), r.line);
+            if let Some(first) = same_place {
                 dups.push((
                     r.line,
                     "route",
@@ -330,7 +331,11 @@ impl Cx<'_> {
                     ),
                 ));
             }
-            if let Some(first) = names.insert(r.name.as_str(), r.line) {
+            // A duplicate host and path usually repeats the name too: one
+            // report is enough.
+            if let Some(first) = names.insert(r.name.as_str(), r.line)
+                && same_place.is_none()
+            {
                 dups.push((
                     r.line,
                     "route.name",

@@ -78,6 +78,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let server = cx.server(server_raw.unwrap_or_default());
     let acme = acme_raw.and_then(|(span, a)| cx.acme(span, a));
     let mut certificates = Vec::new();
+    let certs_count = certs_raw.len();
     for (index, span, raw) in certs_raw {
         if let Some(c) = cx.certificate(index, span, raw) {
             certificates.push(c);
@@ -93,7 +94,9 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     }
     cx.check_route_set(&routes);
     cx.check_oidc_routes(&routes, &oidc);
-    if server.https.is_some() {
+    // A [[certificate]] that failed to load has its own error; coverage
+    // would only add a misleading "add a certificate" for its hosts.
+    if server.https.is_some() && certificates.len() == certs_count {
         cx.check_tls_coverage(&routes, &certificates, acme.is_some());
     }
 
@@ -170,22 +173,50 @@ impl<'a> Cx<'a> {
         ConfigErrors(self.errors)
     }
 
+    /// A table deserialized into `T`. A key that fails (unknown, wrong
+    /// type, bad value) is reported with its full path (`server.workers`,
+    /// `route[2].name`) and its own line, then left out, and the rest of
+    /// the table is read again: one bad key neither hides the others nor
+    /// makes the table look empty (which would invent errors such as "no
+    /// listener").
     fn section<T: for<'de> Deserialize<'de>>(
         &mut self,
         key: &str,
         value: Spanned<DeValue<'_>>,
     ) -> Option<T> {
         let span = value.span();
-        if !matches!(value.get_ref(), DeValue::Table(_)) {
+        let DeValue::Table(mut table) = value.into_inner() else {
             self.err(Some(span), key, format!("`{key}` must be a table: [{key}]"));
             return None;
-        }
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.err(e.span().or(Some(span)), key, e.message().to_string());
-                None
-            }
+        };
+        loop {
+            let attempt = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+            let e = match T::deserialize(ValueDeserializer::from(attempt)) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let at = e.span();
+            let culprit = at.as_ref().and_then(|at| {
+                table
+                    .iter()
+                    .find(|(k, v)| {
+                        let (k, v) = (k.span(), v.span());
+                        (k.start..v.end.max(k.end)).contains(&at.start)
+                    })
+                    .map(|(k, _)| k.clone())
+            });
+            let Some(culprit) = culprit else {
+                // Not one key's fault (a missing required key, say).
+                self.err(at.or(Some(span)), key, e.message().to_string());
+                return None;
+            };
+            let name: &str = culprit.get_ref();
+            self.err(
+                at.or(Some(culprit.span())),
+                &format!("{key}.{name}"),
+                explain_key_error(name, e.message()),
+            );
+            table.remove(&culprit);
         }
     }
 
@@ -444,15 +475,15 @@ respond = { status = 200 }
         let lines: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
         assert!(lines.contains(&(4, "server.admin")), "{e:?}");
         assert!(lines.contains(&(8, "route[1].upstream")), "{e:?}");
-        assert!(
-            lines.iter().any(|(l, k)| *l == 12 && *k == "route[2]"),
-            "{e:?}"
-        );
+        // The unknown key, and (the rest of the route still checked) the
+        // missing target.
+        assert!(lines.contains(&(12, "route[2].hots")), "{e:?}");
+        assert!(lines.contains(&(10, "route[2]")), "{e:?}");
         assert!(
             lines.iter().any(|(l, k)| *l == 14 && *k == "route[3]"),
             "{e:?}"
         );
-        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!(e.len(), 5, "{e:?}");
         let shown = e[0].to_string();
         assert!(shown.starts_with("t.toml:4:9: server.admin:"), "{shown}");
     }
@@ -461,7 +492,8 @@ respond = { status = 200 }
     fn duplicate_routes_name_the_first_line() {
         let src = "[server]\nhttp = \"127.0.0.1:0\"\n[[route]]\nhost = \"a.com\"\nrespond = {}\n[[route]]\nhost = \"A.com.\"\npath = \"/\"\nrespond = {}\n";
         let e = errs(src);
-        assert_eq!(e.len(), 2, "{e:?}"); // same host+path, and same derived name
+        // Same host+path (and so the same derived name): reported once.
+        assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].message.contains("line 3"), "{e:?}");
     }
 
@@ -495,5 +527,77 @@ respond = { status = 200 }
     fn admin_off_loopback_needs_a_token() {
         let e = errs("[server]\nhttp = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:9180\"\n");
         assert!(e.iter().any(|e| e.key == "server.admin"), "{e:?}");
+    }
+}
+
+/// serde's message for a bad key, in the config's words: an unknown key
+/// names the nearest known one when there is a close one.
+fn explain_key_error(name: &str, message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let known: Vec<&str> = rest
+        .split('`')
+        .skip(2)
+        .step_by(2)
+        .filter(|k| !k.is_empty())
+        .collect();
+    match nearest(name, &known) {
+        Some(k) => format!("unknown key `{name}`; did you mean `{k}`?"),
+        None if known.is_empty() => format!("unknown key `{name}`"),
+        None => format!("unknown key `{name}`; known keys: {}", known.join(", ")),
+    }
+}
+
+/// The known key closest to `name` by edit distance, if close enough to be
+/// a typo (at most a third of its length, and at most 3 edits).
+pub(super) fn nearest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod key_error_tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_the_nearest_key() {
+        let known = ["http", "https", "grace_period", "upstream_timeout"];
+        assert_eq!(nearest("grace_perod", &known), Some("grace_period"));
+        assert_eq!(nearest("upstream_timout", &known), Some("upstream_timeout"));
+        assert_eq!(nearest("htps", &known), Some("https"));
+        assert_eq!(nearest("completely_else", &known), None);
+        assert_eq!(
+            explain_key_error(
+                "grace_perod",
+                "unknown field `grace_perod`, expected one of `http`, `grace_period`"
+            ),
+            "unknown key `grace_perod`; did you mean `grace_period`?"
+        );
+        assert_eq!(
+            explain_key_error("zzz", "unknown field `zzz`, expected `http` or `https`"),
+            "unknown key `zzz`; known keys: http, https"
+        );
     }
 }
