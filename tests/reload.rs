@@ -97,7 +97,7 @@ respond = {}
     let want: Vec<(u64, String)> = vec![
         (4, "server.grace_period".into()),
         (8, "route[1].upstream".into()),
-        (12, "route[2]".into()),
+        (12, "route[2].hots".into()),
         (16, "route[3].host".into()),
     ];
     assert_eq!(got, want, "all errors, in file order: {v}");
