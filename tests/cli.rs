@@ -340,3 +340,51 @@ upstream = "http://127.0.0.1:9"
     assert!(stderr.contains("missing.pem"), "{stderr}");
     assert!(!stderr.contains("add an [acme] section"), "{stderr}");
 }
+
+/// `check --no-files` checks a config on a machine without its secrets
+/// and certificates (a CI job, a laptop), and still finds real mistakes.
+#[test]
+fn check_without_files_skips_secrets_and_certificates_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"[server]
+https = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+admin_token_file = "/run/secrets/nowhere/admin_token"
+
+[oidc.authentik]
+issuer = "https://auth.example.com/application/o/portcullis/"
+client_id = "portcullis"
+client_secret_file = "/run/secrets/nowhere/oidc"
+
+[[certificate]]
+hosts = ["app.example.com"]
+cert_file = "/etc/nowhere/app.pem"
+key_file = "/etc/nowhere/app.key"
+
+[[route]]
+host = "app.example.com"
+upstream = "http://127.0.0.1:8080"
+auth = { oidc = "authentik" }
+"#;
+    let path = write_config(dir.path(), "nofiles.toml", config);
+    let out = portcullis(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1), "the files are missing");
+    let out = portcullis(&["check", "--no-files", "--config", &path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("not read"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let broken = config.replace(
+        "upstream = \"http://127.0.0.1:8080\"",
+        "upstream = \"127.0.0.1:8080\"",
+    );
+    let path = write_config(dir.path(), "broken.toml", &broken);
+    let out = portcullis(&["check", "--no-files", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("route[1].upstream"), "{stderr}");
+    assert!(!stderr.contains("nowhere"), "files are not read: {stderr}");
+}

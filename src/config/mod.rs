@@ -27,7 +27,7 @@ pub use oidc_section::OidcConfig;
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
 pub use tls_section::pattern_covers;
-pub use validate::{load, parse};
+pub use validate::{load, load_without_files, parse};
 
 /// A validated config. The hot path never sees an `Option` that stands for
 /// "the user did not say": defaults are filled in here.

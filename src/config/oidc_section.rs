@@ -150,7 +150,7 @@ impl Cx<'_> {
         }
 
         let secret_path = resolve_relative(self.file, Path::new(raw.client_secret_file.get_ref()));
-        let client_secret = match Secret::read_file(&secret_path) {
+        let client_secret = match self.secret(&secret_path) {
             Ok(secret) => Some(secret),
             Err(message) => {
                 self.err(

@@ -197,7 +197,12 @@ impl Cx<'_> {
             (Some(c), Some(k), false) => {
                 let cert = resolve_relative(self.file, Path::new(c.get_ref()));
                 let keyf = resolve_relative(self.file, Path::new(k.get_ref()));
-                let loaded = crate::pki::load_pair(&cert, &keyf);
+                // Not reading files: a self-signed stand-in for its hosts.
+                let loaded = if self.read_files {
+                    crate::pki::load_pair(&cert, &keyf)
+                } else {
+                    crate::pki::self_signed(&names)
+                };
                 (CertSource::Files { cert, key: keyf }, loaded)
             }
             _ => {
