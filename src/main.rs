@@ -58,6 +58,27 @@ enum Command {
         #[arg(long)]
         no_files: bool,
     },
+    /// Write a commented starter config for a domain: https with Let's
+    /// Encrypt, the admin listener on loopback, one route (behind Authentik
+    /// with `--authentik`). Refuses to overwrite a file unless `--force`.
+    Init {
+        /// The domain the first route serves (e.g. example.com).
+        #[arg(long)]
+        domain: String,
+        /// Contact address for Let's Encrypt (expiry and policy mail).
+        #[arg(long)]
+        email: String,
+        /// Authentik's OpenID issuer URL for the portcullis provider, e.g.
+        /// https://auth.example.com/application/o/portcullis/
+        #[arg(long)]
+        authentik: Option<String>,
+        /// Where to write the config.
+        #[arg(short, long, default_value = "portcullis.toml")]
+        output: PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Ask a running gateway to reload its config, through its admin
     /// listener (address and token taken from the config file), and print
     /// the outcome. Exits 1 if the gateway rejected the new config.
@@ -107,6 +128,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, no_files } => check(&config, no_files),
+        Command::Init {
+            domain,
+            email,
+            authentik,
+            output,
+            force,
+        } => match init(&domain, &email, authentik.as_deref(), &output, force) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis init: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => {
             let logs = init_logging(cli.log_format);
             let code = match run(&config) {
@@ -171,6 +205,30 @@ fn check(path: &Path, no_files: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init(
+    domain: &str,
+    email: &str,
+    authentik: Option<&str>,
+    output: &Path,
+    force: bool,
+) -> anyhow::Result<()> {
+    let text = portcullis::config::starter(domain, email, authentik)?;
+    if output.exists() && !force {
+        anyhow::bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    std::fs::write(output, text).with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    if authentik.is_some() {
+        let dir = output.parent().unwrap_or(Path::new("."));
+        println!(
+            "next: put the client secret of Authentik's \"portcullis\" provider in {} (mode 0600)",
+            dir.join("secrets/oidc_client_secret").display()
+        );
+    }
+    println!("then: portcullis check --config {}", output.display());
+    Ok(())
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {

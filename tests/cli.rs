@@ -388,3 +388,104 @@ auth = { oidc = "authentik" }
     assert!(stderr.contains("route[1].upstream"), "{stderr}");
     assert!(!stderr.contains("nowhere"), "files are not read: {stderr}");
 }
+
+/// `portcullis init` writes a starter config that `check` accepts as
+/// written (with `--authentik`, once the client secret is in place), and
+/// never overwrites a file by accident.
+#[test]
+fn init_writes_a_starter_config_that_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("portcullis.toml");
+    let out_s = out_path.to_str().unwrap();
+    let out = portcullis(&[
+        "init",
+        "--domain",
+        "example.com",
+        "--email",
+        "me@example.com",
+        "--output",
+        out_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let check = portcullis(&["check", "--config", out_s]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    assert!(
+        text(&check.stdout).contains("1 route"),
+        "{}",
+        text(&check.stdout)
+    );
+
+    // Not over an existing file without --force.
+    let again = portcullis(&[
+        "init",
+        "--domain",
+        "other.com",
+        "--email",
+        "me@example.com",
+        "--output",
+        out_s,
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&out_path)
+            .unwrap()
+            .contains("example.com")
+    );
+
+    let issuer = "https://auth.example.com/application/o/portcullis/";
+    let out = portcullis(&[
+        "init",
+        "--domain",
+        "app.example.com",
+        "--email",
+        "me@example.com",
+        "--authentik",
+        issuer,
+        "--output",
+        out_s,
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("oidc_client_secret"),
+        "{}",
+        text(&out.stdout)
+    );
+    let check = portcullis(&["check", "--config", out_s]);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "the client secret is not there yet"
+    );
+    assert!(
+        text(&check.stderr).contains("oidc_client_secret"),
+        "{}",
+        text(&check.stderr)
+    );
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/oidc_client_secret"), "s3cret\n").unwrap();
+    let check = portcullis(&["check", "--config", out_s]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+
+    let bad = portcullis(&[
+        "init",
+        "--domain",
+        "https://x.com",
+        "--email",
+        "a@b.c",
+        "--output",
+        out_s,
+        "--force",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("not a host name"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

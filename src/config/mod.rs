@@ -13,6 +13,7 @@ mod limits_section;
 mod oidc_section;
 mod route_auth;
 mod route_section;
+mod starter;
 mod tls_section;
 mod validate;
 
@@ -26,6 +27,7 @@ pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
+pub use starter::starter;
 pub use tls_section::pattern_covers;
 pub use validate::{load, load_without_files, parse};
 
