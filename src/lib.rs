@@ -55,6 +55,23 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// `http ADDR, https ADDR, admin ADDR`: what is bound (the real ports).
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            ("http", &self.http),
+            ("https", &self.https),
+            ("admin", &self.admin),
+        ]
+        .into_iter()
+        .filter_map(|(name, l)| Some(format!("{name} {}", l.as_ref()?.local_addr().ok()?)))
+        .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// Binds every listener the config names.
     pub fn bind(config: &Config) -> anyhow::Result<Self> {
         let bind = |addr: Option<SocketAddr>, what: &str| -> anyhow::Result<_> {
@@ -165,6 +182,7 @@ impl Gateway {
             }
         };
         let (http_clones, https_clones) = (clones(&listeners.http)?, clones(&listeners.https)?);
+        let _ = shared.listening.set(listeners.describe());
 
         if let Some(l) = listeners.http {
             let l = TcpListener::from_std(l)?;

@@ -141,7 +141,12 @@ async fn reload_once(
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let summary = config.summary();
+    let summary = format!(
+        "{} route{}; listeners in effect: {}",
+        config.routes.len(),
+        if config.routes.len() == 1 { "" } else { "s" },
+        shared.listening.get().map_or("not started", String::as_str)
+    );
     // Identity providers: running ones are kept while their config is
     // unchanged, then all are rediscovered (bounded) so keys are current.
     let auth = match shared.auth.prepare(&config) {
@@ -196,7 +201,7 @@ fn restart_only_changes(old: &config::ServerConfig, new: &config::ServerConfig) 
     let mut check = |name: &str, changed: bool| {
         if changed {
             w.push(format!(
-                "server.{name} changed; it takes effect after a restart"
+                "server.{name} changed; it takes effect after a restart (until then the old value stays in effect)"
             ));
         }
     };

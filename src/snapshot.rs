@@ -158,6 +158,9 @@ pub struct Shared {
     pub certs: Arc<CertStore>,
     /// The https listener's port (0 = none), for redirects from http.
     pub https_port: AtomicU16,
+    /// The listeners in effect (`http ADDR, https ADDR, admin ADDR`), set
+    /// when serving starts; a reload cannot move them.
+    pub listening: std::sync::OnceLock<String>,
     pub metrics: Arc<Metrics>,
     /// Sessions, sign-ins in progress, identity providers.
     pub auth: Arc<crate::auth::AuthShared>,
@@ -185,6 +188,7 @@ impl Shared {
             config_path,
             certs,
             https_port: AtomicU16::new(0),
+            listening: std::sync::OnceLock::new(),
             auth,
         })
     }

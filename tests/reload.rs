@@ -439,3 +439,30 @@ async fn sighup_reloads_the_running_binary() {
     assert_eq!(c.get(&gw.url("/")).await.text(), "v2");
     assert!(!gw.has_exited());
 }
+
+/// A reload that moves a listener cannot move it: the reload line names
+/// the listeners really in effect (not the file's new address), and a
+/// warning says the change waits for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_log_names_the_listeners_in_effect() {
+    let gw = GatewayProcess::start(&respond_all("v1")).await;
+    let c = gw.client();
+    gw.rewrite_config(&format!(
+        "[server]\nhttp = \"127.0.0.1:1\"\nadmin = \"{{{{ADMIN}}}}\"\nstate_dir = \"{{{{DIR}}}}/state\"\n\n{}",
+        respond_all("v2")
+    ));
+    gw.signal("HUP");
+    wait_for("the reload to be logged", WAIT, || {
+        std::future::ready(gw.logs().contains("config reloaded").then_some(()))
+    })
+    .await;
+    assert_eq!(c.get(&gw.url("/")).await.text(), "v2");
+    let logs = gw.logs();
+    let in_effect = format!("listeners in effect: http {}", gw.http_addr());
+    assert!(logs.contains(&in_effect), "want `{in_effect}` in:\n{logs}");
+    assert!(
+        logs.contains("server.http changed; it takes effect after a restart"),
+        "{logs}"
+    );
+    assert!(!logs.contains("http 127.0.0.1:1"), "{logs}");
+}
