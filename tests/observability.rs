@@ -28,7 +28,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     (
         "portcullis_requests_total",
         "counter",
-        &["route", "method", "status_class"],
+        &["route", "method", "code", "status_class"],
     ),
     (
         "portcullis_request_duration_seconds",
@@ -60,6 +60,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     ("portcullis_routes_loaded", "gauge", &[]),
+    ("process_cpu_seconds_total", "counter", &[]),
+    ("process_resident_memory_bytes", "gauge", &[]),
+    ("process_open_fds", "gauge", &[]),
+    ("process_max_fds", "gauge", &[]),
+    ("process_start_time_seconds", "gauge", &[]),
 ];
 
 // --- a small parser for the text exposition format --------------------------
@@ -513,7 +518,7 @@ redirect = "https://new.test"
     let m = scrape(gw.admin_addr()).await;
     check_contract(&m);
     let req = |route: &str, method: &str, class: &str| {
-        m.value(
+        m.sum(
             "portcullis_requests_total",
             &[
                 ("route", route),
@@ -531,6 +536,20 @@ redirect = "https://new.test"
     assert_eq!(req("hello", "GET", "2xx"), 1.0);
     assert_eq!(req("old", "GET", "3xx"), 1.0);
     assert_eq!(req("", "GET", "4xx"), 2.0, "unrouted requests: route=\"\"");
+    // The exact code too, for alerts on 429 or 503 alone.
+    let code = |route: &str, code: &str| {
+        m.sum(
+            "portcullis_requests_total",
+            &[("route", route), ("code", code)],
+        )
+    };
+    assert_eq!(code("dead", "502"), 2.0);
+    assert_eq!(code("slow", "504"), 1.0);
+    assert_eq!(code("", "404"), 2.0);
+    // The process's own figures, under their standard names.
+    assert!(m.value("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.value("process_open_fds", &[]) >= 3.0);
+    assert!(m.value("process_start_time_seconds", &[]) > 1.7e9);
     assert_eq!(m.sum("portcullis_requests_total", &[]), sent as f64);
 
     // One histogram observation per request, per route.
@@ -663,7 +682,7 @@ redirect = "https://new.test"
     );
     assert_eq!(m.value("portcullis_routes_loaded", &[]), 6.0);
     assert_eq!(
-        m.value(
+        m.sum(
             "portcullis_requests_total",
             &[("route", "app"), ("method", "GET"), ("status_class", "2xx")]
         ),
@@ -746,7 +765,7 @@ respond = { body = "secure" }
         1.0
     );
     assert_eq!(
-        m.value(
+        m.sum(
             "portcullis_requests_total",
             &[("route", "app"), ("method", "GET"), ("status_class", "2xx")]
         ),

@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+/// `process_*` from `/proc`.
+mod process;
 /// The text exposition (`/metrics`).
 mod render;
 
@@ -24,6 +26,19 @@ const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Status codes counted in fixed slots (the ones a gateway sees; 499 is
+/// nginx's "client closed request"). Any other code is counted exactly too,
+/// in a small map only it touches.
+const CODES: [u16; 36] = [
+    101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 406, 408,
+    409, 410, 411, 413, 414, 415, 416, 421, 422, 426, 429, 431, 499, 500, 502, 503, 504,
+];
+
+/// The slot of `code` in [`CODES`].
+#[inline]
+fn code_index(code: u16) -> Option<usize> {
+    CODES.binary_search(&code).ok()
+}
 /// Upstream failure kinds, as labelled.
 pub const UPSTREAM_KINDS: [&str; 3] = ["refused", "timeout", "reset"];
 
@@ -85,10 +100,24 @@ impl Histogram {
     }
 }
 
+/// Requests by method and status slot.
+#[derive(Debug)]
+struct RequestCounts([[AtomicU64; CODES.len()]; METHODS.len()]);
+
+impl Default for RequestCounts {
+    fn default() -> Self {
+        RequestCounts(std::array::from_fn(|_| {
+            std::array::from_fn(|_| AtomicU64::new(0))
+        }))
+    }
+}
+
 /// Everything counted per route.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
-    requests: [[AtomicU64; CLASSES.len()]; METHODS.len()],
+    requests: RequestCounts,
+    /// Requests whose status is not in [`CODES`]: (method, code) → count.
+    rare_codes: std::sync::Mutex<std::collections::BTreeMap<(u8, u16), u64>>,
     pub duration: Histogram,
     upstream_errors: [AtomicU64; UPSTREAM_KINDS.len()],
     /// Upstream picks made with every upstream ejected or failing its
@@ -100,9 +129,37 @@ impl RouteMetrics {
     /// Counts one finished request.
     #[inline]
     pub fn request(&self, method: &http::Method, status: http::StatusCode, took: Duration) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[method_index(method)][class].fetch_add(1, Relaxed);
+        let m = method_index(method);
+        match code_index(status.as_u16()) {
+            Some(c) => {
+                self.requests.0[m][c].fetch_add(1, Relaxed);
+            }
+            None => self.rare_code(m, status.as_u16()),
+        }
         self.duration.observe(took);
+    }
+
+    #[cold]
+    fn rare_code(&self, method: usize, code: u16) {
+        let mut rare = self.rare_codes.lock().unwrap_or_else(|e| e.into_inner());
+        *rare.entry((method as u8, code)).or_default() += 1;
+    }
+
+    /// `(method, code, count)` of every status seen, in order.
+    fn request_counts(&self) -> Vec<(usize, u16, u64)> {
+        let mut out: Vec<(usize, u16, u64)> = Vec::new();
+        for (mi, row) in self.requests.0.iter().enumerate() {
+            for (ci, v) in row.iter().enumerate() {
+                let v = v.load(Relaxed);
+                if v > 0 {
+                    out.push((mi, CODES[ci], v));
+                }
+            }
+        }
+        let rare = self.rare_codes.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(rare.iter().map(|(&(m, c), &v)| (usize::from(m), c, v)));
+        out.sort_unstable();
+        out
     }
 
     /// Counts an upstream failure.

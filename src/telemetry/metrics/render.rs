@@ -38,20 +38,17 @@ impl Metrics {
             &mut out,
             "portcullis_requests_total",
             "counter",
-            "Requests by route, method and status class (route=\"\" for requests no route matched).",
+            "Requests by route, method and status: the exact code, and its class (route=\"\" for requests no route matched).",
         );
         for (name, m) in &all {
-            for (mi, method) in METHODS.iter().enumerate() {
-                for (ci, class) in CLASSES.iter().enumerate() {
-                    let v = m.requests[mi][ci].load(Relaxed);
-                    if v > 0 {
-                        let _ = writeln!(
-                            out,
-                            "portcullis_requests_total{{route=\"{}\",method=\"{method}\",status_class=\"{class}\"}} {v}",
-                            escape(name)
-                        );
-                    }
-                }
+            for (mi, code, v) in m.request_counts() {
+                let class = CLASSES[usize::from((code / 100).clamp(1, 5)) - 1];
+                let _ = writeln!(
+                    out,
+                    "portcullis_requests_total{{route=\"{}\",method=\"{}\",code=\"{code}\",status_class=\"{class}\"}} {v}",
+                    escape(name),
+                    METHODS[mi]
+                );
             }
         }
 
@@ -251,6 +248,9 @@ impl Metrics {
             "portcullis_routes_loaded {}",
             self.routes_loaded.load(Relaxed)
         );
+        if let Some(p) = process::ProcessStats::read() {
+            p.render(&mut out);
+        }
         out
     }
 }
