@@ -364,7 +364,7 @@ enum ClientUpgrade {
 /// Bytes the backend sent right behind its 101 go to the client first.
 async fn relay_upgraded(
     mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    backend: pool_conn::Conn,
+    backend: pool_conn::BackendConn,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let (mut backend, early) = backend.into_parts();

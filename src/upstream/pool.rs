@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use http::Response;
 use tokio::net::TcpStream;
 
-use super::conn::{self as upstream, Conn, Failure, Outgoing, UpstreamBody};
+use super::conn::{self as upstream, BackendConn, Failure, Outgoing, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 use crate::http::body::Body;
 use crate::http::error::ProxyError;
@@ -37,7 +37,7 @@ use crate::http::error::ProxyError;
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
 struct Idle {
-    conn: Conn,
+    conn: BackendConn,
     since: Instant,
 }
 
@@ -70,7 +70,7 @@ thread_local! {
 }
 
 /// Puts a connection back (its response has been read to the end).
-pub fn release(key: &PoolKey, conn: Conn, max_idle: Duration) {
+pub fn release(key: &PoolKey, conn: BackendConn, max_idle: Duration) {
     IDLE.with_borrow_mut(|pool| {
         // The key is cloned (a reference count) only for a new upstream.
         let list = match pool.get_mut(key) {
@@ -116,7 +116,7 @@ fn start_sweeper(max_idle: Duration) {
     });
 }
 
-fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<Conn> {
+fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<BackendConn> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(a)?;
         // Newest first: it is the most likely to still be open.
@@ -136,7 +136,7 @@ pub async fn send(
     target: &UpstreamTarget,
     out: &mut Outgoing,
     server: &ServerConfig,
-) -> Result<(Response<Body>, Option<Conn>), ProxyError> {
+) -> Result<(Response<Body>, Option<BackendConn>), ProxyError> {
     let max_idle = server.upstream_idle_timeout;
     let (mut conn, mut reused) = match take_idle(&target.pool_key, max_idle) {
         Some(c) => (c, true),
@@ -197,14 +197,14 @@ pub async fn send(
 fn connect(
     target: &UpstreamTarget,
     connect_timeout: Duration,
-) -> std::pin::Pin<Box<impl Future<Output = Result<Conn, ProxyError>> + Send + '_>> {
+) -> std::pin::Pin<Box<impl Future<Output = Result<BackendConn, ProxyError>> + Send + '_>> {
     Box::pin(connect_inner(target, connect_timeout))
 }
 
 async fn connect_inner(
     target: &UpstreamTarget,
     connect_timeout: Duration,
-) -> Result<Conn, ProxyError> {
+) -> Result<BackendConn, ProxyError> {
     let host = target
         .authority
         .host()
@@ -221,7 +221,7 @@ async fn connect_inner(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    Ok(Conn::new(stream))
+    Ok(BackendConn::new(stream))
 }
 
 #[cfg(test)]
