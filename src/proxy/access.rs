@@ -60,7 +60,7 @@ impl Record {
             method: req.method().clone(),
             uri: req.uri().clone(),
             host: req.headers().get(http::header::HOST).cloned(),
-            bytes_in: super::headers::content_length(req.headers()),
+            bytes_in: crate::h1::wire::content_length(req.headers()),
             client_ip: None,
             status: CLIENT_CLOSED,
             route: None,
@@ -209,8 +209,9 @@ impl crate::http::body::Stream for Logged {
 }
 
 impl Drop for Logged {
-    /// hyper stops polling once a body of known length is complete, and
-    /// drops a body whose client went away: tell the two apart.
+    /// The servers (our HTTP/1 codec, hyper's HTTP/2) stop polling once a
+    /// body of known length is complete, and drop a body whose client went
+    /// away: tell the two apart.
     fn drop(&mut self) {
         if let Some(r) = &self.record {
             // A HEAD response's body is never sent, so never polled.

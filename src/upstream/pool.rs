@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use super::conn::{self as upstream, BackendConn, Failure, Outgoing, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 use crate::http::body::Body;
-use crate::http::error::ProxyError;
+use crate::http::error::{Cause, ProxyError};
 
 /// Idle connections kept per upstream address and thread.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -164,13 +164,11 @@ pub async fn send(
                 ));
             }
             Err(Failure::NoAnswer) => {
-                tracing::debug!(upstream = %target.url, "the backend closed the connection without answering");
-                return Err(ProxyError::UpstreamBroken);
+                return Err(ProxyError::UpstreamBroken(Cause::Said(
+                    "the backend closed the connection without answering",
+                )));
             }
-            Err(Failure::Broken(why)) => {
-                tracing::warn!(upstream = %target.url, reason = why, "invalid or broken answer from the backend");
-                return Err(ProxyError::UpstreamBroken);
-            }
+            Err(Failure::Broken(why)) => return Err(ProxyError::UpstreamBroken(Cause::Said(why))),
         }
     };
     let mut resp = Response::new(Body::Empty);
@@ -213,11 +211,15 @@ async fn connect_inner(
     let port = target.authority.port_u16().unwrap_or(80);
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await
     {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return Err(ProxyError::UpstreamTimeout);
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout(Cause::Said(
+                "connecting took longer than upstream_connect_timeout",
+            )));
         }
-        Ok(Err(_)) => return Err(ProxyError::UpstreamUnavailable),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(ProxyError::UpstreamTimeout(Cause::error(e)));
+        }
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(Cause::error(e))),
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
