@@ -748,12 +748,42 @@ fn grafana_provisioning_matches_the_dashboard() {
     let mut used = Vec::new();
     datasources(&d["panels"], &mut used);
     datasources(&d["templating"], &mut used);
+    // Datasources are variables (`${DS_PROMETHEUS}`, `${DS_LOKI}`), so the
+    // dashboard imports into an existing Grafana (`__inputs` asks which);
+    // provisioned, each variable's default is the provisioned uid.
+    let vars: BTreeMap<String, &serde_json::Value> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "datasource")
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v))
+        .collect();
+    let inputs: BTreeSet<&str> = d["__inputs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["name"].as_str()).collect())
+        .unwrap_or_default();
+    let mut kinds = BTreeSet::new();
     for (uid, kind) in used {
-        let (t, _) = uids.get(&uid).unwrap_or_else(|| {
-            panic!("the dashboard uses datasource uid {uid}, which is not provisioned")
+        let name = uid
+            .strip_prefix("${")
+            .and_then(|u| u.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("datasource uid {uid} is fixed, not a variable"));
+        let var = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("datasource variable {name} is not defined"));
+        assert!(inputs.contains(name), "{name} is not in __inputs");
+        assert_eq!(var["query"], kind.as_str(), "variable {name} lists {kind}s");
+        let default = var["current"]["value"].as_str().unwrap();
+        let (t, _) = uids.get(default).unwrap_or_else(|| {
+            panic!("{name} defaults to datasource uid {default}, which is not provisioned")
         });
-        assert_eq!(*t, kind, "datasource {uid}");
+        assert_eq!(*t, kind, "datasource {default}");
+        kinds.insert(name.to_string());
     }
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["DS_LOKI".to_string(), "DS_PROMETHEUS".to_string()])
+    );
 }
 
 // --- systemd -----------------------------------------------------------------------
