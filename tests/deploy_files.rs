@@ -1087,7 +1087,10 @@ fn alert_rules_load_fire_on_real_metric_names_and_are_tested() {
             .collect();
         used.insert(name);
     }
-    assert!(used.len() >= 5, "alerts use the gateway's metrics: {used:?}");
+    assert!(
+        used.len() >= 5,
+        "alerts use the gateway's metrics: {used:?}"
+    );
     for name in &used {
         assert!(
             rendered.contains(&format!("\"{name}")),
@@ -1183,7 +1186,9 @@ fn three_vm_compose_files_follow_the_compose_specification() {
 fn three_vms_share_one_env_and_publish_only_on_private_addresses() {
     let env = stack_env();
     for k in ["MASTER_ADDR", "DATA_ADDR", "MONITORING_ADDR"] {
-        let v = env.get(k).unwrap_or_else(|| panic!(".env.example has no {k}"));
+        let v = env
+            .get(k)
+            .unwrap_or_else(|| panic!(".env.example has no {k}"));
         assert!(
             v.parse::<std::net::IpAddr>().is_ok(),
             "{k}={v} is not an address"
@@ -1193,7 +1198,10 @@ fn three_vms_share_one_env_and_publish_only_on_private_addresses() {
     for vm in VMS {
         let rel = format!("deploy/{vm}/compose.yaml");
         for name in env_refs(&read(&rel)) {
-            assert!(env.contains_key(&name), "{rel} uses ${{{name}}}, not in .env.example");
+            assert!(
+                env.contains_key(&name),
+                "{rel} uses ${{{name}}}, not in .env.example"
+            );
         }
         let doc = vm_compose(vm);
         let own = format!("${{{}_ADDR}}:", vm.to_uppercase());
@@ -1256,7 +1264,10 @@ fn three_vms_share_one_env_and_publish_only_on_private_addresses() {
         let name = r["name"].as_str().unwrap();
         if name == "grafana" || name == "prometheus" {
             let up = r["upstream"].as_str().unwrap();
-            assert!(up.contains(mon.as_str()), "route {name} goes to {up}, not {mon}");
+            assert!(
+                up.contains(mon.as_str()),
+                "route {name} goes to {up}, not {mon}"
+            );
         }
     }
 }
@@ -1278,7 +1289,11 @@ fn monitoring_prometheus_scrapes_every_vm_and_passes_promtool() {
         text.replace("/etc/prometheus/alerts.yml", rules.to_str().unwrap()),
     )
     .unwrap();
-    let (ok, out) = run_tool("promtool", &["check", "config", conf.to_str().unwrap()], PROMTOOL);
+    let (ok, out) = run_tool(
+        "promtool",
+        &["check", "config", conf.to_str().unwrap()],
+        PROMTOOL,
+    );
     std::fs::remove_dir_all(&dir).ok();
     assert!(ok, "promtool check config:\n{out}");
 
@@ -1380,7 +1395,10 @@ fn alloy_config_is_well_formed_and_wired_like_promtail() {
 
     // Top-level components: `kind.kind "label" {`.
     let mut declared = BTreeSet::new();
-    for line in text.lines().filter(|l| !l.starts_with(' ') && l.ends_with('{')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with('{'))
+    {
         let mut parts = line.split_whitespace();
         let kind = parts.next().unwrap();
         let label = parts.next().unwrap().trim_matches('"');
@@ -1429,7 +1447,11 @@ fn alloy_config_is_well_formed_and_wired_like_promtail() {
             }
         }
         if let Some(t) = line.strip_prefix("target_label") {
-            labels.insert(t.trim_start_matches([' ', '=']).trim_matches('"').to_string());
+            labels.insert(
+                t.trim_start_matches([' ', '='])
+                    .trim_matches('"')
+                    .to_string(),
+            );
         }
     }
     let mut want = promtail_labels(&yaml("config/promtail.yml"));
