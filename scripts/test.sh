@@ -7,8 +7,10 @@
 # Peers: Pebble + pebble-challtestsrv (Debian package `pebble`) for ACME,
 # nginx for forward-auth behind auth_request, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
-# `chromium-driver`) for the browser tests. Missing ones are installed
-# (apt-get as root, or via sudo).
+# `chromium-driver`) for the browser tests, promtool (Debian `prometheus`)
+# for the alert rules and Prometheus configs, and check-jsonschema (PyPI,
+# in a venv under target/, Debian `python3-venv`) for the compose files.
+# Missing ones are installed (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,12 +29,21 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
   as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+echo "==> check-jsonschema (PyPI) in a venv, for the compose files"
+venv="$(realpath -m "${CARGO_TARGET_DIR:-target}")/check-jsonschema-venv"
+[ -x "$venv/bin/check-jsonschema" ] || {
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q check-jsonschema
+}
+export CHECK_JSONSCHEMA="$venv/bin/check-jsonschema"
 
 echo "==> OIDC test provider dependencies (npm ci)"
 (cd tests/peers/oidc && npm ci --no-audit --no-fund --loglevel=error)

@@ -28,8 +28,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// This route's counters, looked up once when the snapshot is built.
     pub metrics: Arc<RouteMetrics>,
-    /// Which upstream gets the next request.
-    balancer: Balancer,
+    /// Which upstream gets the next request; told how each one did.
+    pub balancer: Balancer,
     /// The route's name and its upstreams' URLs as shared strings, made
     /// once here: an access-log record takes a reference count, not a copy.
     pub log_name: Arc<str>,
@@ -50,26 +50,6 @@ impl Route {
             metrics,
             balancer: Balancer::new(n),
         }
-    }
-
-    /// The next upstream to try, skipping those in `tried` (see
-    /// [`Balancer::pick`]).
-    #[inline]
-    pub fn pick_upstream(&self, tried: &[usize]) -> Option<usize> {
-        self.balancer.pick(tried, &self.config, &self.metrics)
-    }
-
-    /// Records the outcome of a request to upstream `i` (see
-    /// [`Balancer::report`]).
-    #[inline]
-    pub fn report(&self, i: usize, ok: bool, eject_after: u32, eject_for: std::time::Duration) {
-        self.balancer
-            .report(i, ok, eject_after, eject_for, &self.config);
-    }
-
-    /// Active health check result for upstream `i`.
-    pub fn set_down(&self, i: usize, down: bool) {
-        self.balancer.set_down(i, down, &self.config);
     }
 }
 
@@ -237,7 +217,7 @@ pub fn spawn_health_checks(shared: &Arc<Shared>, snap: &Arc<Snapshot>) {
                     if let Some(healthy) =
                         health::probe(&shared.health_client, target, &check).await
                     {
-                        route.set_down(i, !healthy);
+                        route.balancer.set_down(i, !healthy, &route.config);
                     }
                 }
             }

@@ -162,7 +162,7 @@ fn compose_file_parses_and_every_mounted_repo_file_exists() {
         "prometheus",
         "grafana",
         "loki",
-        "promtail",
+        "alloy",
     ]);
     assert_eq!(names, want, "the master stack's services");
 
@@ -575,33 +575,18 @@ fn promtail_ships_docker_logs_to_loki_with_few_labels() {
             loki["server"]["http_listen_port"].as_u64().unwrap()
         )
     );
-    assert!(!networks(c.service("promtail")).is_disjoint(&networks(c.service("loki"))));
-
+    // Promtail is kept for its users (Alloy replaced it in the compose
+    // stack): its config still targets this compose project's containers.
+    assert!(!c.services().contains_key("promtail"));
     let job = &p["scrape_configs"][0];
     let sd = &job["docker_sd_configs"][0];
-    let socket = s(&sd["host"]).strip_prefix("unix://").expect("unix socket");
-    assert!(
-        mounts(c.service("promtail"))
-            .iter()
-            .any(|(src, dst)| src == socket && dst == socket)
-    );
+    assert!(s(&sd["host"]).starts_with("unix://"));
     let filter = s(&sd["filters"][0]["values"][0]);
     assert_eq!(
         filter,
         format!("com.docker.compose.project={}", s(&c.doc["name"]))
     );
-    let positions = Path::new(s(&p["positions"]["filename"]))
-        .parent()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        mounts(c.service("promtail"))
-            .iter()
-            .any(|(_, dst)| *dst == positions),
-        "positions are kept on a volume"
-    );
+    assert!(Path::new(s(&p["positions"]["filename"])).is_absolute());
 
     // The JSON stage reads the fields our lines have, the timestamp stage
     // our timestamp field.
@@ -639,7 +624,7 @@ fn promtail_ships_docker_logs_to_loki_with_few_labels() {
     let d: serde_json::Value =
         serde_json::from_str(&read("config/grafana/portcullis.json")).unwrap();
     for panel in d["panels"].as_array().unwrap() {
-        if panel["datasource"]["uid"] != "loki" {
+        if panel["datasource"]["uid"] != "${DS_LOKI}" {
             continue;
         }
         for t in panel["targets"].as_array().unwrap() {
@@ -748,12 +733,42 @@ fn grafana_provisioning_matches_the_dashboard() {
     let mut used = Vec::new();
     datasources(&d["panels"], &mut used);
     datasources(&d["templating"], &mut used);
+    // Datasources are variables (`${DS_PROMETHEUS}`, `${DS_LOKI}`), so the
+    // dashboard imports into an existing Grafana (`__inputs` asks which);
+    // provisioned, each variable's default is the provisioned uid.
+    let vars: BTreeMap<String, &serde_json::Value> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "datasource")
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v))
+        .collect();
+    let inputs: BTreeSet<&str> = d["__inputs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["name"].as_str()).collect())
+        .unwrap_or_default();
+    let mut kinds = BTreeSet::new();
     for (uid, kind) in used {
-        let (t, _) = uids.get(&uid).unwrap_or_else(|| {
-            panic!("the dashboard uses datasource uid {uid}, which is not provisioned")
+        let name = uid
+            .strip_prefix("${")
+            .and_then(|u| u.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("datasource uid {uid} is fixed, not a variable"));
+        let var = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("datasource variable {name} is not defined"));
+        assert!(inputs.contains(name), "{name} is not in __inputs");
+        assert_eq!(var["query"], kind.as_str(), "variable {name} lists {kind}s");
+        let default = var["current"]["value"].as_str().unwrap();
+        let (t, _) = uids.get(default).unwrap_or_else(|| {
+            panic!("{name} defaults to datasource uid {default}, which is not provisioned")
         });
-        assert_eq!(*t, kind, "datasource {uid}");
+        assert_eq!(*t, kind, "datasource {default}");
+        kinds.insert(name.to_string());
     }
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["DS_LOKI".to_string(), "DS_PROMETHEUS".to_string()])
+    );
 }
 
 // --- systemd -----------------------------------------------------------------------
@@ -1056,6 +1071,453 @@ fn dockerfile_is_multi_stage_locked_and_unprivileged() {
         assert!(
             dockerignored(excluded),
             ".dockerignore keeps {excluded} out of the context"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Alert rules, and the stack as three VMs (deploy/).
+
+/// Runs a checker; a missing one fails with how to install it.
+fn run_tool(program: &str, args: &[&str], install: &str) -> (bool, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): {install}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const PROMTOOL: &str = "promtool is missing: apt-get install prometheus (scripts/test.sh does)";
+
+fn promtool(args: &[&str]) {
+    let (ok, text) = run_tool("promtool", args, PROMTOOL);
+    assert!(ok, "promtool {}:\n{text}", args.join(" "));
+}
+
+/// The alert rules load, and their unit tests (`promtool test rules`) pass:
+/// each alert fires on the series Portcullis serves and stays quiet on a
+/// healthy gateway. Every `portcullis_*` metric they use is one the gateway
+/// renders, and every alert has a test.
+#[test]
+fn alert_rules_load_fire_on_real_metric_names_and_are_tested() {
+    promtool(&["check", "rules", "config/prometheus/alerts.yml"]);
+    promtool(&["test", "rules", "config/prometheus/alerts.test.yml"]);
+
+    let rules = read("config/prometheus/alerts.yml");
+    let rendered = read("src/telemetry/metrics/render.rs");
+    let mut used = BTreeSet::new();
+    for (i, _) in rules.match_indices("portcullis_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used.insert(name);
+    }
+    assert!(
+        used.len() >= 5,
+        "alerts use the gateway's metrics: {used:?}"
+    );
+    for name in &used {
+        assert!(
+            rendered.contains(&format!("\"{name}")),
+            "alerts.yml uses {name}, which /metrics does not serve"
+        );
+    }
+
+    let doc = yaml("config/prometheus/alerts.yml");
+    let tests = read("config/prometheus/alerts.test.yml");
+    let mut alerts = BTreeSet::new();
+    for g in seq(&doc["groups"]) {
+        for r in seq(&g["rules"]) {
+            alerts.insert(s(&r["alert"]).to_string());
+        }
+    }
+    for want in [
+        "PortcullisDown",
+        "PortcullisCertificateExpiringSoon",
+        "PortcullisAcmeOrdersFailing",
+        "PortcullisRoute5xxRatioHigh",
+        "PortcullisUpstreamDown",
+        "PortcullisConfigReloadFailing",
+    ] {
+        assert!(alerts.contains(want), "alerts.yml has no {want}");
+    }
+    for a in &alerts {
+        assert!(
+            tests.contains(&format!("alertname: {a}\n")),
+            "alerts.test.yml does not test {a}"
+        );
+    }
+}
+
+const VMS: [&str; 3] = ["master", "data", "monitoring"];
+
+fn vm_compose(vm: &str) -> Value {
+    yaml(&format!("deploy/{vm}/compose.yaml"))
+}
+
+/// `KEY=value` lines of deploy/.env.example.
+fn stack_env() -> BTreeMap<String, String> {
+    read("deploy/.env.example")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Every `${NAME}` in a text.
+fn env_refs(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let end = rest[i..].find('}').expect("unclosed ${");
+        out.insert(rest[i + 2..i + end].to_string());
+        rest = &rest[i + end..];
+    }
+    out
+}
+
+/// The three compose files are valid against the Compose specification's
+/// JSON schema (`check-jsonschema --builtin-schema vendor.compose-spec`,
+/// from PyPI: scripts/test.sh installs it in a venv and sets
+/// CHECK_JSONSCHEMA).
+#[test]
+fn three_vm_compose_files_follow_the_compose_specification() {
+    let program = std::env::var("CHECK_JSONSCHEMA").unwrap_or_else(|_| "check-jsonschema".into());
+    let files: Vec<String> = VMS
+        .iter()
+        .map(|vm| format!("deploy/{vm}/compose.yaml"))
+        .chain(["config/compose.yaml".to_string()])
+        .collect();
+    let mut args = vec!["--builtin-schema", "vendor.compose-spec"];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, text) = run_tool(
+        &program,
+        &args,
+        "check-jsonschema is missing: run scripts/test.sh (it makes a venv with \
+         `pip install check-jsonschema` and sets CHECK_JSONSCHEMA), or pip install it",
+    );
+    assert!(ok, "compose files against the compose spec:\n{text}");
+}
+
+/// The three VMs share one .env of addresses: every variable a compose file
+/// uses is there; only Portcullis is published to the internet (80, 443),
+/// every other published port is bound to the VM's own private address;
+/// mounted repo files exist; secrets come from config/secrets.
+#[test]
+fn three_vms_share_one_env_and_publish_only_on_private_addresses() {
+    let env = stack_env();
+    for k in ["MASTER_ADDR", "DATA_ADDR", "MONITORING_ADDR"] {
+        let v = env
+            .get(k)
+            .unwrap_or_else(|| panic!(".env.example has no {k}"));
+        assert!(
+            v.parse::<std::net::IpAddr>().is_ok(),
+            "{k}={v} is not an address"
+        );
+    }
+    let mut services_of = BTreeMap::new();
+    for vm in VMS {
+        let rel = format!("deploy/{vm}/compose.yaml");
+        for name in env_refs(&read(&rel)) {
+            assert!(
+                env.contains_key(&name),
+                "{rel} uses ${{{name}}}, not in .env.example"
+            );
+        }
+        let doc = vm_compose(vm);
+        let own = format!("${{{}_ADDR}}:", vm.to_uppercase());
+        let dir = root().join("deploy").join(vm);
+        let services: BTreeMap<String, Value> = doc["services"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (s(k).to_string(), v.clone()))
+            .collect();
+        for (name, svc) in &services {
+            for p in seq(&svc["ports"]) {
+                let p = s(p);
+                let public = name == "portcullis" && (p == "80:80" || p == "443:443");
+                assert!(
+                    public || p.starts_with(&own),
+                    "{vm}/{name} publishes {p} beyond {own}"
+                );
+            }
+            for (src, _) in mounts(svc) {
+                if src.starts_with('.') {
+                    assert!(dir.join(&src).exists(), "{vm}/{name} mounts missing {src}");
+                }
+            }
+        }
+        for sec in keys(&doc["secrets"]) {
+            let file = s(&doc["secrets"][sec.as_str()]["file"]);
+            assert!(
+                file.starts_with("../../config/secrets/"),
+                "{vm}: secret {sec} from {file}, outside config/secrets"
+            );
+        }
+        services_of.insert(vm, services);
+    }
+    let has = |vm: &str, svc: &str| services_of[vm].contains_key(svc);
+    for (vm, svc) in [
+        ("master", "portcullis"),
+        ("master", "authentik-server"),
+        ("master", "authentik-worker"),
+        ("data", "postgres"),
+        ("data", "mongodb"),
+        ("data", "postgres-exporter"),
+        ("data", "mongodb-exporter"),
+        ("monitoring", "prometheus"),
+        ("monitoring", "grafana"),
+        ("monitoring", "loki"),
+    ] {
+        assert!(has(vm, svc), "deploy/{vm} has no {svc}");
+    }
+    for vm in VMS {
+        assert!(has(vm, "node-exporter"), "deploy/{vm} has no node-exporter");
+        assert!(has(vm, "alloy"), "deploy/{vm} ships no logs (alloy)");
+        assert!(!has(vm, "promtail"), "deploy/{vm} still runs Promtail");
+    }
+    // Portcullis on the master VM reaches the monitoring VM's Grafana and
+    // Prometheus at the address in .env.
+    let cfg = toml_file("deploy/master/portcullis.toml");
+    let mon = &env["MONITORING_ADDR"];
+    for r in cfg["route"].as_array().unwrap() {
+        let name = r["name"].as_str().unwrap();
+        if name == "grafana" || name == "prometheus" {
+            let up = r["upstream"].as_str().unwrap();
+            assert!(
+                up.contains(mon.as_str()),
+                "route {name} goes to {up}, not {mon}"
+            );
+        }
+    }
+}
+
+/// Prometheus on the monitoring VM: `promtool check config` passes (with the
+/// alert rules it loads), and it scrapes each VM's exporters at the address
+/// .env gives that VM, on a port that VM publishes.
+#[test]
+fn monitoring_prometheus_scrapes_every_vm_and_passes_promtool() {
+    let dir = std::env::temp_dir().join(format!("portcullis-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("alerts.yml");
+    std::fs::copy(root().join("config/prometheus/alerts.yml"), &rules).unwrap();
+    let text = read("deploy/monitoring/prometheus.yml");
+    assert!(text.contains("/etc/prometheus/alerts.yml"));
+    let conf = dir.join("prometheus.yml");
+    std::fs::write(
+        &conf,
+        text.replace("/etc/prometheus/alerts.yml", rules.to_str().unwrap()),
+    )
+    .unwrap();
+    let (ok, out) = run_tool(
+        "promtool",
+        &["check", "config", conf.to_str().unwrap()],
+        PROMTOOL,
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(ok, "promtool check config:\n{out}");
+
+    // The rules file is mounted where rule_files says.
+    let mon = vm_compose("monitoring");
+    assert!(
+        mounts(&mon["services"]["prometheus"])
+            .iter()
+            .any(|(src, dst)| src.ends_with("config/prometheus/alerts.yml")
+                && dst == "/etc/prometheus/alerts.yml")
+    );
+
+    let env = stack_env();
+    let prom: Value = serde_norway::from_str(&text).unwrap();
+    let mut seen = BTreeSet::new();
+    for job in seq(&prom["scrape_configs"]) {
+        for sc in seq(&job["static_configs"]) {
+            for t in seq(&sc["targets"]) {
+                let (host, port) = s(t).rsplit_once(':').unwrap();
+                if host == "localhost" {
+                    continue;
+                }
+                let vm = VMS
+                    .iter()
+                    .find(|vm| env[&format!("{}_ADDR", vm.to_uppercase())] == host)
+                    .unwrap_or_else(|| panic!("target {} is no VM address of .env", s(t)));
+                let published = read(&format!("deploy/{vm}/compose.yaml"))
+                    .contains(&format!("_ADDR}}:{port}:"));
+                assert!(published, "{vm} does not publish port {port} for {}", s(t));
+                seen.insert((vm.to_string(), s(&job["job_name"]).to_string()));
+            }
+        }
+    }
+    for (vm, job) in [
+        ("master", "portcullis"),
+        ("data", "postgres"),
+        ("data", "mongodb"),
+        ("master", "node"),
+        ("data", "node"),
+        ("monitoring", "node"),
+    ] {
+        assert!(
+            seen.contains(&(vm.to_string(), job.to_string())),
+            "no {job} scrape on {vm}"
+        );
+    }
+}
+
+/// Grafana Alloy's config (no Alloy binary here to check it): a structural
+/// parse that checks the blocks balance, every `component.kind.name.field`
+/// reference names a component declared in the file, logs go to Loki at
+/// LOKI_URL, and Portcullis' lines get the same few labels Promtail gave
+/// them plus `vm`. Each VM's Alloy service sets LOKI_URL and VM.
+#[test]
+fn alloy_config_is_well_formed_and_wired_like_promtail() {
+    let text = read("config/alloy/config.alloy");
+    // Strip comments and strings, then check braces balance.
+    let mut code = String::new();
+    let mut strings = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '/' if chars.peek() == Some(&'/') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        code.push('\n');
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                let mut lit = String::new();
+                loop {
+                    match chars.next().expect("unterminated string") {
+                        '\\' => {
+                            lit.push('\\');
+                            lit.push(chars.next().unwrap());
+                        }
+                        '"' => break,
+                        c => lit.push(c),
+                    }
+                }
+                code.push_str("\"\"");
+                strings.push(lit);
+            }
+            c => code.push(c),
+        }
+    }
+    let mut depth = 0i32;
+    for c in code.chars() {
+        match c {
+            '{' | '[' | '(' => depth += 1,
+            '}' | ']' | ')' => depth -= 1,
+            _ => {}
+        }
+        assert!(depth >= 0, "unbalanced brackets in config.alloy");
+    }
+    assert_eq!(depth, 0, "unbalanced brackets in config.alloy");
+
+    // Top-level components: `kind.kind "label" {`.
+    let mut declared = BTreeSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with('{'))
+    {
+        let mut parts = line.split_whitespace();
+        let kind = parts.next().unwrap();
+        let label = parts.next().unwrap().trim_matches('"');
+        declared.insert(format!("{kind}.{label}"));
+    }
+    for want in [
+        "discovery.docker.containers",
+        "loki.source.docker.containers",
+        "loki.process.portcullis",
+        "loki.write.loki",
+    ] {
+        assert!(declared.contains(want), "config.alloy declares no {want}");
+    }
+    // References: `a.b.c.field` on the right of `=` or in a list.
+    let mut refs = 0;
+    for line in code.lines() {
+        let Some((_, rhs)) = line.split_once('=') else {
+            continue;
+        };
+        for word in rhs.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
+            let parts: Vec<&str> = word.split('.').collect();
+            if parts.len() >= 4 && ["discovery", "loki"].contains(&parts[0]) {
+                let component = parts[..parts.len() - 1].join(".");
+                assert!(declared.contains(&component), "{word} names no component");
+                refs += 1;
+            }
+        }
+    }
+    assert!(refs >= 4, "components are wired to each other");
+    assert!(code.contains("url = sys.env(\"\")") && strings.contains(&"LOKI_URL".to_string()));
+    assert!(strings.contains(&"unix:///var/run/docker.sock".to_string()));
+    assert!(strings.contains(&"{service=\\\"portcullis\\\"}".to_string()));
+
+    // Labels: those of `stage.labels` and of relabel rules, plus vm.
+    let mut labels = BTreeSet::new();
+    let mut in_labels = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("stage.labels") || line.starts_with("stage.static_labels") {
+            in_labels = true;
+        } else if in_labels && line == "}" && labels.len() > 1 {
+            in_labels = false;
+        } else if in_labels && let Some((k, _)) = line.split_once('=') {
+            let k = k.trim();
+            if k != "values" {
+                labels.insert(k.to_string());
+            }
+        }
+        if let Some(t) = line.strip_prefix("target_label") {
+            labels.insert(
+                t.trim_start_matches([' ', '='])
+                    .trim_matches('"')
+                    .to_string(),
+            );
+        }
+    }
+    let mut want = promtail_labels(&yaml("config/promtail.yml"));
+    want.insert("vm".into());
+    assert_eq!(labels, want, "Alloy's labels are Promtail's plus vm");
+
+    // In the single-host stack: on Loki's network, the Docker socket mounted
+    // where the config reads it, positions on a volume.
+    let c = Compose::load();
+    let alloy = c.service("alloy");
+    assert!(!networks(alloy).is_disjoint(&networks(c.service("loki"))));
+    assert!(
+        mounts(alloy)
+            .iter()
+            .any(|(src, dst)| src == "/var/run/docker.sock" && dst == "/var/run/docker.sock")
+    );
+    assert!(
+        mounts(alloy)
+            .iter()
+            .any(|(src, dst)| !is_path(src) && dst == "/var/lib/alloy")
+    );
+    assert_eq!(
+        env(alloy, "LOKI_URL").as_deref(),
+        Some("http://loki:3100/loki/api/v1/push")
+    );
+    for vm in VMS {
+        let c = vm_compose(vm);
+        let alloy = &c["services"]["alloy"];
+        assert!(env(alloy, "LOKI_URL").is_some_and(|u| u.ends_with(":3100/loki/api/v1/push")));
+        assert_eq!(env(alloy, "VM").as_deref(), Some(vm));
+        assert!(
+            mounts(alloy)
+                .iter()
+                .any(|(src, _)| src == "../../config/alloy/config.alloy")
         );
     }
 }

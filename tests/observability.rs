@@ -1052,7 +1052,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     assert!(
         panels
             .iter()
-            .any(|p| p["type"] == "logs" && p["datasource"]["uid"] == "loki"),
+            .any(|p| p["type"] == "logs" && p["datasource"]["type"] == "loki"),
         "no Loki logs panel"
     );
 }
@@ -1081,7 +1081,7 @@ fn is_rfc3339(s: &str) -> bool {
 fn dashboard_loki_fields(d: &serde_json::Value) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for p in d["panels"].as_array().unwrap() {
-        if p["datasource"]["uid"] != "loki" {
+        if p["datasource"]["type"] != "loki" {
             continue;
         }
         for t in p["targets"].as_array().unwrap() {

@@ -435,7 +435,7 @@ async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, Str
                     instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
                         .from_credentials(creds)
                         .await
-                        .map_err(|e| crate::http::cause(&e))?;
+                        .map_err(|e| crate::http::error::chain(&e))?;
                 tracing::info!(directory = %cfg.directory, "reusing stored ACME account");
                 return Ok(acct);
             }
@@ -460,7 +460,7 @@ async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, Str
             .await
             .map_err(|e| match &e {
                 instant_acme::Error::Api(p) => order::describe_problem(p),
-                other => crate::http::cause(other),
+                other => crate::http::error::chain(other),
             })?;
     let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
     storage.save_account(&json).map_err(|e| {

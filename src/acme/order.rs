@@ -66,7 +66,7 @@ fn describe(e: &instant_acme::Error) -> (String, bool) {
             describe_problem(p),
             p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"),
         ),
-        other => (crate::http::cause(other), false),
+        other => (crate::http::error::chain(other), false),
     }
 }
 

@@ -23,7 +23,7 @@ use super::session::{decode_id, for_each_cookie, unix_now};
 use super::store::SessionRecord;
 use super::{AuthShared, AuthSnapshot, ProviderView};
 use crate::http::body::Body;
-use crate::http::error::ProxyError;
+use crate::http::error::{Cause, ProxyError};
 
 /// How long a started sign-in may take.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
@@ -183,13 +183,19 @@ pub(super) fn session_cookie(view: &ProviderView, value: &str, max_age: u64) -> 
     )
 }
 
+/// The session store is missing: a bug, sessions are made at start-up.
+pub(super) const NO_SESSIONS: ProxyError =
+    ProxyError::Internal(Cause::Said("the gateway has no session store"));
+
 pub(super) fn redirect(location: &str) -> Result<Response<Body>, ProxyError> {
     let mut r = Response::new(Body::Empty);
     *r.status_mut() = StatusCode::FOUND;
     let h = r.headers_mut();
     h.insert(
         header::LOCATION,
-        HeaderValue::from_str(location).map_err(|_| ProxyError::Internal)?,
+        HeaderValue::from_str(location).map_err(|_| {
+            ProxyError::Internal(Cause::Said("a redirect location is not a header value"))
+        })?,
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
@@ -211,15 +217,19 @@ pub(super) async fn start_login(
         ));
     }
     let Some(d) = view.provider.reachable(DISCOVERY_WAIT).await else {
-        return Err(ProxyError::LoginUnavailable);
+        return Err(ProxyError::LoginUnavailable(Cause::Said(
+            "the identity provider's discovery document cannot be fetched",
+        )));
     };
     let redirect_uri = format!("{}://{}/.portcullis/callback", target.scheme, target.host);
     let req = view
         .provider
         .authorize(&d, &view.config.scopes, &redirect_uri)
         .map_err(|e| {
-            tracing::error!(provider = %view.config.name, error = %e, "cannot build the authorization URL");
-            ProxyError::Internal
+            ProxyError::Internal(Cause::error(format!(
+                "provider {}: cannot build the authorization URL: {e}",
+                view.config.name
+            )))
         })?;
     let login_cookie = login_cookie_name(secure);
     let mut binding = None;
@@ -246,8 +256,9 @@ pub(super) async fn start_login(
         started: Instant::now(),
     };
     if !auth.pending.insert(req.state, pending) {
-        tracing::warn!("too many sign-ins in progress; refusing new ones for now");
-        return Err(ProxyError::LoginUnavailable);
+        return Err(ProxyError::LoginUnavailable(Cause::Said(
+            "too many sign-ins in progress; refusing new ones for now",
+        )));
     }
     let mut resp = redirect(&req.url)?;
     resp.headers_mut().append(
@@ -342,7 +353,9 @@ pub(super) async fn callback(
         ));
     };
     let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
-        return Err(ProxyError::LoginUnavailable);
+        return Err(ProxyError::LoginUnavailable(Cause::Said(
+            "the identity provider's discovery document cannot be fetched",
+        )));
     };
     if iss.is_none() && d.iss_in_response {
         // RFC 9207 §2.4: the provider promised `iss` on every answer.
@@ -359,8 +372,10 @@ pub(super) async fn callback(
         Ok(t) => t,
         Err(FlowError::Unavailable(e)) => {
             view.provider.note_unreachable();
-            tracing::warn!(provider = %p.provider, error = %e, "code exchange failed");
-            return Err(ProxyError::LoginUnavailable);
+            return Err(ProxyError::LoginUnavailable(Cause::error(format!(
+                "provider {}: code exchange failed: {e}",
+                p.provider
+            ))));
         }
         Err(e) => {
             tracing::warn!(provider = %p.provider, error = %e, "code exchange refused");
@@ -413,7 +428,7 @@ pub(super) async fn callback(
         refresh_token: tokens.refresh_token().map(|r| r.secret().clone()),
         user,
     };
-    let sessions = auth.sessions().ok_or(ProxyError::Internal)?;
+    let sessions = auth.sessions().ok_or(NO_SESSIONS)?;
     // Never reuse an id the browser brought along (session fixation).
     let mut old = Vec::new();
     for_each_cookie(req.headers(), view.cookie_name, |v| {
@@ -426,8 +441,7 @@ pub(super) async fn callback(
         sessions.end(id).await;
     }
     let session = sessions.create(record).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot store a new session");
-        ProxyError::Internal
+        ProxyError::Internal(Cause::error(format!("cannot store a new session: {e}")))
     })?;
     tracing::info!(
         provider = %view.config.name,

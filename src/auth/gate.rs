@@ -17,7 +17,7 @@ use crate::config::RouteConfig;
 use crate::config::{OidcPolicy, RouteAuth};
 use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
-use crate::http::error::{self, ProxyError};
+use crate::http::error::{self, Cause, ProxyError};
 
 /// Who a request is from.
 pub enum Who {
@@ -94,7 +94,7 @@ async fn protected(
     match identify(sessions, view, headers, unix_now()).await {
         Identified::Who(who) => decide(policy, who, request_id, headers.get(header::ACCEPT)),
         Identified::BadToken => Err(Stop::Error(ProxyError::InvalidToken)),
-        Identified::Unavailable => Err(Stop::Error(ProxyError::LoginUnavailable)),
+        Identified::Unavailable => Err(Stop::Error(ProxyError::LoginUnavailable(BEARER_UNCHECKED))),
         Identified::Nobody if is_browser(req.method(), headers) => {
             let target = LoginTarget {
                 scheme: effective_scheme(&cx, conn, headers),
@@ -110,6 +110,11 @@ async fn protected(
     }
 }
 
+/// Why a bearer token could not be checked: the provider's signing keys
+/// cannot be fetched.
+pub(super) const BEARER_UNCHECKED: Cause =
+    Cause::Said("the identity provider's signing keys cannot be fetched to check a bearer token");
+
 pub(super) fn resolve<'a>(
     cx: &Ctx<'a>,
     policy: &OidcPolicy,
@@ -117,10 +122,10 @@ pub(super) fn resolve<'a>(
     let view = cx.snap.providers.get(policy.provider_index);
     match (view, cx.shared.sessions()) {
         (Some(v), Some(s)) if v.config.name == policy.provider => Ok((v, s)),
-        _ => {
-            tracing::error!(provider = %policy.provider, "route names a provider the snapshot lacks");
-            Err(Stop::Error(ProxyError::Internal))
-        }
+        _ => Err(Stop::Error(ProxyError::Internal(Cause::error(format!(
+            "the route names provider {}, which the snapshot lacks",
+            policy.provider
+        ))))),
     }
 }
 

@@ -74,7 +74,7 @@ impl ProviderHttp {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| HttpError::Transport(crate::http::cause(&e)))?;
+                .map_err(|e| HttpError::Transport(crate::http::error::chain(&e)))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_BODY)
                 .collect()

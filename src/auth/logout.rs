@@ -15,7 +15,7 @@ use super::session::{decode_id, for_each_cookie, unix_now};
 use super::store::{SubjectKey, revoked_sid_key, used_jti_key};
 use super::{AuthShared, AuthSnapshot};
 use crate::http::body::Body;
-use crate::http::error::{self, ProxyError};
+use crate::http::error::{self, Cause, ProxyError};
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// A logout token issued longer ago than this is refused (its `jti` is
@@ -252,7 +252,9 @@ pub(super) async fn backchannel(
         })
         .ok_or(BAD)?;
     let Some(d) = view.provider.ensure(DISCOVERY_WAIT).await else {
-        return Err(ProxyError::LoginUnavailable);
+        return Err(ProxyError::LoginUnavailable(Cause::Said(
+            "the identity provider's discovery document cannot be fetched",
+        )));
     };
     let secret = Some(view.provider.client_secret());
     let algs = d.id_token_algs.clone();
@@ -295,7 +297,7 @@ pub(super) async fn backchannel(
         (None, Some(sub)) => SubjectKey::Sub(sub.to_string()),
         (None, None) => return Err(BAD),
     };
-    let sessions = auth.sessions().ok_or(ProxyError::Internal)?;
+    let sessions = auth.sessions().ok_or(super::flow::NO_SESSIONS)?;
     // Each logout token works once: its `jti` is remembered until the
     // token would be refused anyway (expired, or issued too long ago).
     let (iat, exp) = (
@@ -315,8 +317,9 @@ pub(super) async fn backchannel(
             return Err(BAD);
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot record a logout token");
-            return Err(ProxyError::Internal);
+            return Err(ProxyError::Internal(Cause::error(format!(
+                "cannot record a logout token: {e}"
+            ))));
         }
     }
     if let SubjectKey::Sid(sid) = &key {

@@ -169,7 +169,7 @@ fn token_error<RE: std::error::Error + 'static>(
             }
             FlowError::Rejected(s)
         }
-        RequestTokenError::Request(e) => FlowError::Unavailable(crate::http::cause(&e)),
+        RequestTokenError::Request(e) => FlowError::Unavailable(crate::http::error::chain(&e)),
         RequestTokenError::Parse(e, _) => {
             FlowError::Unavailable(format!("unreadable token response: {e}"))
         }
@@ -244,7 +244,7 @@ impl Provider {
         let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
         let metadata = Metadata::discover_async(issuer, &self.http)
             .await
-            .map_err(|e| crate::http::cause(&e))?;
+            .map_err(|e| crate::http::error::chain(&e))?;
         Ok(Discovered::new(metadata, &self.client_id, &self.secret))
     }
 
@@ -379,7 +379,7 @@ impl Provider {
             Err(e) => {
                 tracing::warn!(
                     provider = %self.name,
-                    error = %crate::http::cause(&e),
+                    error = %crate::http::error::chain(&e),
                     "cannot refetch the provider's signing keys"
                 );
                 None

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Conn;
+use super::ClientConn;
 use super::wire::{Dechunker, Step, take};
 use crate::http::body::{Demand, Feed};
 
@@ -74,7 +74,7 @@ impl BodyReader {
     /// nothing wanted, or waiting for the client.
     pub(super) fn poll_feed<I: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        conn: &mut Conn<I>,
+        conn: &mut ClientConn<I>,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         match self.feed.demand(cx) {

@@ -100,7 +100,7 @@ pub fn serve<I, H: Handler>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = Conn {
+    let mut conn = ClientConn {
         io,
         pending: BytesMut::new(),
     };
@@ -271,7 +271,7 @@ fn start<'a, H: Handler>(
 }
 
 /// Answers a head that was refused (400, 431, 408) where one is due.
-async fn refuse<I: AsyncWrite + Unpin>(conn: &mut Conn<I>, info: &ConnInfo, stop: Stop) {
+async fn refuse<I: AsyncWrite + Unpin>(conn: &mut ClientConn<I>, info: &ConnInfo, stop: Stop) {
     let answer = match stop {
         Stop::Head(HeadError::Bad(why)) => Some((StatusCode::BAD_REQUEST, why)),
         Stop::Head(HeadError::NotImplemented(why)) => Some((StatusCode::NOT_IMPLEMENTED, why)),
@@ -306,7 +306,9 @@ enum Stop {
     Timeout,
 }
 
-pub(super) struct Conn<I> {
+/// A client's connection to us (`upstream::conn::BackendConn` is ours to
+/// a backend).
+pub(super) struct ClientConn<I> {
     pub(super) io: I,
     /// Bytes read but not used yet: a partial head, a pipelined request,
     /// body bytes. Empty and unallocated while the connection idles.
@@ -324,7 +326,7 @@ enum HeadStep {
     Pending,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<I> {
     /// Reads and drops `n` body bytes (some may be buffered already);
     /// false if they did not arrive within `limit`.
     async fn discard(&mut self, mut n: u64, limit: Duration) -> bool {

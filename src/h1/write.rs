@@ -25,7 +25,7 @@ const WRITE_DIRECT: usize = 8 * 1024;
 
 /// How a response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub enum ResponseFraming {
     /// Nothing after the head (HEAD, 1xx, 204, 304, or an empty body).
     None,
     /// Exactly this many bytes (the `Content-Length` sent).
@@ -45,7 +45,7 @@ pub fn framing(
     headers: &HeaderMap,
     exact: Option<u64>,
     http11: bool,
-) -> (Framing, Option<u64>) {
+) -> (ResponseFraming, Option<u64>) {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| super::wire::parse_length(v.as_bytes()));
@@ -53,7 +53,7 @@ pub fn framing(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return (Framing::None, None);
+        return (ResponseFraming::None, None);
     }
     if *method == Method::HEAD {
         // The head describes the body a GET would get; none is sent. A
@@ -64,15 +64,15 @@ pub fn framing(
         } else {
             None
         };
-        return (Framing::None, add);
+        return (ResponseFraming::None, add);
     }
     match (declared, exact) {
-        (Some(0), _) => (Framing::None, None),
-        (Some(n), _) => (Framing::Length(n), None),
-        (None, Some(0)) => (Framing::None, Some(0)),
-        (None, Some(n)) => (Framing::Length(n), Some(n)),
-        (None, None) if http11 => (Framing::Chunked, None),
-        (None, None) => (Framing::UntilClose, None),
+        (Some(0), _) => (ResponseFraming::None, None),
+        (Some(n), _) => (ResponseFraming::Length(n), None),
+        (None, Some(0)) => (ResponseFraming::None, Some(0)),
+        (None, Some(n)) => (ResponseFraming::Length(n), Some(n)),
+        (None, None) if http11 => (ResponseFraming::Chunked, None),
+        (None, None) => (ResponseFraming::UntilClose, None),
     }
 }
 
@@ -92,7 +92,7 @@ pub fn encode_head(
     dst: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
-    framing: Framing,
+    framing: ResponseFraming,
     add_length: Option<u64>,
     connection: ConnectionHeader,
 ) {
@@ -126,7 +126,7 @@ pub fn encode_head(
         dst.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    if framing == Framing::Chunked {
+    if framing == ResponseFraming::Chunked {
         dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     match connection {
@@ -159,7 +159,7 @@ pub fn error_response(status: StatusCode, reason: &str) -> Vec<u8> {
         &mut out,
         status,
         &h,
-        Framing::Length(body.len() as u64),
+        ResponseFraming::Length(body.len() as u64),
         Some(body.len() as u64),
         ConnectionHeader::Close,
     );
@@ -208,7 +208,7 @@ pub fn write_response<'a, I: AsyncWrite + Unpin>(
         body.size_hint().exact()
     };
     let (framing, add) = framing(method, parts.status, &parts.headers, exact, http11);
-    let connection = if framing == Framing::UntilClose {
+    let connection = if framing == ResponseFraming::UntilClose {
         ConnectionHeader::Close
     } else {
         connection
@@ -232,11 +232,11 @@ async fn send_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     mut out: Vec<u8>,
     mut body: Body,
-    framing: Framing,
+    framing: ResponseFraming,
     close: bool,
     limit: Duration,
 ) -> io::Result<bool> {
-    if framing == Framing::None {
+    if framing == ResponseFraming::None {
         send(io, &out, limit).await?;
         return Ok(close);
     }
@@ -265,7 +265,7 @@ async fn send_response<I: AsyncWrite + Unpin>(
                 _ => continue,
             },
         };
-        if let Framing::Length(n) = framing
+        if let ResponseFraming::Length(n) = framing
             && sent + data.len() as u64 > n
         {
             let room = (n - sent) as usize;
@@ -276,7 +276,7 @@ async fn send_response<I: AsyncWrite + Unpin>(
             ));
         }
         sent += data.len() as u64;
-        if framing == Framing::Chunked {
+        if framing == ResponseFraming::Chunked {
             encode_chunk(&mut out, &data);
         } else if out.is_empty() && data.len() >= WRITE_DIRECT {
             send(io, &data, limit).await?;
@@ -289,7 +289,7 @@ async fn send_response<I: AsyncWrite + Unpin>(
             out.clear();
         }
     }
-    if let Framing::Length(n) = framing
+    if let ResponseFraming::Length(n) = framing
         && sent != n
     {
         let _ = send(io, &out, limit).await;
@@ -297,11 +297,11 @@ async fn send_response<I: AsyncWrite + Unpin>(
             "the response body ended before its length",
         ));
     }
-    if framing == Framing::Chunked {
+    if framing == ResponseFraming::Chunked {
         out.extend_from_slice(LAST_CHUNK);
     }
     send(io, &out, limit).await?;
-    Ok(close || framing == Framing::UntilClose)
+    Ok(close || framing == ResponseFraming::UntilClose)
 }
 
 /// Writes all of `buf` and flushes, giving up when the client accepts
@@ -355,7 +355,7 @@ mod tests {
     fn head(
         status: u16,
         h: &[(&str, &str)],
-        f: Framing,
+        f: ResponseFraming,
         add: Option<u64>,
         c: ConnectionHeader,
     ) -> String {
@@ -383,7 +383,7 @@ mod tests {
         let h = head(
             200,
             &[("x-a", "1")],
-            Framing::Chunked,
+            ResponseFraming::Chunked,
             None,
             ConnectionHeader::Default,
         );
@@ -392,7 +392,7 @@ mod tests {
         let h = head(
             404,
             &[("date", "x")],
-            Framing::Length(3),
+            ResponseFraming::Length(3),
             Some(3),
             ConnectionHeader::Close,
         );
@@ -408,7 +408,7 @@ mod tests {
                 ("transfer-encoding", "chunked"),
                 ("content-length", "0"),
             ],
-            Framing::None,
+            ResponseFraming::None,
             None,
             ConnectionHeader::Default,
         );
@@ -423,31 +423,31 @@ mod tests {
         let ok = StatusCode::OK;
         assert_eq!(
             framing(&Method::GET, ok, &cl, None, true),
-            (Framing::Length(10), None)
+            (ResponseFraming::Length(10), None)
         );
         assert_eq!(
             framing(&Method::GET, ok, &h, Some(5), true),
-            (Framing::Length(5), Some(5))
+            (ResponseFraming::Length(5), Some(5))
         );
         assert_eq!(
             framing(&Method::GET, ok, &h, None, true),
-            (Framing::Chunked, None)
+            (ResponseFraming::Chunked, None)
         );
         assert_eq!(
             framing(&Method::GET, ok, &h, None, false),
-            (Framing::UntilClose, None)
+            (ResponseFraming::UntilClose, None)
         );
         assert_eq!(
             framing(&Method::HEAD, ok, &cl, None, true),
-            (Framing::None, None)
+            (ResponseFraming::None, None)
         );
         assert_eq!(
             framing(&Method::HEAD, ok, &h, Some(7), true),
-            (Framing::None, Some(7))
+            (ResponseFraming::None, Some(7))
         );
         assert_eq!(
             framing(&Method::GET, StatusCode::NOT_MODIFIED, &cl, None, true),
-            (Framing::None, None)
+            (ResponseFraming::None, None)
         );
     }
 

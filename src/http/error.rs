@@ -1,6 +1,13 @@
-//! The one place where a failure becomes a status code and a page. Pages
-//! show the status, a plain explanation and the request id, never anything
-//! internal (no upstream addresses, no error chains): those go to the log.
+//! The one request error, [`ProxyError`], and the one place where a
+//! failure becomes a status code and a page. A failure that is not the
+//! client's carries its [`Cause`], so the log line written for it explains
+//! it from the error alone. Pages show the status, a plain explanation and
+//! the request id, never the cause (no upstream addresses, no error
+//! chains).
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -17,7 +24,62 @@ pub enum Side {
     Internal,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a request failed, for the log only: a fixed reason, or an error
+/// with every error below it, written `outer: inner: innermost` (a
+/// transport error alone often says only "client error (Connect)").
+#[derive(Clone)]
+pub enum Cause {
+    Said(&'static str),
+    Error(Arc<dyn Error + Send + Sync>),
+}
+
+impl Cause {
+    /// The cause is this error (and its sources).
+    pub fn error(e: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Cause::Error(Arc::from(e.into()))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Said(s) => f.write_str(s),
+            Cause::Error(e) => write_chain(f, &**e),
+        }
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cause({self})")
+    }
+}
+
+/// `e` and every error below it, `outer: inner: innermost`, for errors
+/// that keep a failure as text (an OIDC or ACME error message).
+pub fn chain(e: &(dyn Error + 'static)) -> String {
+    struct Chain<'a>(&'a (dyn Error + 'static));
+    impl fmt::Display for Chain<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write_chain(f, self.0)
+        }
+    }
+    Chain(e).to_string()
+}
+
+fn write_chain(f: &mut fmt::Formatter<'_>, e: &(dyn Error + 'static)) -> fmt::Result {
+    write!(f, "{e}")?;
+    let mut src = e.source();
+    while let Some(inner) = src {
+        write!(f, ": {inner}")?;
+        src = inner.source();
+    }
+    Ok(())
+}
+
+/// A failed request: what the client is told (status and page) and, when
+/// it is not the client's fault, why (the [`Cause`], for the log).
+#[derive(Debug, Clone)]
 pub enum ProxyError {
     /// No route for this host and path.
     NoRoute,
@@ -25,12 +87,13 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The TLS name and the Host header name different sites.
     Misdirected,
-    /// Could not connect to the upstream (refused, unreachable, DNS).
-    UpstreamUnavailable,
+    /// Could not connect to the upstream (refused, unreachable, DNS), or
+    /// none is usable.
+    UpstreamUnavailable(Cause),
     /// The upstream (or the connect) took longer than the route allows.
-    UpstreamTimeout,
+    UpstreamTimeout(Cause),
     /// The upstream answered with something that is not HTTP, or hung up.
-    UpstreamBroken,
+    UpstreamBroken(Cause),
     /// The client's address is not allowed on this route.
     AddressDenied,
     /// The request body is larger than the route allows.
@@ -46,33 +109,52 @@ pub enum ProxyError {
     /// naming the user comes from [`forbidden_response`]).
     Forbidden,
     /// The identity provider cannot be reached, so nobody can sign in now.
-    LoginUnavailable,
+    LoginUnavailable(Cause),
     /// A sign-in callback we refuse; the reason is safe to show.
     LoginFailed(&'static str),
     /// A bug or resource problem on our side.
-    Internal,
+    Internal(Cause),
+}
+
+impl fmt::Display for ProxyError {
+    /// The kind, then the reason or cause: `upstream_unavailable: connect
+    /// to 127.0.0.1:8080: Connection refused (os error 111)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())?;
+        match self {
+            ProxyError::BadRequest(reason) | ProxyError::LoginFailed(reason) => {
+                write!(f, ": {reason}")
+            }
+            _ => match self.cause() {
+                Some(c) => write!(f, ": {c}"),
+                None => Ok(()),
+            },
+        }
+    }
 }
 
 impl ProxyError {
-    pub fn status(self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::UpstreamUnavailable | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamBroken(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::AddressDenied => StatusCode::FORBIDDEN,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unauthorized | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
-            ProxyError::LoginUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::LoginUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::LoginFailed(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    pub fn side(self) -> Side {
+    pub fn side(&self) -> Side {
         match self {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
@@ -84,49 +166,49 @@ impl ProxyError {
             | ProxyError::InvalidToken
             | ProxyError::Forbidden
             | ProxyError::LoginFailed(_) => Side::Downstream,
-            ProxyError::UpstreamUnavailable
-            | ProxyError::UpstreamTimeout
-            | ProxyError::UpstreamBroken
-            | ProxyError::LoginUnavailable => Side::Upstream,
-            ProxyError::Internal => Side::Internal,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::LoginUnavailable(_) => Side::Upstream,
+            ProxyError::Internal(_) => Side::Internal,
         }
     }
 
     /// A short machine-readable kind for logs and metric labels.
-    pub fn kind(self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Misdirected => "misdirected",
-            ProxyError::UpstreamUnavailable => "upstream_unavailable",
-            ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::UpstreamBroken => "upstream_broken",
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamBroken(_) => "upstream_broken",
             ProxyError::AddressDenied => "address_denied",
             ProxyError::PayloadTooLarge => "payload_too_large",
             ProxyError::RequestTimeout => "request_timeout",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::InvalidToken => "invalid_token",
             ProxyError::Forbidden => "forbidden",
-            ProxyError::LoginUnavailable => "login_unavailable",
+            ProxyError::LoginUnavailable(_) => "login_unavailable",
             ProxyError::LoginFailed(_) => "login_failed",
-            ProxyError::Internal => "internal",
+            ProxyError::Internal(_) => "internal",
         }
     }
 
-    fn explanation(self) -> &'static str {
+    fn explanation(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "No site is configured at this address.",
             ProxyError::BadRequest(reason) => reason,
             ProxyError::Misdirected => {
                 "This connection was made for a different site; please retry the request."
             }
-            ProxyError::UpstreamUnavailable => {
+            ProxyError::UpstreamUnavailable(_) => {
                 "The service behind this address is not reachable right now. Please try again shortly."
             }
-            ProxyError::UpstreamTimeout => {
+            ProxyError::UpstreamTimeout(_) => {
                 "The service behind this address did not answer in time. Please try again shortly."
             }
-            ProxyError::UpstreamBroken => {
+            ProxyError::UpstreamBroken(_) => {
                 "The service behind this address sent an invalid response."
             }
             ProxyError::AddressDenied => "Your network address is not allowed to use this site.",
@@ -137,17 +219,30 @@ impl ProxyError {
             }
             ProxyError::InvalidToken => "The bearer token was not accepted.",
             ProxyError::Forbidden => "Your account is not allowed to use this site.",
-            ProxyError::LoginUnavailable => {
+            ProxyError::LoginUnavailable(_) => {
                 "Sign-in is not available right now because the identity provider cannot be reached. Please try again shortly."
             }
             ProxyError::LoginFailed(reason) => reason,
-            ProxyError::Internal => "Something went wrong on our side.",
+            ProxyError::Internal(_) => "Something went wrong on our side.",
         }
     }
 
-    /// Builds the error response: JSON when the client prefers it, HTML otherwise.
+    /// Why it failed, when that is more than the kind says: for the log.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            ProxyError::UpstreamUnavailable(c)
+            | ProxyError::UpstreamTimeout(c)
+            | ProxyError::UpstreamBroken(c)
+            | ProxyError::LoginUnavailable(c)
+            | ProxyError::Internal(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Builds the error response: JSON when the client prefers it, HTML
+    /// otherwise. The cause stays out of it.
     pub fn response(
-        self,
+        &self,
         request_id: &HeaderValue,
         accept: Option<&HeaderValue>,
     ) -> Response<Body> {
@@ -169,7 +264,7 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
-        if self == ProxyError::LoginUnavailable {
+        if let ProxyError::LoginUnavailable(_) = self {
             // Discovery is retried in the background within seconds: tell
             // clients (and the browser user reading the page) when to retry.
             resp.headers_mut().insert(
@@ -326,21 +421,61 @@ mod tests {
             (ProxyError::NoRoute, 404),
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::Misdirected, 421),
-            (ProxyError::UpstreamUnavailable, 502),
-            (ProxyError::UpstreamBroken, 502),
-            (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::UpstreamUnavailable(Cause::Said("x")), 502),
+            (ProxyError::UpstreamBroken(Cause::Said("x")), 502),
+            (ProxyError::UpstreamTimeout(Cause::Said("x")), 504),
             (ProxyError::AddressDenied, 403),
             (ProxyError::PayloadTooLarge, 413),
             (ProxyError::RequestTimeout, 408),
             (ProxyError::Unauthorized, 401),
             (ProxyError::InvalidToken, 401),
             (ProxyError::Forbidden, 403),
-            (ProxyError::LoginUnavailable, 503),
+            (ProxyError::LoginUnavailable(Cause::Said("x")), 503),
             (ProxyError::LoginFailed("x"), 400),
-            (ProxyError::Internal, 500),
+            (ProxyError::Internal(Cause::Said("x")), 500),
         ];
         for (e, code) in cases {
             assert_eq!(e.status().as_u16(), code, "{e:?}");
+        }
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("connect failed")
+        }
+    }
+    impl Error for Wrapped {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn cause_names_every_layer() {
+        let e = Wrapped(std::io::Error::other("connection refused"));
+        assert_eq!(chain(&e), "connect failed: connection refused");
+        let e = ProxyError::UpstreamUnavailable(Cause::error(e));
+        assert_eq!(
+            e.to_string(),
+            "upstream_unavailable: connect failed: connection refused"
+        );
+    }
+
+    #[test]
+    fn the_cause_is_logged_never_shown() {
+        let e = ProxyError::UpstreamUnavailable(Cause::Said("connect to 10.0.0.7:8080 refused"));
+        assert!(e.to_string().contains("10.0.0.7"));
+        let id = HeaderValue::from_static("req-1");
+        for accept in [None, Some(HeaderValue::from_static("application/json"))] {
+            let page = e.response(&id, accept.as_ref());
+            let Body::Full(Some(bytes)) = page.body() else {
+                panic!("error pages have a full body")
+            };
+            let text = std::str::from_utf8(bytes).unwrap();
+            assert!(text.contains("not reachable right now"), "{text}");
+            assert!(!text.contains("10.0.0.7"), "{text}");
         }
     }
 

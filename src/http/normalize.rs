@@ -59,7 +59,21 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if b.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    // Fast scan: anything that could need work or refusal?
+    if !needs_work(b)? {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_escapes(b)?;
+    let out = resolve_segments(&decoded);
+    // Only ASCII went in (every path comes from an `http::Uri`, which
+    // refuses other bytes), and every escape we kept is ASCII too.
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::BadEscape)
+}
+
+/// The fast scan: does anything need decoding or resolving? Refuses a raw
+/// backslash or control byte on the way.
+fn needs_work(b: &[u8]) -> Result<bool, PathError> {
     let mut needs_work = false;
     for (i, &c) in b.iter().enumerate() {
         match c {
@@ -76,11 +90,12 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
             _ => {}
         }
     }
-    if !needs_work {
-        return Ok(Cow::Borrowed(path));
-    }
+    Ok(needs_work)
+}
 
-    // 1. Decode unreserved escapes, refuse dangerous ones.
+/// Decodes unreserved escapes, uppercases the hex of the others, and
+/// refuses escaped separators, control bytes and malformed escapes.
+fn decode_escapes(b: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut decoded = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -111,8 +126,13 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
             i += 1;
         }
     }
+    Ok(decoded)
+}
 
-    // 2. Merge slashes and resolve dot segments.
+/// Merges runs of `/` and resolves `.` and `..` segments (RFC 3986 5.2.4);
+/// `..` never climbs above `/`, and a path ending in a slash, `.` or `..`
+/// keeps its trailing slash.
+fn resolve_segments(decoded: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len());
     let ends_with_slash_segment = {
         let last = decoded.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
@@ -137,11 +157,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if out.is_empty() || ends_with_slash_segment {
         out.push(b'/');
     }
-    // Only ASCII went in (hyper refuses other bytes in a URI), and every
-    // escape we kept is ASCII too.
-    String::from_utf8(out)
-        .map(Cow::Owned)
-        .map_err(|_| PathError::BadEscape)
+    out
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl Record {
                 crate::config::AccessLogFormat::Default => Format::Default,
                 crate::config::AccessLogFormat::Combined => Format::Combined,
             },
-            bytes_in: super::headers::content_length(req.headers()),
+            bytes_in: crate::h1::wire::content_length(req.headers()),
             client_ip: None,
             status: CLIENT_CLOSED,
             route: None,
@@ -259,8 +259,9 @@ impl crate::http::body::Stream for Logged {
 }
 
 impl Drop for Logged {
-    /// hyper stops polling once a body of known length is complete, and
-    /// drops a body whose client went away: tell the two apart.
+    /// The servers (our HTTP/1 codec, hyper's HTTP/2) stop polling once a
+    /// body of known length is complete, and drop a body whose client went
+    /// away: tell the two apart.
     fn drop(&mut self) {
         if let Some(r) = &self.record {
             // A HEAD response's body is never sent, so never polled.

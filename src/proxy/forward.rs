@@ -15,10 +15,13 @@ use hyper_util::rt::TokioIo;
 use super::headers;
 use crate::config::{ServerConfig, UpstreamTarget};
 use crate::http::body::{Body, Limited, TripWire, Tripped};
-use crate::http::error::ProxyError;
+use crate::http::error::{Cause, ProxyError};
 use crate::snapshot::Route;
 use crate::upstream::conn::{self as pool_conn, Outgoing};
 use crate::upstream::pool;
+
+/// Every upstream of the route is ejected, down or already tried.
+const NONE_USABLE: Cause = Cause::Said("no upstream of the route is usable (ejected or down)");
 
 /// Waits for response headers: `timeout` from the end of the upload
 /// (`wire` tells when the body is done; `None` for bodiless requests).
@@ -36,7 +39,9 @@ async fn await_response<T>(
             r = fut.as_mut() => return r,
             _ = tokio::time::sleep_until(deadline) => {
                 if wire.is_none_or(TripWire::body_done) {
-                    return Err(ProxyError::UpstreamTimeout);
+                    return Err(ProxyError::UpstreamTimeout(Cause::Said(
+                        "no answer within the route's timeout",
+                    )));
                 }
                 deadline = tokio::time::Instant::now() + timeout;
             }
@@ -146,8 +151,10 @@ pub async fn forward(
     {
         return (Err(e), None);
     }
-    if let (Some(max), Some(len)) = (limits.max_body, headers::content_length(req.headers()))
-        && len > max
+    if let (Some(max), Some(len)) = (
+        limits.max_body,
+        crate::h1::wire::content_length(req.headers()),
+    ) && len > max
     {
         return (Err(ProxyError::PayloadTooLarge), None);
     }
@@ -155,7 +162,7 @@ pub async fn forward(
     let client_upgrade = upgrade.then(|| {
         match req
             .extensions_mut()
-            .remove::<super::h1::upgrade::OnUpgrade>()
+            .remove::<crate::h1::upgrade::OnUpgrade>()
         {
             Some(own) => ClientUpgrade::H1(own),
             None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut *req)),
@@ -197,8 +204,8 @@ pub async fn forward(
                 | Method::TRACE
         );
     if !retry {
-        let Some(i) = route.pick_upstream(&[]) else {
-            return (Err(ProxyError::UpstreamUnavailable), None);
+        let Some(i) = route.balancer.pick(&[], &route.config, &route.metrics) else {
+            return (Err(ProxyError::UpstreamUnavailable(NONE_USABLE)), None);
         };
         let target = &route.config.upstreams()[i];
         let headers = std::mem::take(req.headers_mut());
@@ -214,8 +221,8 @@ pub async fn forward(
 
     let (method, uri) = (req.method(), req.uri());
     let mut tried: Vec<usize> = Vec::with_capacity(route.config.upstreams().len());
-    let mut last = Err(ProxyError::UpstreamUnavailable);
-    while let Some(i) = route.pick_upstream(&tried) {
+    let mut last = Err(ProxyError::UpstreamUnavailable(NONE_USABLE));
+    while let Some(i) = route.balancer.pick(&tried, &route.config, &route.metrics) {
         tried.push(i);
         let target = &route.config.upstreams()[i];
         let headers = req.headers().clone();
@@ -224,9 +231,9 @@ pub async fn forward(
         let host = fwd.host_for(target);
         let mut out = Outgoing::new(method, &path, host, headers, &added, Body::Empty);
         match send_one(&fwd, i, &mut out, None, wire.as_ref()).await {
-            Err(ProxyError::UpstreamUnavailable) => {
-                last = Err(ProxyError::UpstreamUnavailable);
-                tracing::debug!(route = %route.config.name, upstream = %target.url, "connect failed; trying the next upstream");
+            Err(e @ ProxyError::UpstreamUnavailable(_)) => {
+                tracing::debug!(route = %route.config.name, upstream = %target.url, error = %e, "connect failed; trying the next upstream");
+                last = Err(e);
             }
             other => return (other, Some(i)),
         }
@@ -239,12 +246,12 @@ pub async fn forward(
 /// lets identical repeated `content-length`s and leading zeros through
 /// (they would go on as two lines, or as `05`), and any method token.
 fn http2_head_rules(req: &mut Request<crate::http::body::Body>) -> Result<(), ProxyError> {
-    if !super::wire::method_allowed(req.method().as_str().as_bytes()) {
+    if !crate::h1::wire::method_allowed(req.method().as_str().as_bytes()) {
         return Err(ProxyError::BadRequest(
             "The request method is not valid (methods are uppercase).",
         ));
     }
-    super::wire::one_length(req.headers_mut())
+    crate::h1::wire::one_length(req.headers_mut())
         .map_err(|_| ProxyError::BadRequest("The Content-Length header is not valid."))?;
     Ok(())
 }
@@ -316,11 +323,12 @@ async fn send_one(
         Err(_) => None,
     };
     if let Some(ok) = verdict {
-        route.report(
+        route.balancer.report(
             i,
             ok,
             fwd.server.upstream_eject_after,
             fwd.server.upstream_eject_for,
+            &route.config,
         );
     }
     let (resp, tunnel) = result?;
@@ -329,7 +337,9 @@ async fn send_one(
     if switching {
         let (Some(client_upgrade), Some(tunnel)) = (client_upgrade, tunnel) else {
             // A 101 we did not ask for cannot be relayed.
-            return Err(ProxyError::UpstreamBroken);
+            return Err(ProxyError::UpstreamBroken(Cause::Said(
+                "101 Switching Protocols to a request that asked for no upgrade",
+            )));
         };
         let route = route.config.name.clone();
         tokio::spawn(async move {
@@ -356,7 +366,7 @@ async fn send_one(
 /// Where the client's side of an upgrade comes from: our HTTP/1 server,
 /// or hyper's.
 enum ClientUpgrade {
-    H1(super::h1::upgrade::OnUpgrade),
+    H1(crate::h1::upgrade::OnUpgrade),
     Hyper(hyper::upgrade::OnUpgrade),
 }
 
@@ -364,7 +374,7 @@ enum ClientUpgrade {
 /// Bytes the backend sent right behind its 101 go to the client first.
 async fn relay_upgraded(
     mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    backend: pool_conn::Conn,
+    backend: pool_conn::BackendConn,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let (mut backend, early) = backend.into_parts();

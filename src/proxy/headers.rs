@@ -86,8 +86,6 @@ pub fn is_forwarding_header(name: &str) -> bool {
             .any(|e| normalized_eq(n, e.as_bytes()))
 }
 
-pub use crate::h1::wire::content_length;
-
 /// Removes hop-by-hop headers, including every header named in
 /// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
 /// survive so an upgrade can be relayed.
@@ -253,7 +251,7 @@ pub struct Origin<'a> {
     pub host: &'a HeaderValue,
 }
 
-pub use crate::http::conn::ip_value;
+use crate::http::conn::ip_value;
 
 // Constants, so the names are checked at compile time, not per request.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -347,6 +345,7 @@ mod tests {
 
     #[test]
     fn content_length_reads_like_the_parsers() {
+        use crate::h1::wire::content_length;
         let h = map(&[("content-length", "5, 5")]);
         assert_eq!(content_length(&h), Some(5));
         assert_eq!(content_length(&map(&[("content-length", "5, 6")])), None);

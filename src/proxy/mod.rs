@@ -6,7 +6,6 @@
 //! TLS) and the HTTP/1 vs HTTP/2 dispatch. Errors are `http::error`'s.
 
 pub(crate) mod access;
-mod answers;
 pub(crate) mod forward;
 pub mod headers;
 pub(crate) mod server;
@@ -20,14 +19,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 
 use self::forward::Forward;
-use crate::http::request_id;
-// The codec's wire helpers and upgrade hand-over, used by the forwarding
-// code below as `super::wire` / `super::h1`.
 use crate::config::Action;
-use crate::h1::{self, wire};
 use crate::http::body::Body;
 pub use crate::http::conn::ConnInfo;
-use crate::http::error::ProxyError;
+use crate::http::error::{ProxyError, Side};
+use crate::http::{answer, request_id};
 use crate::routing::{HOST_BUF_LEN, normalize_host};
 use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::metrics::UpstreamFailure;
@@ -81,8 +77,9 @@ pub fn handle<'a>(
             match route_request(shared, &snap, conn, req, &request_id, &mut outcome).await {
                 Ok(r) => r,
                 Err(e) => {
+                    let resp = e.response(&request_id, accept.as_ref());
                     outcome.error = Some(e);
-                    e.response(&request_id, accept.as_ref())
+                    resp
                 }
             };
         resp.headers_mut()
@@ -107,8 +104,11 @@ pub fn handle<'a>(
             .route
             .map_or(&shared.metrics.unrouted, |r| &r.metrics);
         route_metrics.request(&method, resp.status(), took);
-        if let Some(kind) = outcome.error.and_then(upstream_failure) {
-            route_metrics.upstream_error(kind);
+        if let Some(e) = &outcome.error {
+            if let Some(kind) = upstream_failure(e) {
+                route_metrics.upstream_error(kind);
+            }
+            log_failure(e, &outcome, &request_id);
         }
 
         let logging = pending.record().is_some();
@@ -121,7 +121,7 @@ pub fn handle<'a>(
                 .zip(outcome.upstream_index)
                 .and_then(|(r, i)| r.log_upstreams.get(i).cloned());
             rec.user = outcome.user.take().unwrap_or_default();
-            rec.error = outcome.error.map(|e| e.kind()).unwrap_or("");
+            rec.error = outcome.error.as_ref().map_or("", ProxyError::kind);
         }
         if logging {
             resp = resp.map(|body| pending.wrap(body));
@@ -131,12 +131,34 @@ pub fn handle<'a>(
 }
 
 /// The `portcullis_upstream_errors_total` kind of an error, if upstream.
-fn upstream_failure(e: ProxyError) -> Option<UpstreamFailure> {
+fn upstream_failure(e: &ProxyError) -> Option<UpstreamFailure> {
     match e {
-        ProxyError::UpstreamUnavailable => Some(UpstreamFailure::Refused),
-        ProxyError::UpstreamTimeout => Some(UpstreamFailure::Timeout),
-        ProxyError::UpstreamBroken => Some(UpstreamFailure::Reset),
+        ProxyError::UpstreamUnavailable(_) => Some(UpstreamFailure::Refused),
+        ProxyError::UpstreamTimeout(_) => Some(UpstreamFailure::Timeout),
+        ProxyError::UpstreamBroken(_) => Some(UpstreamFailure::Reset),
         _ => None,
+    }
+}
+
+/// Logs a failure that is not the client's, from the error and its cause
+/// (never on the page): an upstream's with the route and upstream it
+/// happened on, our own as an error. The client's own mistakes are in the
+/// access log only.
+#[cold]
+fn log_failure(e: &ProxyError, outcome: &Outcome<'_>, request_id: &HeaderValue) {
+    let request_id = request_id.to_str().unwrap_or("");
+    let route = outcome.route.map_or("", |r| r.config.name.as_str());
+    match e.side() {
+        Side::Downstream => {}
+        Side::Upstream => {
+            let upstream = match (outcome.route, outcome.upstream_index) {
+                (Some(r), Some(i)) => r.config.upstreams()[i].url.as_str(),
+                (Some(_), None) => "(none usable)",
+                (None, _) => "",
+            };
+            tracing::warn!(route, upstream, request_id, error = %e, "upstream request failed");
+        }
+        Side::Internal => tracing::error!(route, request_id, error = %e, "request failed"),
     }
 }
 
@@ -215,8 +237,8 @@ fn route_request<'a>(
         }
 
         let mut result = match &route.config.action {
-            Action::Respond(r) => Ok(answers::respond(r)),
-            Action::Redirect(r) => Ok(answers::redirect(r, req.uri())),
+            Action::Respond(r) => Ok(answer::respond(r)),
+            Action::Redirect(r) => Ok(answer::redirect(r, req.uri())),
             Action::Upstream(_) => {
                 let host_value = match first_host {
                     Some(v) => v.clone(),
@@ -237,7 +259,6 @@ fn route_request<'a>(
                 };
                 let (result, used) = forward::forward(fwd, &mut req).await;
                 outcome.upstream_index = used;
-                log_upstream_failure(route, used, request_id, &result);
                 result
             }
         };
@@ -342,7 +363,13 @@ fn select<'a>(
     if !conn.scheme.is_https()
         && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
     {
-        return Ok(Selected::Answer(answers::acme_challenge(shared, token)));
+        return Ok(Selected::Answer(answer::acme_challenge(
+            shared
+                .certs
+                .http_tokens
+                .get(token)
+                .map(|k| k.value().clone()),
+        )));
     }
     let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
     if routing_prefix_is_reserved(path) {
@@ -351,7 +378,7 @@ fn select<'a>(
         // forward-auth from a proxy on the internal network, stay as they are).
         let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or("");
         if !conn.scheme.is_https() && endpoint == "/logout" && port != 0 {
-            return Ok(Selected::Answer(answers::https_redirect(
+            return Ok(Selected::Answer(answer::https_redirect(
                 host,
                 port,
                 req.uri(),
@@ -362,7 +389,7 @@ fn select<'a>(
     let route = find_route(snap, host, path)?;
     // Made here, where the host is in `buf`.
     let redirect = (!conn.scheme.is_https() && route.config.https_redirect && port != 0)
-        .then(|| answers::https_redirect(host, port, req.uri()));
+        .then(|| answer::https_redirect(host, port, req.uri()));
     Ok(Selected::Route(route, redirect))
 }
 
@@ -506,28 +533,6 @@ fn prepare_forward<'c>(
     (upgrade, forwarded)
 }
 
-/// Logs a failure the backend is to blame for (never on the page).
-fn log_upstream_failure(
-    route: &crate::snapshot::Route,
-    used: Option<usize>,
-    request_id: &HeaderValue,
-    result: &Result<Response<Body>, ProxyError>,
-) {
-    if let Err(e) = result
-        && e.side() == crate::http::error::Side::Upstream
-    {
-        tracing::warn!(
-            route = %route.config.name,
-            upstream = used.map_or("(none usable)", |i| route.config.upstreams()[i]
-                .url
-                .as_str()),
-            request_id = request_id.to_str().unwrap_or(""),
-            error = e.kind(),
-            "upstream request failed"
-        );
-    }
-}
-
 /// A signed-in user's pages are theirs alone: without a Cache-Control of
 /// the backend's own, shared caches must not keep them.
 fn private_to_user(result: &mut Result<Response<Body>, ProxyError>) {
@@ -569,7 +574,7 @@ fn same_host(a: &str, b: &str) -> bool {
 /// True when the request announces a body.
 fn has_body(req: &Request<Body>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
-        || headers::content_length(req.headers()).is_some_and(|n| n > 0)
+        || crate::h1::wire::content_length(req.headers()).is_some_and(|n| n > 0)
 }
 
 /// The same URI with another path (query kept).

@@ -69,8 +69,8 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
 }
 
 /// The h2c prior-knowledge preface starts with the method `PRI`, which
-/// HTTP/1 reserves for exactly this; anything else is HTTP/1 (and hyper's
-/// to accept or refuse). `None`: the client closed or went quiet first.
+/// HTTP/1 reserves for exactly this; anything else is HTTP/1 (and our
+/// codec's to accept or refuse). `None`: the client closed or went quiet first.
 async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
     const PRI: &[u8] = b"PRI";
     let look = async {

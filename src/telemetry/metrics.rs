@@ -184,8 +184,8 @@ pub struct ListenerMetrics {
 }
 
 /// One request counted in a listener's in-flight gauge until this is
-/// dropped. hyper drops a request's handler future when the client goes
-/// away mid-request, so a plain increment/decrement pair around the await
+/// dropped. The servers (our HTTP/1 codec, hyper's HTTP/2) drop a
+/// request's handler future when the client goes away mid-request, so a plain increment/decrement pair around the await
 /// leaks one in-flight request per abandoned request; a guard cannot.
 #[must_use = "the request stops counting as in flight when this is dropped"]
 #[derive(Debug)]
@@ -330,7 +330,7 @@ mod tests {
         drop(a);
         assert_eq!(l.in_flight.load(Relaxed), 1);
         // A future holding the guard that is dropped before it finishes
-        // (what hyper does when the client goes away) leaves the gauge too.
+        // (what the servers do when the client goes away) leaves the gauge too.
         let fut = async move {
             let _b = b;
             std::future::pending::<()>().await;

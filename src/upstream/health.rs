@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{HealthCheck, ServerConfig, UpstreamTarget};
 use crate::http::body::Body;
-use crate::http::error::ProxyError;
+use crate::http::error::{Cause, ProxyError};
 
 /// The client health checks use: hyper-util's, pooled, one per process
 /// (it survives reloads, so its keep-alive connections do too). Proxied
@@ -44,9 +44,11 @@ impl HealthClient {
         timeout: Duration,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Err(_) => Err(ProxyError::UpstreamTimeout(Cause::Said(
+                "the health check took longer than its timeout",
+            ))),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => Err(classify(e)),
         }
     }
 }
@@ -81,7 +83,7 @@ pub async fn probe(
     })
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
     let timed_out = {
         let mut src = e.source();
         let mut found = false;
@@ -97,10 +99,10 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         found
     };
     if timed_out {
-        ProxyError::UpstreamTimeout
+        ProxyError::UpstreamTimeout(Cause::error(e))
     } else if e.is_connect() {
-        ProxyError::UpstreamUnavailable
+        ProxyError::UpstreamUnavailable(Cause::error(e))
     } else {
-        ProxyError::UpstreamBroken
+        ProxyError::UpstreamBroken(Cause::error(e))
     }
 }

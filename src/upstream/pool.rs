@@ -28,16 +28,16 @@ use std::time::{Duration, Instant};
 use http::Response;
 use tokio::net::TcpStream;
 
-use super::conn::{self as upstream, Conn, Failure, Outgoing, UpstreamBody};
+use super::conn::{self as upstream, BackendConn, Failure, Outgoing, UpstreamBody};
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 use crate::http::body::Body;
-use crate::http::error::ProxyError;
+use crate::http::error::{Cause, ProxyError};
 
 /// Idle connections kept per upstream address and thread.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
 struct Idle {
-    conn: Conn,
+    conn: BackendConn,
     since: Instant,
 }
 
@@ -70,7 +70,7 @@ thread_local! {
 }
 
 /// Puts a connection back (its response has been read to the end).
-pub fn release(key: &PoolKey, conn: Conn, max_idle: Duration) {
+pub fn release(key: &PoolKey, conn: BackendConn, max_idle: Duration) {
     IDLE.with_borrow_mut(|pool| {
         // The key is cloned (a reference count) only for a new upstream.
         let list = match pool.get_mut(key) {
@@ -116,7 +116,7 @@ fn start_sweeper(max_idle: Duration) {
     });
 }
 
-fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<Conn> {
+fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<BackendConn> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(a)?;
         // Newest first: it is the most likely to still be open.
@@ -136,7 +136,7 @@ pub async fn send(
     target: &UpstreamTarget,
     out: &mut Outgoing,
     server: &ServerConfig,
-) -> Result<(Response<Body>, Option<Conn>), ProxyError> {
+) -> Result<(Response<Body>, Option<BackendConn>), ProxyError> {
     let max_idle = server.upstream_idle_timeout;
     let (mut conn, mut reused) = match take_idle(&target.pool_key, max_idle) {
         Some(c) => (c, true),
@@ -164,13 +164,11 @@ pub async fn send(
                 ));
             }
             Err(Failure::NoAnswer) => {
-                tracing::debug!(upstream = %target.url, "the backend closed the connection without answering");
-                return Err(ProxyError::UpstreamBroken);
+                return Err(ProxyError::UpstreamBroken(Cause::Said(
+                    "the backend closed the connection without answering",
+                )));
             }
-            Err(Failure::Broken(why)) => {
-                tracing::warn!(upstream = %target.url, reason = why, "invalid or broken answer from the backend");
-                return Err(ProxyError::UpstreamBroken);
-            }
+            Err(Failure::Broken(why)) => return Err(ProxyError::UpstreamBroken(Cause::Said(why))),
         }
     };
     let mut resp = Response::new(Body::Empty);
@@ -197,14 +195,14 @@ pub async fn send(
 fn connect(
     target: &UpstreamTarget,
     connect_timeout: Duration,
-) -> std::pin::Pin<Box<impl Future<Output = Result<Conn, ProxyError>> + Send + '_>> {
+) -> std::pin::Pin<Box<impl Future<Output = Result<BackendConn, ProxyError>> + Send + '_>> {
     Box::pin(connect_inner(target, connect_timeout))
 }
 
 async fn connect_inner(
     target: &UpstreamTarget,
     connect_timeout: Duration,
-) -> Result<Conn, ProxyError> {
+) -> Result<BackendConn, ProxyError> {
     let host = target
         .authority
         .host()
@@ -213,15 +211,19 @@ async fn connect_inner(
     let port = target.authority.port_u16().unwrap_or(80);
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await
     {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return Err(ProxyError::UpstreamTimeout);
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout(Cause::Said(
+                "connecting took longer than upstream_connect_timeout",
+            )));
         }
-        Ok(Err(_)) => return Err(ProxyError::UpstreamUnavailable),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(ProxyError::UpstreamTimeout(Cause::error(e)));
+        }
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(Cause::error(e))),
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    Ok(Conn::new(stream))
+    Ok(BackendConn::new(stream))
 }
 
 #[cfg(test)]

@@ -134,7 +134,7 @@ impl Provider {
             .map_err(|e| FlowError::Unavailable(e.to_string()))?;
         req.request_async(&self.http)
             .await
-            .map_err(|e| FlowError::Unavailable(crate::http::cause(&e)))
+            .map_err(|e| FlowError::Unavailable(crate::http::error::chain(&e)))
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::{BODY_READ, Conn, Framing, MAX_HEAD};
+use super::{BODY_READ, BackendConn, BackendFraming, MAX_HEAD};
 use crate::config::PoolKey;
 use crate::h1::wire::{Dechunker, Step, take};
 use crate::http::body::{Body, BoxError};
@@ -28,7 +28,7 @@ enum Reading {
 /// connection is closed.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    conn: Option<BackendConn>,
     reading: Reading,
     reusable: bool,
     key: PoolKey,
@@ -45,24 +45,24 @@ impl UpstreamBody {
     /// The body of a response just read from `conn`; `reusable` when the
     /// backend allows another request on it and the whole request went out.
     pub fn start(
-        conn: Conn,
-        framing: Framing,
+        conn: BackendConn,
+        framing: BackendFraming,
         reusable: bool,
         key: &PoolKey,
         max_idle: Duration,
         read_timeout: Duration,
     ) -> Body {
         let reading = match framing {
-            Framing::None | Framing::Length(0) => {
+            BackendFraming::None | BackendFraming::Length(0) => {
                 if reusable && conn.buf.is_empty() {
                     crate::upstream::pool::release(key, conn, max_idle);
                 }
                 return Body::Empty;
             }
-            Framing::Length(n) => Reading::Length(n),
+            BackendFraming::Length(n) => Reading::Length(n),
             // Trailers may be as large as a response head.
-            Framing::Chunked => Reading::Chunked(Dechunker::new(MAX_HEAD)),
-            Framing::UntilClose => Reading::UntilClose,
+            BackendFraming::Chunked => Reading::Chunked(Dechunker::new(MAX_HEAD)),
+            BackendFraming::UntilClose => Reading::UntilClose,
         };
         Body::Streamed(Box::new(UpstreamBody {
             conn: Some(conn),

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
-use super::{Failure, Framing, Head, MAX_HEAD, MAX_HEADERS};
+use super::{BackendFraming, Failure, Head, MAX_HEAD, MAX_HEADERS};
 use crate::h1::wire::{BadLength, FramingHeaders};
 
 /// Parses one response head from the front of `buf` and consumes it;
@@ -90,7 +90,7 @@ pub fn parse_head(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
-        Framing::None
+        BackendFraming::None
     } else if chunked == Some(false) || other_codings {
         return Err(Failure::Broken(
             "unsupported Transfer-Encoding (only chunked is implemented)",
@@ -103,16 +103,16 @@ pub fn parse_head(
             keep_alive = false;
         }
         if is_chunked {
-            Framing::Chunked
+            BackendFraming::Chunked
         } else {
             keep_alive = false;
-            Framing::UntilClose
+            BackendFraming::UntilClose
         }
     } else if let Some(n) = length {
-        Framing::Length(n)
+        BackendFraming::Length(n)
     } else {
         keep_alive = false;
-        Framing::UntilClose
+        BackendFraming::UntilClose
     };
     Ok(Some(Head {
         status,
@@ -135,7 +135,7 @@ mod tests {
         )
     }
 
-    fn framing(s: &str) -> (Framing, bool) {
+    fn framing(s: &str) -> (BackendFraming, bool) {
         let h = parse(s).unwrap().unwrap();
         (h.framing, h.keep_alive)
     }
@@ -144,40 +144,40 @@ mod tests {
     fn response_framing_follows_rfc_9112() {
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
-            (Framing::Length(5), true)
+            (BackendFraming::Length(5), true)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            (Framing::Chunked, true)
+            (BackendFraming::Chunked, true)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\n\r\n"),
-            (Framing::UntilClose, false)
+            (BackendFraming::UntilClose, false)
         );
         assert_eq!(
             framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
-            (Framing::None, true)
+            (BackendFraming::None, true)
         );
         assert_eq!(
             framing("HTTP/1.1 304 Not Modified\r\n\r\n"),
-            (Framing::None, true)
+            (BackendFraming::None, true)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"),
-            (Framing::Length(1), false)
+            (BackendFraming::Length(1), false)
         );
         assert_eq!(
             framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"),
-            (Framing::Length(1), false)
+            (BackendFraming::Length(1), false)
         );
         assert_eq!(
             framing("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n"),
-            (Framing::Length(1), true)
+            (BackendFraming::Length(1), true)
         );
         // Identical repeats are one length.
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n"),
-            (Framing::Length(3), true)
+            (BackendFraming::Length(3), true)
         );
     }
 
@@ -195,7 +195,7 @@ mod tests {
         let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(h.framing, BackendFraming::Chunked);
         assert!(!h.keep_alive);
         assert!(h.headers.get(header::CONTENT_LENGTH).is_none());
     }
@@ -206,8 +206,8 @@ mod tests {
             "unsupported Transfer-Encoding (only chunked is implemented)",
         ));
         for (te, want) in [
-            ("chunked", Ok(Framing::Chunked)),
-            ("Chunked", Ok(Framing::Chunked)),
+            ("chunked", Ok(BackendFraming::Chunked)),
+            ("Chunked", Ok(BackendFraming::Chunked)),
             ("gzip, chunked", refused),
             ("gzip\r\nTransfer-Encoding: chunked", refused),
             ("chunked, chunked", refused),
@@ -231,10 +231,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(h.framing, Framing::None);
+        assert_eq!(h.framing, BackendFraming::None);
         assert_eq!(
             framing("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").0,
-            Framing::None
+            BackendFraming::None
         );
     }
 
@@ -244,7 +244,7 @@ mod tests {
         let h = parse_head(&mut b, true, &mut HeaderMap::new())
             .unwrap()
             .unwrap();
-        assert_eq!(h.framing, Framing::None);
+        assert_eq!(h.framing, BackendFraming::None);
         assert_eq!(h.headers[header::CONTENT_LENGTH], "1234");
         assert!(b.is_empty());
     }

@@ -55,14 +55,14 @@ const WRITE_DIRECT: usize = 8 * 1024;
 /// An open connection to a backend and what has been read from it but
 /// not used yet.
 #[derive(Debug)]
-pub struct Conn {
+pub struct BackendConn {
     io: TcpStream,
     buf: BytesMut,
 }
 
-impl Conn {
+impl BackendConn {
     pub fn new(io: TcpStream) -> Self {
-        Conn {
+        BackendConn {
             io,
             buf: BytesMut::new(),
         }
@@ -241,9 +241,10 @@ pub enum Failure {
     Broken(&'static str),
 }
 
-/// How the response body is framed.
+/// How a backend frames its response body, as read (`h1::write::ResponseFraming`
+/// is how we frame the responses we write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub enum BackendFraming {
     None,
     Length(u64),
     Chunked,
@@ -256,7 +257,7 @@ pub struct Head {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
-    pub framing: Framing,
+    pub framing: BackendFraming,
     /// The backend lets the connection carry another request.
     pub keep_alive: bool,
 }
@@ -265,8 +266,8 @@ pub struct Head {
 /// for the answer run together: a backend may answer (a 413, say) before
 /// it has read the whole body. Returns the head and whether the whole
 /// request was sent.
-pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<(Head, bool), Failure> {
-    let Conn { io, buf } = conn;
+pub async fn exchange(conn: &mut BackendConn, out: &mut Outgoing) -> Result<(Head, bool), Failure> {
+    let BackendConn { io, buf } = conn;
     let Outgoing {
         head,
         body,
@@ -394,11 +395,11 @@ mod tests {
 
     /// A connection to a peer the test writes to with blocking calls, so
     /// that the runtime has no chance to notice what arrives.
-    async fn pair() -> (Conn, std::net::TcpStream) {
+    async fn pair() -> (BackendConn, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let io = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (peer, _) = l.accept().unwrap();
-        (Conn::new(io), peer)
+        (BackendConn::new(io), peer)
     }
 
     #[tokio::test]

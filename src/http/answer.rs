@@ -1,18 +1,19 @@
-//! Responses the gateway makes itself, with no backend: ACME HTTP-01
+//! Answers the gateway makes itself, with no backend: ACME HTTP-01
 //! answers, the redirect to HTTPS, and `redirect` / `respond` routes.
+//! (Error pages are [`super::error`]'s.)
 
 use http::Response;
 use http::header::{self, HeaderValue};
 
+use super::body::Body;
 use crate::config::{Redirect, Respond};
-use crate::http::body::Body;
-use crate::snapshot::Shared;
 
-/// Answers an ACME HTTP-01 validator with the key authorization.
-pub(super) fn acme_challenge(shared: &Shared, token: &str) -> Response<Body> {
-    match shared.certs.http_tokens.get(token) {
+/// Answers an ACME HTTP-01 validator: the key authorization of the token
+/// asked for, or 404 when no order waits on it.
+pub(crate) fn acme_challenge(key_auth: Option<String>) -> Response<Body> {
+    match key_auth {
         Some(key_auth) => {
-            let mut r = Response::new(Body::full(key_auth.value().clone()));
+            let mut r = Response::new(Body::full(key_auth));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
@@ -28,7 +29,7 @@ pub(super) fn acme_challenge(shared: &Shared, token: &str) -> Response<Body> {
 }
 
 /// 308 to the same host and path on https.
-pub(super) fn https_redirect(host: &str, port: u16, uri: &http::Uri) -> Response<Body> {
+pub(crate) fn https_redirect(host: &str, port: u16, uri: &http::Uri) -> Response<Body> {
     let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let location = if port == 443 {
         format!("https://{host}{pq}")
@@ -43,7 +44,7 @@ pub(super) fn https_redirect(host: &str, port: u16, uri: &http::Uri) -> Response
     resp
 }
 
-pub(super) fn respond(r: &Respond) -> Response<Body> {
+pub(crate) fn respond(r: &Respond) -> Response<Body> {
     let mut resp = Response::new(Body::full(r.body.clone()));
     *resp.status_mut() = r.status;
     resp.headers_mut()
@@ -53,7 +54,7 @@ pub(super) fn respond(r: &Respond) -> Response<Body> {
 
 /// The redirect target: `to`, plus the request path and query unless the
 /// route says `keep_path = false`.
-pub fn redirect_location(r: &Redirect, uri: &http::Uri) -> String {
+pub(crate) fn redirect_location(r: &Redirect, uri: &http::Uri) -> String {
     if !r.keep_path {
         return r.to.clone();
     }
@@ -64,7 +65,7 @@ pub fn redirect_location(r: &Redirect, uri: &http::Uri) -> String {
     format!("{base}{pq}")
 }
 
-pub(super) fn redirect(r: &Redirect, uri: &http::Uri) -> Response<Body> {
+pub(crate) fn redirect(r: &Redirect, uri: &http::Uri) -> Response<Body> {
     let mut resp = Response::new(Body::Empty);
     *resp.status_mut() = r.status;
     if let Ok(v) = HeaderValue::from_str(&redirect_location(r, uri)) {
