@@ -919,6 +919,10 @@ fn dashboard_promql(d: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(&d["panels"], false, &mut out);
     for var in d["templating"]["list"].as_array().into_iter().flatten() {
+        // A datasource variable's query is a plugin type, not PromQL.
+        if var["type"] == "datasource" {
+            continue;
+        }
         let q = var["query"]["query"]
             .as_str()
             .or(var["query"].as_str())
