@@ -10,7 +10,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::file::{FileAcme, FileCertificate, FileRoute, FileServer, TOP_LEVEL_KEYS};
+use super::file::{
+    FileAcme, FileAcmeCertificate, FileCertificate, FileRoute, FileServer, TOP_LEVEL_KEYS,
+};
 use super::{Config, ConfigError, ConfigErrors, Secret, ServerConfig, parse_duration};
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
@@ -47,6 +49,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let mut server_span = None;
     let mut acme_raw = None;
     let mut certs_raw = Vec::new();
+    let mut acme_certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
     let mut oidc_raw = None;
     for (key, value) in table {
@@ -58,6 +61,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             }
             "route" => routes_raw = cx.array_of_tables::<FileRoute>("route", value),
             "acme" => acme_raw = cx.section::<FileAcme>("acme", value).map(|a| (span, a)),
+            "acme_certificate" => {
+                acme_certs_raw =
+                    cx.array_of_tables::<FileAcmeCertificate>("acme_certificate", value)
+            }
             "certificate" => {
                 certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
             }
@@ -75,6 +82,12 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
 
     let server = cx.server(server_raw.unwrap_or_default());
     let acme = acme_raw.and_then(|(span, a)| cx.acme(span, a));
+    let mut acme_certificates = Vec::new();
+    for (index, span, raw) in acme_certs_raw {
+        if let Some(c) = cx.acme_certificate(index, span, raw, acme.as_ref()) {
+            acme_certificates.push(c);
+        }
+    }
     let mut certificates = Vec::new();
     for (index, span, raw) in certs_raw {
         if let Some(c) = cx.certificate(index, span, raw) {
@@ -92,7 +105,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     cx.check_route_set(&routes);
     cx.check_oidc_routes(&routes, &oidc);
     if server.https.is_some() {
-        cx.check_tls_coverage(&routes, &certificates, acme.is_some());
+        cx.check_tls_coverage(&routes, &certificates, acme.as_ref(), &acme_certificates);
     }
 
     if server.http.is_none() && server.https.is_none() {
@@ -109,6 +122,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             server,
             acme,
             certificates,
+            acme_certificates,
             oidc: oidc.list,
             routes,
         })
@@ -212,7 +226,7 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn addr(&mut self, key: &str, v: Option<Spanned<String>>) -> Option<SocketAddr> {
+    pub(super) fn addr(&mut self, key: &str, v: Option<Spanned<String>>) -> Option<SocketAddr> {
         let v = v?;
         match v.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
