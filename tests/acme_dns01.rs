@@ -339,3 +339,360 @@ printf 'server 127.0.0.1 {port}\nzone hook.test.\nupdate %s %s. 60 TXT "%s"\nsen
     )
     .await;
 }
+
+/// A stand-in for Cloudflare's API v4 (the real one cannot be reached
+/// from tests): it checks the documented request shapes (zone lookup,
+/// create TXT, delete TXT), answers in Cloudflare's envelope, errors
+/// included, and applies changes to the test BIND with nsupdate so Pebble
+/// can validate them.
+mod cloudflare_stand_in {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use serde_json::{Value, json};
+
+    pub const TOKEN: &str = "cf-test-token-0123456789";
+    pub const ZONE_ID: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+
+    #[derive(Default)]
+    pub struct State {
+        /// "METHOD path" of every request, in order.
+        pub log: Vec<String>,
+        /// Requests that did not match the documented shapes.
+        pub bad: Vec<String>,
+        records: HashMap<String, (String, String)>,
+        next: u32,
+    }
+
+    pub struct StandIn {
+        pub addr: SocketAddr,
+        pub state: Arc<Mutex<State>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn answer(status: u16, v: Value) -> Response<String> {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(v.to_string())
+            .unwrap()
+    }
+
+    fn error(status: u16, code: i64, message: &str) -> Response<String> {
+        answer(
+            status,
+            json!({"success": false, "errors": [{"code": code, "message": message}], "messages": [], "result": null}),
+        )
+    }
+
+    async fn nsupdate(named_port: u16, key_file: &str, op: &str, name: &str, value: &str) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("nsupdate")
+            .args(["-k", key_file])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nsupdate (apt-get install -y bind9-dnsutils)");
+        let script = format!(
+            "server 127.0.0.1 {named_port}\nzone cf.test.\nupdate {op} {name}. 60 TXT \"{value}\"\nsend\n"
+        );
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(script.as_bytes()).await.unwrap();
+        drop(stdin);
+        assert!(
+            child.wait().await.unwrap().success(),
+            "nsupdate {op} failed"
+        );
+    }
+
+    pub async fn start(named_port: u16, key_file: String) -> StandIn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                let key_file = key_file.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        let key_file = key_file.clone();
+                        async move { Ok::<_, Infallible>(handle(req, st, named_port, &key_file).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        StandIn { addr, state, task }
+    }
+
+    async fn handle(
+        req: Request<Incoming>,
+        st: Arc<Mutex<State>>,
+        named_port: u16,
+        key_file: &str,
+    ) -> Response<String> {
+        let method = req.method().clone();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let line = format!("{method} {path}");
+        st.lock().unwrap().log.push(line.clone());
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let ctype = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        if auth != format!("Bearer {TOKEN}") {
+            return error(403, 10000, "Authentication error");
+        }
+        let records_prefix = format!("/client/v4/zones/{ZONE_ID}/dns_records");
+        if method == "GET" && path.starts_with("/client/v4/zones?name=") {
+            let name = path.trim_start_matches("/client/v4/zones?name=");
+            let result = if name == "cf.test" {
+                json!([{"id": ZONE_ID, "name": "cf.test", "status": "active"}])
+            } else {
+                json!([])
+            };
+            return answer(
+                200,
+                json!({"success": true, "errors": [], "messages": [], "result": result}),
+            );
+        }
+        if method == "POST" && path == records_prefix {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let name = v["name"].as_str().unwrap_or_default().to_string();
+            let content = v["content"].as_str().unwrap_or_default().to_string();
+            let shaped = ctype == "application/json"
+                && v["type"] == "TXT"
+                && name.ends_with("cf.test")
+                && !content.is_empty()
+                && v["ttl"].is_u64();
+            if !shaped {
+                st.lock().unwrap().bad.push(format!("{line} {v}"));
+                return error(400, 9005, "Content for TXT record is invalid");
+            }
+            nsupdate(named_port, key_file, "add", &name, &content).await;
+            let id = {
+                let mut s = st.lock().unwrap();
+                s.next += 1;
+                let id = format!("rec{}", s.next);
+                s.records
+                    .insert(id.clone(), (name.clone(), content.clone()));
+                id
+            };
+            return answer(
+                200,
+                json!({"success": true, "errors": [], "messages": [], "result": {"id": id, "type": "TXT", "name": name, "content": content, "ttl": 60}}),
+            );
+        }
+        if method == "DELETE"
+            && let Some(id) = path.strip_prefix(&format!("{records_prefix}/"))
+        {
+            let rec = st.lock().unwrap().records.remove(id);
+            return match rec {
+                Some((name, content)) => {
+                    nsupdate(named_port, key_file, "delete", &name, &content).await;
+                    answer(
+                        200,
+                        json!({"success": true, "errors": [], "messages": [], "result": {"id": id}}),
+                    )
+                }
+                None => error(404, 81044, "Record does not exist."),
+            };
+        }
+        st.lock().unwrap().bad.push(line);
+        error(400, 7003, "Could not route to this path")
+    }
+}
+
+#[tokio::test]
+async fn cloudflare_provider_against_a_stand_in_api() {
+    let named = named();
+    let pebble = pebble_on(&named, None).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("tsig.key");
+    std::fs::write(&key_file, named.key_file_text()).unwrap();
+    let api = cloudflare_stand_in::start(named.port, key_file.display().to_string()).await;
+    let dns = format!(
+        r#"{{ provider = "cloudflare", api_token_file = "cf-token", api_url = "http://{}/client/v4" }}"#,
+        api.addr
+    );
+    let toml = config(
+        &pebble,
+        &dns,
+        &format!(
+            "propagation_timeout = \"20s\"\nresolvers = [\"{}\"]",
+            named.addr()
+        ),
+        &["*.cf.test", "cf.test"],
+    );
+    let gw = Gateway::builder(&toml)
+        .file("cf-token", format!("{}\n", cloudflare_stand_in::TOKEN))
+        .start()
+        .await;
+    wait_served(&gw, "www.cf.test", &pebble, 90).await;
+    wait_served(&gw, "cf.test", &pebble, 5).await;
+    wait_for(
+        "the records deleted through the API",
+        Duration::from_secs(10),
+        || async {
+            named
+                .txt("_acme-challenge.cf.test")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    {
+        let s = api.state.lock().unwrap();
+        assert!(
+            s.bad.is_empty(),
+            "requests not in the documented shape: {:?}",
+            s.bad
+        );
+        let count = |p: &str| s.log.iter().filter(|l| l.starts_with(p)).count();
+        assert!(
+            count("GET /client/v4/zones?name=cf.test") >= 1,
+            "{:?}",
+            s.log
+        );
+        assert_eq!(
+            count("POST "),
+            count("DELETE "),
+            "every record created is deleted: {:?}",
+            s.log
+        );
+        assert!(count("POST ") >= 1, "{:?}", s.log);
+    }
+    drop(gw);
+
+    // A token the API refuses: Cloudflare's own error, in words.
+    let gw = Gateway::builder(&toml)
+        .file("cf-token", "not-the-token\n")
+        .start()
+        .await;
+    let (err, st) = wait_error(&gw, "*.cf.test").await;
+    assert!(
+        err.contains("Cloudflare answered HTTP 403")
+            && err.contains("Authentication error (code 10000)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-token"),
+        "the token is never shown: {err}"
+    );
+    assert!(st["next_attempt"].as_i64().is_some(), "{st}");
+}
+
+#[test]
+fn dns_config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.key"), "c2hvcnQ=\n").unwrap();
+    std::fs::write(dir.path().join("good.key"), "key \"k.\" { algorithm hmac-sha256; secret \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"; };\n").unwrap();
+    let path = dir.path().join("portcullis.toml");
+    let check = |toml: &str| -> String {
+        match portcullis::config::parse(&path, toml) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let head = "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[acme]\n";
+    let route = "\n[[route]]\nhost = \"*.example.com\"\nrespond = {}\n";
+
+    let e = check(&format!("{head}challenge = \"dns-01\"\n"));
+    assert!(
+        e.contains("portcullis.toml:4")
+            && e.contains("acme.dns")
+            && e.contains("needs a DNS provider"),
+        "{e}"
+    );
+
+    let e = check(&format!("{head}dns = {{ provider = \"route53\" }}\n"));
+    assert!(
+        e.contains(":5:") && e.contains("acme.dns.provider") && e.contains("route53"),
+        "{e}"
+    );
+
+    let e = check(&format!(
+        "{head}dns = {{ provider = \"rfc2136\", server = \"10.0.0.2:53\", zone = \"example.com.\", tsig_key_name = \"k.\", tsig_secret_file = \"short.key\" }}\n"
+    ));
+    assert!(
+        e.contains("acme.dns.tsig_secret_file") && e.contains("shorter than 16 bytes"),
+        "{e}"
+    );
+    assert!(!e.contains("c2hvcnQ"), "the secret is never shown: {e}");
+
+    let e = check(&format!(
+        "{head}dns = {{ provider = \"rfc2136\", server = \"10.0.0.2:53\", zone = \"example.com.\", tsig_key_name = \"k.\", tsig_secret_file = \"good.key\", api_token_file = \"x\" }}\n"
+    ));
+    assert!(
+        e.contains("acme.dns.api_token_file")
+            && e.contains("not a setting of the rfc2136 provider"),
+        "{e}"
+    );
+
+    let e = check(&format!(
+        "{head}dns = {{ provider = \"rfc2136\", zone = \"example.com.\", tsig_key_name = \"k.\", tsig_algorithm = \"hmac-md5\", tsig_secret_file = \"good.key\" }}\n"
+    ));
+    assert!(
+        e.contains("acme.dns.server") && e.contains("acme.dns.tsig_algorithm"),
+        "{e}"
+    );
+
+    let e = check(&format!(
+        "{head}dns = {{ provider = \"cloudflare\", api_token_file = \"missing-token\" }}\n"
+    ));
+    assert!(
+        e.contains("acme.dns.api_token_file") && e.contains("missing-token"),
+        "{e}"
+    );
+
+    let e = check(&format!(
+        "{head}\n[[acme_certificate]]\nnames = [\"*.example.com\"]\n"
+    ));
+    assert!(
+        e.contains("acme_certificate[1].names") && e.contains("dns-01"),
+        "{e}"
+    );
+
+    // A wildcard route without DNS-01 says how to get one.
+    let e = check(&format!("{head}{route}"));
+    assert!(e.contains("route.host") && e.contains("DNS-01"), "{e}");
+
+    // With a provider, the same config is valid; so is an explicit set.
+    let ok = format!(
+        "{head}dns = {{ provider = \"rfc2136\", server = \"10.0.0.2:53\", zone = \"example.com.\", tsig_key_name = \"k.\", tsig_secret_file = \"good.key\" }}\n{route}\n[[acme_certificate]]\nnames = [\"example.org\", \"*.example.org\"]\nchallenge = \"dns-01\"\n"
+    );
+    assert_eq!(check(&ok), "");
+    let exec = format!("{head}dns = {{ provider = \"exec\", command = [\"/bin/true\"] }}\n{route}");
+    assert_eq!(check(&exec), "");
+}

@@ -555,7 +555,7 @@ impl Cx<'_> {
                             Some(self.line_span(r.line)),
                             "route.host",
                             format!(
-                                "`{name}` needs a wildcard certificate: configure dns-01 in [acme] (dns = {{ provider = ... }}) or add a [[certificate]] with hosts = [\"{name}\"]"
+                                "`{name}` needs a wildcard certificate: ACME issues wildcards only by DNS-01; add dns = {{ provider = ... }} to [acme], or a [[certificate]] with hosts = [\"{name}\"]"
                             ),
                         );
                     }

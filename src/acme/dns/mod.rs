@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_secs(2);
 
 enum Provider {
     Rfc2136(rfc2136::Rfc2136),
-    Cloudflare(cloudflare::Cloudflare),
+    Cloudflare(Box<cloudflare::Cloudflare>),
     Exec(Vec<String>),
 }
 
@@ -63,9 +63,9 @@ impl Solver {
                 *tsig_algorithm,
                 tsig_secret.expose(),
             )?),
-            DnsConfig::Cloudflare { api_token, api_url } => Provider::Cloudflare(
+            DnsConfig::Cloudflare { api_token, api_url } => Provider::Cloudflare(Box::new(
                 cloudflare::Cloudflare::new(api_token.clone(), api_url.as_deref())?,
-            ),
+            )),
             DnsConfig::Exec { command } => Provider::Exec(command.clone()),
         };
         Ok(Some(Solver {
