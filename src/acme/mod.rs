@@ -556,3 +556,54 @@ fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClien
             .build(connector);
     Ok(Box::new(client))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(acme_extra: &str, routes: &[&str]) -> AcmePlan {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = format!(
+            "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[acme]\ndns = {{ provider = \"exec\", command = [\"/bin/true\"] }}\n{acme_extra}\n"
+        );
+        for r in routes {
+            toml.push_str(&format!("[[route]]\nhost = \"{r}\"\nrespond = {{}}\n"));
+        }
+        let cfg = crate::config::parse(&dir.path().join("p.toml"), &toml).unwrap();
+        AcmePlan::from_config(&cfg).unwrap()
+    }
+
+    fn names(p: &AcmePlan) -> Vec<(String, Vec<String>, &'static str)> {
+        p.orders
+            .iter()
+            .map(|(k, o)| (k.clone(), o.names.clone(), o.challenge.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn wildcard_routes_order_wildcard_and_apex_and_cover_exact_hosts() {
+        let p = plan("", &["*.example.com", "example.com", "a.example.com", "other.org"]);
+        assert_eq!(
+            names(&p),
+            vec![
+                (
+                    "*.example.com".into(),
+                    vec!["*.example.com".into(), "example.com".into()],
+                    "dns-01"
+                ),
+                ("other.org".into(), vec!["other.org".into()], "http-01"),
+            ]
+        );
+        // Configurable: exact hosts under the wildcard order their own.
+        let p = plan("reuse_wildcard = false", &["*.example.com", "a.example.com"]);
+        assert!(p.orders.contains_key("a.example.com"));
+        assert!(p.orders.contains_key("*.example.com"));
+        // Explicit SAN sets take precedence over the automatic ones.
+        let p = plan(
+            "[[acme_certificate]]\nnames = [\"example.com\", \"*.example.com\", \"x.example.org\"]\nchallenge = \"dns-01\"",
+            &["*.example.com", "x.example.org"],
+        );
+        assert_eq!(p.orders.len(), 1, "{:?}", names(&p));
+        assert_eq!(p.orders["example.com"].names.len(), 3);
+    }
+}
