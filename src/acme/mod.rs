@@ -582,7 +582,10 @@ mod tests {
 
     #[test]
     fn wildcard_routes_order_wildcard_and_apex_and_cover_exact_hosts() {
-        let p = plan("", &["*.example.com", "example.com", "a.example.com", "other.org"]);
+        let p = plan(
+            "",
+            &["*.example.com", "example.com", "a.example.com", "other.org"],
+        );
         assert_eq!(
             names(&p),
             vec![
@@ -595,7 +598,10 @@ mod tests {
             ]
         );
         // Configurable: exact hosts under the wildcard order their own.
-        let p = plan("reuse_wildcard = false", &["*.example.com", "a.example.com"]);
+        let p = plan(
+            "reuse_wildcard = false",
+            &["*.example.com", "a.example.com"],
+        );
         assert!(p.orders.contains_key("a.example.com"));
         assert!(p.orders.contains_key("*.example.com"));
         // Explicit SAN sets take precedence over the automatic ones.
