@@ -127,13 +127,15 @@ async fn wait_error(gw: &Gateway, host: &str) -> (String, serde_json::Value) {
 async fn wildcard_and_apex_issued_by_rfc2136_served_records_removed_and_renewed() {
     let named = named();
     let pebble = pebble_on(&named, Some(40)).await;
+    let state = tempfile::tempdir().unwrap();
     let toml = config(
         &pebble,
         &rfc2136(&named, "example.test"),
         r#"propagation_timeout = "20s""#,
         &["*.example.test", "example.test"],
-    );
-    let gw = Gateway::builder(&toml)
+    )
+    .replace("{{DIR}}/state", &state.path().display().to_string());
+    let mut gw = Gateway::builder(&toml)
         .file("tsig.key", named.key_file_text())
         .start()
         .await;
@@ -151,7 +153,7 @@ async fn wildcard_and_apex_issued_by_rfc2136_served_records_removed_and_renewed(
         "{names}"
     );
     // Stored under a glob-free file name.
-    let certs = std::fs::read_dir(gw.dir().join("state/acme"))
+    let certs = std::fs::read_dir(state.path().join("acme"))
         .unwrap()
         .next()
         .unwrap()
@@ -192,7 +194,36 @@ async fn wildcard_and_apex_issued_by_rfc2136_served_records_removed_and_renewed(
     )
     .await;
     assert_ne!(renewed, a);
-    assert!(named.txt("_acme-challenge.example.test").is_empty());
+    wait_for(
+        "the renewal's records removed",
+        Duration::from_secs(10),
+        || async {
+            named
+                .txt("_acme-challenge.example.test")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // After a restart the stored wildcard certificate is served at once.
+    support::within("graceful shutdown", Duration::from_secs(30), gw.shutdown())
+        .await
+        .unwrap();
+    drop(gw);
+    let gw = Gateway::builder(&toml)
+        .file("tsig.key", named.key_file_text())
+        .start()
+        .await;
+    let hs = handshake(
+        gw.https_addr(),
+        "c.example.test",
+        roots_from_pem(&root),
+        &[],
+    )
+    .await
+    .expect("the stored wildcard certificate is served right after a restart");
+    assert_eq!(hs.leaf_serial(), renewed);
 }
 
 #[tokio::test]
