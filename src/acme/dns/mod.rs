@@ -129,13 +129,18 @@ impl Solver {
             wanted.entry(&r.fqdn).or_default().push(&r.value);
         }
         let deadline = Instant::now() + self.propagation_timeout;
+        // Where to ask, found once per name (finding it may take a while).
+        let mut targets = Vec::new();
+        for (fqdn, values) in &wanted {
+            let name = dns_name(fqdn)?;
+            let (servers, recursive) = self.check_servers(&name).await?;
+            targets.push((*fqdn, name, values, servers, recursive));
+        }
         let last_missing = loop {
             let mut missing = Vec::new();
-            for (fqdn, values) in &wanted {
-                let name = dns_name(fqdn)?;
-                let (servers, recursive) = self.check_servers(&name).await?;
+            for (fqdn, name, values, servers, recursive) in &targets {
                 for server in servers {
-                    match wire::txt_values(server, &name, recursive).await {
+                    match wire::txt_values(*server, name, *recursive).await {
                         Ok(have) => {
                             let absent = values
                                 .iter()
