@@ -5,7 +5,8 @@
 #   scripts/test.sh --lint     # also cargo fmt --check and clippy -D warnings
 #
 # Peers: Pebble + pebble-challtestsrv (Debian package `pebble`) for ACME,
-# nginx for forward-auth behind auth_request, Node.js + the OIDC provider's
+# nginx for forward-auth behind auth_request, BIND 9 (`bind9`,
+# `bind9-dnsutils`) as the DNS-01 tests' authoritative server, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
 # `chromium-driver`) for the browser tests, promtool (Debian `prometheus`)
 # for the alert rules and Prometheus configs, and check-jsonschema (PyPI,
@@ -26,6 +27,8 @@ as_root() {
 missing=()
 command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || missing+=(bind9)
+{ command -v nsupdate && command -v dig; } >/dev/null 2>&1 || missing+=(bind9-dnsutils)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)

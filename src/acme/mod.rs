@@ -12,10 +12,11 @@
 //! - Reload: a new [`AcmePlan`] arrives on a watch channel; added hosts get
 //!   certificates, removed hosts stop being served and renewed.
 
+pub(crate) mod dns;
 pub mod order;
 pub mod storage;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,43 +28,105 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::storage::Storage;
-use crate::config::{AcmeConfig, Config, HostPattern};
+use crate::config::{AcmeConfig, ChallengeKind, Config, HostPattern};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::CertStore;
 use crate::tls::store::{CertEntry, Source};
 
-/// What the ACME task should do: which CA, which hosts, where to store.
+/// One certificate the ACME task keeps: its names (the first is its key
+/// in the store, on disk and in `GET /certificates`) and its challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeOrder {
+    pub names: Vec<String>,
+    pub challenge: ChallengeKind,
+}
+
+/// What the ACME task should do: which CA, which certificates, where to store.
 #[derive(Debug, Clone)]
 pub struct AcmePlan {
     pub config: AcmeConfig,
-    pub hosts: BTreeSet<String>,
+    /// Certificate key (its first name) → what to order.
+    pub orders: BTreeMap<String, AcmeOrder>,
     pub state_dir: PathBuf,
 }
 
 impl AcmePlan {
-    /// The plan for a config: every exact routed host not covered by a
-    /// `[[certificate]]`, when there is an https listener and an `[acme]`.
+    /// The plan for a config, when there is an https listener and an
+    /// `[acme]`: every `[[acme_certificate]]`; with a DNS provider, one
+    /// `*.domain` + `domain` certificate per wildcard route; one
+    /// certificate per exact routed host, unless a `[[certificate]]` covers
+    /// it or (with `reuse_wildcard`) an ACME wildcard does.
     pub fn from_config(config: &Config) -> Option<AcmePlan> {
         let acme = config.acme.clone()?;
         config.server.https?;
-        let hosts = config
-            .routes
-            .iter()
-            .filter_map(|r| match &r.host {
-                HostPattern::Exact(h) => Some(h),
-                _ => None,
+        let file_covers = |p: &HostPattern| {
+            config.certificates.iter().any(|c| {
+                c.hosts.contains(p)
+                    || matches!(p, HostPattern::Exact(h) if c.hosts.iter().any(|cp| crate::config::pattern_covers(cp, h)))
             })
-            .filter(|h| {
-                !config
-                    .certificates
-                    .iter()
-                    .any(|c| c.hosts.iter().any(|p| crate::config::pattern_covers(p, h)))
-            })
-            .cloned()
+        };
+        let mut orders: BTreeMap<String, AcmeOrder> = BTreeMap::new();
+        for c in &config.acme_certificates {
+            let names: Vec<String> = c.names.iter().map(|n| n.to_string()).collect();
+            orders.insert(
+                names[0].clone(),
+                AcmeOrder {
+                    names,
+                    challenge: c.challenge,
+                },
+            );
+        }
+        let has_name = |orders: &BTreeMap<String, AcmeOrder>, n: &str| {
+            orders.values().any(|o| o.names.iter().any(|x| x == n))
+        };
+        if acme.dns.is_some() {
+            for r in &config.routes {
+                if let HostPattern::Wildcard(base) = &r.host {
+                    let name = r.host.to_string();
+                    if file_covers(&r.host) || has_name(&orders, &name) {
+                        continue;
+                    }
+                    orders.insert(
+                        name.clone(),
+                        AcmeOrder {
+                            names: vec![name, base.clone()],
+                            challenge: ChallengeKind::Dns01,
+                        },
+                    );
+                }
+            }
+        }
+        let wildcards: Vec<HostPattern> = orders
+            .values()
+            .flat_map(|o| o.names.iter())
+            .filter_map(|n| crate::config::parse_host_pattern(n).ok())
+            .filter(|p| matches!(p, HostPattern::Wildcard(_)))
             .collect();
+        for r in &config.routes {
+            let HostPattern::Exact(h) = &r.host else {
+                continue;
+            };
+            if file_covers(&r.host) || has_name(&orders, h) {
+                continue;
+            }
+            if acme.reuse_wildcard
+                && wildcards
+                    .iter()
+                    .any(|w| crate::config::pattern_covers(w, h))
+            {
+                continue;
+            }
+            orders.insert(
+                h.clone(),
+                AcmeOrder {
+                    names: vec![h.clone()],
+                    challenge: acme.challenge,
+                },
+            );
+        }
         Some(AcmePlan {
             config: acme,
-            hosts,
+            orders,
             state_dir: config.server.state_dir.clone(),
         })
     }
@@ -89,7 +152,7 @@ pub fn prepare(config: &crate::config::Config, store: &CertStore) -> Option<Arc<
 /// Puts stored, still-valid certificates for the plan's hosts into the store.
 pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
     let storage = Storage::new(&plan.state_dir, &plan.config.directory);
-    for host in &plan.hosts {
+    for (host, order) in &plan.orders {
         if store.acme_entry(host).is_some() {
             continue;
         }
@@ -99,10 +162,10 @@ pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
         match crate::pki::certified_key_from_pem(&chain, &key) {
             Ok(ck) => {
                 let entry = CertEntry::new(Arc::new(ck), Source::Acme);
-                let usable = entry
-                    .facts
-                    .as_ref()
-                    .is_some_and(|f| f.not_after > now_secs() && f.names.iter().any(|n| n == host));
+                let usable = entry.facts.as_ref().is_some_and(|f| {
+                    f.not_after > now_secs()
+                        && order.names.iter().all(|n| f.names.iter().any(|m| m == n))
+                });
                 if usable {
                     tracing::info!(host, "serving stored certificate");
                     store.set_acme(host, Arc::new(entry));
@@ -162,14 +225,15 @@ async fn run(
             account = None;
         }
 
-        for gone in served.difference(&plan.hosts).cloned().collect::<Vec<_>>() {
+        let keys: BTreeSet<String> = plan.orders.keys().cloned().collect();
+        for gone in served.difference(&keys).cloned().collect::<Vec<_>>() {
             tracing::info!(host = %gone, "host no longer routed; its certificate is no longer served or renewed");
             store.remove_acme(&gone);
             retry.remove(&gone);
             served.remove(&gone);
         }
         load_stored(&plan, &store);
-        served.extend(plan.hosts.iter().cloned());
+        served.extend(keys.iter().cloned());
 
         let now = Instant::now();
         let wall = now_secs();
@@ -177,23 +241,23 @@ async fn run(
         // account, which is otherwise only loaded when an order is due.
         if account.is_none()
             && storage.load_account().is_some()
-            && plan.hosts.iter().any(|h| store.acme_entry(h).is_some())
+            && keys.iter().any(|h| store.acme_entry(h).is_some())
             && let Ok(a) = get_account(&plan.config, &storage).await
         {
             account = Some((plan.config.directory.clone(), a));
         }
         if let Some((_, acct)) = &account {
-            for host in &plan.hosts {
+            for host in &keys {
                 if let Some(e) = store.acme_entry(host) {
                     refresh_ari(acct, host, &e, &mut ari).await;
                 }
             }
         }
-        ari.retain(|h, _| plan.hosts.contains(h));
+        ari.retain(|h, _| keys.contains(h));
 
         let mut due = Vec::new();
         let mut wake = now + Duration::from_secs(3600);
-        for host in &plan.hosts {
+        for host in &keys {
             let renew_in = match store.acme_entry(host) {
                 None => 0,
                 Some(e) => {
@@ -238,18 +302,29 @@ async fn run(
                 .as_ref()
                 .map(|(_, a)| a.clone())
                 .expect("account set above");
+            let solver = match dns::Solver::new(&plan.config) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("DNS provider unusable: {e}");
+                    None
+                }
+            };
+            let solver = solver.as_ref();
+            let budget = Duration::from_secs(300) + plan.config.propagation_timeout;
             let results: Vec<_> = futures_util::stream::iter(due)
                 .map(|host| {
                     let acct = acct.clone();
                     let store = store.clone();
-                    let kind = plan.config.challenge;
+                    let order = plan.orders.get(&host).cloned();
                     async move {
-                        tracing::info!(host = %host, challenge = kind.as_str(), "ordering certificate");
-                        let r = tokio::time::timeout(
-                            Duration::from_secs(300),
-                            order::issue(&acct, &host, kind, &store),
-                        )
-                        .await;
+                        let Some(order) = order else {
+                            return (host, Err(None));
+                        };
+                        let kind = order.challenge;
+                        tracing::info!(host = %host, names = ?order.names, challenge = kind.as_str(), "ordering certificate");
+                        let r = order::issue(&acct, &order.names, kind, &store, solver, budget)
+                            .await
+                            .map_err(Some);
                         (host, r)
                     }
                 })
@@ -258,16 +333,17 @@ async fn run(
                 .await;
             for (host, r) in results {
                 let counter = match &r {
-                    Ok(Ok(_)) => &metrics.acme_success,
-                    _ => &metrics.acme_failure,
+                    Ok(_) => &metrics.acme_success,
+                    Err(_) => &metrics.acme_failure,
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match r {
-                    Ok(Ok((chain, key))) => {
+                    Ok((chain, key)) => {
                         installed(&store, &storage, &host, chain, key);
                         retry.remove(&host);
                     }
-                    Ok(Err(f)) => {
+                    Err(None) => {}
+                    Err(Some(f)) => {
                         if f.account_missing {
                             tracing::warn!(
                                 "the ACME server no longer knows our account; a new one will be created"
@@ -277,13 +353,6 @@ async fn run(
                         }
                         record_failure(&store, &mut retry, &plan.config, &host, &f.to_string());
                     }
-                    Err(_) => record_failure(
-                        &store,
-                        &mut retry,
-                        &plan.config,
-                        &host,
-                        &format!("certificate for {host}: the order took longer than 5 minutes"),
-                    ),
                 }
             }
             continue;
@@ -486,4 +555,61 @@ fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClien
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
     Ok(Box::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(acme_extra: &str, routes: &[&str]) -> AcmePlan {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = format!(
+            "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[acme]\ndns = {{ provider = \"exec\", command = [\"/bin/true\"] }}\n{acme_extra}\n"
+        );
+        for r in routes {
+            toml.push_str(&format!("[[route]]\nhost = \"{r}\"\nrespond = {{}}\n"));
+        }
+        let cfg = crate::config::parse(&dir.path().join("p.toml"), &toml).unwrap();
+        AcmePlan::from_config(&cfg).unwrap()
+    }
+
+    fn names(p: &AcmePlan) -> Vec<(String, Vec<String>, &'static str)> {
+        p.orders
+            .iter()
+            .map(|(k, o)| (k.clone(), o.names.clone(), o.challenge.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn wildcard_routes_order_wildcard_and_apex_and_cover_exact_hosts() {
+        let p = plan(
+            "",
+            &["*.example.com", "example.com", "a.example.com", "other.org"],
+        );
+        assert_eq!(
+            names(&p),
+            vec![
+                (
+                    "*.example.com".into(),
+                    vec!["*.example.com".into(), "example.com".into()],
+                    "dns-01"
+                ),
+                ("other.org".into(), vec!["other.org".into()], "http-01"),
+            ]
+        );
+        // Configurable: exact hosts under the wildcard order their own.
+        let p = plan(
+            "reuse_wildcard = false",
+            &["*.example.com", "a.example.com"],
+        );
+        assert!(p.orders.contains_key("a.example.com"));
+        assert!(p.orders.contains_key("*.example.com"));
+        // Explicit SAN sets take precedence over the automatic ones.
+        let p = plan(
+            "[[acme_certificate]]\nnames = [\"example.com\", \"*.example.com\", \"x.example.org\"]\nchallenge = \"dns-01\"",
+            &["*.example.com", "x.example.org"],
+        );
+        assert_eq!(p.orders.len(), 1, "{:?}", names(&p));
+        assert_eq!(p.orders["example.com"].names.len(), 3);
+    }
 }

@@ -11,6 +11,7 @@ use instant_acme::{
     RetryPolicy,
 };
 
+use super::dns::{Presented, Solver};
 use crate::config::ChallengeKind;
 use crate::tls::CertStore;
 
@@ -88,13 +89,58 @@ impl Drop for ChallengeGuard<'_> {
     }
 }
 
-/// Orders a certificate for `host`. Returns (chain PEM, key PEM).
+/// Orders one certificate for `names` (the first names it in messages).
+/// Returns (chain PEM, key PEM). The whole order gets `budget`; DNS records
+/// written for it are removed afterwards however it ended, even on timeout.
 pub async fn issue(
     account: &Account,
-    host: &str,
+    names: &[String],
     kind: ChallengeKind,
     store: &CertStore,
+    dns: Option<&Solver>,
+    budget: Duration,
 ) -> Result<(String, String), OrderFailure> {
+    let host = names.first().map(String::as_str).unwrap_or_default();
+    let mut presented = Vec::new();
+    let r = tokio::time::timeout(
+        budget,
+        issue_inner(account, names, kind, store, dns, &mut presented),
+    )
+    .await;
+    if let Some(solver) = dns {
+        for p in presented.drain(..) {
+            match solver.cleanup(&p).await {
+                Ok(()) => tracing::debug!(host, record = %p.fqdn, "removed the dns-01 TXT record"),
+                Err(e) => tracing::warn!(
+                    host,
+                    record = %p.fqdn,
+                    provider = solver.provider_name(),
+                    "could not remove the dns-01 TXT record: {e}"
+                ),
+            }
+        }
+    }
+    match r {
+        Ok(r) => r,
+        Err(_) => Err(OrderFailure {
+            host: host.to_string(),
+            stage: "waiting for the order",
+            challenge: kind,
+            detail: format!("the order took longer than {}s", budget.as_secs()),
+            account_missing: false,
+        }),
+    }
+}
+
+async fn issue_inner(
+    account: &Account,
+    names: &[String],
+    kind: ChallengeKind,
+    store: &CertStore,
+    dns: Option<&Solver>,
+    presented: &mut Vec<Presented>,
+) -> Result<(String, String), OrderFailure> {
+    let host = names.first().map(String::as_str).unwrap_or_default();
     let fail = |stage: &'static str, e: &instant_acme::Error| {
         let (detail, account_missing) = describe(e);
         OrderFailure {
@@ -113,7 +159,7 @@ pub async fn issue(
         account_missing: false,
     };
 
-    let identifiers = [Identifier::Dns(host.to_string())];
+    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
         .await
@@ -127,6 +173,17 @@ pub async fn issue(
     let ctype = match kind {
         ChallengeKind::Http01 => ChallengeType::Http01,
         ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        ChallengeKind::Dns01 => ChallengeType::Dns01,
+    };
+    let solver = match (kind, dns) {
+        (ChallengeKind::Dns01, Some(s)) => Some(s),
+        (ChallengeKind::Dns01, None) => {
+            return Err(plain(
+                "choosing a challenge",
+                "dns-01 without a DNS provider".into(),
+            ));
+        }
+        _ => None,
     };
     {
         let mut authzs = order.authorizations();
@@ -163,10 +220,56 @@ pub async fn issue(
                     store.alpn_challenges.insert(host.to_string(), ck);
                     guard.alpn_hosts.push(host.to_string());
                 }
+                ChallengeKind::Dns01 => {
+                    // Presented now, announced to the CA once all are
+                    // visible (below).
+                    let solver = solver.expect("checked above");
+                    let name = ch.identifier().to_string();
+                    let fqdn = Solver::record_name(&name);
+                    let p = solver
+                        .present(&fqdn, &key_auth.dns_value())
+                        .await
+                        .map_err(|e| {
+                            plain(
+                                "writing the TXT record",
+                                format!("{} provider: {e}", solver.provider_name()),
+                            )
+                        })?;
+                    tracing::info!(host, record = %fqdn, provider = solver.provider_name(), "dns-01 TXT record written");
+                    presented.push(p);
+                    continue;
+                }
             }
             ch.set_ready()
                 .await
                 .map_err(|e| fail("telling the CA the challenge is ready", &e))?;
+        }
+    }
+    if let Some(solver) = solver
+        && !presented.is_empty()
+    {
+        solver.wait_propagated(presented).await.map_err(|e| {
+            plain(
+                "waiting for DNS propagation",
+                format!("{} provider: {e}", solver.provider_name()),
+            )
+        })?;
+        tracing::info!(
+            host,
+            records = presented.len(),
+            "dns-01 TXT records visible; asking the CA to validate"
+        );
+        let mut authzs = order.authorizations();
+        while let Some(a) = authzs.next().await {
+            let mut a = a.map_err(|e| fail("fetching the authorization", &e))?;
+            if a.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            if let Some(mut ch) = a.challenge(ChallengeType::Dns01) {
+                ch.set_ready()
+                    .await
+                    .map_err(|e| fail("telling the CA the challenge is ready", &e))?;
+            }
         }
     }
 
@@ -193,7 +296,7 @@ pub async fn issue(
     }
 
     let key = rcgen::KeyPair::generate().map_err(|e| plain("generating a key", e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
         .map_err(|e| plain("building the CSR", e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params

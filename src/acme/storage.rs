@@ -30,6 +30,12 @@ impl Storage {
 
     fn cert_paths(&self, host: &str) -> (PathBuf, PathBuf) {
         let dir = self.root.join("certs");
+        // `*.example.com` is stored as `_wildcard_.example.com`: no glob
+        // character in file names (`_` is never in a routed host).
+        let host = match host.strip_prefix("*.") {
+            Some(base) => format!("_wildcard_.{base}"),
+            None => host.to_string(),
+        };
         (
             dir.join(format!("{host}.crt")),
             dir.join(format!("{host}.key")),

@@ -144,8 +144,18 @@ pub struct FileAcme {
     pub email: Option<Spanned<String>>,
     /// "letsencrypt" (default), "letsencrypt-staging", or a directory URL.
     pub directory: Option<Spanned<String>>,
-    /// "http-01" (default) or "tls-alpn-01".
+    /// "http-01" (default), "tls-alpn-01" or "dns-01".
     pub challenge: Option<Spanned<String>>,
+    /// The DNS provider for dns-01: `{ provider = "rfc2136" | "cloudflare" | "exec", ... }`.
+    pub dns: Option<Spanned<FileDns>>,
+    /// Longest wait for a dns-01 TXT record to be visible (default "2m").
+    pub propagation_timeout: Option<Spanned<String>>,
+    /// Where to check dns-01 propagation (IP:PORT); default: the zone's
+    /// authoritative servers.
+    pub resolvers: Option<Spanned<Vec<String>>>,
+    /// Exact hosts under a wildcard that ACME orders reuse the wildcard's
+    /// certificate instead of ordering their own (default true).
+    pub reuse_wildcard: Option<bool>,
     /// PEM file with the CA certificate(s) to trust for the ACME server, in
     /// addition to the system roots (test CAs such as Pebble's).
     pub ca_file: Option<Spanned<String>>,
@@ -155,6 +165,40 @@ pub struct FileAcme {
     pub retry_min: Option<Spanned<String>>,
     /// Longest retry delay (default "1d").
     pub retry_max: Option<Spanned<String>>,
+}
+
+/// `[acme] dns = { ... }`: where dns-01 TXT records are written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// "rfc2136", "cloudflare" or "exec".
+    pub provider: Spanned<String>,
+    /// rfc2136: the primary server, IP:PORT.
+    pub server: Option<Spanned<String>>,
+    /// rfc2136: the zone to update, e.g. "example.com.".
+    pub zone: Option<Spanned<String>>,
+    /// rfc2136: the TSIG key's name.
+    pub tsig_key_name: Option<Spanned<String>>,
+    /// rfc2136: hmac-sha256 (default), hmac-sha384 or hmac-sha512.
+    pub tsig_algorithm: Option<Spanned<String>>,
+    /// rfc2136: file with the base64 TSIG secret (or a BIND key file).
+    pub tsig_secret_file: Option<Spanned<String>>,
+    /// cloudflare: file with an API token (Zone:DNS:Edit).
+    pub api_token_file: Option<Spanned<String>>,
+    /// cloudflare: API base URL, only for tests against a local stand-in.
+    pub api_url: Option<Spanned<String>>,
+    /// exec: program and arguments, called with `present|cleanup FQDN VALUE`.
+    pub command: Option<Spanned<Vec<String>>>,
+}
+
+/// `[[acme_certificate]]`: one explicit ACME certificate (a SAN set).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcmeCertificate {
+    /// The names on the certificate (exact or `*.example.com`).
+    pub names: Spanned<Vec<String>>,
+    /// The challenge for this certificate (default: `[acme] challenge`).
+    pub challenge: Option<Spanned<String>>,
 }
 
 /// `[[certificate]]`: a certificate from files (or self-signed) for hosts
@@ -349,4 +393,11 @@ pub struct FileAuthOidc {
 
 /// The whole file, section by section. Each section is deserialised on its
 /// own (see `validate`) so one broken route does not hide errors in others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "oidc", "route"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "acme",
+    "acme_certificate",
+    "certificate",
+    "oidc",
+    "route",
+];

@@ -42,6 +42,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// `[[certificate]]`: certificates from files or self-signed.
     pub certificates: Vec<CertificateConfig>,
+    /// `[[acme_certificate]]`: explicit ACME certificates (SAN sets).
+    pub acme_certificates: Vec<AcmeCertificateConfig>,
     /// `[oidc.NAME]` identity providers, sorted by name (routes refer to
     /// them by index).
     pub oidc: Vec<OidcConfig>,
@@ -59,12 +61,99 @@ pub struct AcmeConfig {
     pub max_concurrent_orders: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Where dns-01 records are written; None = dns-01 not configured.
+    pub dns: Option<DnsConfig>,
+    /// Longest wait for a dns-01 record to be visible.
+    pub propagation_timeout: Duration,
+    /// Where to check propagation; empty = the zone's authoritative servers.
+    pub resolvers: Vec<SocketAddr>,
+    /// Exact hosts covered by an ACME wildcard use it (no order of their own).
+    pub reuse_wildcard: bool,
+}
+
+/// `[acme] dns`, checked, with its secret read.
+#[derive(Debug, Clone)]
+pub enum DnsConfig {
+    /// RFC 2136 dynamic update signed with TSIG (BIND, Knot, PowerDNS...).
+    Rfc2136 {
+        server: SocketAddr,
+        /// Fully qualified, lowercase, with the trailing dot.
+        zone: String,
+        tsig_key_name: String,
+        tsig_algorithm: TsigAlgorithm,
+        /// The decoded TSIG secret.
+        tsig_secret: SecretBytes,
+    },
+    /// Cloudflare's API v4.
+    Cloudflare {
+        api_token: Secret,
+        /// Only set by tests (a local stand-in); None = the real API.
+        api_url: Option<String>,
+    },
+    /// A program called as `COMMAND... present|cleanup FQDN VALUE`.
+    Exec { command: Vec<String> },
+}
+
+impl DnsConfig {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            DnsConfig::Rfc2136 { .. } => "rfc2136",
+            DnsConfig::Cloudflare { .. } => "cloudflare",
+            DnsConfig::Exec { .. } => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+}
+
+/// Secret bytes (a decoded key). Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub fn new(v: Vec<u8>) -> Self {
+        SecretBytes(v)
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes(<redacted>)")
+    }
+}
+
+/// `[[acme_certificate]]`, checked.
+#[derive(Debug, Clone)]
+pub struct AcmeCertificateConfig {
+    /// Lowercase names, the first one names the certificate.
+    pub names: Vec<HostPattern>,
+    pub challenge: ChallengeKind,
+    pub line: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeKind {
     Http01,
     TlsAlpn01,
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -72,6 +161,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         }
     }
 }

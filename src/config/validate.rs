@@ -10,7 +10,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::file::{FileAcme, FileCertificate, FileRoute, FileServer, TOP_LEVEL_KEYS};
+use super::file::{
+    FileAcme, FileAcmeCertificate, FileCertificate, FileRoute, FileServer, TOP_LEVEL_KEYS,
+};
 use super::{
     AccessLogFormat, Config, ConfigError, ConfigErrors, Secret, ServerConfig, parse_duration,
 };
@@ -65,6 +67,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     let mut server_span = None;
     let mut acme_raw = None;
     let mut certs_raw = Vec::new();
+    let mut acme_certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
     let mut oidc_raw = None;
     for (key, value) in table {
@@ -76,6 +79,10 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             }
             "route" => routes_raw = cx.array_of_tables::<FileRoute>("route", value),
             "acme" => acme_raw = cx.section::<FileAcme>("acme", value).map(|a| (span, a)),
+            "acme_certificate" => {
+                acme_certs_raw =
+                    cx.array_of_tables::<FileAcmeCertificate>("acme_certificate", value)
+            }
             "certificate" => {
                 certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
             }
@@ -93,6 +100,12 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
 
     let server = cx.server(server_raw.unwrap_or_default());
     let acme = acme_raw.and_then(|(span, a)| cx.acme(span, a));
+    let mut acme_certificates = Vec::new();
+    for (index, span, raw) in acme_certs_raw {
+        if let Some(c) = cx.acme_certificate(index, span, raw, acme.as_ref()) {
+            acme_certificates.push(c);
+        }
+    }
     let mut certificates = Vec::new();
     let certs_count = certs_raw.len();
     for (index, span, raw) in certs_raw {
@@ -113,7 +126,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     // A [[certificate]] that failed to load has its own error; coverage
     // would only add a misleading "add a certificate" for its hosts.
     if server.https.is_some() && certificates.len() == certs_count {
-        cx.check_tls_coverage(&routes, &certificates, acme.is_some());
+        cx.check_tls_coverage(&routes, &certificates, acme.as_ref(), &acme_certificates);
     }
 
     if server.http.is_none() && server.https.is_none() {
@@ -130,6 +143,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             server,
             acme,
             certificates,
+            acme_certificates,
             oidc: oidc.list,
             routes,
         })
@@ -274,7 +288,7 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn addr(&mut self, key: &str, v: Option<Spanned<String>>) -> Option<SocketAddr> {
+    pub(super) fn addr(&mut self, key: &str, v: Option<Spanned<String>>) -> Option<SocketAddr> {
         let v = v?;
         match v.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),

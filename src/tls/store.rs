@@ -135,8 +135,21 @@ impl CertStore {
         s.acme.get(host).cloned()
     }
 
+    /// ACME certificates are served for every name they carry (a wildcard
+    /// certificate also for its apex), then under their own key; configured
+    /// ones take precedence over both.
     fn publish(&self, s: &Sources) {
-        let mut merged = s.acme.clone();
+        let mut merged = Names::new();
+        for e in s.acme.values() {
+            for n in e.facts.iter().flat_map(|f| f.names.iter()) {
+                merged
+                    .entry(n.to_ascii_lowercase())
+                    .or_insert_with(|| e.clone());
+            }
+        }
+        for (k, v) in &s.acme {
+            merged.insert(k.clone(), v.clone());
+        }
         for (k, v) in &s.configured {
             merged.insert(k.clone(), v.clone());
         }

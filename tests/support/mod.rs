@@ -26,6 +26,7 @@ pub mod browser;
 pub mod client;
 pub mod gateway;
 pub mod idp;
+pub mod named;
 pub mod nginx;
 pub mod pebble;
 pub mod tls;

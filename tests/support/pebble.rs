@@ -80,6 +80,9 @@ pub struct PebbleOptions {
     pub authz_reuse_percent: Option<u8>,
     /// `PEBBLE_VA_ALWAYS_VALID=1`: every challenge succeeds without any validation request.
     pub always_valid: bool,
+    /// Resolve through this DNS server (e.g. a test BIND) instead of
+    /// pebble-challtestsrv, which is then not started.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl PebbleOptions {
@@ -93,7 +96,13 @@ impl PebbleOptions {
             nonce_reject_percent: None,
             authz_reuse_percent: None,
             always_valid: false,
+            dns_server: None,
         }
+    }
+
+    pub fn dns_server(mut self, addr: SocketAddr) -> Self {
+        self.dns_server = Some(addr);
+        self
     }
 
     pub fn validity_secs(mut self, secs: u64) -> Self {
@@ -182,9 +191,12 @@ impl Pebble {
                 client,
             };
             pebble.write_config();
-            pebble.spawn_challtestsrv();
+            let own_dns = opts.dns_server.is_none();
+            if own_dns {
+                pebble.spawn_challtestsrv();
+            }
             pebble.spawn_pebble();
-            match pebble.wait_ready(true).await {
+            match pebble.wait_ready(own_dns).await {
                 Ok(()) => return pebble,
                 Err(err) => {
                     pebble.kill_children();
@@ -228,7 +240,9 @@ impl Pebble {
 
     /// Address of the pebble-challtestsrv DNS server Pebble resolves names with.
     pub fn dns_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports.dns))
+        self.opts
+            .dns_server
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], self.ports.dns)))
     }
 
     /// Temp directory holding config, certificates and the children's logs.
@@ -383,7 +397,7 @@ impl Pebble {
         cmd.arg("-config")
             .arg(self.dir.path().join("pebble-config.json"))
             .arg("-dnsserver")
-            .arg(format!("127.0.0.1:{}", self.ports.dns))
+            .arg(self.dns_addr().to_string())
             .arg("-strict=false")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -431,10 +445,14 @@ impl Pebble {
         let (mut acme_ok, mut mgmt_ok, mut dns_ok) = (false, false, !check_dns);
         let mut last = String::from("no attempt yet");
         loop {
+            let own_dns = self.opts.dns_server.is_none();
             for (name, child) in [
                 ("pebble", &mut self.pebble),
                 ("pebble-challtestsrv", &mut self.challtestsrv),
             ] {
+                if name == "pebble-challtestsrv" && !own_dns {
+                    continue;
+                }
                 match child.as_mut().map(|c| c.try_wait()) {
                     Some(Ok(Some(status))) => {
                         return Err(format!("{name} exited early with {status}"));
