@@ -116,7 +116,7 @@ impl Cx<'_> {
             );
         }
         let ca_file = raw.ca_file.and_then(|f| {
-            let p = resolve_relative(self.file, Path::new(f.get_ref()));
+            let p = resolve_relative(&self.file, Path::new(f.get_ref()));
             if p.is_file() {
                 Some(p)
             } else {
@@ -195,8 +195,8 @@ impl Cx<'_> {
         let (source, loaded) = match (raw.cert_file, raw.key_file, self_signed) {
             (None, None, true) => (CertSource::SelfSigned, crate::pki::self_signed(&names)),
             (Some(c), Some(k), false) => {
-                let cert = resolve_relative(self.file, Path::new(c.get_ref()));
-                let keyf = resolve_relative(self.file, Path::new(k.get_ref()));
+                let cert = resolve_relative(&self.file, Path::new(c.get_ref()));
+                let keyf = resolve_relative(&self.file, Path::new(k.get_ref()));
                 let loaded = crate::pki::load_pair(&cert, &keyf);
                 (CertSource::Files { cert, key: keyf }, loaded)
             }
@@ -243,8 +243,8 @@ impl Cx<'_> {
                 HostPattern::Any => {}
                 HostPattern::Exact(h) => {
                     if !acme && !covered(h) && reported.insert(h.clone()) {
-                        self.err(
-                            Some(self.line_span(r.line)),
+                        self.err_route(
+                            r,
                             "route.host",
                             format!(
                                 "`{h}` has no certificate for the https listener: add an [acme] section or a [[certificate]] for it"
@@ -256,8 +256,8 @@ impl Cx<'_> {
                     let name = format!("*.{s}");
                     let has = certs.iter().any(|c| c.hosts.contains(&r.host));
                     if !has && reported.insert(name.clone()) {
-                        self.err(
-                            Some(self.line_span(r.line)),
+                        self.err_route(
+                            r,
                             "route.host",
                             format!(
                                 "`{name}` needs a wildcard certificate: ACME wildcard orders need DNS-01, which is not supported yet; add a [[certificate]] with hosts = [\"{name}\"]"
