@@ -7,7 +7,9 @@
 # Peers: Pebble + pebble-challtestsrv (Debian package `pebble`) for ACME,
 # nginx for forward-auth behind auth_request, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
-# `chromium-driver`) for the browser tests. Missing ones are installed
+# `chromium-driver`) for the browser tests, Docker (`docker.io`: the tests
+# start their own dockerd) and `busybox-static` (the containers' image) for
+# label discovery. Missing ones are installed
 # (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+{ command -v dockerd && command -v docker; } >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -211,7 +211,7 @@ async fn file_routes_win_and_bad_labels_are_reported() {
         .find(|r| r["host"] == "same.b.test")
         .unwrap_or_else(|| panic!("{v}"));
     let file_source = file["source"].as_str().unwrap();
-    assert!(file_source.ends_with("portcullis.toml:14"), "{v}");
+    assert!(file_source.ends_with("portcullis.toml:10"), "{v}");
     let shadowed = &v["docker"]["shadowed"];
     assert_eq!(shadowed[0]["host"], "same.b.test", "{v}");
     assert_eq!(shadowed[0]["source"], "docker:tb-same", "{v}");
@@ -269,14 +269,25 @@ async fn label_route_behind_sso_requires_login_and_gets_identity_headers() {
     );
     // Signed out: sent to the provider.
     let url = format!("http://sso.localtest:{}/cgi-bin/env", gw.http_addr().port());
-    wait_for("the label route asks for a login", WAIT, || async {
-        let r = gw.client().get(&url).await;
-        (r.status == StatusCode::FOUND
-            && r.header("location")
-                .is_some_and(|l| l.starts_with(idp.issuer())))
-        .then_some(())
+    wait_for("the label route", WAIT, || async {
+        let v = routes(&gw).await;
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == "sso.localtest")
+            .then_some(())
     })
     .await;
+    let mut b = support::idp::Browser::new(gw.http_addr());
+    let r = b.get(&url).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.text());
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.starts_with(idp.issuer())),
+        "{:?}",
+        r.header("location")
+    );
     let mut b = support::idp::Browser::new(gw.http_addr());
     let r = b.login(&url, "alice").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());

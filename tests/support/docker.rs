@@ -102,6 +102,7 @@ impl Engine {
             child: Mutex::new(None),
         };
         engine.start_daemon()?;
+        engine.spawn_reaper()?;
         engine.import_image()?;
         Ok(engine)
     }
@@ -162,6 +163,36 @@ impl Engine {
         }
     }
 
+    /// When the test process ends before the last test's cleanup ran
+    /// (a filtered run, a crash), a watcher removes the containers and
+    /// stops dockerd by the pid in its pidfile, then unmounts and removes
+    /// the temp dir.
+    fn spawn_reaper(&self) -> Result<(), String> {
+        let script = r#"
+while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+[ -d "$2" ] || exit 0
+ids=$(docker -H "unix://$2/docker.sock" ps -aq 2>/dev/null)
+[ -n "$ids" ] && docker -H "unix://$2/docker.sock" rm -f $ids >/dev/null 2>&1
+pid=$(cat "$2/dockerd.pid" 2>/dev/null)
+if [ -n "$pid" ]; then
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+fi
+grep " $2" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m"; done
+rm -rf "$2"
+"#;
+        Command::new("sh")
+            .args(["-c", script, "reaper"])
+            .arg(std::process::id().to_string())
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the dockerd reaper: {e}"))
+    }
+
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -197,6 +228,18 @@ impl Engine {
             }
         }
         self.stop_daemon();
+        // dockerd leaves its data root and network namespace mounted.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
         let _ = std::fs::remove_dir_all(self.dir.path());
     }
 
