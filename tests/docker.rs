@@ -23,7 +23,7 @@ use support::gateway::Gateway;
 use support::wait_for;
 
 /// Tests in this file sharing the engine (the last one stops it).
-const TESTS: usize = 5;
+const TESTS: usize = 6;
 /// Generous bound for a change to show; the debounce is 0.3-1.2 s.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -152,6 +152,67 @@ async fn labelled_containers_are_routed_scaled_and_gone() {
     engine.remove(&["ta-1", "ta-2", "ta-3", "ta-off"]);
     let took = wait_answer(&gw, "app.a.test", 404, None).await;
     println!("unrouted {took:?} after docker rm returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_replica_leaves_the_rotation() {
+    let engine = Engine::shared(TESTS).await;
+    let p = "tf";
+    let gw = Gateway::start(&config(&engine, p, "")).await;
+    let (p1, p2) = (free_port(), free_port());
+    let app = |port: u16| {
+        labels(
+            p,
+            &[
+                ("enable", "true"),
+                ("host", "app.f.test"),
+                ("port", &port.to_string()),
+            ],
+        )
+    };
+    let healthy = app(p1);
+    let healthy: Vec<(&str, String)> = healthy
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    engine.run_httpd_with(
+        "tf-ok",
+        p1,
+        &healthy,
+        &["--health-cmd", "exit 0", "--health-interval", "1s"],
+    );
+    let sick = app(p2);
+    let sick: Vec<(&str, String)> = sick.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    engine.run_httpd_with(
+        "tf-sick",
+        p2,
+        &sick,
+        &[
+            "--health-cmd",
+            "exit 1",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+        ],
+    );
+    // Once the checks have run: only the healthy one is in the route.
+    wait_for("only tf-ok in rotation", WAIT, || async {
+        let v = routes(&gw).await;
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["source"] == "docker:tf-ok,tf-sick" && r["target"].as_array().unwrap().len() == 1
+            })
+            .then_some(())
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(get(&gw, "app.f.test", "/id").await, (200, "tf-ok\n".into()));
+    }
+    engine.remove(&["tf-ok", "tf-sick"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

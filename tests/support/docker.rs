@@ -305,6 +305,11 @@ rm -rf "$2"
     /// Starts a container `name` with `labels` on the host network,
     /// serving `/id` (its name) and `/cgi-bin/env` on `port`.
     pub fn run_httpd(&self, name: &str, port: u16, labels: &[(&str, String)]) {
+        self.run_httpd_with(name, port, labels, &[]);
+    }
+
+    /// [`Engine::run_httpd`] with more `docker run` options.
+    pub fn run_httpd_with(&self, name: &str, port: u16, labels: &[(&str, String)], opts: &[&str]) {
         let mut args: Vec<String> = vec![
             "run".into(),
             "-d".into(),
@@ -313,6 +318,7 @@ rm -rf "$2"
             "--name".into(),
             name.into(),
         ];
+        args.extend(opts.iter().map(|o| o.to_string()));
         for (k, v) in labels {
             args.push("-l".into());
             args.push(format!("{k}={v}"));
