@@ -113,15 +113,19 @@ pub fn apply(config: &mut Config, containers: &[Container]) {
         list: config.oidc.clone(),
         broken: Vec::new(),
     };
-    // The file's SSO policy per host: a label cannot change it.
-    let mut file_policy: HashMap<String, (RouteAuth, RouteSource)> = HashMap::new();
-    for r in &config.routes {
-        if let (HostPattern::Exact(h), RouteAuth::Oidc(_)) = (&r.host, &r.auth) {
-            file_policy
-                .entry(h.clone())
-                .or_insert((r.auth.clone(), r.source.clone()));
-        }
-    }
+    // The file's SSO policies: a label cannot change them (exact hosts
+    // first, then `*.domain`, then `*`).
+    let mut file_policy: Vec<(HostPattern, RouteAuth, RouteSource)> = config
+        .routes
+        .iter()
+        .filter(|r| matches!(r.auth, RouteAuth::Oidc(_)))
+        .map(|r| (r.host.clone(), r.auth.clone(), r.source.clone()))
+        .collect();
+    file_policy.sort_by_key(|(h, _, _)| match h {
+        HostPattern::Exact(_) => 0,
+        HostPattern::Wildcard(_) => 1,
+        HostPattern::Any => 2,
+    });
     let mut sorted: Vec<&Container> = containers.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -209,7 +213,7 @@ fn container_routes(
     config: &Config,
     docker: &super::DockerConfig,
     oidc: &OidcSet,
-    file_policy: &HashMap<String, (RouteAuth, RouteSource)>,
+    file_policy: &[(HostPattern, RouteAuth, RouteSource)],
     c: &Container,
     errors: &mut Vec<LabelError>,
 ) -> Vec<(RouteConfig, String)> {
@@ -306,7 +310,7 @@ fn one_route(
     config: &Config,
     docker: &super::DockerConfig,
     oidc: &OidcSet,
-    file_policy: &HashMap<String, (RouteAuth, RouteSource)>,
+    file_policy: &[(HostPattern, RouteAuth, RouteSource)],
     c: &Container,
     route_name: &str,
     keys: &BTreeMap<&str, (String, String)>,
@@ -549,9 +553,20 @@ fn one_route(
             return Vec::new();
         }
         let mut route = route.expect("checked above");
+        // A label never claims every host (it would take all unrouted traffic).
+        let HostPattern::Exact(h) = &route.host else {
+            err(
+                label_of("host"),
+                format!(
+                    "`{host}`: a label route names its hosts; `*` and `*.domain` are for the config file"
+                ),
+            );
+            return Vec::new();
+        };
         // The file's SSO policy for this host stands.
-        if let HostPattern::Exact(h) = &route.host
-            && let Some((policy, place)) = file_policy.get(h)
+        if let Some((_, policy, place)) = file_policy
+            .iter()
+            .find(|(p, _, _)| matches!(p, HostPattern::Any) || super::pattern_covers(p, h))
         {
             if !explicit_auth {
                 route.auth = policy.clone();
@@ -766,5 +781,34 @@ mod tests {
             ("open", "portcullis.auth")
         );
         assert!(e.message.contains("single sign-on policy"), "{e}");
+    }
+
+    #[test]
+    fn a_wildcard_sso_policy_covers_label_hosts_and_labels_cannot_claim_every_host() {
+        let file =
+            "[[route]]\nhost = \"*.corp.example.com\"\nrespond = {}\nauth = { oidc = \"corp\" }\n";
+        let mut c = config(file);
+        let mut inside = app("inside", "80");
+        inside
+            .labels
+            .insert("portcullis.host".into(), "wiki.corp.example.com".into());
+        let mut any = app("any", "80");
+        any.labels.insert("portcullis.host".into(), "*".into());
+        apply(&mut c, &[inside, any]);
+        let r = c
+            .routes
+            .iter()
+            .find(|r| r.host.to_string() == "wiki.corp.example.com")
+            .unwrap();
+        assert!(
+            matches!(r.auth, RouteAuth::Oidc(_)),
+            "the file's policy applies"
+        );
+        let e = &c.discovery.errors[0];
+        assert_eq!(
+            (e.container.as_str(), e.label.as_str()),
+            ("any", "portcullis.host"),
+            "{e}"
+        );
     }
 }
