@@ -9,8 +9,10 @@
 # `bind9-dnsutils`) as the DNS-01 tests' authoritative server, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
 # `chromium-driver`) for the browser tests, promtool (Debian `prometheus`)
-# for the alert rules and Prometheus configs, and check-jsonschema (PyPI,
-# in a venv under target/, Debian `python3-venv`) for the compose files.
+# for the alert rules and Prometheus configs, check-jsonschema (PyPI,
+# in a venv under target/, Debian `python3-venv`) for the compose files,
+# Docker (`docker.io`: the tests start their own dockerd) and
+# `busybox-static` (the containers' image) for label discovery.
 # Missing ones are installed (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+{ command -v dockerd && command -v docker; } >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

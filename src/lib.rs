@@ -13,6 +13,7 @@ pub(crate) mod acme;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub(crate) mod discovery;
 pub mod fsutil;
 pub(crate) mod h1;
 pub mod http;
@@ -125,8 +126,28 @@ impl Gateway {
         let plan = reload::install_certificates(&config, &certs);
         let metrics = Arc::new(telemetry::metrics::Metrics::new());
         let config_path = config.source.clone();
+        // Label routes come with Docker's first container list, a moment
+        // after start, through the reload task.
+        let files_config = config.clone();
+        let mut config = config;
+        config::labels::apply(&mut config, &[]);
+        let docker_status = config
+            .docker
+            .as_ref()
+            .map(|_| Arc::new(discovery::docker::Status::default()));
         let first = snapshot::assemble(config, None, &metrics, auth_snapshot.clone());
-        let shared = Shared::new(first, config_path, certs, metrics, auth.clone());
+        let mut shared = Shared::new(first, config_path, certs, metrics, auth.clone());
+        if let Some(s) = &docker_status {
+            Arc::get_mut(&mut shared).expect("not shared yet").docker = Some(s.clone());
+        }
+        let containers = match (&files_config.docker, &docker_status) {
+            (Some(d), Some(status)) => Some(discovery::docker::spawn(
+                d,
+                shared.metrics.clone(),
+                status.clone(),
+            )),
+            _ => None,
+        };
         auth::spawn_background(&auth, &auth_snapshot);
         let acme_plans = tokio::sync::watch::channel(plan).0;
         acme::spawn(
@@ -134,7 +155,30 @@ impl Gateway {
             shared.metrics.clone(),
             acme_plans.subscribe(),
         );
-        let reload = reload::spawn(shared.clone(), acme_plans);
+        let watch = files_config
+            .server
+            .watch
+            .then(|| discovery::files::WatchSet {
+                files: files_config.watched_files(),
+                patterns: files_config.include_patterns.clone(),
+            });
+        let reload = reload::spawn(shared.clone(), acme_plans, files_config, containers);
+        if let Some(set) = watch {
+            let handle = reload.clone();
+            discovery::files::spawn(
+                set,
+                Box::new(move |quiet| {
+                    let handle = handle.clone();
+                    Box::pin(async move {
+                        match handle.reload_with(quiet).await? {
+                            ReloadOutcome::Reloaded { watch, .. } => Some((true, watch)),
+                            ReloadOutcome::Rejected { .. } => Some((false, Default::default())),
+                        }
+                    })
+                }),
+            )
+            .context("watching the config files")?;
+        }
         Ok(Gateway {
             shared,
             listeners,

@@ -3,6 +3,11 @@
 //! (SIGHUP, `POST /reload`, `portcullis reload`) go through one task, and a
 //! burst that arrives while a reload runs is answered by the next single
 //! reload instead of being queued one by one.
+//!
+//! Container label routes (`discovery::docker`) take the same way: a new
+//! container list is applied to the last good file config
+//! (`config::labels::apply`) and swapped in like a reload; a file reload
+//! keeps the last container list.
 
 use std::sync::Arc;
 
@@ -10,7 +15,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::acme::AcmePlan;
+use crate::config::labels::{Container, Discovery};
 use crate::config::{self, Config, ConfigError};
+use crate::discovery::files::WatchSet;
 use crate::snapshot::Shared;
 use crate::tls::CertStore;
 
@@ -23,6 +30,9 @@ pub enum ReloadOutcome {
         routes: usize,
         /// Settings that changed but only take effect after a restart.
         warnings: Vec<String>,
+        /// What the file watcher should watch from now on.
+        #[serde(skip)]
+        watch: WatchSet,
     },
     Rejected {
         errors: Vec<ReportedError>,
@@ -54,47 +64,119 @@ impl From<&ConfigError> for ReportedError {
     }
 }
 
-type Waiter = Option<oneshot::Sender<ReloadOutcome>>;
+/// One reload request: who waits for the outcome, and whether a
+/// rejection should be reported (the file watcher's first try is quiet).
+struct Request {
+    waiter: Option<oneshot::Sender<ReloadOutcome>>,
+    quiet: bool,
+}
 
 /// A cheap handle to ask for reloads.
 #[derive(Clone)]
 pub struct ReloadHandle {
-    tx: mpsc::UnboundedSender<Waiter>,
+    tx: mpsc::UnboundedSender<Request>,
 }
 
 impl ReloadHandle {
     /// Requests a reload and waits for its outcome.
     pub async fn reload(&self) -> Option<ReloadOutcome> {
+        self.reload_with(false).await
+    }
+
+    /// A reload whose rejection is not logged or counted when `quiet`.
+    pub async fn reload_with(&self, quiet: bool) -> Option<ReloadOutcome> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Some(tx)).ok()?;
+        self.tx
+            .send(Request {
+                waiter: Some(tx),
+                quiet,
+            })
+            .ok()?;
         rx.await.ok()
     }
 
     /// Requests a reload without waiting (SIGHUP).
     pub fn trigger(&self) {
-        let _ = self.tx.send(None);
+        let _ = self.tx.send(Request {
+            waiter: None,
+            quiet: false,
+        });
     }
 }
 
-/// Starts the reload task; it ends when every handle is dropped.
+/// The latest container list from Docker discovery (`None` before the
+/// first list, and without `[docker]`).
+pub type Containers = watch::Receiver<Option<Arc<Vec<Container>>>>;
+
+/// Starts the reload task; it ends when every handle is dropped. `files`
+/// is the running config as read from its files (before label routes).
 pub fn spawn(
     shared: Arc<Shared>,
     acme_plans: watch::Sender<Option<Arc<AcmePlan>>>,
+    files: Config,
+    containers: Option<Containers>,
 ) -> ReloadHandle {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut waiters = vec![first];
-            while let Ok(w) = rx.try_recv() {
-                waiters.push(w);
-            }
-            let outcome = reload_once(&shared, &acme_plans).await;
-            for w in waiters.into_iter().flatten() {
-                let _ = w.send(outcome.clone());
+        let mut state = State {
+            files,
+            containers: Arc::new(Vec::new()),
+        };
+        let mut docker = containers;
+        loop {
+            let changed = async {
+                match docker.as_mut() {
+                    Some(d) => d.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { return };
+                    let mut requests = vec![first];
+                    while let Ok(r) = rx.try_recv() {
+                        requests.push(r);
+                    }
+                    let quiet = requests.iter().all(|r| r.quiet);
+                    let outcome = reload_once(&shared, &acme_plans, &mut state, Some(quiet)).await;
+                    for r in requests {
+                        if let Some(w) = r.waiter {
+                            let _ = w.send(outcome.clone());
+                        }
+                    }
+                }
+                alive = changed => {
+                    if !alive {
+                        docker = None;
+                        continue;
+                    }
+                    let list = docker.as_mut().and_then(|d| d.borrow_and_update().clone());
+                    if let Some(list) = list {
+                        state.containers = list;
+                        reload_once(&shared, &acme_plans, &mut state, None).await;
+                    }
+                }
             }
         }
     });
     ReloadHandle { tx }
+}
+
+/// What the reload task keeps between reloads.
+struct State {
+    /// The last good config as read from its files.
+    files: Config,
+    /// The last container list.
+    containers: Arc<Vec<Container>>,
+}
+
+impl State {
+    fn watch_set(&self) -> WatchSet {
+        WatchSet {
+            files: self.files.watched_files(),
+            patterns: self.files.include_patterns.clone(),
+        }
+    }
 }
 
 /// Installs `config`'s certificates in the store (configured ones, and the
@@ -105,17 +187,30 @@ pub fn install_certificates(config: &Config, certs: &CertStore) -> Option<Arc<Ac
     crate::acme::prepare(config, certs)
 }
 
-/// Loads the config file, and if it is valid: identity providers,
-/// certificates, the new snapshot (built off the runtime), publish, then
-/// ACME for the new hosts.
+/// Loads the config files (`files`: `Some(quiet)`; `None` keeps the last
+/// good ones and applies a new container list), and if they are valid:
+/// label routes, identity providers, certificates, the new snapshot (built
+/// off the runtime), publish, then ACME for the new hosts.
 async fn reload_once(
     shared: &Arc<Shared>,
     acme_plans: &watch::Sender<Option<Arc<AcmePlan>>>,
+    state: &mut State,
+    files: Option<bool>,
 ) -> ReloadOutcome {
     let path = shared.config_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+    let loaded = match files {
+        Some(_) => tokio::task::spawn_blocking(move || config::load(&path)).await,
+        None => Ok(Ok(state.files.clone())),
+    };
+    let quiet = files == Some(true);
     let config = match loaded {
         Ok(Ok(c)) => c,
+        Ok(Err(errs)) if quiet => {
+            tracing::debug!("reload after a file change rejected; trying again:\n{errs}");
+            return ReloadOutcome::Rejected {
+                errors: errs.0.iter().map(ReportedError::from).collect(),
+            };
+        }
         Ok(Err(errs)) => {
             shared
                 .metrics
@@ -137,16 +232,45 @@ async fn reload_once(
     };
 
     let old = shared.current();
-    let warnings = restart_only_changes(&old.server, &config.server);
-    for w in &warnings {
-        tracing::warn!("{w}");
+    let files_changed = files.is_some();
+    let file_config = config.clone();
+    let mut config = config;
+    let mut warnings = Vec::new();
+    if files_changed {
+        warnings = restart_only_changes(&old.server, &config.server);
+        if state.files.docker.as_ref().map(|d| &d.endpoint)
+            != config.docker.as_ref().map(|d| &d.endpoint)
+        {
+            warnings.push("[docker] endpoint changed; it takes effect after a restart".into());
+        }
+        if state.files.server.watch != config.server.watch {
+            warnings.push("server.watch changed; it takes effect after a restart".into());
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
     }
+    crate::config::labels::apply(&mut config, &state.containers);
+    report_discovery(&old.discovery, &config.discovery);
+    shared.metrics.docker_label_errors.store(
+        config.discovery.errors.len() as i64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let summary = format!(
         "{} route{}; listeners in effect: {}",
         config.routes.len(),
         if config.routes.len() == 1 { "" } else { "s" },
         shared.listening.get().map_or("not started", String::as_str)
     );
+    if !files_changed {
+        // Only containers changed: the identity providers are the same.
+        let auth = old.auth.clone();
+        let plan = install_certificates(&config, &shared.certs);
+        return finish(
+            shared, acme_plans, config, old, auth, plan, warnings, state, &summary,
+        )
+        .await;
+    }
     // Identity providers: running ones are kept while their config is
     // unchanged, then all are rediscovered (bounded) so keys are current.
     let auth = match shared.auth.prepare(&config) {
@@ -169,6 +293,26 @@ async fn reload_once(
     crate::auth::rediscover(&auth).await;
     crate::auth::spawn_background(&shared.auth, &auth);
     let plan = install_certificates(&config, &shared.certs);
+    state.files = file_config;
+    finish(
+        shared, acme_plans, config, old, auth, plan, warnings, state, &summary,
+    )
+    .await
+}
+
+/// Builds the snapshot off the runtime, publishes it, hands ACME its plan.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    shared: &Arc<Shared>,
+    acme_plans: &watch::Sender<Option<Arc<AcmePlan>>>,
+    config: Config,
+    old: Arc<crate::snapshot::Snapshot>,
+    auth: Arc<crate::auth::AuthSnapshot>,
+    plan: Option<Arc<AcmePlan>>,
+    warnings: Vec<String>,
+    state: &State,
+    summary: &str,
+) -> ReloadOutcome {
     // Build off the hot path (spawn_blocking: a 10,000-route table is a few ms).
     let metrics = shared.metrics.clone();
     let previous = old.clone();
@@ -191,6 +335,20 @@ async fn reload_once(
         generation,
         routes,
         warnings,
+        watch: state.watch_set(),
+    }
+}
+
+/// Logs label problems and hidden label routes once, when they appear.
+fn report_discovery(old: &Discovery, new: &Discovery) {
+    for e in new.errors.iter().filter(|e| !old.errors.contains(e)) {
+        tracing::error!(container = %e.container, label = %e.label, "bad container label, the container is not routed: {e}");
+    }
+    for s in new.shadowed.iter().filter(|s| !old.shadowed.contains(s)) {
+        tracing::warn!(
+            host = %s.host, path = %s.path, label_route = %s.source, file_route = %s.by,
+            "a route in the config file takes precedence over a container's label route"
+        );
     }
 }
 

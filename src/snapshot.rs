@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub table: RouteTable<Route>,
     /// Identity providers of this config.
     pub auth: Arc<crate::auth::AuthSnapshot>,
+    /// Label routes left out (hidden by a file route, or bad labels).
+    pub discovery: Arc<crate::config::labels::Discovery>,
 }
 
 /// Builds the snapshot for `config`, at start-up (`previous` is `None`)
@@ -96,6 +98,7 @@ impl Snapshot {
         metrics: &Metrics,
         auth: Arc<crate::auth::AuthSnapshot>,
     ) -> Snapshot {
+        let discovery = config.discovery.clone();
         let table = RouteTable::build_with(config.routes.into_iter().map(|r| {
             let m = metrics.route(&r.name);
             (
@@ -111,6 +114,7 @@ impl Snapshot {
             server: config.server,
             table,
             auth,
+            discovery,
         }
     }
 
@@ -144,6 +148,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Sessions, sign-ins in progress, identity providers.
     pub auth: Arc<crate::auth::AuthShared>,
+    /// Docker discovery's connection state (with `[docker]`).
+    pub docker: Option<Arc<crate::discovery::docker::Status>>,
 }
 
 impl Shared {
@@ -170,6 +176,7 @@ impl Shared {
             https_port: AtomicU16::new(0),
             listening: std::sync::OnceLock::new(),
             auth,
+            docker: None,
         })
     }
 

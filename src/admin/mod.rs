@@ -68,7 +68,12 @@ async fn handle(
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
+                // Docker being away does not make us unready: file routes
+                // and the last known container routes keep serving.
+                match &shared.docker {
+                    Some(d) => text(StatusCode::OK, format!("ready\ndocker: {}\n", d.message())),
+                    None => text(StatusCode::OK, "ready\n"),
+                }
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
@@ -168,13 +173,46 @@ fn routes_view(shared: &Shared) -> Response<Body> {
                 "timeout_ms": c.timeout.as_millis() as u64,
                 "request_buffering": c.limits.request_buffer.is_some(),
                 "request_buffer_bytes": c.limits.request_buffer,
+                "source": c.source.to_string(),
             })
         })
         .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "generation": snap.generation, "routes": routes }),
-    )
+    let mut body = json!({ "generation": snap.generation, "routes": routes });
+    if let Some(d) = &shared.docker {
+        let shadowed: Vec<_> = snap
+            .discovery
+            .shadowed
+            .iter()
+            .map(|s| {
+                json!({
+                    "host": s.host,
+                    "path": s.path,
+                    "source": s.source.to_string(),
+                    "shadowed_by": s.by.to_string(),
+                })
+            })
+            .collect();
+        let errors: Vec<_> = snap
+            .discovery
+            .errors
+            .iter()
+            .map(|e| {
+                json!({
+                    "container": e.container,
+                    "label": e.label,
+                    "message": e.message,
+                    "text": e.to_string(),
+                })
+            })
+            .collect();
+        body["docker"] = json!({
+            "up": d.is_up(),
+            "status": d.message(),
+            "shadowed": shadowed,
+            "label_errors": errors,
+        });
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
@@ -252,7 +290,7 @@ fn certificates_view(shared: &Shared) -> Response<Body> {
     json_response(StatusCode::OK, &json!({ "certificates": list }))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

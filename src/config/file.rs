@@ -96,6 +96,9 @@ pub struct FileServer {
     /// How much of a request body is held in memory before the upstream
     /// is contacted.
     pub request_buffer: Option<Spanned<FileSize>>,
+    /// Reload by itself when the config, an included file or a certificate
+    /// or secret file it names changes (default false).
+    pub watch: Option<Spanned<bool>>,
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`
@@ -394,9 +397,11 @@ pub struct FileAuthOidc {
 /// The whole file, section by section. Each section is deserialised on its
 /// own (see `validate`) so one broken route does not hide errors in others.
 pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "include",
     "server",
     "acme",
     "acme_certificate",
+    "docker",
     "certificate",
     "oidc",
     "route",

@@ -7,8 +7,10 @@
 //! sockets or touches shared state, so a reload can call it off the hot
 //! path and throw the result away when it fails.
 
+mod docker_section;
 mod duration;
 mod file;
+pub mod labels;
 mod limits_section;
 mod oidc_section;
 mod route_auth;
@@ -22,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
@@ -37,7 +40,14 @@ pub use validate::{load, load_without_files, parse};
 pub struct Config {
     /// The file this came from; reloads read it again.
     pub source: PathBuf,
+    /// The main file and the files `include` named, in the order read.
+    pub files: Vec<PathBuf>,
+    /// `include` patterns as full paths (a new file matching one is a
+    /// change worth a reload).
+    pub include_patterns: Vec<PathBuf>,
     pub server: ServerConfig,
+    /// `[docker]`: routes from container labels.
+    pub docker: Option<DockerConfig>,
     /// `[acme]`: certificates for routed hosts from an ACME CA.
     pub acme: Option<AcmeConfig>,
     /// `[[certificate]]`: certificates from files or self-signed.
@@ -48,6 +58,8 @@ pub struct Config {
     /// them by index).
     pub oidc: Vec<OidcConfig>,
     pub routes: Vec<RouteConfig>,
+    /// What label discovery left out or refused (empty without `[docker]`).
+    pub discovery: std::sync::Arc<labels::Discovery>,
 }
 
 /// `[acme]`, checked.
@@ -231,6 +243,8 @@ pub struct ServerConfig {
     pub request_buffer: u64,
     /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
     pub hsts: Option<http::HeaderValue>,
+    /// Reload when a file the config reads changes.
+    pub watch: bool,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -353,6 +367,55 @@ pub struct RouteConfig {
     pub auth: RouteAuth,
     /// 1-based line of the `[[route]]` in the file, for messages.
     pub line: usize,
+    /// Where the route was written: a config file and line, or a
+    /// container's labels. Shown in `GET /routes` and in messages.
+    pub source: RouteSource,
+}
+
+/// Where a route comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSource {
+    /// A `[[route]]` table: the file (main or included) and its line.
+    File {
+        file: std::sync::Arc<Path>,
+        line: usize,
+    },
+    /// The labels of these containers (replicas share one route).
+    Docker { containers: Vec<String> },
+}
+
+impl Default for RouteSource {
+    fn default() -> Self {
+        RouteSource::File {
+            file: std::sync::Arc::from(Path::new("")),
+            line: 0,
+        }
+    }
+}
+
+impl RouteSource {
+    pub fn is_file(&self) -> bool {
+        matches!(self, RouteSource::File { .. })
+    }
+    /// The file (or `docker:NAME` pseudo file) and line for a message.
+    pub(crate) fn place(&self) -> (PathBuf, usize) {
+        match self {
+            RouteSource::File { file, line } => (file.to_path_buf(), *line),
+            RouteSource::Docker { containers } => {
+                (PathBuf::from(format!("docker:{}", containers.join(","))), 0)
+            }
+        }
+    }
+}
+
+impl fmt::Display for RouteSource {
+    /// `FILE:LINE` or `docker:CONTAINER[,CONTAINER...]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteSource::File { file, line } => write!(f, "{}:{line}", file.display()),
+            RouteSource::Docker { containers } => write!(f, "docker:{}", containers.join(",")),
+        }
+    }
 }
 
 impl RouteConfig {
@@ -513,6 +576,29 @@ impl Config {
                 listeners.join(", ")
             }
         )
+    }
+
+    /// The files whose change should reload this config: the config and
+    /// included files, certificate, key, secret and CA files it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut out = self.files.clone();
+        for c in &self.certificates {
+            if let CertSource::Files { cert, key } = &c.source {
+                out.push(cert.clone());
+                out.push(key.clone());
+            }
+        }
+        out.extend(self.server.admin_token_file.clone());
+        for o in &self.oidc {
+            out.push(o.client_secret_file.clone());
+            out.extend(o.ca_file.clone());
+        }
+        if let Some(a) = &self.acme {
+            out.extend(a.ca_file.clone());
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Resolves a path written in the config relative to the config's folder.

@@ -149,7 +149,7 @@ impl Cx<'_> {
             );
         }
 
-        let secret_path = resolve_relative(self.file, Path::new(raw.client_secret_file.get_ref()));
+        let secret_path = resolve_relative(&self.file, Path::new(raw.client_secret_file.get_ref()));
         let client_secret = match self.secret(&secret_path) {
             Ok(secret) => Some(secret),
             Err(message) => {
@@ -226,7 +226,7 @@ impl Cx<'_> {
         };
 
         let ca_file = raw.ca_file.and_then(|f| {
-            let p = resolve_relative(self.file, Path::new(f.get_ref()));
+            let p = resolve_relative(&self.file, Path::new(f.get_ref()));
             match check_pem_certs(&p) {
                 Ok(()) => Some(p),
                 Err(msg) => {

@@ -202,8 +202,8 @@ impl Cx<'_> {
                 HostPattern::Any => false,
             };
             if !ok {
-                self.err(
-                    Some(self.line_span(r.line)),
+                self.err_route(
+                    r,
                     "route.auth",
                     format!(
                         "host `{}` is outside cookie_domain `{domain}` of [oidc.{}]: the session cookie would never reach it",

@@ -149,6 +149,10 @@ impl Cx<'_> {
             limits,
             auth: auth?,
             line: self.line_of(span.start),
+            source: super::RouteSource::File {
+                file: self.file.clone(),
+                line: self.line_of(span.start),
+            },
         })
     }
 
@@ -218,16 +222,6 @@ impl Cx<'_> {
 
     pub(super) fn line_of(&self, offset: usize) -> usize {
         self.line_starts.partition_point(|&s| s <= offset)
-    }
-
-    /// A zero-width span at the start of a 1-based line.
-    pub(super) fn line_span(&self, line: usize) -> Range<usize> {
-        let start = self
-            .line_starts
-            .get(line.saturating_sub(1))
-            .copied()
-            .unwrap_or(0);
-        start..start
     }
 
     fn redirect(&mut self, key: &str, r: Spanned<FileRedirect>) -> Option<Redirect> {
@@ -315,31 +309,42 @@ impl Cx<'_> {
         })
     }
 
+    /// An error about route `r`, at its own file and line (the route set
+    /// spans several files).
+    pub(super) fn err_route(&mut self, r: &RouteConfig, key: &str, message: String) {
+        let (file, line) = r.source.place();
+        self.err_at(&file, line, key, message);
+    }
+
+    /// No two routes for one host and path, no two with one name, across
+    /// every file; each message names both places.
     pub(super) fn check_route_set(&mut self, routes: &[RouteConfig]) {
-        let mut seen: HashMap<(&HostPattern, &str), usize> = HashMap::new();
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut dups = Vec::new();
+        let mut seen: HashMap<(&HostPattern, &str), &RouteConfig> = HashMap::new();
+        let mut names: HashMap<&str, &RouteConfig> = HashMap::new();
+        let mut dups: Vec<(&RouteConfig, &str, String)> = Vec::new();
         for r in routes {
-            let same_place = seen.insert((&r.host, r.path.as_str()), r.line);
+            let same_place = seen.insert((&r.host, r.path.as_str()), r);
             if let Some(first) = same_place {
                 dups.push((
-                    r.line,
+                    r,
                     "route",
                     format!(
-                        "host `{}` path `{}` is already routed at line {first}",
-                        r.host, r.path
+                        "host `{}` path `{}` is already routed at {}",
+                        r.host,
+                        r.path,
+                        place(r, first)
                     ),
                 ));
             }
             // A duplicate host and path usually repeats the name too: one
             // report is enough.
-            if let Some(first) = names.insert(r.name.as_str(), r.line)
+            if let Some(first) = names.insert(r.name.as_str(), r)
                 && same_place.is_none()
             {
                 dups.push((
-                    r.line,
+                    r,
                     "route.name",
-                    format!("name `{}` is already used at line {first}", r.name),
+                    format!("name `{}` is already used at {}", r.name, place(r, first)),
                 ));
             }
         }
@@ -357,11 +362,14 @@ impl Cx<'_> {
                             && (o.path_match.ignore_case || r.path_match.ignore_case)
                         {
                             dups.push((
-                                r.line,
+                                r,
                                 "route.case_insensitive_path",
                                 format!(
-                                    "host `{}` path `{}` is the same prefix as `{}` at line {} when case is ignored",
-                                    r.host, r.path, o.path, o.line
+                                    "host `{}` path `{}` is the same prefix as `{}` at {} when case is ignored",
+                                    r.host,
+                                    r.path,
+                                    o.path,
+                                    place(r, o)
                                 ),
                             ));
                         }
@@ -369,11 +377,22 @@ impl Cx<'_> {
                 }
             }
         }
-        dups.sort_by_key(|d| d.0);
-        for (line, key, msg) in dups {
-            let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
-            self.err(Some(start..start), key, msg);
+        for (r, key, msg) in dups {
+            self.err_route(r, key, msg);
         }
+    }
+}
+
+/// Where `other` is, as seen from `here`: `line N` in the same file,
+/// `FILE:N` in another.
+fn place(here: &RouteConfig, other: &RouteConfig) -> String {
+    match (&here.source, &other.source) {
+        (super::RouteSource::File { file: a, .. }, super::RouteSource::File { file: b, line })
+            if a == b =>
+        {
+            format!("line {line}")
+        }
+        (_, s) => s.to_string(),
     }
 }
 

@@ -97,7 +97,7 @@ impl Cx<'_> {
             );
         }
         let ca_file = raw.ca_file.and_then(|f| {
-            let p = resolve_relative(self.file, Path::new(f.get_ref()));
+            let p = resolve_relative(&self.file, Path::new(f.get_ref()));
             if p.is_file() {
                 Some(p)
             } else {
@@ -292,8 +292,13 @@ impl Cx<'_> {
                     },
                 };
                 let secret = need(self, "tsig_secret_file", raw.tsig_secret_file).and_then(|f| {
-                    let p = resolve_relative(self.file, Path::new(f.get_ref()));
-                    match read_tsig_secret(&p) {
+                    let p = resolve_relative(&self.file, Path::new(f.get_ref()));
+                    let read = if self.read_files {
+                        read_tsig_secret(&p)
+                    } else {
+                        Ok(SecretBytes::new(vec![0; 32]))
+                    };
+                    match read {
                         Ok(s) => Some(s),
                         Err(msg) => {
                             self.err(Some(f.span()), "acme.dns.tsig_secret_file", msg);
@@ -316,8 +321,8 @@ impl Cx<'_> {
             }
             "cloudflare" => {
                 let token = need(self, "api_token_file", raw.api_token_file).and_then(|f| {
-                    let p = resolve_relative(self.file, Path::new(f.get_ref()));
-                    match Secret::read_file(&p) {
+                    let p = resolve_relative(&self.file, Path::new(f.get_ref()));
+                    match self.secret(&p) {
                         Ok(s) => Some(s),
                         Err(msg) => {
                             self.err(Some(f.span()), "acme.dns.api_token_file", msg);
@@ -347,7 +352,7 @@ impl Cx<'_> {
             _ => match raw.command {
                 Some(c) if !c.get_ref().is_empty() && !c.get_ref()[0].is_empty() => {
                     let command = c.get_ref().clone();
-                    let prog = resolve_relative(self.file, Path::new(&command[0]));
+                    let prog = resolve_relative(&self.file, Path::new(&command[0]));
                     if command[0].contains('/') && !prog.is_file() {
                         self.err(
                             Some(c.span()),
@@ -485,8 +490,8 @@ impl Cx<'_> {
         let (source, loaded) = match (raw.cert_file, raw.key_file, self_signed) {
             (None, None, true) => (CertSource::SelfSigned, crate::pki::self_signed(&names)),
             (Some(c), Some(k), false) => {
-                let cert = resolve_relative(self.file, Path::new(c.get_ref()));
-                let keyf = resolve_relative(self.file, Path::new(k.get_ref()));
+                let cert = resolve_relative(&self.file, Path::new(c.get_ref()));
+                let keyf = resolve_relative(&self.file, Path::new(k.get_ref()));
                 // Not reading files: a self-signed stand-in for its hosts.
                 let loaded = if self.read_files {
                     crate::pki::load_pair(&cert, &keyf)
@@ -541,8 +546,8 @@ impl Cx<'_> {
                 HostPattern::Any => {}
                 HostPattern::Exact(h) => {
                     if !acme && !covered(h) && reported.insert(h.clone()) {
-                        self.err(
-                            Some(self.line_span(r.line)),
+                        self.err_route(
+                            r,
                             "route.host",
                             format!(
                                 "`{h}` has no certificate for the https listener: add an [acme] section or a [[certificate]] for it"
@@ -556,8 +561,8 @@ impl Cx<'_> {
                         || acme_certs.iter().any(|c| c.names.contains(&r.host))
                         || dns;
                     if !has && reported.insert(name.clone()) {
-                        self.err(
-                            Some(self.line_span(r.line)),
+                        self.err_route(
+                            r,
                             "route.host",
                             format!(
                                 "`{name}` needs a wildcard certificate: ACME issues wildcards only by DNS-01; add dns = {{ provider = ... }} to [acme], or a [[certificate]] with hosts = [\"{name}\"]"

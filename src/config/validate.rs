@@ -4,15 +4,21 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use std::collections::HashMap;
+
+use super::docker_section::FileDocker;
 use super::file::{
-    FileAcme, FileAcmeCertificate, FileCertificate, FileRoute, FileServer, TOP_LEVEL_KEYS,
+    FileAcme, FileAcmeCertificate, FileCertificate, FileRoute, FileServer, OneOrMany,
+    TOP_LEVEL_KEYS,
 };
+use super::oidc_section::OidcSet;
 use super::{
     AccessLogFormat, Config, ConfigError, ConfigErrors, Secret, ServerConfig, parse_duration,
 };
@@ -46,7 +52,7 @@ pub fn load_without_files(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Validates config text; `path` is used for messages and for resolving
-/// relative file names.
+/// relative file names. Files named by `include` are read from disk.
 pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     parse_with(path, src, true)
 }
@@ -66,10 +72,12 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     let mut server_raw = None;
     let mut server_span = None;
     let mut acme_raw = None;
-    let mut certs_raw = Vec::new();
     let mut acme_certs_raw = Vec::new();
-    let mut routes_raw = Vec::new();
-    let mut oidc_raw = None;
+    let mut docker_raw = None;
+    let mut include_raw = None;
+    let mut main = Part::new(cx.file.clone(), src.to_string());
+    let mut oidc = OidcSet::default();
+    let mut oidc_places = HashMap::new();
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
@@ -77,16 +85,28 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
                 server_span = Some(span.clone());
                 server_raw = cx.section::<FileServer>("server", value)
             }
-            "route" => routes_raw = cx.array_of_tables::<FileRoute>("route", value),
             "acme" => acme_raw = cx.section::<FileAcme>("acme", value).map(|a| (span, a)),
             "acme_certificate" => {
                 acme_certs_raw =
                     cx.array_of_tables::<FileAcmeCertificate>("acme_certificate", value)
             }
-            "certificate" => {
-                certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
+            "docker" => docker_raw = cx.section::<FileDocker>("docker", value).map(|d| (span, d)),
+            "include" => {
+                include_raw = match OneOrMany::deserialize(ValueDeserializer::from(value)) {
+                    Ok(v) => Some((span, v.0)),
+                    Err(e) => {
+                        cx.err(
+                            e.span().or(Some(span)),
+                            "include",
+                            format!("{}; write include = [\"routes.d/*.toml\"]", e.message()),
+                        );
+                        None
+                    }
+                }
             }
-            "oidc" => oidc_raw = Some(value),
+            name @ ("route" | "certificate" | "oidc") => {
+                cx.part_section(&mut main, name, value, &mut oidc, &mut oidc_places)
+            }
             other => cx.err(
                 Some(span),
                 other,
@@ -98,6 +118,63 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
         }
     }
 
+    // Included files: [[route]], [oidc.NAME] and [[certificate]] only.
+    let mut parts = vec![main];
+    let mut include_patterns = Vec::new();
+    if let Some((span, patterns)) = include_raw {
+        for pattern in patterns {
+            let full = resolve_relative(path, Path::new(&pattern));
+            include_patterns.push(full.clone());
+            for file in cx.expand_include(&span, &pattern, &full, path) {
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        cx.err(
+                            Some(span.clone()),
+                            "include",
+                            format!("cannot read {}: {e}", file.display()),
+                        );
+                        continue;
+                    }
+                };
+                let file: Arc<Path> = Arc::from(file.as_path());
+                cx.enter(file.clone(), &text);
+                let mut part = Part::new(file.clone(), String::new());
+                let (table, syntax) = DeTable::parse_recoverable(&text);
+                if syntax.is_empty() {
+                    for (key, value) in table.into_inner() {
+                        let span = key.span();
+                        match key.get_ref().as_ref() {
+                            name @ ("route" | "certificate" | "oidc") => cx.part_section(
+                                &mut part,
+                                name,
+                                value,
+                                &mut oidc,
+                                &mut oidc_places,
+                            ),
+                            other => cx.err(
+                                Some(span),
+                                other,
+                                format!(
+                                    "`{other}` is not allowed in an included file; it may hold [[route]], [oidc.NAME] and [[certificate]]"
+                                ),
+                            ),
+                        }
+                    }
+                } else {
+                    for e in syntax {
+                        cx.err(e.span(), "", e.message().to_string());
+                    }
+                }
+                part.src = text;
+                parts.push(part);
+            }
+        }
+    }
+    oidc.list.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let main_file = parts[0].file.clone();
+    cx.enter(main_file, src);
     let server = cx.server(server_raw.unwrap_or_default());
     let acme = acme_raw.and_then(|(span, a)| cx.acme(span, a));
     let mut acme_certificates = Vec::new();
@@ -106,21 +183,27 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             acme_certificates.push(c);
         }
     }
+    let docker = docker_raw.and_then(|(span, d)| cx.docker(span, d, &oidc));
     let mut certificates = Vec::new();
-    let certs_count = certs_raw.len();
-    for (index, span, raw) in certs_raw {
-        if let Some(c) = cx.certificate(index, span, raw) {
-            certificates.push(c);
+    let mut certs_count = 0;
+    let mut routes = Vec::new();
+    let mut files = Vec::new();
+    for part in parts {
+        cx.enter(part.file.clone(), &part.src);
+        files.push(part.file.to_path_buf());
+        certs_count += part.certs.len();
+        for (index, span, raw) in part.certs {
+            if let Some(c) = cx.certificate(index, span, raw) {
+                certificates.push(c);
+            }
+        }
+        for (index, span, raw) in part.routes {
+            if let Some(r) = cx.route(index, span, raw, &server, &oidc) {
+                routes.push(r);
+            }
         }
     }
-    // SSO providers before routes: routes refer to them.
-    let oidc = oidc_raw.map(|v| cx.oidc(v)).unwrap_or_default();
-    let mut routes = Vec::with_capacity(routes_raw.len());
-    for (index, span, raw) in routes_raw {
-        if let Some(r) = cx.route(index, span, raw, &server, &oidc) {
-            routes.push(r);
-        }
-    }
+    cx.enter(Arc::from(path), src);
     cx.check_route_set(&routes);
     cx.check_oidc_routes(&routes, &oidc);
     // A [[certificate]] that failed to load has its own error; coverage
@@ -140,15 +223,38 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     if cx.errors.is_empty() {
         Ok(Config {
             source: path.to_path_buf(),
+            files,
+            include_patterns,
             server,
             acme,
+            docker,
             certificates,
             acme_certificates,
             oidc: oidc.list,
             routes,
+            discovery: Default::default(),
         })
     } else {
         Err(cx.finish_err())
+    }
+}
+
+/// The sections of one file that may also come from included files.
+struct Part {
+    file: Arc<Path>,
+    src: String,
+    certs: Vec<(usize, Range<usize>, FileCertificate)>,
+    routes: Vec<(usize, Range<usize>, FileRoute)>,
+}
+
+impl Part {
+    fn new(file: Arc<Path>, src: String) -> Self {
+        Part {
+            file,
+            src,
+            certs: Vec::new(),
+            routes: Vec::new(),
+        }
     }
 }
 
@@ -165,24 +271,27 @@ pub fn resolve_relative(config_file: &Path, p: &Path) -> PathBuf {
 }
 
 pub(super) struct Cx<'a> {
-    pub(super) file: &'a Path,
+    /// The file being checked now (the main file or an included one).
+    pub(super) file: Arc<Path>,
     pub(super) line_starts: Vec<usize>,
     pub(super) errors: Vec<ConfigError>,
     /// false: files named by the config are taken as present (`check
     /// --no-files`).
     pub(super) read_files: bool,
+    _src: std::marker::PhantomData<&'a str>,
 }
 
-impl<'a> Cx<'a> {
-    fn new(file: &'a Path, src: &str) -> Self {
-        let mut line_starts = vec![0];
-        line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
-        Cx {
-            file,
-            line_starts,
+impl Cx<'_> {
+    pub(super) fn new(file: &Path, src: &str) -> Self {
+        let mut cx = Cx {
+            file: Arc::from(file),
+            line_starts: Vec::new(),
             errors: Vec::new(),
             read_files: true,
-        }
+            _src: std::marker::PhantomData,
+        };
+        cx.enter(Arc::from(file), src);
+        cx
     }
 
     /// A secret file's content, or a stand-in when files are not read.
@@ -192,6 +301,26 @@ impl<'a> Cx<'a> {
         } else {
             Ok(Secret::new("not read (--no-files)".into()))
         }
+    }
+
+    /// Spans from now on are in `file`, whose text is `src`.
+    pub(super) fn enter(&mut self, file: Arc<Path>, src: &str) {
+        self.file = file;
+        self.line_starts = vec![0];
+        self.line_starts
+            .extend(src.match_indices('\n').map(|(i, _)| i + 1));
+    }
+
+    /// An error at a 1-based line of another file than the current one
+    /// (checks across files and label routes).
+    pub(super) fn err_at(&mut self, file: &Path, line: usize, key: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column: if line > 0 { 1 } else { 0 },
+            key: key.to_string(),
+            message,
+        });
     }
 
     pub(super) fn err(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
@@ -211,9 +340,92 @@ impl<'a> Cx<'a> {
         });
     }
 
-    fn finish_err(mut self) -> ConfigErrors {
-        self.errors.sort_by_key(|e| (e.line, e.column));
+    pub(super) fn finish_err(mut self) -> ConfigErrors {
+        self.errors
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         ConfigErrors(self.errors)
+    }
+
+    /// `[[route]]`, `[[certificate]]` or `[oidc]` of the current file.
+    fn part_section(
+        &mut self,
+        part: &mut Part,
+        name: &str,
+        value: Spanned<DeValue<'_>>,
+        oidc: &mut OidcSet,
+        places: &mut HashMap<String, (Arc<Path>, usize)>,
+    ) {
+        match name {
+            "route" => part
+                .routes
+                .extend(self.array_of_tables::<FileRoute>("route", value)),
+            "certificate" => part
+                .certs
+                .extend(self.array_of_tables::<FileCertificate>("certificate", value)),
+            _ => {
+                let more = self.oidc(value);
+                for p in more.list {
+                    if let Some((file, line)) = places.get(&p.name) {
+                        let msg = format!(
+                            "[oidc.{}] is already defined at {}:{line}",
+                            p.name,
+                            file.display()
+                        );
+                        let here = self.file.clone();
+                        self.err_at(&here, p.line, &format!("oidc.{}", p.name), msg);
+                        continue;
+                    }
+                    places.insert(p.name.clone(), (self.file.clone(), p.line));
+                    oidc.list.push(p);
+                }
+                oidc.broken.extend(more.broken);
+            }
+        }
+    }
+
+    /// The files an `include` pattern names, in name order. A pattern
+    /// without wildcards must name an existing file; one with wildcards
+    /// may match nothing (an empty `routes.d/`).
+    fn expand_include(
+        &mut self,
+        span: &Range<usize>,
+        pattern: &str,
+        full: &Path,
+        main: &Path,
+    ) -> Vec<PathBuf> {
+        let Some(text) = full.to_str() else {
+            self.err(
+                Some(span.clone()),
+                "include",
+                format!("`{pattern}` is not UTF-8"),
+            );
+            return Vec::new();
+        };
+        let paths = match glob::glob(text) {
+            Ok(p) => p,
+            Err(e) => {
+                self.err(
+                    Some(span.clone()),
+                    "include",
+                    format!("`{pattern}` is not a valid pattern: {e}"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<PathBuf> = paths
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file() && p.as_path() != main)
+            .collect();
+        out.sort();
+        let wild = pattern.contains(['*', '?', '[']);
+        if out.is_empty() && !wild {
+            self.err(
+                Some(span.clone()),
+                "include",
+                format!("cannot read {}: no such file", full.display()),
+            );
+        }
+        out
     }
 
     /// A table deserialized into `T`. A key that fails (unknown, wrong
@@ -263,7 +475,7 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn array_of_tables<T: for<'de> Deserialize<'de>>(
+    pub(super) fn array_of_tables<T: for<'de> Deserialize<'de>>(
         &mut self,
         key: &str,
         value: Spanned<DeValue<'_>>,
@@ -338,7 +550,7 @@ impl<'a> Cx<'a> {
         // also claim the key is missing.
         let admin_token_key_given = raw.admin_token_file.is_some();
         if let Some(f) = raw.admin_token_file {
-            let path = resolve_relative(self.file, Path::new(f.get_ref()));
+            let path = resolve_relative(&self.file, Path::new(f.get_ref()));
             match self.secret(&path) {
                 Ok(secret) => {
                     admin_token = Some(secret);
@@ -400,7 +612,7 @@ impl<'a> Cx<'a> {
             access_log_format,
             state_dir: raw
                 .state_dir
-                .map(|s| resolve_relative(self.file, Path::new(s.get_ref())))
+                .map(|s| resolve_relative(&self.file, Path::new(s.get_ref())))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             grace_period: self.duration(
                 "server.grace_period",
@@ -478,6 +690,7 @@ impl<'a> Cx<'a> {
                 raw.tls_handshake_timeout,
                 Duration::from_secs(10),
             ),
+            watch: raw.watch.is_some_and(|w| w.into_inner()),
             hsts: match raw.hsts {
                 None => Some(super::tls_section::default_hsts()),
                 Some(h) => self.hsts("server.hsts", h),
@@ -570,6 +783,90 @@ respond = { status = 200 }
     fn admin_off_loopback_needs_a_token() {
         let e = errs("[server]\nhttp = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:9180\"\n");
         assert!(e.iter().any(|e| e.key == "server.admin"), "{e:?}");
+    }
+
+    #[test]
+    fn included_files_add_routes_and_errors_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("routes.d")).unwrap();
+        std::fs::write(d.join("secret"), "s3cret\n").unwrap();
+        std::fs::write(
+            d.join("routes.d/a.toml"),
+            "[oidc.corp]\nissuer = \"https://id.example.com/\"\nclient_id = \"x\"\nclient_secret_file = \"../secret\"\n\n[[route]]\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\nauth = { oidc = \"corp\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("routes.d/b.toml"),
+            "[[route]]\nhost = \"b.example.com\"\nupstream = \"http://127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let main = d.join("portcullis.toml");
+        let text = "include = [\"routes.d/*.toml\"]\n[server]\nhttp = \"127.0.0.1:0\"\n[[route]]\nhost = \"m.example.com\"\nrespond = {}\n";
+        let c = parse(&main, text).unwrap();
+        let hosts: Vec<String> = c.routes.iter().map(|r| r.host.to_string()).collect();
+        assert_eq!(hosts, ["m.example.com", "a.example.com", "b.example.com"]);
+        assert_eq!(
+            c.routes[1].source.to_string(),
+            format!("{}:6", d.join("routes.d/a.toml").display())
+        );
+        assert_eq!(c.files.len(), 3);
+        assert!(c.watched_files().contains(&d.join("routes.d/../secret")));
+
+        // A bad value in an included file: its file and line.
+        std::fs::write(
+            d.join("routes.d/b.toml"),
+            "[[route]]\nhost = \"b.example.com\"\n\nupstream = \"ftp://nope\"\n",
+        )
+        .unwrap();
+        let e = parse(&main, text).unwrap_err().0;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].file, d.join("routes.d/b.toml"));
+        assert_eq!((e[0].line, e[0].key.as_str()), (4, "route[1].upstream"));
+
+        // The same host and path in two files: both places named.
+        std::fs::write(
+            d.join("routes.d/b.toml"),
+            "\n[[route]]\nhost = \"M.example.com\"\nrespond = {}\n",
+        )
+        .unwrap();
+        let e = parse(&main, text).unwrap_err().0;
+        let shown: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        let dup = shown
+            .iter()
+            .find(|s| s.contains("already routed"))
+            .unwrap_or_else(|| panic!("{shown:?}"));
+        assert!(
+            dup.starts_with(&format!("{}:2:", d.join("routes.d/b.toml").display())),
+            "{dup}"
+        );
+        assert!(
+            dup.ends_with(&format!("already routed at {}:4", main.display())),
+            "{dup}"
+        );
+
+        // Only routes, providers and certificates belong in an included file.
+        std::fs::write(
+            d.join("routes.d/b.toml"),
+            "[server]\nhttp = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let e = parse(&main, text).unwrap_err().0;
+        assert!(
+            e[0].message.contains("not allowed in an included file"),
+            "{e:?}"
+        );
+        assert_eq!(e[0].line, 1);
+
+        // A named file that is missing is an error in the main file.
+        let e = parse(
+            &main,
+            "include = [\"nope.toml\"]\n[server]\nhttp = \"127.0.0.1:0\"\n",
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!((e[0].line, e[0].key.as_str()), (1, "include"), "{e:?}");
+        assert!(e[0].message.contains("nope.toml"), "{e:?}");
     }
 }
 

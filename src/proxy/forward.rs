@@ -432,6 +432,7 @@ mod tests {
             limits: Default::default(),
             auth: Default::default(),
             line: 1,
+            source: Default::default(),
         }
     }
 

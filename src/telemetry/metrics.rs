@@ -225,6 +225,12 @@ pub struct Metrics {
     pub last_reload_success: AtomicI64,
     pub routes_loaded: AtomicI64,
     pub auth: AuthMetrics,
+    /// Docker discovery: 1 connected, 0 unreachable; rendered only once
+    /// discovery has started (`docker_configured`).
+    pub docker_up: AtomicI64,
+    pub docker_configured: std::sync::atomic::AtomicBool,
+    /// Containers whose labels were refused in the running table.
+    pub docker_label_errors: AtomicI64,
 }
 
 /// Single sign-on outcomes.

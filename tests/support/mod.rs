@@ -11,6 +11,8 @@
 //!   requests a client library would normalise.
 //! - [`nginx`]: a real nginx with `auth_request` to the gateway's
 //!   forward-auth endpoint, in front of a backend (forward-auth tests).
+//! - [`docker`]: our own dockerd, a busybox image and httpd containers
+//!   (Docker label discovery tests).
 //! - [`pebble`]: a Pebble ACME server (used by the ACME tests).
 //! - [`tls`]: a test CA and a TLS client (used by the TLS and ACME tests).
 //! - [`browser`]: chromedriver and headless Chromium sessions (WebDriver)
@@ -24,6 +26,7 @@
 pub mod backend;
 pub mod browser;
 pub mod client;
+pub mod docker;
 pub mod gateway;
 pub mod idp;
 pub mod named;

@@ -248,6 +248,26 @@ impl Metrics {
             "portcullis_routes_loaded {}",
             self.routes_loaded.load(Relaxed)
         );
+        if self.docker_configured.load(Relaxed) {
+            header(
+                &mut out,
+                "portcullis_docker_up",
+                "gauge",
+                "1 while the Docker engine answers, 0 while it is unreachable (the last known container routes stay).",
+            );
+            let _ = writeln!(out, "portcullis_docker_up {}", self.docker_up.load(Relaxed));
+            header(
+                &mut out,
+                "portcullis_docker_label_errors",
+                "gauge",
+                "Bad container labels in the running route table (those containers are not routed).",
+            );
+            let _ = writeln!(
+                out,
+                "portcullis_docker_label_errors {}",
+                self.docker_label_errors.load(Relaxed)
+            );
+        }
         if let Some(p) = process::ProcessStats::read() {
             p.render(&mut out);
         }
