@@ -7,7 +7,8 @@
 # Peers: Pebble + pebble-challtestsrv (Debian package `pebble`) for ACME,
 # nginx for forward-auth behind auth_request, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
-# `chromium-driver`) for the browser tests. Missing ones are installed
+# `chromium-driver`) for the browser tests, Python grpcio (`python3-grpcio`)
+# for the gRPC-through-the-gateway tests. Missing ones are installed
 # (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ as_root() {
 missing=()
 command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+python3 -c "import grpc" >/dev/null 2>&1 || missing+=(python3-grpcio)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)

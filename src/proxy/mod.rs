@@ -61,6 +61,10 @@ pub fn handle<'a>(
         let snap = shared.current();
         let request_id = request_id::request_id(req.headers(), &shared.request_ids);
         let accept = req.headers().get(header::ACCEPT).cloned();
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let method = req.method().clone();
         let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
         // Written when the response ends, or with 499 if this future is
@@ -75,7 +79,10 @@ pub fn handle<'a>(
                 Ok(r) => r,
                 Err(e) => {
                     outcome.error = Some(e);
-                    e.response(&request_id, accept.as_ref())
+                    match grpc.then(|| e.grpc_response()).flatten() {
+                        Some(r) => r,
+                        None => e.response(&request_id, accept.as_ref()),
+                    }
                 }
             };
         resp.headers_mut()

@@ -1,0 +1,308 @@
+//! HTTPS backends: a real nginx serving TLS (a CA made here with rcgen;
+//! one port also requires a client certificate), the gateway binary in
+//! front of it (its log tells why a handshake failed). One nginx and one
+//! gateway are shared by the tests of this file.
+
+mod support;
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::StatusCode;
+use support::backend::Backend;
+use support::browser::spki_pin;
+use support::client::TestClient;
+use support::gateway::{Gateway, GatewayProcess};
+use support::nginx::Nginx;
+use support::tls::TestCa;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+struct Env {
+    gw: Option<GatewayProcess>,
+    nginx: Option<Nginx>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+static ENV: Mutex<Weak<Env>> = Mutex::new(Weak::new());
+
+/// The shared setup, started if no running test holds it.
+fn env() -> Arc<Env> {
+    let mut slot = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = slot.upgrade() {
+        return e;
+    }
+    let e = Arc::new(Env::start());
+    *slot = Arc::downgrade(&e);
+    e
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.gw.take();
+        self.nginx.take();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Env {
+    fn gw(&self) -> &GatewayProcess {
+        self.gw.as_ref().unwrap()
+    }
+    fn nginx(&self) -> &Nginx {
+        self.nginx.as_ref().unwrap()
+    }
+    fn client(&self) -> TestClient {
+        TestClient::to(self.gw().http_addr())
+    }
+
+    fn start() -> Env {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(&["backend.test"]);
+        let client_ca = TestCa::new();
+        let client = client_ca.leaf(&["portcullis-client"]);
+        let pin = spki_pin(&leaf.cert_pem);
+        let other_pin = spki_pin(&ca.leaf(&["backend.test"]).cert_pem);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime for the shared peers");
+            rt.block_on(async move {
+                let ws = Backend::websocket_echo().await;
+                let files = [
+                    ("backend.pem", leaf.cert_pem.as_str()),
+                    ("backend.key", leaf.key_pem.as_str()),
+                    ("client-ca.pem", &client_ca.pem()),
+                ];
+                let ws_addr = ws.addr();
+                let nginx = Nginx::custom(2, &files, |d, p| {
+                    let d = d.display();
+                    format!(
+                        r#"
+    ssl_certificate {d}/backend.pem;
+    ssl_certificate_key {d}/backend.key;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{p0} ssl http2;
+        location / {{ return 200 "backend $ssl_server_name $server_protocol\n"; }}
+        location /ws {{
+            proxy_pass http://{ws_addr};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{p1} ssl;
+        ssl_client_certificate {d}/client-ca.pem;
+        ssl_verify_client on;
+        location / {{ return 200 "mtls $ssl_client_s_dn\n"; }}
+    }}
+"#,
+                        p0 = p[0],
+                        p1 = p[1],
+                    )
+                })
+                .await;
+                let (p0, p1) = (nginx.addr_n(0), nginx.addr_n(1));
+                let tls = r#"ca_file = "ca.pem", server_name = "backend.test""#;
+                let config = format!(
+                    r#"
+[server]
+http = "{{{{HTTP}}}}"
+admin = "{{{{ADMIN}}}}"
+state_dir = "{{{{DIR}}}}/state"
+
+[[route]]
+host = "ok.test"
+upstream = "https://{p0}"
+upstream_tls = {{ {tls} }}
+
+[[route]]
+host = "h1.test"
+upstream = "https://{p0}"
+upstream_tls = {{ {tls} }}
+upstream_protocol = "http1"
+
+[[route]]
+host = "wrongname.test"
+upstream = "https://{p0}"
+upstream_tls = {{ ca_file = "ca.pem", server_name = "other.test" }}
+
+[[route]]
+host = "unknownca.test"
+upstream = "https://{p0}"
+upstream_tls = {{ server_name = "backend.test" }}
+
+[[route]]
+host = "pin.test"
+upstream = "https://{p0}"
+upstream_tls = {{ pin_sha256 = ["{pin}"] }}
+
+[[route]]
+host = "pinbad.test"
+upstream = "https://{p0}"
+upstream_tls = {{ pin_sha256 = ["{other_pin}"] }}
+
+[[route]]
+host = "mtls.test"
+upstream = "https://{p1}"
+upstream_tls = {{ {tls}, client_cert_file = "client.pem", client_key_file = "client.key" }}
+
+[[route]]
+host = "nocert.test"
+upstream = "https://{p1}"
+upstream_tls = {{ {tls} }}
+"#
+                );
+                let gw = Gateway::builder(&config)
+                    .file("ca.pem", ca.pem())
+                    .file("client.pem", &client.cert_pem)
+                    .file("client.key", &client.key_pem)
+                    .spawn_binary()
+                    .await;
+                ready_tx.send((gw, nginx)).unwrap();
+                let _ = stop_rx.await;
+                drop(ws);
+            });
+        });
+        let (gw, nginx) = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("peers started");
+        Env {
+            gw: Some(gw),
+            nginx: Some(nginx),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until the gateway's log has a line with all of `words`.
+    async fn logged(&self, words: &[&str]) -> String {
+        support::wait_for(
+            &format!("a log line with {words:?}"),
+            Duration::from_secs(10),
+            || async {
+                self.gw()
+                    .logs()
+                    .lines()
+                    .find(|l| words.iter().all(|w| l.contains(w)))
+                    .map(str::to_string)
+            },
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_verified_https_backend_answers() {
+    let env = env();
+    let r = env.client().get("http://ok.test/x").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // SNI carried server_name; auto settled on h2 with this nginx.
+    assert_eq!(r.text(), "backend backend.test HTTP/2.0\n");
+    let r = env.client().get("http://h1.test/x").await;
+    assert_eq!(r.text(), "backend backend.test HTTP/1.1\n");
+}
+
+#[tokio::test]
+async fn a_wrong_server_name_is_a_502_with_the_reason_in_the_log_only() {
+    let env = env();
+    let r = env.client().get("http://wrongname.test/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(!r.text().contains("not valid"), "{}", r.text());
+    env.logged(&["certificate for 127.0.0.1 is not valid for name other.test"])
+        .await;
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_a_502() {
+    let env = env();
+    let r = env.client().get("http://unknownca.test/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    env.logged(&["unknown issuer (set upstream_tls.ca_file or pin_sha256)"])
+        .await;
+}
+
+#[tokio::test]
+async fn a_pinned_key_is_trusted_without_a_ca_and_another_is_not() {
+    let env = env();
+    let r = env.client().get("http://pin.test/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = env.client().get("http://pinbad.test/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    env.logged(&["pin mismatch"]).await;
+}
+
+#[tokio::test]
+async fn a_backend_requiring_a_client_certificate_gets_ours_or_we_say_why_not() {
+    let env = env();
+    let r = env.client().get("http://mtls.test/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.text().starts_with("mtls CN="), "{}", r.text());
+    let r = env.client().get("http://nocert.test/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    env.logged(&["asked for a client certificate and none is configured"])
+        .await;
+}
+
+#[tokio::test]
+async fn https_connections_are_reused() {
+    let env = env();
+    let client = env.client();
+    const N: usize = 60;
+    for i in 0..N {
+        let r = client.get(&format!("http://h1.test/reuse-{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let log = env.nginx().access_log();
+    let conns: std::collections::HashSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("/reuse-"))
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(log.matches("/reuse-").count(), N);
+    // One pool per worker thread: a handful of connections at most.
+    assert!(
+        conns.len() <= 4,
+        "{} connections for {N} requests",
+        conns.len()
+    );
+}
+
+#[tokio::test]
+async fn websocket_to_an_https_backend() {
+    let env = env();
+    let stream = tokio::net::TcpStream::connect(env.gw().http_addr())
+        .await
+        .unwrap();
+    let req = "ws://ok.test/ws".into_client_request().unwrap();
+    let (mut ws, resp) = support::within(
+        "websocket handshake",
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, stream),
+    )
+    .await
+    .expect("websocket handshake");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..5 {
+        let text = format!("over tls {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let got = support::within("echo", Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Message::text(text));
+    }
+}
