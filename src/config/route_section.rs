@@ -64,6 +64,7 @@ impl Cx<'_> {
             );
         }
         let has_tls_key = raw.upstream_tls.is_some();
+        let before_tls = self.errors.len();
         let upstream_tls = match raw.upstream_tls {
             Some(t) => self.upstream_tls(
                 &format!("{key}.upstream_tls"),
@@ -73,6 +74,7 @@ impl Cx<'_> {
             ),
             None => server.upstream_tls.clone(),
         };
+        let tls_ok = self.errors.len() == before_tls;
         let upstream_protocol =
             self.upstream_protocol(&format!("{key}.upstream_protocol"), raw.upstream_protocol);
         let action = if let Some(up) = raw.upstream {
@@ -98,6 +100,7 @@ impl Cx<'_> {
                 &mut targets,
                 &upstream_tls,
                 upstream_protocol,
+                tls_ok,
             );
             Some(Action::Upstream(targets))
         } else if let Some(r) = raw.redirect {

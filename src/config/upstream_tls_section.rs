@@ -26,25 +26,31 @@ impl Cx<'_> {
         let span = raw.span();
         let raw = raw.into_inner();
         let mut s = base.clone();
+        // (path, readable)
         let file = |cx: &mut Self, name: &str, v: Option<Spanned<String>>| {
             let v = v?;
             let path = resolve_relative(cx.file, Path::new(v.get_ref()));
-            if let Err(e) = crate::trust::readable(&path) {
-                cx.err(Some(v.span()), &format!("{key}.{name}"), e);
-            }
-            Some(path)
+            let ok = match crate::trust::readable(&path) {
+                Ok(()) => true,
+                Err(e) => {
+                    cx.err(Some(v.span()), &format!("{key}.{name}"), e);
+                    false
+                }
+            };
+            Some((path, ok))
         };
-        if let Some(p) = file(self, "ca_file", raw.ca_file) {
-            if let Err(e) = crate::pki::client_roots(Some(&p)) {
+        if let Some((p, ok)) = file(self, "ca_file", raw.ca_file) {
+            if ok && let Err(e) = crate::pki::client_roots(Some(&p)) {
                 self.err(Some(span.clone()), &format!("{key}.ca_file"), e);
             }
             s.ca_file = Some(p);
         }
         let cert = file(self, "client_cert_file", raw.client_cert_file);
         let keyf = file(self, "client_key_file", raw.client_key_file);
+        let files_ok = cert.as_ref().is_none_or(|c| c.1) && keyf.as_ref().is_none_or(|k| k.1);
         if cert.is_some() || keyf.is_some() {
-            s.client_cert_file = cert.or(s.client_cert_file);
-            s.client_key_file = keyf.or(s.client_key_file);
+            s.client_cert_file = cert.map(|c| c.0).or(s.client_cert_file);
+            s.client_key_file = keyf.map(|k| k.0).or(s.client_key_file);
         }
         if let Some(n) = raw.server_name {
             if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
@@ -76,12 +82,13 @@ impl Cx<'_> {
             s.insecure_skip_verify = *v.get_ref();
         }
         match (&s.client_cert_file, &s.client_key_file) {
-            (Some(c), Some(k)) => {
+            (Some(c), Some(k)) if files_ok => {
                 if let Err(e) = crate::pki::load_pair(c, k) {
                     self.err(Some(span), &format!("{key}.client_cert_file"), e);
                 }
             }
             (None, None) => {}
+            (Some(_), Some(_)) => {}
             _ => self.err(
                 Some(span),
                 key,
@@ -123,6 +130,7 @@ impl Cx<'_> {
         targets: &mut [UpstreamTarget],
         tls: &Settings,
         protocol: UpstreamProtocol,
+        tls_ok: bool,
     ) {
         let mut clients: Option<Arc<crate::trust::Clients>> = None;
         for t in targets {
@@ -143,6 +151,7 @@ impl Cx<'_> {
                     );
                 }
                 "h2c" => t.protocol = UpstreamProtocol::H2,
+                _ if !tls_ok => {}
                 _ => {
                     t.protocol = protocol;
                     let built = match &clients {
@@ -193,4 +202,87 @@ fn settings_hash(s: &Settings) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    /// (line, key, message) of each error.
+    fn errors(text: &str, dir: &std::path::Path) -> Vec<(usize, String, String)> {
+        let src = format!("[server]\nhttp = \"127.0.0.1:0\"\n{text}");
+        match super::super::parse(&dir.join("t.toml"), &src) {
+            Ok(_) => vec![],
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| (e.line, e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn files_pins_and_insecure_are_checked_where_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let route = |tls: &str| {
+            format!(
+                "[[route]]\nhost = \"a.test\"\nupstream = \"https://10.0.0.7:8006\"\nupstream_tls = {{ {tls} }}\n"
+            )
+        };
+        let e = errors(&route("ca_file = \"missing.pem\""), dir.path());
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, 6);
+        assert_eq!(e[0].1, "route[1].upstream_tls.ca_file");
+        assert!(e[0].2.contains("missing.pem"), "{e:?}");
+
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+        let e = errors(&route("ca_file = \"junk.pem\""), dir.path());
+        assert!(e[0].2.contains("no PEM certificate"), "{e:?}");
+
+        let e = errors(&route("pin_sha256 = [\"YWJj\"]"), dir.path());
+        assert_eq!(e[0].1, "route[1].upstream_tls.pin_sha256");
+        assert!(e[0].2.contains("32 bytes"), "{e:?}");
+        let e = errors(&route("pin_sha256 = [\"!!\"]"), dir.path());
+        assert!(e[0].2.contains("not base64"), "{e:?}");
+
+        let e = errors(&route("client_cert_file = \"missing.pem\""), dir.path());
+        assert!(e.iter().any(|e| e.2.contains("go together")), "{e:?}");
+
+        // insecure_skip_verify is a route's decision, never the default.
+        let e = errors(
+            "[server.upstream_tls]\ninsecure_skip_verify = true\n",
+            dir.path(),
+        );
+        assert_eq!(e[0].1, "server.upstream_tls.insecure_skip_verify");
+        assert!(errors(&route("insecure_skip_verify = true"), dir.path()).is_empty());
+
+        let e = errors(
+            "[[route]]\nhost = \"a.test\"\nupstream = \"http://10.0.0.7\"\nupstream_protocol = \"h2\"\n",
+            dir.path(),
+        );
+        assert!(e[0].2.contains("h2c://"), "{e:?}");
+        let e = errors(
+            "[[route]]\nhost = \"a.test\"\nupstream = \"https://10.0.0.7\"\nupstream_protocol = \"h3\"\n",
+            dir.path(),
+        );
+        assert_eq!(e[0].1, "route[1].upstream_protocol");
+    }
+
+    #[test]
+    fn server_defaults_fill_what_a_route_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = "[server]\nhttp = \"127.0.0.1:0\"\nupstream_tls = { server_name = \"pve.lan\", pin_sha256 = [\"47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\"] }\n\
+                   [[route]]\nhost = \"a.test\"\nupstream = \"https://10.0.0.7:8006\"\nupstream_tls = { server_name = \"a.lan\" }\n\
+                   [[route]]\nhost = \"b.test\"\nupstream = [\"https://10.0.0.8\", \"h2c://10.0.0.9:50051\"]\n";
+        let c = super::super::parse(&dir.path().join("t.toml"), src).unwrap();
+        let a = c.routes[0].upstreams()[0].tls.as_ref().unwrap();
+        assert_eq!(a.server_name.to_str(), "a.lan");
+        assert_eq!(a.settings.pin_sha256.len(), 1);
+        let b = c.routes[1].upstreams();
+        assert_eq!(b[0].tls.as_ref().unwrap().server_name.to_str(), "pve.lan");
+        assert!(b[1].tls.is_none());
+        assert_eq!(b[1].protocol, super::UpstreamProtocol::H2);
+        assert_ne!(b[0].pool_key, a_key(&c));
+        fn a_key(c: &super::super::Config) -> super::PoolKey {
+            c.routes[0].upstreams()[0].pool_key.clone()
+        }
+    }
 }
