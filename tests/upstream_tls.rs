@@ -86,7 +86,7 @@ impl Env {
                     ("client-ca.pem", &client_ca.pem()),
                 ];
                 let ws_addr = ws.addr();
-                let nginx = Nginx::custom(2, &files, |d, p| {
+                let nginx = Nginx::custom(3, &files, |d, p| {
                     let d = d.display();
                     format!(
                         r#"
@@ -109,13 +109,19 @@ impl Env {
         ssl_verify_client on;
         location / {{ return 200 "mtls $ssl_client_s_dn\n"; }}
     }}
+    server {{
+        listen 127.0.0.1:{p2} ssl http2;
+        keepalive_requests 5;
+        location / {{ return 200 "goaway\n"; }}
+    }}
 "#,
                         p0 = p[0],
                         p1 = p[1],
+                        p2 = p[2],
                     )
                 })
                 .await;
-                let (p0, p1) = (nginx.addr_n(0), nginx.addr_n(1));
+                let (p0, p1, p2) = (nginx.addr_n(0), nginx.addr_n(1), nginx.addr_n(2));
                 let tls = r#"ca_file = "ca.pem", server_name = "backend.test""#;
                 let config = format!(
                     r#"
@@ -159,6 +165,12 @@ upstream_tls = {{ pin_sha256 = ["{other_pin}"] }}
 host = "mtls.test"
 upstream = "https://{p1}"
 upstream_tls = {{ {tls}, client_cert_file = "client.pem", client_key_file = "client.key" }}
+
+[[route]]
+host = "goaway.test"
+upstream = "https://{p2}"
+upstream_tls = {{ {tls} }}
+upstream_protocol = "h2"
 
 [[route]]
 host = "nocert.test"
@@ -305,4 +317,50 @@ async fn websocket_to_an_https_backend() {
             .unwrap();
         assert_eq!(got, Message::text(text));
     }
+}
+
+/// Connections (nginx's `$connection`) that served the requests whose
+/// path contains `mark`, and how many such requests there were.
+fn connections_for(log: &str, mark: &str) -> (usize, usize) {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(mark)).collect();
+    let conns: std::collections::HashSet<&str> =
+        lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    (conns.len(), lines.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_requests_share_one_connection_and_goaway_opens_another() {
+    let env = env();
+    // Warm up: the first request settles the protocol (ALPN h2).
+    assert_eq!(
+        env.client().get("http://ok.test/warm").await.status,
+        StatusCode::OK
+    );
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        // Many client connections at once.
+        let client = TestClient::to_fresh_connections(env.gw().http_addr());
+        tasks.push(tokio::spawn(async move {
+            client.get(&format!("http://ok.test/mux-{i}")).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let (conns, reqs) = connections_for(&env.nginx().access_log(), "/mux-");
+    assert_eq!(reqs, 40);
+    assert_eq!(conns, 1, "40 requests over {conns} upstream connections");
+
+    // This server says GOAWAY after 5 requests on a connection.
+    let client = env.client();
+    for i in 0..20 {
+        let r = client.get(&format!("http://goaway.test/ga-{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+    }
+    let (conns, reqs) = connections_for(&env.nginx().access_log(), "/ga-");
+    assert_eq!(reqs, 20);
+    assert!(
+        conns >= 4,
+        "GOAWAY after 5 requests, yet {conns} connections"
+    );
 }
