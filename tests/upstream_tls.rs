@@ -173,6 +173,17 @@ upstream_tls = {{ {tls} }}
 upstream_protocol = "h2"
 
 [[route]]
+host = "hc.test"
+upstream = "https://{p0}"
+upstream_tls = {{ {tls} }}
+health_check = {{ path = "/hc-probe", interval = "200ms", timeout = "2s" }}
+
+[[route]]
+host = "insecure.test"
+upstream = "https://{p0}"
+upstream_tls = {{ insecure_skip_verify = true }}
+
+[[route]]
 host = "nocert.test"
 upstream = "https://{p1}"
 upstream_tls = {{ {tls} }}
@@ -363,4 +374,44 @@ async fn h2_requests_share_one_connection_and_goaway_opens_another() {
         conns >= 4,
         "GOAWAY after 5 requests, yet {conns} connections"
     );
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_works_and_is_never_quiet() {
+    let env = env();
+    // Unknown CA and a name that is not the certificate's: accepted.
+    let r = env.client().get("http://insecure.test/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    env.logged(&["insecure.test", "NOT verified"]).await;
+    let admin = env.gw().admin_addr();
+    let routes = TestClient::new()
+        .get(&format!("http://{admin}/routes"))
+        .await
+        .json();
+    let list = routes["routes"].as_array().unwrap();
+    let find = |host: &str| list.iter().find(|r| r["host"] == host).unwrap().clone();
+    assert_eq!(
+        find("insecure.test")["upstream_tls"]["insecure_skip_verify"],
+        true
+    );
+    let ok = find("ok.test");
+    assert_eq!(ok["upstream_tls"]["insecure_skip_verify"], false);
+    assert_eq!(ok["upstream_tls"]["server_name"], "backend.test");
+    assert_eq!(find("h1.test")["upstream_protocol"], "http1");
+}
+
+#[tokio::test]
+async fn health_checks_reach_https_backends_over_verified_tls() {
+    let env = env();
+    support::wait_for(
+        "a health check on nginx",
+        Duration::from_secs(10),
+        || async {
+            env.nginx()
+                .access_log()
+                .contains("/hc-probe 200")
+                .then_some(())
+        },
+    )
+    .await;
 }
