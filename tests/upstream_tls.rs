@@ -86,7 +86,7 @@ impl Env {
                     ("client-ca.pem", &client_ca.pem()),
                 ];
                 let ws_addr = ws.addr();
-                let nginx = Nginx::custom(3, &files, |d, p| {
+                let nginx = Nginx::custom(4, &files, |d, p| {
                     let d = d.display();
                     format!(
                         r#"
@@ -114,14 +114,25 @@ impl Env {
         keepalive_requests 5;
         location / {{ return 200 "goaway\n"; }}
     }}
+    server {{
+        listen 127.0.0.1:{p3} ssl;
+        keepalive_requests 1;
+        location / {{ return 200 "reused=$ssl_session_reused\n"; }}
+    }}
 "#,
                         p0 = p[0],
                         p1 = p[1],
                         p2 = p[2],
+                        p3 = p[3],
                     )
                 })
                 .await;
-                let (p0, p1, p2) = (nginx.addr_n(0), nginx.addr_n(1), nginx.addr_n(2));
+                let (p0, p1, p2, p3) = (
+                    nginx.addr_n(0),
+                    nginx.addr_n(1),
+                    nginx.addr_n(2),
+                    nginx.addr_n(3),
+                );
                 let tls = r#"ca_file = "ca.pem", server_name = "backend.test""#;
                 let config = format!(
                     r#"
@@ -171,6 +182,11 @@ host = "goaway.test"
 upstream = "https://{p2}"
 upstream_tls = {{ {tls} }}
 upstream_protocol = "h2"
+
+[[route]]
+host = "resume.test"
+upstream = "https://{p3}"
+upstream_tls = {{ {tls} }}
 
 [[route]]
 host = "hc.test"
@@ -414,4 +430,22 @@ async fn health_checks_reach_https_backends_over_verified_tls() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn new_tls_connections_resume_the_session() {
+    let env = env();
+    let client = env.client();
+    // This server closes every connection after one request: each request
+    // needs a new handshake.
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let r = client.get("http://resume.test/").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        answers.push(r.text());
+    }
+    assert!(
+        answers.iter().skip(2).any(|a| a == "reused=r\n"),
+        "no resumed session: {answers:?}"
+    );
 }
