@@ -590,6 +590,24 @@ mod tests {
     }
 
     #[test]
+    fn grpc_timeouts() {
+        let t = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+        // At most 8 digits, a known unit.
+        for bad in ["", "m", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
     fn builds_upstream_uris() {
         let plain = crate::config::parse_upstream("http://10.0.0.1:8080").unwrap();
         let based = crate::config::parse_upstream("http://10.0.0.1:8080/base/").unwrap();
