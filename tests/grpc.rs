@@ -135,6 +135,7 @@ http = "{{{{HTTP}}}}"
 https = "{{{{HTTPS}}}}"
 admin = "{{{{ADMIN}}}}"
 state_dir = "{{{{DIR}}}}/state"
+upstream_read_timeout = "1s"
 
 [[certificate]]
 hosts = ["grpc-tls.test"]
@@ -203,6 +204,11 @@ async fn grpc_calls_and_failures_pass_through_the_gateway() {
     // A deadline shorter than the server's delay.
     let slow = call(http, "grpc-h2c.test", None, &["slow", "0.5"]).await;
     assert_eq!(slow["status"], "DEADLINE_EXCEEDED", "{slow}");
+    // A backend that goes quiet in the middle of a stream is cut off after
+    // upstream_read_timeout (1 s here), not waited for.
+    let stall = call(http, "grpc-h2c.test", None, &["stall"]).await;
+    assert_eq!(stall["got"], json!(["first"]), "{stall}");
+    assert_ne!(stall["status"], "OK", "{stall}");
     // The backend is down: UNAVAILABLE, not an HTML page.
     let down = call(http, "grpc-down.test", None, &["unary"]).await;
     assert_eq!(down["status"], "UNAVAILABLE", "{down}");

@@ -122,7 +122,63 @@ pub async fn send(
             None => return Err(broken(target, e.error())),
         },
     };
-    Ok(resp.map(Body::Incoming))
+    let read_timeout = server.upstream_read_timeout;
+    Ok(resp.map(|inner| {
+        Body::Streamed(Box::new(H2Body {
+            inner,
+            read_timeout,
+            stall: None,
+        }))
+    }))
+}
+
+/// A backend's HTTP/2 response body, cut off when the backend stays quiet
+/// longer than `upstream_read_timeout` between frames (as an HTTP/1
+/// backend's is).
+#[derive(Debug)]
+struct H2Body {
+    inner: hyper::body::Incoming,
+    read_timeout: std::time::Duration,
+    /// Armed the first time the body waits; pushed forward after progress.
+    stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl crate::http::body::Stream for H2Body {
+    fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::http::body::BoxError>>>
+    {
+        use http_body::Body as _;
+        use std::task::Poll;
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(t) = &mut self.stall {
+                    t.as_mut().reset(deadline);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timer = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(
+                        "the backend went quiet in the middle of the body (upstream_read_timeout)"
+                            .into(),
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
 }
 
 fn forget(key: &PoolKey, dead: &SendRequest<Body>) {

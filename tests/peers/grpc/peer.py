@@ -9,7 +9,8 @@ are raw bytes).
 
 Methods of test.Echo: Unary (b"echo:" + request), Stream (the request
 three times, numbered), Bidi (each request back, upper-cased), Fail
-(PERMISSION_DENIED "not for you"), Slow (answers after 3 s).
+(PERMISSION_DENIED "not for you"), Slow (answers after 3 s), Stall
+(streams "first", then "second" 4 s later).
 """
 import json
 import sys
@@ -37,6 +38,12 @@ def fail(req, ctx):
     ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "not for you")
 
 
+def stall(req, ctx):
+    yield b"first"
+    time.sleep(4)
+    yield b"second"
+
+
 def slow(req, ctx):
     time.sleep(3)
     return req
@@ -49,6 +56,7 @@ def serve(args):
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Stall": grpc.unary_stream_rpc_method_handler(stall),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((handler,))
@@ -87,6 +95,15 @@ def call(args):
                 out["fail"] = "no error"
             except grpc.RpcError as e:
                 out["fail"] = [e.code().name, e.details()]
+        elif scenario == "stall":
+            got = []
+            try:
+                for m in channel.unary_stream("/test.Echo/Stall")(b"x", timeout=20):
+                    got.append(m.decode())
+                out["status"] = "OK"
+            except grpc.RpcError as e:
+                out["status"] = e.code().name
+            out["got"] = got
         else:
             method = {"slow": "/test.Echo/Slow", "unary": "/test.Echo/Unary"}[scenario]
             timeout = float(rest[1]) if len(rest) > 1 else 10
