@@ -12,7 +12,9 @@
 # for the alert rules and Prometheus configs, check-jsonschema (PyPI,
 # in a venv under target/, Debian `python3-venv`) for the compose files,
 # Docker (`docker.io`: the tests start their own dockerd) and
-# `busybox-static` (the containers' image) for label discovery.
+# `busybox-static` (the containers' image) for label discovery, BIND
+# (`bind9`, `bind9-dnsutils`) for DNS-01, and Python grpcio
+# (`python3-grpcio`) for the gRPC-through-the-gateway tests.
 # Missing ones are installed (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,7 @@ command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || missing+=(bind9)
 { command -v nsupdate && command -v dig; } >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+/usr/bin/python3 -c "import grpc" >/dev/null 2>&1 || missing+=(python3-grpcio)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)

@@ -24,6 +24,7 @@ pub mod routing;
 pub mod snapshot;
 pub mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod trust;
 pub(crate) mod upstream;
 
 use std::future::Future;

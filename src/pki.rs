@@ -76,19 +76,7 @@ pub fn self_signed(names: &[String]) -> Result<Arc<CertifiedKey>, String> {
 /// the OIDC provider): the system roots (loaded once per process) plus
 /// the CA certificates in `ca_file`, if given.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    static NATIVE: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs) {
-        let _ = roots.add(c.clone());
-    }
-    if let Some(f) = ca_file {
-        let certs =
-            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for c in certs {
-            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
-            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
-        }
-    }
+    let roots = client_roots(ca_file)?;
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -96,6 +84,30 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth())
+}
+
+/// The system roots (loaded once per process) plus the CA certificates in
+/// `ca_file`; a file without any certificate is an error.
+pub fn client_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    static NATIVE: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs) {
+        let _ = roots.add(c.clone());
+    }
+    if let Some(f) = ca_file {
+        let mut added = 0;
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no PEM certificate in it", f.display()));
+        }
+    }
+    Ok(roots)
 }
 
 /// What the admin view and the renewal schedule need to know.

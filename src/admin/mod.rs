@@ -174,6 +174,14 @@ fn routes_view(shared: &Shared) -> Response<Body> {
                 "request_buffering": c.limits.request_buffer.is_some(),
                 "request_buffer_bytes": c.limits.request_buffer,
                 "source": c.source.to_string(),
+                "upstream_protocol": c.upstream_protocol.as_str(),
+                "upstream_tls": c.upstream_tls.as_ref().map(|t| json!({
+                    "ca_file": t.ca_file,
+                    "server_name": t.server_name,
+                    "client_cert_file": t.client_cert_file,
+                    "pin_sha256": t.pin_sha256,
+                    "insecure_skip_verify": t.insecure_skip_verify,
+                })),
             })
         })
         .collect();

@@ -99,6 +99,27 @@ pub struct FileServer {
     /// Reload by itself when the config, an included file or a certificate
     /// or secret file it names changes (default false).
     pub watch: Option<Spanned<bool>>,
+    /// Default TLS settings for `https://` upstreams.
+    pub upstream_tls: Option<Spanned<FileUpstreamTls>>,
+}
+
+/// `upstream_tls = { ca_file, server_name, client_cert_file,
+/// client_key_file, pin_sha256, insecure_skip_verify }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    /// PEM CA certificates trusted besides the system roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// SNI and the name verified; default: the upstream's host.
+    pub server_name: Option<Spanned<String>>,
+    /// mTLS: the client certificate chain and its key (PEM).
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
+    /// Base64 SHA-256 of the leaf's SubjectPublicKeyInfo; replaces CA
+    /// verification.
+    pub pin_sha256: Option<Vec<Spanned<String>>>,
+    /// Accept any certificate (route only).
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`
@@ -324,6 +345,10 @@ pub struct FileRoute {
     /// Which identity headers the backend gets: `"authentik"` (default with
     /// oidc auth), `"forwarded"` or `"none"`.
     pub identity_headers: Option<Spanned<String>>,
+    /// TLS to `https://` upstreams (over `[server] upstream_tls`).
+    pub upstream_tls: Option<Spanned<FileUpstreamTls>>,
+    /// `"auto"` (default), `"http1"` or `"h2"`.
+    pub upstream_protocol: Option<Spanned<String>>,
 }
 
 // --- single sign-on -----------------------------------------------------------

@@ -17,6 +17,7 @@ mod route_auth;
 mod route_section;
 mod starter;
 mod tls_section;
+mod upstream_tls_section;
 mod validate;
 
 use std::fmt;
@@ -245,6 +246,8 @@ pub struct ServerConfig {
     pub hsts: Option<http::HeaderValue>,
     /// Reload when a file the config reads changes.
     pub watch: bool,
+    /// `[server] upstream_tls`: the default for `https://` upstreams.
+    pub upstream_tls: crate::trust::Settings,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -365,6 +368,10 @@ pub struct RouteConfig {
     pub limits: RouteLimits,
     /// Who may use this route: public, or signed in through an OIDC provider.
     pub auth: RouteAuth,
+    /// `upstream_tls` with `[server] upstream_tls` filled in (what
+    /// `https://` upstreams use); None when the route has none.
+    pub upstream_tls: Option<crate::trust::Settings>,
+    pub upstream_protocol: UpstreamProtocol,
     /// 1-based line of the `[[route]]` in the file, for messages.
     pub line: usize,
     /// Where the route was written: a config file and line, or a
@@ -445,8 +452,44 @@ pub struct UpstreamTarget {
     /// Path prefix to put in front of the forwarded path; "" for none.
     pub base_path: String,
     /// The authority as the upstream connection pool's key, hashed once
-    /// here rather than byte by byte on every request.
+    /// here rather than byte by byte on every request. Scheme and TLS
+    /// settings are part of it: connections made under other settings are
+    /// not reused.
     pub pool_key: PoolKey,
+    /// `https://`: how to talk TLS to it; None for `http://` and `h2c://`.
+    pub tls: Option<std::sync::Arc<UpstreamTls>>,
+    /// HTTP/1.1, HTTP/2, or what ALPN picks (`https://` only).
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstream_protocol`: which HTTP version is spoken to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// `https://`: ALPN offers h2 and http/1.1; `http://`: HTTP/1.1.
+    #[default]
+    Auto,
+    Http1,
+    /// `https://`: ALPN h2 only; `h2c://`: cleartext HTTP/2.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// An `https://` upstream's TLS: the checked settings, the name sent and
+/// verified, and the client configs built from them.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub settings: crate::trust::Settings,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    pub clients: std::sync::Arc<crate::trust::Clients>,
 }
 
 /// An upstream address (lowercased `host:port`) with its hash computed
@@ -460,8 +503,21 @@ pub struct PoolKey {
 
 impl PoolKey {
     pub fn new(authority: &http::uri::Authority) -> Self {
+        Self::named(authority.as_str().to_ascii_lowercase())
+    }
+
+    /// A key for anything but a plain `http://` upstream: the scheme and
+    /// what else tells its connections apart come before the address.
+    pub fn with_prefix(prefix: &str, authority: &http::uri::Authority) -> Self {
+        Self::named(format!(
+            "{prefix}{}",
+            authority.as_str().to_ascii_lowercase()
+        ))
+    }
+
+    fn named(name: String) -> Self {
         use std::hash::{Hash, Hasher};
-        let name: std::sync::Arc<str> = authority.as_str().to_ascii_lowercase().into();
+        let name: std::sync::Arc<str> = name.into();
         // Fixed keys: the names come from the config file, not from clients.
         let mut h = std::collections::hash_map::DefaultHasher::new();
         name.hash(&mut h);

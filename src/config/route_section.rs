@@ -63,6 +63,20 @@ impl Cx<'_> {
                 },
             );
         }
+        let has_tls_key = raw.upstream_tls.is_some();
+        let before_tls = self.errors.len();
+        let upstream_tls = match raw.upstream_tls {
+            Some(t) => self.upstream_tls(
+                &format!("{key}.upstream_tls"),
+                t,
+                &server.upstream_tls,
+                true,
+            ),
+            None => server.upstream_tls.clone(),
+        };
+        let tls_ok = self.errors.len() == before_tls;
+        let upstream_protocol =
+            self.upstream_protocol(&format!("{key}.upstream_protocol"), raw.upstream_protocol);
         let action = if let Some(up) = raw.upstream {
             let up_span = up.span();
             let list = up.into_inner().0;
@@ -80,6 +94,14 @@ impl Cx<'_> {
                     Err(msg) => self.err(Some(up_span.clone()), &format!("{key}.upstream"), msg),
                 }
             }
+            self.finish_targets(
+                &key,
+                up_span,
+                &mut targets,
+                &upstream_tls,
+                upstream_protocol,
+                tls_ok,
+            );
             Some(Action::Upstream(targets))
         } else if let Some(r) = raw.redirect {
             self.redirect(&key, r).map(Action::Redirect)
@@ -116,6 +138,7 @@ impl Cx<'_> {
             return None;
         }
         let (host, path, action) = (host?, path?, action?);
+        let has_https = action_has_https(&action);
         let name = match raw.name {
             Some(n) => {
                 let ok = !n.get_ref().is_empty()
@@ -148,6 +171,8 @@ impl Cx<'_> {
             https_redirect: raw.https_redirect.unwrap_or(true),
             limits,
             auth: auth?,
+            upstream_tls: (has_tls_key || has_https).then_some(upstream_tls),
+            upstream_protocol,
             line: self.line_of(span.start),
             source: super::RouteSource::File {
                 file: self.file.clone(),
@@ -466,7 +491,12 @@ pub fn normalize_route_path(text: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
-/// `http://host:port[/base]`.
+fn action_has_https(a: &Action) -> bool {
+    matches!(a, Action::Upstream(list) if list.iter().any(|t| t.tls.is_some()))
+}
+
+/// `http://`, `https://` or `h2c://` `host[:port][/base]`. An `https://`
+/// target gets its TLS client from the route (`finish_targets`).
 pub fn parse_upstream(text: &str) -> Result<UpstreamTarget, String> {
     let uri: http::Uri = text
         .parse()
@@ -475,9 +505,9 @@ pub fn parse_upstream(text: &str) -> Result<UpstreamTarget, String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("`{text}` needs a scheme, e.g. http://{text}"))?;
-    if scheme != http::uri::Scheme::HTTP {
+    if !matches!(scheme.as_str(), "http" | "https" | "h2c") {
         return Err(format!(
-            "`{text}`: only http:// upstreams are supported (TLS is terminated here; backends are on the private network)"
+            "`{text}`: an upstream is http://, https:// or h2c:// (cleartext HTTP/2)"
         ));
     }
     let authority = uri
@@ -499,6 +529,8 @@ pub fn parse_upstream(text: &str) -> Result<UpstreamTarget, String> {
         pool_key: super::PoolKey::new(&authority),
         authority,
         base_path,
+        tls: None,
+        protocol: super::UpstreamProtocol::Http1,
     })
 }
 
@@ -636,13 +668,7 @@ mod tests {
         let t = parse_upstream("http://10.0.0.3:3000/base/").unwrap();
         assert_eq!(t.authority.as_str(), "10.0.0.3:3000");
         assert_eq!(t.base_path, "/base");
-        for bad in [
-            "10.0.0.3:3000",
-            "ftp://x",
-            "https://x",
-            "http://u:p@x",
-            "http://x/?q=1",
-        ] {
+        for bad in ["10.0.0.3:3000", "ftp://x", "http://u:p@x", "http://x/?q=1"] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
     }

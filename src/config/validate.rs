@@ -29,7 +29,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
-        Ok(src) => parse(path, &src),
+        Ok(src) => parse(path, &src).inspect(warn_insecure),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -48,6 +48,23 @@ pub fn load_without_files(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
         Ok(src) => parse_with(path, &src, false),
         Err(_) => load(path),
+    }
+}
+
+/// Every load (start-up, reload, `check`) says which routes do not verify
+/// their backends' certificates.
+fn warn_insecure(c: &Config) {
+    for r in &c.routes {
+        if r.upstream_tls
+            .as_ref()
+            .is_some_and(|t| t.insecure_skip_verify)
+        {
+            tracing::warn!(
+                route = %r.name,
+                line = r.line,
+                "upstream_tls.insecure_skip_verify: this route's backend certificates are NOT verified"
+            );
+        }
     }
 }
 
@@ -694,6 +711,10 @@ impl Cx<'_> {
             hsts: match raw.hsts {
                 None => Some(super::tls_section::default_hsts()),
                 Some(h) => self.hsts("server.hsts", h),
+            },
+            upstream_tls: match raw.upstream_tls {
+                None => Default::default(),
+                Some(t) => self.upstream_tls("server.upstream_tls", t, &Default::default(), false),
             },
         }
     }

@@ -227,6 +227,26 @@ impl ProxyError {
         }
     }
 
+    /// The answer to a gRPC client (`content-type: application/grpc`): a
+    /// gateway-side failure is a gRPC status (HTTP 200, trailers-only),
+    /// which gRPC clients understand, not a page; None for other errors.
+    pub fn grpc_response(&self) -> Option<Response<Body>> {
+        let (code, message) = match self.status().as_u16() {
+            502 | 503 => ("14", "upstream unavailable"),
+            504 => ("4", "upstream timed out"),
+            _ => return None,
+        };
+        let mut resp = Response::new(Body::Empty);
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        Some(resp)
+    }
+
     /// Why it failed, when that is more than the kind says: for the log.
     pub fn cause(&self) -> Option<&Cause> {
         match self {

@@ -3,7 +3,8 @@
 //! a 101.
 //!
 //! Requests go over per-thread pooled upstream connections on our HTTP/1
-//! codec ([`crate::upstream::pool`]).
+//! codec ([`crate::upstream::pool`]), plain or TLS, or over a shared HTTP/2
+//! connection ([`crate::upstream::h2`]) to an upstream that speaks it.
 
 use std::time::Duration;
 
@@ -13,12 +14,12 @@ use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 
 use super::headers;
-use crate::config::{ServerConfig, UpstreamTarget};
+use crate::config::{ServerConfig, UpstreamProtocol, UpstreamTarget};
 use crate::http::body::{Body, Limited, TripWire, Tripped};
 use crate::http::error::{Cause, ProxyError};
 use crate::snapshot::Route;
 use crate::upstream::conn::{self as pool_conn, Outgoing};
-use crate::upstream::pool;
+use crate::upstream::{h2, pool};
 
 /// Every upstream of the route is ejected, down or already tried.
 const NONE_USABLE: Cause = Cause::Said("no upstream of the route is usable (ejected or down)");
@@ -144,56 +145,96 @@ pub async fn forward(
     fwd: Forward<'_>,
     req: &mut Request<crate::http::body::Body>,
 ) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
-    let route = fwd.route;
-    let limits = &route.config.limits;
-    if req.version() == http::Version::HTTP_2
-        && let Err(e) = http2_head_rules(req)
-    {
+    if let Err(e) = check_request(&fwd, req) {
         return (Err(e), None);
     }
+    let client_upgrade = fwd.upgrade.then(|| take_upgrade(req));
+    let body = std::mem::take(req.body_mut());
+    let has_body = !body.is_end_stream();
+    // Only a request with a body has limits that can trip.
+    let wire = has_body.then(TripWire::default);
+    let body = match limit_body(&fwd, body, wire.as_ref(), req.headers_mut()).await {
+        Ok(b) => b,
+        Err(e) => return (Err(e), None),
+    };
+    // A gRPC deadline is the response timeout of its request.
+    let timeout = grpc_timeout(req.headers()).unwrap_or(fwd.route.config.timeout);
+    let attempt = Attempt {
+        timeout,
+        wire: wire.as_ref(),
+    };
+    if !retryable(&fwd, req, has_body) {
+        let Some(i) = fwd
+            .route
+            .balancer
+            .pick(&[], &fwd.route.config, &fwd.route.metrics)
+        else {
+            return (Err(ProxyError::UpstreamUnavailable(NONE_USABLE)), None);
+        };
+        let headers = std::mem::take(req.headers_mut());
+        let r = send_one(&fwd, i, req, headers, body, client_upgrade, &attempt).await;
+        return (r, Some(i));
+    }
+    forward_with_retries(&fwd, req, &attempt).await
+}
+
+/// The request's own limits, before any upstream is involved.
+fn check_request(fwd: &Forward<'_>, req: &mut Request<Body>) -> Result<(), ProxyError> {
+    if req.version() == http::Version::HTTP_2 {
+        http2_head_rules(req)?;
+    }
+    let limits = &fwd.route.config.limits;
     if let (Some(max), Some(len)) = (
         limits.max_body,
         crate::h1::wire::content_length(req.headers()),
     ) && len > max
     {
-        return (Err(ProxyError::PayloadTooLarge), None);
+        return Err(ProxyError::PayloadTooLarge);
     }
-    let upgrade = fwd.upgrade;
-    let client_upgrade = upgrade.then(|| {
-        match req
-            .extensions_mut()
-            .remove::<crate::h1::upgrade::OnUpgrade>()
-        {
-            Some(own) => ClientUpgrade::H1(own),
-            None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut *req)),
-        }
-    });
+    Ok(())
+}
 
-    let body = std::mem::take(req.body_mut());
-    let has_body = !body.is_end_stream();
-    // Only a request with a body has limits that can trip.
-    let wire = has_body.then(TripWire::default);
-    let mut body = match &wire {
-        Some(wire) => {
-            let mut limited = Box::new(Limited::new(
-                body,
-                limits.max_body,
-                fwd.server.request_body_timeout,
-                wire.clone(),
-            ));
-            if let Some(max) = limits.request_buffer
-                && let Err(e) = buffer_body(&mut limited, max, wire, req.headers_mut()).await
-            {
-                return (Err(e), None);
-            }
-            Body::Limited(limited)
-        }
-        None => Body::Empty,
+/// The client's side of an upgrade, taken out of the request.
+fn take_upgrade(req: &mut Request<Body>) -> ClientUpgrade {
+    match req
+        .extensions_mut()
+        .remove::<crate::h1::upgrade::OnUpgrade>()
+    {
+        Some(own) => ClientUpgrade::H1(own),
+        None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut *req)),
+    }
+}
+
+/// The request body with its size and stall limits (and read ahead when
+/// the route buffers requests); `Empty` without a body.
+async fn limit_body(
+    fwd: &Forward<'_>,
+    body: Body,
+    wire: Option<&TripWire>,
+    headers: &mut http::HeaderMap,
+) -> Result<Body, ProxyError> {
+    let Some(wire) = wire else {
+        return Ok(Body::Empty);
     };
+    let limits = &fwd.route.config.limits;
+    let mut limited = Box::new(Limited::new(
+        body,
+        limits.max_body,
+        fwd.server.request_body_timeout,
+        wire.clone(),
+    ));
+    if let Some(max) = limits.request_buffer {
+        buffer_body(&mut limited, max, wire, headers).await?;
+    }
+    Ok(Body::Limited(limited))
+}
 
-    let retry = !has_body
-        && !upgrade
-        && route.config.upstreams().len() > 1
+/// Whether a failed connect may be tried on the next upstream: nothing
+/// was sent, and sending it twice is harmless.
+fn retryable(fwd: &Forward<'_>, req: &Request<Body>, has_body: bool) -> bool {
+    !has_body
+        && !fwd.upgrade
+        && fwd.route.config.upstreams().len() > 1
         && matches!(
             *req.method(),
             Method::GET
@@ -202,43 +243,60 @@ pub async fn forward(
                 | Method::PUT
                 | Method::DELETE
                 | Method::TRACE
-        );
-    if !retry {
-        let Some(i) = route.balancer.pick(&[], &route.config, &route.metrics) else {
-            return (Err(ProxyError::UpstreamUnavailable(NONE_USABLE)), None);
-        };
-        let target = &route.config.upstreams()[i];
-        let headers = std::mem::take(req.headers_mut());
-        let (method, uri) = (req.method(), req.uri());
-        let body = std::mem::take(&mut body);
-        let path = upstream_path(target, &route.config, uri);
-        let added = fwd.added_lines();
-        let host = fwd.host_for(target);
-        let mut out = Outgoing::new(method, &path, host, headers, &added, body);
-        let r = send_one(&fwd, i, &mut out, client_upgrade, wire.as_ref()).await;
-        return (r, Some(i));
-    }
+        )
+}
 
-    let (method, uri) = (req.method(), req.uri());
+/// A body-less idempotent request: the next usable upstream after one
+/// that could not be connected to.
+async fn forward_with_retries(
+    fwd: &Forward<'_>,
+    req: &Request<Body>,
+    attempt: &Attempt<'_>,
+) -> (Result<Response<Body>, ProxyError>, Option<usize>) {
+    let route = fwd.route;
     let mut tried: Vec<usize> = Vec::with_capacity(route.config.upstreams().len());
     let mut last = Err(ProxyError::UpstreamUnavailable(NONE_USABLE));
     while let Some(i) = route.balancer.pick(&tried, &route.config, &route.metrics) {
         tried.push(i);
-        let target = &route.config.upstreams()[i];
         let headers = req.headers().clone();
-        let path = upstream_path(target, &route.config, uri);
-        let added = fwd.added_lines();
-        let host = fwd.host_for(target);
-        let mut out = Outgoing::new(method, &path, host, headers, &added, Body::Empty);
-        match send_one(&fwd, i, &mut out, None, wire.as_ref()).await {
+        match send_one(fwd, i, req, headers, Body::Empty, None, attempt).await {
             Err(e @ ProxyError::UpstreamUnavailable(_)) => {
-                tracing::debug!(route = %route.config.name, upstream = %target.url, error = %e, "connect failed; trying the next upstream");
+                let url = &route.config.upstreams()[i].url;
+                tracing::debug!(route = %route.config.name, upstream = %url, error = %e, "connect failed; trying the next upstream");
                 last = Err(e);
             }
             other => return (other, Some(i)),
         }
     }
     (last, tried.last().copied())
+}
+
+/// `grpc-timeout` (`<digits><unit>`, units H M S m u n), when the request
+/// is gRPC.
+fn grpc_timeout(h: &http::HeaderMap) -> Option<Duration> {
+    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// What every attempt of one request shares.
+struct Attempt<'a> {
+    /// Time allowed for the response head.
+    timeout: Duration,
+    /// The request body's limits (`None` without a body).
+    wire: Option<&'a TripWire>,
 }
 
 /// What our HTTP/1 parser enforces while it reads a head, for an HTTP/2
@@ -283,56 +341,165 @@ async fn buffer_body(
     }
 }
 
-/// One attempt against upstream `i`: health bookkeeping, body limits, and
-/// the upgrade tunnel after a 101.
+/// One attempt against upstream `i`: the request in the upstream's
+/// protocol, health bookkeeping, body limits, and the upgrade tunnel
+/// after a 101.
 async fn send_one(
     fwd: &Forward<'_>,
     i: usize,
-    out: &mut Outgoing,
+    req: &Request<Body>,
+    headers: http::HeaderMap,
+    body: Body,
     client_upgrade: Option<ClientUpgrade>,
-    wire: Option<&TripWire>,
+    attempt: &Attempt<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let route = fwd.route;
+    let target = &route.config.upstreams()[i];
     // The response deadline starts once the request body has been sent: a
     // long upload to a backend that reads it all before answering is not a
     // timeout (a stalled one is `request_body_timeout`'s business).
-    let body_wire = wire.filter(|_| matches!(out.body, Body::Limited(_)));
-    let timeout = route.config.timeout;
-    let target = &route.config.upstreams()[i];
-    let send = std::pin::pin!(pool::send(target, out, fwd.server));
-    let result = await_response(send, timeout, body_wire).await;
-    if let Some(t) = wire.and_then(TripWire::get) {
+    let body_wire = attempt.wire.filter(|_| matches!(body, Body::Limited(_)));
+    let result = if target.protocol == UpstreamProtocol::Http1 {
+        let path = upstream_path(target, &route.config, req.uri());
+        let added = fwd.added_lines();
+        let host = fwd.host_for(target);
+        let mut out = Outgoing::new(req.method(), &path, host, headers, &added, body);
+        let send = std::pin::pin!(pool::send(target, &mut out, fwd.server));
+        await_response(send, attempt.timeout, body_wire).await
+    } else {
+        // Boxed: the plain HTTP/1 path's future stays as small as it was.
+        let mut send = Box::pin(send_other(fwd, target, req, headers, body));
+        await_response(send.as_mut(), attempt.timeout, body_wire).await
+    };
+    if let Some(t) = attempt.wire.and_then(TripWire::get) {
         // The client's body broke the request, not the upstream.
         return Err(match t {
             Tripped::TooLarge => ProxyError::PayloadTooLarge,
             Tripped::Idle => ProxyError::RequestTimeout,
         });
     }
-    // Only what the upstream did counts towards ejecting it: a client
-    // whose own request broke must not take a healthy backend out. Nor
-    // does a failure while the client's body was still incomplete: a
-    // backend that gives up on an upload which stalled (its own body
-    // timeout) did what it should, and counting it would let a few slow
-    // uploaders eject it. A backend that is really down is still caught
-    // by requests without a body, complete uploads and health checks.
+    report(fwd, i, &result, body_wire);
+    let (resp, tunnel) = result?;
+    finish_response(fwd, resp, tunnel, client_upgrade)
+}
+
+/// An upstream that may speak HTTP/2 (`h2c://`, or `https://` with `h2`
+/// or `auto`): over the shared HTTP/2 connection when it does, else over
+/// the HTTP/1 pool. Upgrades always go over HTTP/1.1.
+async fn send_other(
+    fwd: &Forward<'_>,
+    target: &UpstreamTarget,
+    req: &Request<Body>,
+    headers: http::HeaderMap,
+    body: Body,
+) -> Result<(Response<Body>, Option<pool_conn::BackendConn>), ProxyError> {
+    let server = fwd.server;
+    let h2 = match target.protocol {
+        UpstreamProtocol::H2 => true,
+        _ if fwd.upgrade => false,
+        _ if h2::is_live(&target.pool_key) => true,
+        _ if pool::has_idle(&target.pool_key) => false,
+        _ => h2::settle_auto(target, server).await?,
+    };
+    if h2 {
+        let out = h2_request(fwd, target, req, headers, body)?;
+        return h2::send(target, out, server).await.map(|r| (r, None));
+    }
+    let path = upstream_path(target, &fwd.route.config, req.uri());
+    let added = fwd.added_lines();
+    let host = fwd.host_for(target);
+    let mut out = Outgoing::new(req.method(), &path, host, headers, &added, body);
+    pool::send(target, &mut out, server).await
+}
+
+/// The request for an HTTP/2 upstream: the authority is the Host the
+/// backend gets; the gateway's header lines become fields.
+fn h2_request(
+    fwd: &Forward<'_>,
+    target: &UpstreamTarget,
+    req: &Request<Body>,
+    mut headers: http::HeaderMap,
+    body: Body,
+) -> Result<Request<Body>, ProxyError> {
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = std::str::from_utf8(fwd.host_for(target)).unwrap_or_default();
+    let path = upstream_path(target, &fwd.route.config, req.uri()).concat();
+    let uri: Uri = format!("{scheme}://{host}{path}")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?;
+    headers.remove(http::header::HOST);
+    let added = fwd.added_lines().concat();
+    for line in added.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    // gRPC servers want to know that trailers will be read (TE is
+    // hop-by-hop, so the client's was removed).
+    if headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    let mut out = Request::new(body);
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = http::Version::HTTP_2;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// Only what the upstream did counts towards ejecting it: a client whose
+/// own request broke must not take a healthy backend out. Nor does a
+/// failure while the client's body was still incomplete: a backend that
+/// gives up on an upload which stalled (its own body timeout) did what it
+/// should, and counting it would let a few slow uploaders eject it. A
+/// backend that is really down is still caught by requests without a
+/// body, complete uploads and health checks.
+fn report<T>(
+    fwd: &Forward<'_>,
+    i: usize,
+    result: &Result<T, ProxyError>,
+    body_wire: Option<&TripWire>,
+) {
     let body_incomplete = body_wire.is_some_and(|w| !w.body_done());
-    let verdict = match &result {
+    let verdict = match result {
         Ok(_) => Some(true),
         Err(_) if body_incomplete => None,
         Err(e) if e.side() == crate::http::error::Side::Upstream => Some(false),
         Err(_) => None,
     };
     if let Some(ok) = verdict {
-        route.balancer.report(
+        fwd.route.balancer.report(
             i,
             ok,
             fwd.server.upstream_eject_after,
             fwd.server.upstream_eject_for,
-            &route.config,
+            &fwd.route.config,
         );
     }
-    let (resp, tunnel) = result?;
+}
 
+/// The backend's answer on its way to the client: hop-by-hop headers
+/// removed; after a 101, the tunnel between the two connections.
+fn finish_response(
+    fwd: &Forward<'_>,
+    mut resp: Response<Body>,
+    tunnel: Option<pool_conn::BackendConn>,
+    client_upgrade: Option<ClientUpgrade>,
+) -> Result<Response<Body>, ProxyError> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         let (Some(client_upgrade), Some(tunnel)) = (client_upgrade, tunnel) else {
@@ -341,7 +508,7 @@ async fn send_one(
                 "101 Switching Protocols to a request that asked for no upgrade",
             )));
         };
-        let route = route.config.name.clone();
+        let route = fwd.route.config.name.clone();
         tokio::spawn(async move {
             let relayed = match client_upgrade {
                 ClientUpgrade::H1(on) => match on.wait().await {
@@ -358,7 +525,6 @@ async fn send_one(
             }
         });
     }
-    let mut resp = resp;
     headers::remove_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp)
 }
@@ -431,9 +597,29 @@ mod tests {
             https_redirect: true,
             limits: Default::default(),
             auth: Default::default(),
+            upstream_tls: None,
+            upstream_protocol: Default::default(),
             line: 1,
             source: Default::default(),
         }
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        let t = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+        // At most 8 digits, a known unit.
+        for bad in ["", "m", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
     #[test]

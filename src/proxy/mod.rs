@@ -57,6 +57,10 @@ pub fn handle<'a>(
         let snap = shared.current();
         let request_id = request_id::request_id(req.headers(), &shared.request_ids);
         let accept = req.headers().get(header::ACCEPT).cloned();
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let method = req.method().clone();
         let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
         // Written when the response ends, or with 499 if this future is
@@ -77,7 +81,10 @@ pub fn handle<'a>(
             match route_request(shared, &snap, conn, req, &request_id, &mut outcome).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let resp = e.response(&request_id, accept.as_ref());
+                    let resp = match grpc.then(|| e.grpc_response()).flatten() {
+                        Some(r) => r,
+                        None => e.response(&request_id, accept.as_ref()),
+                    };
                     outcome.error = Some(e);
                     resp
                 }

@@ -60,6 +60,9 @@ pub async fn probe(
     target: &UpstreamTarget,
     check: &HealthCheck,
 ) -> Option<bool> {
+    if target.tls.is_some() || target.protocol == crate::config::UpstreamProtocol::H2 {
+        return Some(probe_direct(target, check).await);
+    }
     let uri = format!(
         "{}://{}{}{}",
         target.scheme, target.authority, target.base_path, check.path
@@ -81,6 +84,55 @@ pub async fn probe(
         }
         Err(_) => false,
     })
+}
+
+/// A check of an `https://` or `h2c://` upstream: a connection of its
+/// own, made the way proxied requests make theirs (TLS verified, ALPN),
+/// then one request on hyper's client. Few requests, so not pooled.
+async fn probe_direct(target: &UpstreamTarget, check: &HealthCheck) -> bool {
+    use super::connect::{Alpn, open};
+    use hyper_util::rt::TokioIo;
+    let alpn = match target.protocol {
+        crate::config::UpstreamProtocol::H2 => Alpn::H2,
+        crate::config::UpstreamProtocol::Http1 => Alpn::Http1,
+        crate::config::UpstreamProtocol::Auto => Alpn::Auto,
+    };
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let path = format!("{}{}", target.base_path, check.path);
+    let run = async {
+        let opened = open(target, check.timeout, alpn).await.ok()?;
+        let io = TokioIo::new(opened.stream);
+        let mut req = Request::get(&path).body(Body::Empty).ok()?;
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_static("portcullis-health-check"),
+        );
+        let status = if opened.h2 || alpn == Alpn::H2 {
+            *req.uri_mut() = format!("{scheme}://{}{path}", target.authority)
+                .parse()
+                .ok()?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            send.send_request(req).await.ok()?.status()
+        } else {
+            let host = http::HeaderValue::from_str(target.authority.as_str()).ok()?;
+            req.headers_mut().insert(header::HOST, host);
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            send.send_request(req).await.ok()?.status()
+        };
+        Some(status.is_success() || status.is_redirection())
+    };
+    matches!(
+        tokio::time::timeout(check.timeout, run).await,
+        Ok(Some(true))
+    )
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {

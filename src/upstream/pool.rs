@@ -26,9 +26,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use http::Response;
-use tokio::net::TcpStream;
 
 use super::conn::{self as upstream, BackendConn, Failure, Outgoing, UpstreamBody};
+use super::connect::Alpn;
 use crate::config::{PoolKey, ServerConfig, UpstreamTarget};
 use crate::http::body::Body;
 use crate::http::error::{Cause, ProxyError};
@@ -103,7 +103,7 @@ fn start_sweeper(max_idle: Duration) {
             tokio::time::sleep(every).await;
             let left = IDLE.with_borrow_mut(|pool| {
                 pool.retain(|_, list| {
-                    list.retain(|i| i.since.elapsed() < max_idle && i.conn.is_reusable());
+                    list.retain_mut(|i| i.since.elapsed() < max_idle && i.conn.is_reusable());
                     !list.is_empty()
                 });
                 pool.len()
@@ -120,7 +120,7 @@ fn take_idle(a: &PoolKey, max_idle: Duration) -> Option<BackendConn> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(a)?;
         // Newest first: it is the most likely to still be open.
-        while let Some(idle) = list.pop_back() {
+        while let Some(mut idle) = list.pop_back() {
             if idle.since.elapsed() < max_idle && idle.conn.is_reusable() {
                 return Some(idle.conn);
             }
@@ -171,6 +171,16 @@ pub async fn send(
             Err(Failure::Broken(why)) => return Err(ProxyError::UpstreamBroken(Cause::Said(why))),
         }
     };
+    if conn.cert_requested && head.status == http::StatusCode::BAD_REQUEST {
+        tracing::warn!(
+            upstream = %target.url,
+            reason = "the backend asked for a client certificate and none is configured (set upstream_tls.client_cert_file and client_key_file); it answered 400",
+            "TLS to the backend failed"
+        );
+        return Err(ProxyError::UpstreamBroken(Cause::Said(
+            "the backend asked for a client certificate and none is configured; it answered 400",
+        )));
+    }
     let mut resp = Response::new(Body::Empty);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
@@ -189,41 +199,24 @@ pub async fn send(
     Ok((resp, None))
 }
 
-/// Opens one connection to an upstream. Boxed: connecting (DNS, TCP,
-/// timer) is the rare path, and inline its state would make every proxied
-/// request's future bigger.
+/// Opens one HTTP/1.1 connection to an upstream (TLS for `https://`).
+/// Boxed: connecting (DNS, TCP, timer, handshake) is the rare path, and
+/// inline its state would make every proxied request's future bigger.
 fn connect(
     target: &UpstreamTarget,
     connect_timeout: Duration,
 ) -> std::pin::Pin<Box<impl Future<Output = Result<BackendConn, ProxyError>> + Send + '_>> {
-    Box::pin(connect_inner(target, connect_timeout))
+    Box::pin(async move {
+        let opened = super::connect::open(target, connect_timeout, Alpn::Http1).await?;
+        let mut conn = BackendConn::from_stream(opened.stream);
+        conn.cert_requested = opened.cert_requested;
+        Ok(conn)
+    })
 }
 
-async fn connect_inner(
-    target: &UpstreamTarget,
-    connect_timeout: Duration,
-) -> Result<BackendConn, ProxyError> {
-    let host = target
-        .authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = target.authority.port_u16().unwrap_or(80);
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await
-    {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout(Cause::Said(
-                "connecting took longer than upstream_connect_timeout",
-            )));
-        }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return Err(ProxyError::UpstreamTimeout(Cause::error(e)));
-        }
-        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(Cause::error(e))),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(BackendConn::new(stream))
+/// Whether an idle HTTP/1 connection to `key` is pooled on this thread.
+pub fn has_idle(key: &PoolKey) -> bool {
+    IDLE.with_borrow(|pool| pool.get(key).is_some_and(|l| !l.is_empty()))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct Nginx {
     dir: TempDir,
     child: Child,
     addr: SocketAddr,
+    /// Every port it listens on (`addr` is the first).
+    addrs: Vec<SocketAddr>,
 }
 
 impl Nginx {
@@ -41,6 +43,59 @@ impl Nginx {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `n`th listening address of [`Nginx::custom`].
+    pub fn addr_n(&self, n: usize) -> SocketAddr {
+        self.addrs[n]
+    }
+
+    /// The directory nginx runs in (files written for its config are here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// nginx's access log (format as the config says).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/access.log")).unwrap_or_default()
+    }
+
+    /// nginx with `ports` listening ports and the `http {}` block's servers
+    /// from `servers(dir, ports)`; `files` (name, contents) are written to
+    /// its directory first (certificates and keys). The access log is
+    /// `logs/access.log` with the format `conn`: `$server_port $connection
+    /// $request_uri $status`.
+    pub async fn custom(
+        ports: usize,
+        files: &[(&str, &str)],
+        servers: impl FnOnce(&Path, &[u16]) -> String,
+    ) -> Nginx {
+        let dir = new_dir();
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write nginx file");
+        }
+        let ports: Vec<u16> = (0..ports).map(|_| free_port()).collect();
+        let d = dir.path().display().to_string();
+        let conf = format!(
+            r#"daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    log_format conn '$server_port $connection $request_uri $status';
+    access_log {d}/logs/access.log conn;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+{}
+}}
+"#,
+            servers(dir.path(), &ports)
+        );
+        run(dir, &conf, &ports).await
     }
 
     /// nginx's error log (for failure messages).
@@ -131,35 +186,56 @@ http {{
 
     /// Starts nginx and waits until it accepts connections.
     pub async fn start(self) -> Nginx {
-        let bin = nginx_binary();
-        let dir = tempfile::Builder::new()
-            .prefix("portcullis-nginx-")
-            .tempdir()
-            .expect("create temp dir");
-        for sub in ["logs", "tmp"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("create nginx dirs");
-        }
+        let dir = new_dir();
         let port = free_port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, self.config(dir.path(), port)).expect("write nginx.conf");
-        let child = Command::new(&bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.path().join("logs/error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {bin}: {e} (apt-get install -y nginx)"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut nginx = Nginx { dir, child, addr };
-        let deadline = tokio::time::Instant::now() + START_BOUND;
+        let conf = self.config(dir.path(), port);
+        run(dir, &conf, &[port]).await
+    }
+}
+
+fn new_dir() -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-nginx-")
+        .tempdir()
+        .expect("create temp dir");
+    for sub in ["logs", "tmp"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("create nginx dirs");
+    }
+    dir
+}
+
+/// Starts nginx with `conf` and waits until every port accepts.
+async fn run(dir: TempDir, conf_text: &str, ports: &[u16]) -> Nginx {
+    let bin = nginx_binary();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, conf_text).expect("write nginx.conf");
+    let child = Command::new(&bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.path().join("logs/error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e} (apt-get install -y nginx)"));
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let mut nginx = Nginx {
+        dir,
+        child,
+        addr: addrs[0],
+        addrs: addrs.clone(),
+    };
+    let deadline = tokio::time::Instant::now() + START_BOUND;
+    for addr in addrs {
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return nginx;
+                break;
             }
             if let Ok(Some(status)) = nginx.child.try_wait() {
                 let mut err = String::new();
@@ -180,4 +256,5 @@ http {{
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    nginx
 }

@@ -1,13 +1,11 @@
 //! A backend's response body, read straight from its connection.
 
-use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::net::TcpStream;
 
 use super::{BODY_READ, BackendConn, BackendFraming, MAX_HEAD};
 use crate::config::PoolKey;
@@ -135,7 +133,7 @@ impl UpstreamBody {
             }
             let conn = self.conn.as_mut().expect("checked above");
             conn.buf.reserve(BODY_READ);
-            let polled = poll_read_buf(&conn.io, &mut conn.buf, cx);
+            let polled = conn.io.poll_read_some(&mut conn.buf, BODY_READ, cx);
             let Poll::Ready(read) = polled else {
                 return self.wait(cx);
             };
@@ -195,23 +193,6 @@ impl UpstreamBody {
             (None, _) => SizeHint::with_exact(0),
             (Some(_), Reading::Length(n)) => SizeHint::with_exact(*n),
             _ => SizeHint::default(),
-        }
-    }
-}
-
-/// One read from the socket into `buf`'s spare room.
-fn poll_read_buf(
-    io: &TcpStream,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        // At most BODY_READ per read, however much room `buf` has: one
-        // piece is what a client that does not read keeps us holding.
-        match io.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, BODY_READ)) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
         }
     }
 }

@@ -17,7 +17,6 @@
 //! skipped; `101` hands the connection to the caller for the tunnel.
 
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -25,18 +24,20 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+#[cfg(test)]
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use crate::h1::wire::encode_chunk;
 use crate::http::body::Body;
 
 mod body;
 mod head;
+mod stream;
 
 pub use body::UpstreamBody;
 pub use head::parse_head;
+pub use stream::Stream;
 
 /// Most header lines accepted in a backend's response head (hyper's
 /// default as well).
@@ -56,21 +57,31 @@ const WRITE_DIRECT: usize = 8 * 1024;
 /// not used yet.
 #[derive(Debug)]
 pub struct BackendConn {
-    io: TcpStream,
+    io: Stream,
     buf: BytesMut,
+    /// The backend asked for a client certificate during the handshake and
+    /// none is configured: its refusal (a 400) is our configuration's
+    /// fault, reported as such.
+    pub(crate) cert_requested: bool,
 }
 
 impl BackendConn {
+    #[cfg(test)]
     pub fn new(io: TcpStream) -> Self {
+        Self::from_stream(Stream::Plain(io))
+    }
+
+    pub fn from_stream(io: Stream) -> Self {
         BackendConn {
             io,
             buf: BytesMut::new(),
+            cert_requested: false,
         }
     }
 
-    /// The socket and any bytes already read past the response head (the
+    /// The stream and any bytes already read past the response head (the
     /// start of an upgraded protocol's stream).
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.io, self.buf)
     }
 
@@ -80,18 +91,10 @@ impl BackendConn {
     /// response). Does not wait. Asks the socket itself (a non-blocking
     /// peek, one system call) rather than the runtime's readiness flags:
     /// those are only updated when the runtime next polls for events, so
-    /// bytes that arrived since would go unnoticed.
-    pub fn is_reusable(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        // The socket is non-blocking (tokio's), so an empty one answers
-        // WouldBlock; 0 is the backend's FIN, more is a stray byte.
-        matches!(
-            socket2::SockRef::from(&self.io).peek(&mut probe),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        )
+    /// bytes that arrived since would go unnoticed. Over TLS, bytes that
+    /// are only TLS records (a late session ticket) do not count.
+    pub fn is_reusable(&mut self) -> bool {
+        self.buf.is_empty() && self.io.idle_and_open()
     }
 }
 
@@ -267,18 +270,39 @@ pub struct Head {
 /// it has read the whole body. Returns the head and whether the whole
 /// request was sent.
 pub async fn exchange(conn: &mut BackendConn, out: &mut Outgoing) -> Result<(Head, bool), Failure> {
-    let BackendConn { io, buf } = conn;
+    let BackendConn { io, buf, .. } = conn;
+    io.write_all(&out.head)
+        .await
+        .map_err(|_| Failure::NoAnswer)?;
+    match io {
+        Stream::Plain(tcp) => {
+            let (r, w) = tcp.split();
+            exchange_on(r, w, buf, out).await
+        }
+        Stream::Tls(tls) => {
+            // One allocation per exchange for the shared halves; TLS has
+            // one session for both directions.
+            let (r, w) = tokio::io::split(&mut **tls);
+            exchange_on(r, w, buf, out).await
+        }
+    }
+}
+
+async fn exchange_on(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
+    buf: &mut BytesMut,
+    out: &mut Outgoing,
+) -> Result<(Head, bool), Failure> {
     let Outgoing {
-        head,
         body,
         upload,
         method_is_head,
         spare,
         ..
     } = out;
-    io.write_all(head).await.map_err(|_| Failure::NoAnswer)?;
-    let (mut reader, mut writer) = io.split();
     if *upload == Upload::None {
+        writer.flush().await.map_err(|_| Failure::NoAnswer)?;
         let head = read_head(&mut reader, buf, *method_is_head, spare).await?;
         return Ok((head, true));
     }
@@ -309,7 +333,11 @@ pub async fn exchange(conn: &mut BackendConn, out: &mut Outgoing) -> Result<(Hea
 }
 
 /// Streams the request body to the backend in the given framing.
-async fn send_body(w: &mut WriteHalf<'_>, body: &mut Body, upload: Upload) -> Result<(), Failure> {
+async fn send_body(
+    w: &mut (impl AsyncWrite + Unpin),
+    body: &mut Body,
+    upload: Upload,
+) -> Result<(), Failure> {
     let broken = |_| Failure::Broken("write failed");
     let mut sent: u64 = 0;
     // Pieces that are ready at once are gathered into one write: a client
@@ -324,6 +352,8 @@ async fn send_body(w: &mut WriteHalf<'_>, body: &mut Body, upload: Upload) -> Re
                     w.write_all(&out).await.map_err(broken)?;
                     out.clear();
                 }
+                // TLS holds written bytes until flushed.
+                w.flush().await.map_err(broken)?;
                 poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             }
         };
@@ -354,13 +384,14 @@ async fn send_body(w: &mut WriteHalf<'_>, body: &mut Body, upload: Upload) -> Re
         Upload::Length(n) if sent != n => return Err(Failure::ClientBody),
         _ => {}
     }
-    w.write_all(&out).await.map_err(broken)
+    w.write_all(&out).await.map_err(broken)?;
+    w.flush().await.map_err(broken)
 }
 
 /// Reads until a final response head has arrived (interim 1xx answers
 /// other than 101 are skipped).
 async fn read_head(
-    r: &mut ReadHalf<'_>,
+    r: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     method_is_head: bool,
     spare: &mut HeaderMap,
@@ -405,14 +436,14 @@ mod tests {
     #[tokio::test]
     async fn a_stray_byte_or_a_close_makes_an_idle_connection_unusable_at_once() {
         use std::io::Write as _;
-        let (conn, mut peer) = pair().await;
+        let (mut conn, mut peer) = pair().await;
         assert!(conn.is_reusable());
         // Loopback delivers before write returns; no await in between, so
         // the runtime has not polled for events since.
         peer.write_all(b"X").unwrap();
         assert!(!conn.is_reusable(), "a stray byte went unnoticed");
 
-        let (conn, peer) = pair().await;
+        let (mut conn, peer) = pair().await;
         assert!(conn.is_reusable());
         drop(peer);
         assert!(!conn.is_reusable(), "the backend's close went unnoticed");
