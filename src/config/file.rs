@@ -2,8 +2,12 @@
 //! error can name its line. Nothing here is trusted; `validate` turns these
 //! into the checked [`Config`](super::Config).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+use super::options_section::{FileCompress, FileDefaultRoute, FileHeaderRules, FileRateLimit};
 
 pub use super::limits_section::{FileHealthCheck, FileSize};
 
@@ -93,6 +97,13 @@ pub struct FileServer {
     /// How much of a request body is held in memory before the upstream
     /// is contacted.
     pub request_buffer: Option<Spanned<FileSize>>,
+    // --- route option defaults (checked in `options_section`) ---
+    /// Routes' default for `compress`.
+    pub compress: Option<Spanned<FileCompress>>,
+    /// Error pages for every route (routes may override statuses).
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
+    /// What requests for a host no route serves get.
+    pub default_route: Option<Spanned<FileDefaultRoute>>,
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`
@@ -274,6 +285,16 @@ pub struct FileRoute {
     /// Which identity headers the backend gets: `"authentik"` (default with
     /// oidc auth), `"forwarded"` or `"none"`.
     pub identity_headers: Option<Spanned<String>>,
+    // --- access lists, header rules, compression, rate limits, error pages
+    // (checked in `options_section`) ---
+    /// The `[access.NAME]` list guarding this route.
+    pub access: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<FileHeaderRules>>,
+    pub response_headers: Option<Spanned<FileHeaderRules>>,
+    pub security_headers: Option<Spanned<bool>>,
+    pub compress: Option<Spanned<FileCompress>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 // --- single sign-on -----------------------------------------------------------
@@ -346,4 +367,4 @@ pub struct FileAuthOidc {
 
 /// The whole file, section by section. Each section is deserialised on its
 /// own (see `validate`) so one broken route does not hide errors in others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "oidc", "route"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "oidc", "access", "route"];

@@ -11,6 +11,7 @@ mod duration;
 mod file;
 mod limits_section;
 mod oidc_section;
+mod options_section;
 mod route_auth;
 mod route_section;
 mod tls_section;
@@ -24,6 +25,11 @@ use std::time::Duration;
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
+pub use options_section::{
+    AccessList, Compress, CompressLevel, DefaultRoute, ErrorPages, HashKind, HeaderRules,
+    HtpasswdUser, Piece, RateBy, RateLimit, RouteOptions, Satisfy, ServerOptions, StatusMatch,
+    Template, read_htpasswd, reserved_header,
+};
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
 pub use tls_section::pattern_covers;
@@ -43,6 +49,8 @@ pub struct Config {
     /// `[oidc.NAME]` identity providers, sorted by name (routes refer to
     /// them by index).
     pub oidc: Vec<OidcConfig>,
+    /// `[access.NAME]` lists, by name (routes hold them too).
+    pub access: Vec<std::sync::Arc<AccessList>>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -127,6 +135,8 @@ pub struct ServerConfig {
     pub request_buffer: u64,
     /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
     pub hsts: Option<http::HeaderValue>,
+    /// Routes' compression default, error pages, `default_route`.
+    pub options: ServerOptions,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -247,6 +257,8 @@ pub struct RouteConfig {
     pub limits: RouteLimits,
     /// Who may use this route: public, or signed in through an OIDC provider.
     pub auth: RouteAuth,
+    /// Access list, header rules, compression, rate limit, error pages.
+    pub options: RouteOptions,
     /// 1-based line of the `[[route]]` in the file, for messages.
     pub line: usize,
 }

@@ -19,6 +19,7 @@ impl Cx<'_> {
         raw: FileRoute,
         server: &ServerConfig,
         oidc: &super::oidc_section::OidcSet,
+        access: &super::options_section::AccessSet,
     ) -> Option<RouteConfig> {
         let key = format!("route[{index}]");
         let errors_before = self.errors.len();
@@ -111,6 +112,20 @@ impl Cx<'_> {
             server,
         );
         let auth = self.route_auth(&key, raw.auth, raw.identity_headers, oidc);
+        let options = self.route_options(
+            &key,
+            super::options_section::RawRouteOptions {
+                access: raw.access,
+                request_headers: raw.request_headers,
+                response_headers: raw.response_headers,
+                security_headers: raw.security_headers,
+                compress: raw.compress,
+                rate_limit: raw.rate_limit,
+                error_pages: raw.error_pages,
+            },
+            &server.options,
+            access,
+        );
 
         if self.errors.len() != errors_before {
             return None;
@@ -148,6 +163,7 @@ impl Cx<'_> {
             https_redirect: raw.https_redirect.unwrap_or(true),
             limits,
             auth: auth?,
+            options,
             line: self.line_of(span.start),
         })
     }

@@ -49,6 +49,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let mut certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
     let mut oidc_raw = None;
+    let mut access_raw = None;
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
@@ -62,6 +63,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
                 certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
             }
             "oidc" => oidc_raw = Some(value),
+            "access" => access_raw = Some(value),
             other => cx.err(
                 Some(span),
                 other,
@@ -83,9 +85,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     }
     // SSO providers before routes: routes refer to them.
     let oidc = oidc_raw.map(|v| cx.oidc(v)).unwrap_or_default();
+    let access = access_raw.map(|v| cx.access_lists(v)).unwrap_or_default();
     let mut routes = Vec::with_capacity(routes_raw.len());
     for (index, span, raw) in routes_raw {
-        if let Some(r) = cx.route(index, span, raw, &server, &oidc) {
+        if let Some(r) = cx.route(index, span, raw, &server, &oidc, &access) {
             routes.push(r);
         }
     }
@@ -110,6 +113,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             acme,
             certificates,
             oidc: oidc.list,
+            access: access.list.into_values().collect(),
             routes,
         })
     } else {
@@ -389,6 +393,16 @@ impl<'a> Cx<'a> {
             hsts: match raw.hsts {
                 None => Some(super::tls_section::default_hsts()),
                 Some(h) => self.hsts("server.hsts", h),
+            },
+            options: {
+                let compress = self.compress("server.compress", raw.compress, None);
+                let error_pages =
+                    self.error_pages("server.error_pages", raw.error_pages, &Default::default());
+                super::ServerOptions {
+                    compress,
+                    error_pages,
+                    default_route: self.default_route(raw.default_route),
+                }
             },
         }
     }

@@ -421,6 +421,7 @@ mod tests {
             https_redirect: true,
             limits: Default::default(),
             auth: Default::default(),
+            options: Default::default(),
             line: 1,
         }
     }

@@ -62,6 +62,11 @@ pub fn handle<'a>(
         let request_id = request_id::request_id(req.headers(), &shared.request_ids);
         let accept = req.headers().get(header::ACCEPT).cloned();
         let method = req.method().clone();
+        // For `[server] default_route`: only kept when a redirect may need it.
+        let req_target = match snap.server.options.default_route {
+            crate::config::DefaultRoute::Redirect(_) => req.uri().path_and_query().cloned(),
+            _ => None,
+        };
         let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
         // Written when the response ends, or with 499 if this future is
         // dropped first (the client went away). Boxed: most requests are
@@ -75,7 +80,21 @@ pub fn handle<'a>(
                 Ok(r) => r,
                 Err(e) => {
                     outcome.error = Some(e);
-                    e.response(&request_id, accept.as_ref())
+                    let pages = outcome.route.map_or(&snap.server.options.error_pages, |r| {
+                        &r.config.options.error_pages
+                    });
+                    if e == ProxyError::NoRoute
+                        && let Some(r) = crate::policy::pages::default_route(
+                            &snap.server.options.default_route,
+                            &req_target,
+                        )
+                    {
+                        r
+                    } else if pages.is_empty() {
+                        e.response(&request_id, accept.as_ref())
+                    } else {
+                        crate::policy::pages::error_page(e, pages, &request_id, accept.as_ref())
+                    }
                 }
             };
         resp.headers_mut()
@@ -191,6 +210,16 @@ fn route_request<'a>(
         if let Some(r) = https_redirect {
             return Ok(r);
         }
+        // The route's options (`policy`): the access list before the SSO
+        // gate. Boxed: a route without options carries none of this state.
+        let policy = route.policy.as_deref();
+        let mut basic_user = None;
+        if let Some(p) = policy {
+            match Box::pin(p.admit(client.ip, req.headers(), request_id)).await {
+                Ok(u) => basic_user = u,
+                Err(r) => return refused(r),
+            }
+        }
 
         // The auth gate (public routes pass at once).
         let find = |host: &str, path: &str| find_route(snap, host, path).map(|r| &r.config);
@@ -206,6 +235,29 @@ fn route_request<'a>(
         {
             outcome.user = Some(w.identity().display_name().to_string());
         }
+        let mut placeholders = None;
+        // Read now: forwarding hands the request's header map on.
+        let mut accept_encoding = None;
+        if let Some(p) = policy {
+            accept_encoding = req.headers().get(header::ACCEPT_ENCODING).cloned();
+            let user: Option<std::sync::Arc<str>> = match &who {
+                Some(w) => Some(w.identity().display_name().into()),
+                None => basic_user,
+            };
+            if outcome.user.is_none() {
+                outcome.user = user.as_deref().map(str::to_string);
+            }
+            if let Err(r) = p.limit(client.ip, user.as_deref(), request_id) {
+                return refused(r);
+            }
+            placeholders = Some(crate::policy::Placeholders {
+                client_ip: client.ip,
+                host: raw_host.to_string(),
+                request_id: request_id.clone(),
+                user,
+                scheme: conn.scheme,
+            });
+        }
 
         let mut result = match &route.config.action {
             Action::Respond(r) => Ok(answers::respond(r)),
@@ -217,6 +269,9 @@ fn route_request<'a>(
                         .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
                 };
                 let (upgrade, forwarded) = prepare_forward(conn, &mut req, &client, &host_value);
+                if let (Some(p), Some(ph)) = (policy, &placeholders) {
+                    p.request_headers(req.headers_mut(), ph);
+                }
                 let fwd = Forward {
                     route,
                     server: &snap.server,
@@ -234,10 +289,23 @@ fn route_request<'a>(
                 result
             }
         };
+        if let (Some(p), Some(ph)) = (policy, placeholders)
+            && let Ok(resp) = result
+        {
+            result = Ok(Box::pin(p.respond(resp, accept_encoding, ph)).await);
+        }
         if who.is_some() {
             private_to_user(&mut result);
         }
         result
+    }
+}
+
+/// A request the route's options turned away.
+fn refused(r: crate::policy::Refusal) -> Result<Response<Body>, ProxyError> {
+    match r {
+        crate::policy::Refusal::Error(e) => Err(e),
+        crate::policy::Refusal::Respond(resp) => Ok(*resp),
     }
 }
 
