@@ -805,3 +805,77 @@ async fn server_error_page_for_unknown_hosts() {
     assert_eq!(r.status, 404);
     assert_eq!(r.text(), "nothing here (404, r-9)");
 }
+
+// --- access lists with single sign-on ---------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_list_and_sso_must_both_pass() {
+    use support::idp::{SsoEnv, SsoOpts};
+    let dir = tempfile::tempdir().unwrap();
+    let hp = dir.path().join("p.htpasswd");
+    std::fs::write(&hp, htpasswd("B", "family", "letmein")).unwrap();
+    let routes = format!(
+        "[access.pw]\nbasic_auth_file = \"{}\"\n\n[access.office]\nallow = [\"10.0.0.0/8\"]\n\n\
+         [[route]]\nhost = \"pw.localtest\"\nupstream = \"{{UP}}\"\nauth = {{ oidc = \"authentik\" }}\naccess = \"pw\"\n\n\
+         [[route]]\nhost = \"office.localtest\"\nupstream = \"{{UP}}\"\nauth = {{ oidc = \"authentik\" }}\naccess = \"office\"\n",
+        hp.display()
+    );
+    // The echo backend's URL is only known inside SsoEnv: any backend will do.
+    let be = Backend::echo().await;
+    let env = SsoEnv::start(SsoOpts {
+        provider: "cookie_domain = \"localtest\"",
+        routes: routes.replace("{UP}", &be.url()),
+        ..SsoOpts::default()
+    })
+    .await;
+    let good = basic("family", "letmein");
+
+    // Neither: the access list asks first.
+    let r = env
+        .gw
+        .client()
+        .get_with(&env.url("pw.localtest", "/"), &[])
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Basic "));
+    // The password alone: single sign-on still applies.
+    let r = env
+        .gw
+        .client()
+        .get_with(
+            &env.url("pw.localtest", "/"),
+            &[("authorization", &good), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(r.header("location").unwrap().starts_with(env.idp.issuer()));
+
+    let (mut b, _) = env.signed_in("alice", "app.localtest").await;
+    // Signed in, no password: 401.
+    let r = b
+        .request(
+            http::Method::GET,
+            &env.url("pw.localtest", "/"),
+            &[],
+            support::client::TestBody::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // Both: through, as alice, without the password.
+    let r = b
+        .request(
+            http::Method::GET,
+            &env.url("pw.localtest", "/"),
+            &[("authorization", &good)],
+            support::client::TestBody::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = Echo(r.json());
+    assert_eq!(e.header("x-authentik-username").as_deref(), Some("alice"));
+    assert_eq!(e.header("authorization"), None);
+    // Signed in, but the address is not on the list.
+    let r = b.get(&env.url("office.localtest", "/")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(be.served(), 1);
+}
