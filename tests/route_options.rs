@@ -792,6 +792,23 @@ async fn custom_error_pages_with_status_and_request_id() {
     let r = get(c, &gw, "nowhere.test", "/a?b=1", &[]).await;
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("https://www.example.com/a?b=1"));
+    let routes = c.get_with(&gw.admin_url("/routes"), &[]).await.json();
+    assert_eq!(
+        routes["default_route"]["redirect"],
+        "https://www.example.com"
+    );
+    assert_eq!(
+        routes["routes"][0]["error_pages"]["5xx"]
+            .as_str()
+            .map(|p| p.ends_with("pages/5xx.html")),
+        Some(true)
+    );
+    assert_eq!(
+        routes["routes"][0]["error_pages"]["404"]
+            .as_str()
+            .map(|p| p.ends_with("pages/404.html")),
+        Some(true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,7 +219,15 @@ fn routes_view(shared: &Shared) -> Response<Body> {
         .collect();
     json_response(
         StatusCode::OK,
-        &json!({ "generation": snap.generation, "routes": routes }),
+        &json!({
+            "generation": snap.generation,
+            "default_route": match &snap.server.options.default_route {
+                crate::config::DefaultRoute::NotFound => json!("404"),
+                crate::config::DefaultRoute::Redirect(to) => json!({ "redirect": to }),
+                crate::config::DefaultRoute::Drop => json!("drop"),
+            },
+            "routes": routes,
+        }),
     )
 }
 

@@ -82,6 +82,11 @@ impl Chain {
         p: Placeholders,
     ) -> Response<Body> {
         let status = resp.status();
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // An upgraded connection: only header rules could apply, and the
+            // hand-over must see the response as the backend sent it.
+            return resp;
+        }
         let mut req = Request::new(resp);
         if let Some(ae) = accept_encoding {
             req.headers_mut().insert(header::ACCEPT_ENCODING, ae);
@@ -134,6 +139,11 @@ impl Predicate for Compressible {
     where
         B: http_body::Body,
     {
+        // No body to compress (1xx, 204, 304), or a part of one (206).
+        let s = r.status().as_u16();
+        if s < 200 || matches!(s, 204 | 206 | 304) {
+            return false;
+        }
         let h = r.headers();
         if h.get_all(header::CACHE_CONTROL).iter().any(|v| {
             v.to_str()
