@@ -36,14 +36,11 @@ pub fn error_page(
 
 /// What a request no route matches gets instead of the 404 page, if the
 /// server says so: a 302 to `default_route.redirect` (the path kept).
-pub fn default_route(
-    d: &DefaultRoute,
-    target: &Option<http::uri::PathAndQuery>,
-) -> Option<Response<Body>> {
+pub fn default_route(d: &DefaultRoute, target: &http::Uri) -> Option<Response<Body>> {
     let DefaultRoute::Redirect(to) = d else {
         return None;
     };
-    let pq = target.as_ref().map_or("/", |t| t.as_str());
+    let pq = target.path_and_query().map_or("/", |t| t.as_str());
     let location = format!("{}{pq}", to.trim_end_matches('/'));
     let mut r = Response::new(Body::Empty);
     *r.status_mut() = StatusCode::FOUND;

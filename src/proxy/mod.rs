@@ -62,11 +62,6 @@ pub fn handle<'a>(
         let request_id = request_id::request_id(req.headers(), &shared.request_ids);
         let accept = req.headers().get(header::ACCEPT).cloned();
         let method = req.method().clone();
-        // For `[server] default_route`: only kept when a redirect may need it.
-        let req_target = match snap.server.options.default_route {
-            crate::config::DefaultRoute::Redirect(_) => req.uri().path_and_query().cloned(),
-            _ => None,
-        };
         let log = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
         // Written when the response ends, or with 499 if this future is
         // dropped first (the client went away). Boxed: most requests are
@@ -83,14 +78,7 @@ pub fn handle<'a>(
                     let pages = outcome.route.map_or(&snap.server.options.error_pages, |r| {
                         &r.config.options.error_pages
                     });
-                    if e == ProxyError::NoRoute
-                        && let Some(r) = crate::policy::pages::default_route(
-                            &snap.server.options.default_route,
-                            &req_target,
-                        )
-                    {
-                        r
-                    } else if pages.is_empty() {
+                    if pages.is_empty() {
                         e.response(&request_id, accept.as_ref())
                     } else {
                         crate::policy::pages::error_page(e, pages, &request_id, accept.as_ref())
@@ -186,7 +174,19 @@ fn route_request<'a>(
     async move {
         normalise(&mut req)?;
         let (raw_host, first_host) = request_host(&req)?;
-        let (route, https_redirect) = match select(shared, snap, conn, &req, raw_host)? {
+        let selected = match select(shared, snap, conn, &req, raw_host) {
+            // `[server] default_route` for requests no route matches.
+            Err(ProxyError::NoRoute)
+                if let Some(r) = crate::policy::pages::default_route(
+                    &snap.server.options.default_route,
+                    req.uri(),
+                ) =>
+            {
+                return Ok(r);
+            }
+            other => other?,
+        };
+        let (route, https_redirect) = match selected {
             Selected::Answer(r) => return Ok(r),
             Selected::Endpoint => {
                 let raw_host = raw_host.to_string();
@@ -235,11 +235,11 @@ fn route_request<'a>(
         {
             outcome.user = Some(w.identity().display_name().to_string());
         }
-        let mut placeholders = None;
-        // Read now: forwarding hands the request's header map on.
-        let mut accept_encoding = None;
+        // A route with options: the placeholders' values and the client's
+        // Accept-Encoding (read now: forwarding hands the header map on).
+        // Boxed, so a route without options carries one pointer.
+        let mut extras: Option<Box<(crate::policy::Placeholders, Option<HeaderValue>)>> = None;
         if let Some(p) = policy {
-            accept_encoding = req.headers().get(header::ACCEPT_ENCODING).cloned();
             let user: Option<std::sync::Arc<str>> = match &who {
                 Some(w) => Some(w.identity().display_name().into()),
                 None => basic_user,
@@ -250,13 +250,17 @@ fn route_request<'a>(
             if let Err(r) = p.limit(client.ip, user.as_deref(), request_id) {
                 return refused(r);
             }
-            placeholders = Some(crate::policy::Placeholders {
+            let ph = crate::policy::Placeholders {
                 client_ip: client.ip,
                 host: raw_host.to_string(),
                 request_id: request_id.clone(),
                 user,
                 scheme: conn.scheme,
-            });
+            };
+            extras = Some(Box::new((
+                ph,
+                req.headers().get(header::ACCEPT_ENCODING).cloned(),
+            )));
         }
 
         let mut result = match &route.config.action {
@@ -269,8 +273,8 @@ fn route_request<'a>(
                         .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
                 };
                 let (upgrade, forwarded) = prepare_forward(conn, &mut req, &client, &host_value);
-                if let (Some(p), Some(ph)) = (policy, &placeholders) {
-                    p.request_headers(req.headers_mut(), ph);
+                if let (Some(p), Some(x)) = (policy, &extras) {
+                    p.request_headers(req.headers_mut(), &x.0);
                 }
                 let fwd = Forward {
                     route,
@@ -289,9 +293,10 @@ fn route_request<'a>(
                 result
             }
         };
-        if let (Some(p), Some(ph)) = (policy, placeholders)
+        if let (Some(p), Some(x)) = (policy, extras)
             && let Ok(resp) = result
         {
+            let (ph, accept_encoding) = *x;
             result = Ok(Box::pin(p.respond(resp, accept_encoding, ph)).await);
         }
         if who.is_some() {
