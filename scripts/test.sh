@@ -41,6 +41,10 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 { command -v dockerd && command -v docker; } >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+/usr/bin/python3 -c 'import brotli' >/dev/null 2>&1 || missing+=(python3-brotli)
+/usr/bin/python3 -c 'import zstandard' >/dev/null 2>&1 || missing+=(python3-zstandard)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub(crate) mod h1;
 pub mod http;
 pub(crate) mod pki;
+pub mod policy;
 pub mod proxy;
 pub(crate) mod reload;
 pub mod routing;

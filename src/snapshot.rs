@@ -34,6 +34,9 @@ pub struct Route {
     /// once here: an access-log record takes a reference count, not a copy.
     pub log_name: Arc<str>,
     pub log_upstreams: Vec<Arc<str>>,
+    /// The route's options (access list, rate limit, header rules,
+    /// compression), built once here; `None` for a route with none.
+    pub policy: Option<Box<crate::policy::Policy>>,
 }
 
 impl Route {
@@ -49,6 +52,7 @@ impl Route {
             config,
             metrics,
             balancer: Balancer::new(n),
+            policy: None,
         }
     }
 }
@@ -99,13 +103,17 @@ impl Snapshot {
         auth: Arc<crate::auth::AuthSnapshot>,
     ) -> Snapshot {
         let discovery = config.discovery.clone();
+        let mut limiters = crate::policy::rate::Shared::default();
         let table = RouteTable::build_with(config.routes.into_iter().map(|r| {
             let m = metrics.route(&r.name);
+            let policy = crate::policy::Policy::build(&r.options, &mut limiters, m.clone());
+            let mut route = Route::new(r, m);
+            route.policy = policy.map(Box::new);
             (
-                r.host.clone(),
-                r.path.clone(),
-                r.path_match,
-                Route::new(r, m),
+                route.config.host.clone(),
+                route.config.path.clone(),
+                route.config.path_match,
+                route,
             )
         }));
         Snapshot {

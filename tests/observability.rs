@@ -41,6 +41,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         &["route", "kind"],
     ),
     ("portcullis_upstream_panic_total", "counter", &["route"]),
+    ("portcullis_rate_limited_total", "counter", &["route"]),
     ("portcullis_requests_in_flight", "gauge", &["listener"]),
     ("portcullis_connections_open", "gauge", &["listener"]),
     ("portcullis_connections_total", "counter", &["listener"]),

@@ -144,6 +144,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Header rules as `GET /routes` shows them (values as written).
+fn header_rules_view(r: &crate::config::HeaderRules) -> serde_json::Value {
+    if r.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let map = |l: &[(http::HeaderName, crate::config::Template)]| {
+        l.iter()
+            .map(|(n, t)| (n.to_string(), json!(t.source)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    json!({
+        "set": map(&r.set),
+        "add": map(&r.add),
+        "remove": r.remove.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+    })
+}
+
 fn routes_view(shared: &Shared) -> Response<Body> {
     let snap = shared.current();
     let routes: Vec<_> = snap
@@ -182,10 +199,47 @@ fn routes_view(shared: &Shared) -> Response<Body> {
                     "pin_sha256": t.pin_sha256,
                     "insecure_skip_verify": t.insecure_skip_verify,
                 })),
+                "access": c.options.access.as_ref().map(|a| json!({
+                    "name": a.name,
+                    "users": a.users.len(),
+                    "allow": a.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    "deny": a.deny.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    "satisfy": match a.satisfy { crate::config::Satisfy::Any => "any", crate::config::Satisfy::All => "all" },
+                    "pass_auth": a.pass_auth,
+                    "realm": a.realm,
+                })),
+                "request_headers": header_rules_view(&c.options.request_headers),
+                "response_headers": header_rules_view(&c.options.response_headers),
+                "security_headers": c.options.security_headers,
+                "compress": c.options.compress.map(|z| json!({
+                    "level": z.level.as_str(),
+                    "min_size": z.min_size,
+                })),
+                "rate_limit": c.options.rate_limit.map(|l| json!({
+                    "requests": l.requests,
+                    "per_ms": l.per.as_millis() as u64,
+                    "burst": l.burst,
+                    "by": l.by.as_str(),
+                })),
+                "error_pages": c.options.error_pages.pages.iter().map(|(m, _, path)| {
+                    let status = match m {
+                        crate::config::StatusMatch::Exact(s) => s.to_string(),
+                        crate::config::StatusMatch::Class(c) => format!("{c}xx"),
+                    };
+                    (status, json!(path.display().to_string()))
+                }).collect::<serde_json::Map<_, _>>(),
             })
         })
         .collect();
-    let mut body = json!({ "generation": snap.generation, "routes": routes });
+    let mut body = json!({
+        "generation": snap.generation,
+        "default_route": match &snap.server.options.default_route {
+            crate::config::DefaultRoute::NotFound => json!("404"),
+            crate::config::DefaultRoute::Redirect(to) => json!({ "redirect": to }),
+            crate::config::DefaultRoute::Drop => json!("drop"),
+        },
+        "routes": routes,
+    });
     if let Some(d) = &shared.docker {
         let shadowed: Vec<_> = snap
             .discovery

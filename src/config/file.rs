@@ -2,8 +2,12 @@
 //! error can name its line. Nothing here is trusted; `validate` turns these
 //! into the checked [`Config`](super::Config).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+use super::options_section::{FileCompress, FileDefaultRoute, FileHeaderRules, FileRateLimit};
 
 pub use super::limits_section::{FileHealthCheck, FileSize};
 
@@ -101,6 +105,13 @@ pub struct FileServer {
     pub watch: Option<Spanned<bool>>,
     /// Default TLS settings for `https://` upstreams.
     pub upstream_tls: Option<Spanned<FileUpstreamTls>>,
+    // --- route option defaults (checked in `options_section`) ---
+    /// Routes' default for `compress`.
+    pub compress: Option<Spanned<FileCompress>>,
+    /// Error pages for every route (routes may override statuses).
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
+    /// What requests for a host no route serves get.
+    pub default_route: Option<Spanned<FileDefaultRoute>>,
 }
 
 /// `upstream_tls = { ca_file, server_name, client_cert_file,
@@ -349,6 +360,16 @@ pub struct FileRoute {
     pub upstream_tls: Option<Spanned<FileUpstreamTls>>,
     /// `"auto"` (default), `"http1"` or `"h2"`.
     pub upstream_protocol: Option<Spanned<String>>,
+    // --- access lists, header rules, compression, rate limits, error pages
+    // (checked in `options_section`) ---
+    /// The `[access.NAME]` list guarding this route.
+    pub access: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<FileHeaderRules>>,
+    pub response_headers: Option<Spanned<FileHeaderRules>>,
+    pub security_headers: Option<Spanned<bool>>,
+    pub compress: Option<Spanned<FileCompress>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 // --- single sign-on -----------------------------------------------------------
@@ -429,5 +450,6 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "docker",
     "certificate",
     "oidc",
+    "access",
     "route",
 ];

@@ -520,7 +520,7 @@ fn one_route(
                     continue;
                 }
                 for (index, span, raw) in cx.array_of_tables::<FileRoute>("route", value) {
-                    route = cx.route(index, span, raw, &config.server, oidc);
+                    route = cx.route(index, span, raw, &config.server, oidc, &Default::default());
                 }
             }
         }

@@ -13,6 +13,7 @@ mod file;
 pub mod labels;
 mod limits_section;
 mod oidc_section;
+mod options_section;
 mod route_auth;
 mod route_section;
 mod starter;
@@ -29,6 +30,11 @@ pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
+pub use options_section::{
+    AccessList, Compress, CompressLevel, DefaultRoute, ErrorPages, HashKind, HeaderRules,
+    HtpasswdUser, Piece, RateBy, RateLimit, RouteOptions, Satisfy, ServerOptions, StatusMatch,
+    Template, read_htpasswd, reserved_header,
+};
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
 pub use starter::starter;
@@ -58,6 +64,8 @@ pub struct Config {
     /// `[oidc.NAME]` identity providers, sorted by name (routes refer to
     /// them by index).
     pub oidc: Vec<OidcConfig>,
+    /// `[access.NAME]` lists, by name (routes hold them too).
+    pub access: Vec<std::sync::Arc<AccessList>>,
     pub routes: Vec<RouteConfig>,
     /// What label discovery left out or refused (empty without `[docker]`).
     pub discovery: std::sync::Arc<labels::Discovery>,
@@ -248,6 +256,8 @@ pub struct ServerConfig {
     pub watch: bool,
     /// `[server] upstream_tls`: the default for `https://` upstreams.
     pub upstream_tls: crate::trust::Settings,
+    /// Routes' compression default, error pages, `default_route`.
+    pub options: ServerOptions,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -372,6 +382,8 @@ pub struct RouteConfig {
     /// `https://` upstreams use); None when the route has none.
     pub upstream_tls: Option<crate::trust::Settings>,
     pub upstream_protocol: UpstreamProtocol,
+    /// Access list, header rules, compression, rate limit, error pages.
+    pub options: RouteOptions,
     /// 1-based line of the `[[route]]` in the file, for messages.
     pub line: usize,
     /// Where the route was written: a config file and line, or a

@@ -19,6 +19,7 @@ impl Cx<'_> {
         raw: FileRoute,
         server: &ServerConfig,
         oidc: &super::oidc_section::OidcSet,
+        access: &super::options_section::AccessSet,
     ) -> Option<RouteConfig> {
         let key = format!("route[{index}]");
         let errors_before = self.errors.len();
@@ -133,6 +134,20 @@ impl Cx<'_> {
             server,
         );
         let auth = self.route_auth(&key, raw.auth, raw.identity_headers, oidc);
+        let options = self.route_options(
+            &key,
+            super::options_section::RawRouteOptions {
+                access: raw.access,
+                request_headers: raw.request_headers,
+                response_headers: raw.response_headers,
+                security_headers: raw.security_headers,
+                compress: raw.compress,
+                rate_limit: raw.rate_limit,
+                error_pages: raw.error_pages,
+            },
+            &server.options,
+            access,
+        );
 
         if self.errors.len() != errors_before {
             return None;
@@ -173,6 +188,7 @@ impl Cx<'_> {
             auth: auth?,
             upstream_tls: (has_tls_key || has_https).then_some(upstream_tls),
             upstream_protocol,
+            options,
             line: self.line_of(span.start),
             source: super::RouteSource::File {
                 file: self.file.clone(),

@@ -95,6 +95,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     let mut main = Part::new(cx.file.clone(), src.to_string());
     let mut oidc = OidcSet::default();
     let mut oidc_places = HashMap::new();
+    let mut access_raw = None;
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
@@ -124,6 +125,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             name @ ("route" | "certificate" | "oidc") => {
                 cx.part_section(&mut main, name, value, &mut oidc, &mut oidc_places)
             }
+            "access" => access_raw = Some(value),
             other => cx.err(
                 Some(span),
                 other,
@@ -202,6 +204,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     }
     let docker = docker_raw.and_then(|(span, d)| cx.docker(span, d, &oidc));
     let mut certificates = Vec::new();
+    let access = access_raw.map(|v| cx.access_lists(v)).unwrap_or_default();
     let mut certs_count = 0;
     let mut routes = Vec::new();
     let mut files = Vec::new();
@@ -215,7 +218,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             }
         }
         for (index, span, raw) in part.routes {
-            if let Some(r) = cx.route(index, span, raw, &server, &oidc) {
+            if let Some(r) = cx.route(index, span, raw, &server, &oidc, &access) {
                 routes.push(r);
             }
         }
@@ -248,6 +251,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             certificates,
             acme_certificates,
             oidc: oidc.list,
+            access: access.list.into_values().collect(),
             routes,
             discovery: Default::default(),
         })
@@ -715,6 +719,16 @@ impl Cx<'_> {
             upstream_tls: match raw.upstream_tls {
                 None => Default::default(),
                 Some(t) => self.upstream_tls("server.upstream_tls", t, &Default::default(), false),
+            },
+            options: {
+                let compress = self.compress("server.compress", raw.compress, None);
+                let error_pages =
+                    self.error_pages("server.error_pages", raw.error_pages, &Default::default());
+                super::ServerOptions {
+                    compress,
+                    error_pages,
+                    default_route: self.default_route(raw.default_route),
+                }
             },
         }
     }

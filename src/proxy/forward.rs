@@ -599,6 +599,7 @@ mod tests {
             auth: Default::default(),
             upstream_tls: None,
             upstream_protocol: Default::default(),
+            options: Default::default(),
             line: 1,
             source: Default::default(),
         }

@@ -77,18 +77,25 @@ pub fn handle<'a>(
         }));
 
         let mut outcome = Outcome::default();
-        let mut resp =
-            match route_request(shared, &snap, conn, req, &request_id, &mut outcome).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let resp = match grpc.then(|| e.grpc_response()).flatten() {
-                        Some(r) => r,
-                        None => e.response(&request_id, accept.as_ref()),
-                    };
-                    outcome.error = Some(e);
-                    resp
-                }
-            };
+        let mut resp = match route_request(shared, &snap, conn, req, &request_id, &mut outcome)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let pages = outcome.route.map_or(&snap.server.options.error_pages, |r| {
+                    &r.config.options.error_pages
+                });
+                let resp = match grpc.then(|| e.grpc_response()).flatten() {
+                    Some(r) => r,
+                    None if pages.is_empty() => e.response(&request_id, accept.as_ref()),
+                    None => {
+                        crate::policy::pages::error_page(&e, pages, &request_id, accept.as_ref())
+                    }
+                };
+                outcome.error = Some(e);
+                resp
+            }
+        };
         resp.headers_mut()
             .insert(request_id::REQUEST_ID, request_id.clone());
         if conn.scheme.is_https() {
@@ -203,7 +210,19 @@ fn route_request<'a>(
     async move {
         normalise(&mut req)?;
         let (raw_host, first_host) = request_host(&req)?;
-        let (route, https_redirect) = match select(shared, snap, conn, &req, raw_host)? {
+        let selected = match select(shared, snap, conn, &req, raw_host) {
+            // `[server] default_route` for requests no route matches.
+            Err(ProxyError::NoRoute)
+                if let Some(r) = crate::policy::pages::default_route(
+                    &snap.server.options.default_route,
+                    req.uri(),
+                ) =>
+            {
+                return Ok(r);
+            }
+            other => other?,
+        };
+        let (route, https_redirect) = match selected {
             Selected::Answer(r) => return Ok(r),
             Selected::Endpoint => {
                 let raw_host = raw_host.to_string();
@@ -227,6 +246,16 @@ fn route_request<'a>(
         if let Some(r) = https_redirect {
             return Ok(r);
         }
+        // The route's options (`policy`): the access list before the SSO
+        // gate. Boxed: a route without options carries none of this state.
+        let policy = route.policy.as_deref();
+        let mut basic_user = None;
+        if let Some(p) = policy {
+            match Box::pin(p.admit(client.ip, req.headers(), request_id)).await {
+                Ok(u) => basic_user = u,
+                Err(r) => return refused(r),
+            }
+        }
 
         // The auth gate (public routes pass at once).
         let find = |host: &str, path: &str| find_route(snap, host, path).map(|r| &r.config);
@@ -242,6 +271,33 @@ fn route_request<'a>(
         {
             outcome.user = Some(w.identity().display_name().to_string());
         }
+        // A route with options: the placeholders' values and the client's
+        // Accept-Encoding (read now: forwarding hands the header map on).
+        // Boxed, so a route without options carries one pointer.
+        let mut extras: Option<Box<(crate::policy::Placeholders, Option<HeaderValue>)>> = None;
+        if let Some(p) = policy {
+            let user: Option<std::sync::Arc<str>> = match &who {
+                Some(w) => Some(w.identity().display_name().into()),
+                None => basic_user,
+            };
+            if outcome.user.is_none() {
+                outcome.user = user.as_deref().map(str::to_string);
+            }
+            if let Err(r) = p.limit(client.ip, user.as_deref(), request_id) {
+                return refused(r);
+            }
+            let ph = crate::policy::Placeholders {
+                client_ip: client.ip,
+                host: raw_host.to_string(),
+                request_id: request_id.clone(),
+                user,
+                scheme: conn.scheme,
+            };
+            extras = Some(Box::new((
+                ph,
+                req.headers().get(header::ACCEPT_ENCODING).cloned(),
+            )));
+        }
 
         let mut result = match &route.config.action {
             Action::Respond(r) => Ok(answer::respond(r)),
@@ -253,6 +309,9 @@ fn route_request<'a>(
                         .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
                 };
                 let (upgrade, forwarded) = prepare_forward(conn, &mut req, &client, &host_value);
+                if let (Some(p), Some(x)) = (policy, &extras) {
+                    p.request_headers(req.headers_mut(), &x.0);
+                }
                 let fwd = Forward {
                     route,
                     server: &snap.server,
@@ -269,10 +328,24 @@ fn route_request<'a>(
                 result
             }
         };
+        if let (Some(p), Some(x)) = (policy, extras)
+            && let Ok(resp) = result
+        {
+            let (ph, accept_encoding) = *x;
+            result = Ok(Box::pin(p.respond(resp, accept_encoding, ph)).await);
+        }
         if who.is_some() {
             private_to_user(&mut result);
         }
         result
+    }
+}
+
+/// A request the route's options turned away.
+fn refused(r: crate::policy::Refusal) -> Result<Response<Body>, ProxyError> {
+    match r {
+        crate::policy::Refusal::Error(e) => Err(e),
+        crate::policy::Refusal::Respond(resp) => Ok(*resp),
     }
 }
 

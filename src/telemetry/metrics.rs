@@ -123,6 +123,8 @@ pub struct RouteMetrics {
     /// Upstream picks made with every upstream ejected or failing its
     /// health check (panic mode).
     upstream_panic: AtomicU64,
+    /// Requests refused by the route's `rate_limit` (429).
+    rate_limited: AtomicU64,
 }
 
 impl RouteMetrics {
@@ -172,6 +174,12 @@ impl RouteMetrics {
     #[inline]
     pub fn upstream_panic(&self) {
         self.upstream_panic.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request refused by the route's rate limit.
+    #[inline]
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
     }
 }
 

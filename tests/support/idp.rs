@@ -749,6 +749,8 @@ pub struct SsoOpts {
     pub server: &'static str,
     /// Extra lines for `[oidc.authentik]`.
     pub provider: &'static str,
+    /// Extra tables after the routes (more routes, `[access.NAME]` lists).
+    pub routes: String,
     /// A fixed http port (back-channel tests need it before start).
     pub port: Option<u16>,
     pub idp: Option<IdpBuilder>,
@@ -823,7 +825,10 @@ identity_headers = "none"
 [[route]]
 host = "public.localtest"
 upstream = "{up}"
+
+{routes}
 "#,
+            routes = o.routes,
             server = o.server,
             provider = o.provider,
             issuer = idp.issuer(),

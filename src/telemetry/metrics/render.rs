@@ -98,6 +98,21 @@ impl Metrics {
             );
         }
 
+        header(
+            &mut out,
+            "portcullis_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by the route's rate_limit, by route.",
+        );
+        for (name, m) in &all {
+            let _ = writeln!(
+                out,
+                "portcullis_rate_limited_total{{route=\"{}\"}} {}",
+                escape(name),
+                m.rate_limited.load(Relaxed)
+            );
+        }
+
         for (metric, kind, help, f) in [
             (
                 "portcullis_requests_in_flight",

@@ -1,0 +1,1009 @@
+//! The route options Nginx Proxy Manager users set per host: `[access.NAME]`
+//! lists (htpasswd users and addresses), header rules, security headers,
+//! compression, rate limits, custom error pages, and `[server]`'s
+//! `default_route`. Raw types and their checks live together here; what
+//! the request path does with them is `policy`'s.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeValue, ValueDeserializer};
+
+use super::file::FileSize;
+use super::validate::{Cx, resolve_relative};
+
+// --- raw ---------------------------------------------------------------------
+
+/// `[access.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccess {
+    pub basic_auth_file: Option<Spanned<String>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
+    pub satisfy: Option<Spanned<String>>,
+    pub pass_auth: Option<bool>,
+    pub realm: Option<Spanned<String>>,
+}
+
+/// `request_headers` / `response_headers = { set = {..}, add = {..}, remove = [..] }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderRules {
+    pub set: Option<BTreeMap<String, String>>,
+    pub add: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
+}
+
+/// `compress = true | false | { level = "fastest", min_size = 1024 }`
+#[derive(Debug)]
+pub enum FileCompress {
+    Enabled(bool),
+    Table(FileCompressTable),
+}
+
+impl<'de> Deserialize<'de> for FileCompress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileCompress;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table { level = \"fastest\", min_size = 1024 }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FileCompress, E> {
+                Ok(FileCompress::Enabled(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileCompress, A::Error> {
+                FileCompressTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileCompress::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCompressTable {
+    /// "fastest" (default), "default" or "best".
+    pub level: Option<Spanned<String>>,
+    /// Smallest body compressed (default 1 KiB).
+    pub min_size: Option<Spanned<FileSize>>,
+}
+
+/// `rate_limit = { requests = 100, per = "1m", burst = 20, by = "ip" }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub requests: Spanned<i64>,
+    pub per: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
+    pub by: Option<Spanned<String>>,
+}
+
+/// `default_route = "404" | "drop" | { redirect = "https://…" }`
+#[derive(Debug)]
+pub enum FileDefaultRoute {
+    Keyword(String),
+    Table(FileDefaultRouteTable),
+}
+
+impl<'de> Deserialize<'de> for FileDefaultRoute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileDefaultRoute;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"404\", \"drop\", or a table { redirect = \"https://…\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileDefaultRoute, E> {
+                Ok(FileDefaultRoute::Keyword(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileDefaultRoute, A::Error> {
+                FileDefaultRouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(
+                    map,
+                ))
+                .map(FileDefaultRoute::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDefaultRouteTable {
+    pub redirect: String,
+}
+
+/// The option keys of one `[[route]]`, as written.
+#[derive(Debug, Default)]
+pub struct RawRouteOptions {
+    pub access: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<FileHeaderRules>>,
+    pub response_headers: Option<Spanned<FileHeaderRules>>,
+    pub security_headers: Option<Spanned<bool>>,
+    pub compress: Option<Spanned<FileCompress>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+// --- checked -----------------------------------------------------------------
+
+/// How a password in an htpasswd file is hashed (only the kinds accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    Bcrypt,
+    ShaCrypt,
+    Argon2id,
+}
+
+/// One `user:hash` line of an htpasswd file.
+#[derive(Clone)]
+pub struct HtpasswdUser {
+    pub user: String,
+    pub hash: String,
+    pub kind: HashKind,
+}
+
+impl std::fmt::Debug for HtpasswdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HtpasswdUser({}, {:?})", self.user, self.kind)
+    }
+}
+
+/// `satisfy`: whether the address or the password suffices, or both are needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Satisfy {
+    Any,
+    All,
+}
+
+/// `[access.NAME]`, checked; the htpasswd file is read here (so on every
+/// reload).
+#[derive(Debug, Clone)]
+pub struct AccessList {
+    pub name: String,
+    pub basic_auth_file: Option<PathBuf>,
+    pub users: Vec<HtpasswdUser>,
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+    pub satisfy: Satisfy,
+    pub pass_auth: bool,
+    pub realm: String,
+    pub line: usize,
+}
+
+impl AccessList {
+    /// Is the address allowed by the list's address rules? `deny` wins;
+    /// an empty `allow` lets every address not denied through.
+    pub fn address_allowed(&self, ip: IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Under `satisfy = "any"`, does the address alone let the client in?
+    /// Only when it is named by `allow` (an empty `allow` names nobody).
+    pub fn address_suffices(&self, ip: IpAddr) -> bool {
+        !self.allow.is_empty() && self.address_allowed(ip)
+    }
+}
+
+/// One piece of a header value template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    ClientIp,
+    Host,
+    RequestId,
+    User,
+    Scheme,
+}
+
+/// A header value with `{placeholders}`; `fixed` when it has none.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub pieces: Vec<Piece>,
+    pub fixed: Option<HeaderValue>,
+    pub source: String,
+}
+
+/// `request_headers` / `response_headers`, checked.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub set: Vec<(HeaderName, Template)>,
+    pub add: Vec<(HeaderName, Template)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// How hard to compress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressLevel {
+    Fastest,
+    Default,
+    Best,
+}
+
+impl CompressLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressLevel::Fastest => "fastest",
+            CompressLevel::Default => "default",
+            CompressLevel::Best => "best",
+        }
+    }
+}
+
+/// `compress`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compress {
+    pub level: CompressLevel,
+    pub min_size: u64,
+}
+
+pub const DEFAULT_COMPRESS_MIN_SIZE: u64 = 1024;
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateBy {
+    /// One bucket per client address, shared by every route with the same
+    /// limit.
+    Ip,
+    /// One bucket per signed-in (or basic-auth) user on this route; the
+    /// address for anonymous requests.
+    User,
+    /// One bucket per client address on this route.
+    IpRoute,
+}
+
+impl RateBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateBy::Ip => "ip",
+            RateBy::User => "user",
+            RateBy::IpRoute => "ip+route",
+        }
+    }
+}
+
+/// `rate_limit`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub by: RateBy,
+}
+
+/// Which statuses an error page is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Exact(u16),
+    /// `"4xx"`, `"5xx"`: the hundreds digit.
+    Class(u16),
+}
+
+/// `error_pages`, checked: the page files are read here.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorPages {
+    pub pages: Vec<(StatusMatch, Arc<str>, PathBuf)>,
+}
+
+impl ErrorPages {
+    /// The page for a status: an exact entry first, then its class.
+    pub fn find(&self, status: u16) -> Option<&Arc<str>> {
+        self.pages
+            .iter()
+            .find(|(m, _, _)| *m == StatusMatch::Exact(status))
+            .or_else(|| {
+                self.pages
+                    .iter()
+                    .find(|(m, _, _)| *m == StatusMatch::Class(status / 100))
+            })
+            .map(|(_, p, _)| p)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+}
+
+/// The route options of this module, checked. All empty for a route that
+/// sets none, which then pays nothing for them.
+#[derive(Debug, Clone, Default)]
+pub struct RouteOptions {
+    pub access: Option<Arc<AccessList>>,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    pub security_headers: bool,
+    pub compress: Option<Compress>,
+    pub rate_limit: Option<RateLimit>,
+    /// The route's pages, falling back to `[server] error_pages`.
+    pub error_pages: ErrorPages,
+}
+
+impl RouteOptions {
+    pub fn is_empty(&self) -> bool {
+        self.access.is_none()
+            && self.request_headers.is_empty()
+            && self.response_headers.is_empty()
+            && !self.security_headers
+            && self.compress.is_none()
+            && self.rate_limit.is_none()
+            && self.error_pages.is_empty()
+    }
+}
+
+/// `[server] default_route`: what a request for a host no route serves gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DefaultRoute {
+    /// The 404 page (custom when `error_pages` has one).
+    #[default]
+    NotFound,
+    /// A 302 to this URL (the request's path kept).
+    Redirect(String),
+    /// Close the connection without an answer, like nginx's `return 444`.
+    Drop,
+}
+
+/// The `[server]` keys of this module.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    pub compress: Option<Compress>,
+    pub error_pages: ErrorPages,
+    pub default_route: DefaultRoute,
+}
+
+// --- checks ------------------------------------------------------------------
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `[access.NAME]` lists, by name; names of broken ones are kept so
+/// routes naming them get no second error.
+#[derive(Debug, Default)]
+pub(super) struct AccessSet {
+    pub list: BTreeMap<String, Arc<AccessList>>,
+    pub broken: Vec<String>,
+}
+
+/// Headers the gateway removes or writes itself: a rule may not set, add
+/// or remove them (framing, hop-by-hop, forwarding and identity headers).
+/// Names compare as backends read them: any case, `_` and `.` as `-`. The
+/// identity and forwarding names cover at least what the pipeline strips
+/// (a test checks this against `proxy::headers`).
+pub fn reserved_header(name: &str) -> Option<&'static str> {
+    const FRAMING: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+    ];
+    const IDENTITY_PREFIXES: &[&str] = &[
+        "x-authentik-",
+        "x-auth-request-",
+        "x-webauth-",
+        "remote-",
+        "x-remote-",
+    ];
+    const FORWARDING: &[&str] = &["forwarded", "x-real-ip"];
+    const OWN: &[&str] = &["x-request-id", "strict-transport-security"];
+    let n: String = name
+        .bytes()
+        .map(|b| match b {
+            b'_' | b'.' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect();
+    if FRAMING.contains(&n.as_str()) {
+        Some("it is a hop-by-hop or framing header the gateway manages")
+    } else if IDENTITY_PREFIXES.iter().any(|p| n.starts_with(p)) {
+        Some(
+            "it is an identity header: the gateway strips these from every request and only writes them for signed-in users",
+        )
+    } else if n.starts_with("x-forwarded-") || FORWARDING.contains(&n.as_str()) {
+        Some("it is a forwarding or identity header the gateway strips and writes itself")
+    } else if OWN.contains(&n.as_str()) {
+        Some("the gateway writes this header itself (`hsts`, request ids)")
+    } else {
+        None
+    }
+}
+
+/// Splits a header value into text and `{placeholders}`.
+fn parse_template(text: &str) -> Result<Template, String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(Piece::Text(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("`{text}`: `{{` without a closing `}}`"))?;
+        pieces.push(match &after[..close] {
+            "client_ip" => Piece::ClientIp,
+            "host" => Piece::Host,
+            "request_id" => Piece::RequestId,
+            "user" => Piece::User,
+            "scheme" => Piece::Scheme,
+            other => {
+                return Err(format!(
+                    "`{{{other}}}` is not a placeholder; use {{client_ip}}, {{host}}, {{request_id}}, {{user}} or {{scheme}}"
+                ));
+            }
+        });
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    let literal: String = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Text(t) => t.as_str(),
+            _ => "",
+        })
+        .collect();
+    HeaderValue::from_str(&literal).map_err(|_| format!("`{text}` is not a valid header value"))?;
+    let fixed = match pieces.as_slice() {
+        [] => Some(HeaderValue::from_static("")),
+        [Piece::Text(t)] => HeaderValue::from_str(t).ok(),
+        _ => None,
+    };
+    Ok(Template {
+        pieces,
+        fixed,
+        source: text.to_string(),
+    })
+}
+
+/// Reads an htpasswd file. Errors name the file and line.
+pub fn read_htpasswd(path: &Path) -> Result<Vec<HtpasswdUser>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut users = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!("{shown}:{n}: not a `user:hash` line"));
+        };
+        let kind = hash_kind(hash).map_err(|why| format!("{shown}:{n}: user `{user}`: {why}"))?;
+        if users.iter().any(|u: &HtpasswdUser| u.user == user) {
+            return Err(format!("{shown}:{n}: user `{user}` appears twice"));
+        }
+        users.push(HtpasswdUser {
+            user: user.to_string(),
+            hash: hash.to_string(),
+            kind,
+        });
+    }
+    if users.is_empty() {
+        return Err(format!("{shown} has no users"));
+    }
+    Ok(users)
+}
+
+/// Accepts the slow, salted hashes; refuses what can be cracked quickly.
+fn hash_kind(hash: &str) -> Result<HashKind, String> {
+    const REHASH: &str = "re-create it with `htpasswd -B` (bcrypt) or `htpasswd -5` (SHA-512)";
+    if hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$") {
+        if hash.len() != 60 {
+            return Err("bcrypt hash of the wrong length".into());
+        }
+        return Ok(HashKind::Bcrypt);
+    }
+    if hash.starts_with("$5$") || hash.starts_with("$6$") {
+        return sha_crypt::PasswordHashRef::new(hash)
+            .map(|_| HashKind::ShaCrypt)
+            .map_err(|_| "malformed SHA-crypt hash".into());
+    }
+    if hash.starts_with("$argon2id$") {
+        return argon2::PasswordHash::new(hash)
+            .map(|_| HashKind::Argon2id)
+            .map_err(|e| format!("malformed argon2id hash: {e}"));
+    }
+    if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
+        return Err(format!(
+            "MD5 (apr1) hashes are refused (fast to crack); {REHASH}"
+        ));
+    }
+    if hash.starts_with("{SHA}") {
+        return Err(format!(
+            "unsalted SHA-1 hashes are refused (fast to crack); {REHASH}"
+        ));
+    }
+    if hash.starts_with('$') {
+        return Err(format!(
+            "unknown hash kind; use bcrypt ($2y$), SHA-256/512-crypt ($5$/$6$) or argon2id; {REHASH}"
+        ));
+    }
+    Err(format!(
+        "plain-text or DES-crypt passwords are refused; {REHASH}"
+    ))
+}
+
+impl Cx<'_> {
+    /// `[access.NAME]` tables.
+    pub(super) fn access_lists(&mut self, value: Spanned<DeValue<'_>>) -> AccessSet {
+        let span = value.span();
+        let mut set = AccessSet::default();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.err(
+                Some(span),
+                "access",
+                "`access` must hold named tables: [access.NAME]".into(),
+            );
+            return set;
+        };
+        for (name, v) in table {
+            let name_span = name.span();
+            let name = name.get_ref().to_string();
+            let key = format!("access.{name}");
+            if !valid_name(&name) {
+                self.err(
+                    Some(name_span),
+                    &key,
+                    "an access list name uses 1-64 letters, digits, - or _".into(),
+                );
+                set.broken.push(name);
+                continue;
+            }
+            let v_span = v.span();
+            if !matches!(v.get_ref(), DeValue::Table(_)) {
+                self.err(Some(v_span), &key, format!("must be a table: [{key}]"));
+                set.broken.push(name);
+                continue;
+            }
+            let raw = match FileAccess::deserialize(ValueDeserializer::from(v)) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.err(e.span().or(Some(v_span)), &key, e.message().to_string());
+                    set.broken.push(name);
+                    continue;
+                }
+            };
+            let line = self.line_of(name_span.start);
+            match self.access_list(&key, name.clone(), line, name_span, raw) {
+                Some(a) => {
+                    set.list.insert(name, Arc::new(a));
+                }
+                None => set.broken.push(name),
+            }
+        }
+        set
+    }
+
+    fn access_list(
+        &mut self,
+        key: &str,
+        name: String,
+        line: usize,
+        span: std::ops::Range<usize>,
+        raw: FileAccess,
+    ) -> Option<AccessList> {
+        let before = self.errors.len();
+        let mut users = Vec::new();
+        let mut basic_auth_file = None;
+        if let Some(f) = raw.basic_auth_file {
+            let path = resolve_relative(&self.file, Path::new(f.get_ref()));
+            match read_htpasswd(&path) {
+                Ok(u) => {
+                    users = u;
+                    basic_auth_file = Some(path);
+                }
+                Err(msg) => self.err(Some(f.span()), &format!("{key}.basic_auth_file"), msg),
+            }
+        }
+        let allow = self.cidrs(&format!("{key}.allow"), raw.allow);
+        let deny = self.cidrs(&format!("{key}.deny"), raw.deny);
+        let satisfy = match raw.satisfy {
+            None => Satisfy::Any,
+            Some(s) => match s.get_ref().as_str() {
+                "any" => Satisfy::Any,
+                "all" => Satisfy::All,
+                other => {
+                    self.err(
+                        Some(s.span()),
+                        &format!("{key}.satisfy"),
+                        format!("`{other}`: use \"any\" (address or password) or \"all\" (both)"),
+                    );
+                    Satisfy::Any
+                }
+            },
+        };
+        let realm = match raw.realm {
+            None => name.clone(),
+            Some(r) => {
+                let t = r.get_ref();
+                if t.is_empty()
+                    || t.len() > 128
+                    || t.bytes()
+                        .any(|b| b < b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+                {
+                    self.err(
+                        Some(r.span()),
+                        &format!("{key}.realm"),
+                        "use 1-128 printable ASCII characters, no quotes or backslashes".into(),
+                    );
+                }
+                t.clone()
+            }
+        };
+        if self.errors.len() == before
+            && basic_auth_file.is_none()
+            && allow.is_empty()
+            && deny.is_empty()
+        {
+            self.err(
+                Some(span),
+                key,
+                "an access list needs `basic_auth_file`, `allow` or `deny`".into(),
+            );
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(AccessList {
+            name,
+            basic_auth_file,
+            users,
+            allow,
+            deny,
+            satisfy,
+            pass_auth: raw.pass_auth.unwrap_or(false),
+            realm,
+            line,
+        })
+    }
+
+    fn header_rules(&mut self, key: &str, raw: Option<Spanned<FileHeaderRules>>) -> HeaderRules {
+        let Some(raw) = raw else {
+            return HeaderRules::default();
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let mut out = HeaderRules::default();
+        let name_of = |cx: &mut Self, which: &str, n: &str| -> Option<HeaderName> {
+            let k = format!("{key}.{which}");
+            let Ok(h) = HeaderName::from_bytes(n.as_bytes()) else {
+                cx.err(
+                    Some(span.clone()),
+                    &k,
+                    format!("`{n}` is not a header name"),
+                );
+                return None;
+            };
+            if let Some(why) = reserved_header(n) {
+                cx.err(
+                    Some(span.clone()),
+                    &k,
+                    format!("`{n}` cannot be used: {why}"),
+                );
+                return None;
+            }
+            Some(h)
+        };
+        for (which, map) in [("set", raw.set), ("add", raw.add)] {
+            for (n, v) in map.unwrap_or_default() {
+                let Some(h) = name_of(self, which, &n) else {
+                    continue;
+                };
+                match parse_template(&v) {
+                    Ok(t) => {
+                        if which == "set" {
+                            out.set.push((h, t))
+                        } else {
+                            out.add.push((h, t))
+                        }
+                    }
+                    Err(msg) => self.err(Some(span.clone()), &format!("{key}.{which}.{n}"), msg),
+                }
+            }
+        }
+        for n in raw.remove.unwrap_or_default() {
+            if let Some(h) = name_of(self, "remove", &n) {
+                out.remove.push(h);
+            }
+        }
+        out
+    }
+
+    pub(super) fn compress(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<FileCompress>>,
+        default: Option<Compress>,
+    ) -> Option<Compress> {
+        let Some(raw) = raw else { return default };
+        match raw.into_inner() {
+            FileCompress::Enabled(false) => None,
+            FileCompress::Enabled(true) => Some(Compress {
+                level: CompressLevel::Fastest,
+                min_size: DEFAULT_COMPRESS_MIN_SIZE,
+            }),
+            FileCompress::Table(t) => {
+                let level = match t.level {
+                    None => CompressLevel::Fastest,
+                    Some(l) => match l.get_ref().as_str() {
+                        "fastest" => CompressLevel::Fastest,
+                        "default" => CompressLevel::Default,
+                        "best" => CompressLevel::Best,
+                        other => {
+                            self.err(
+                                Some(l.span()),
+                                &format!("{key}.level"),
+                                format!("`{other}`: use \"fastest\", \"default\" or \"best\""),
+                            );
+                            CompressLevel::Fastest
+                        }
+                    },
+                };
+                let min_size = self
+                    .size(&format!("{key}.min_size"), t.min_size, 0)
+                    .unwrap_or(DEFAULT_COMPRESS_MIN_SIZE);
+                Some(Compress { level, min_size })
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, key: &str, raw: Option<Spanned<FileRateLimit>>) -> Option<RateLimit> {
+        let raw = raw?.into_inner();
+        let before = self.errors.len();
+        let requests = self.int_in(
+            &format!("{key}.requests"),
+            Some(raw.requests),
+            1..=1_000_000,
+            1,
+        );
+        let per_span = raw.per.span();
+        let per = self.duration(&format!("{key}.per"), Some(raw.per), Duration::from_secs(1));
+        if per.is_zero() || per > Duration::from_secs(86400) {
+            self.err(
+                Some(per_span),
+                &format!("{key}.per"),
+                "must be between 1ms and 1d".into(),
+            );
+        }
+        let burst = self.int_in(&format!("{key}.burst"), raw.burst, 0..=1_000_000, 0);
+        let by = match raw.by {
+            None => RateBy::Ip,
+            Some(b) => match b.get_ref().as_str() {
+                "ip" => RateBy::Ip,
+                "user" => RateBy::User,
+                "ip+route" => RateBy::IpRoute,
+                other => {
+                    self.err(
+                        Some(b.span()),
+                        &format!("{key}.by"),
+                        format!("`{other}`: use \"ip\", \"user\" or \"ip+route\""),
+                    );
+                    RateBy::Ip
+                }
+            },
+        };
+        (self.errors.len() == before).then_some(RateLimit {
+            requests: requests as u32,
+            per,
+            burst: burst as u32,
+            by,
+        })
+    }
+
+    pub(super) fn error_pages(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<BTreeMap<String, String>>>,
+        fallback: &ErrorPages,
+    ) -> ErrorPages {
+        let Some(raw) = raw else {
+            return fallback.clone();
+        };
+        let span = raw.span();
+        let mut out = ErrorPages::default();
+        for (status, file) in raw.into_inner() {
+            let k = format!("{key}.{status}");
+            let m = match status.as_bytes() {
+                [c @ b'4'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                    StatusMatch::Class((c - b'0') as u16)
+                }
+                _ => match status.parse::<u16>() {
+                    Ok(s) if (400..=599).contains(&s) => StatusMatch::Exact(s),
+                    _ => {
+                        self.err(
+                            Some(span.clone()),
+                            &k,
+                            format!("`{status}`: use a status 400-599, \"4xx\" or \"5xx\""),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let path = resolve_relative(&self.file, Path::new(&file));
+            match std::fs::read(&path) {
+                Ok(b) if b.len() <= 256 * 1024 => match String::from_utf8(b) {
+                    Ok(s) => out.pages.push((m, s.into(), path)),
+                    Err(_) => self.err(
+                        Some(span.clone()),
+                        &k,
+                        format!("{} is not UTF-8 text", path.display()),
+                    ),
+                },
+                Ok(_) => self.err(
+                    Some(span.clone()),
+                    &k,
+                    format!("{} is larger than 256 KiB", path.display()),
+                ),
+                Err(e) => self.err(
+                    Some(span.clone()),
+                    &k,
+                    format!("cannot read {}: {e}", path.display()),
+                ),
+            }
+        }
+        // Fall back to the server's pages for statuses the route leaves out.
+        for (m, p, path) in &fallback.pages {
+            if !out.pages.iter().any(|(o, _, _)| o == m) {
+                out.pages.push((*m, p.clone(), path.clone()));
+            }
+        }
+        out
+    }
+
+    pub(super) fn default_route(&mut self, raw: Option<Spanned<FileDefaultRoute>>) -> DefaultRoute {
+        let Some(raw) = raw else {
+            return DefaultRoute::NotFound;
+        };
+        let span = raw.span();
+        match raw.into_inner() {
+            FileDefaultRoute::Keyword(k) if k == "404" => DefaultRoute::NotFound,
+            FileDefaultRoute::Keyword(k) if k == "drop" || k == "444" => {
+                self.err(
+                    Some(span),
+                    "server.default_route",
+                    "\"drop\" (closing the connection without an answer) is not supported yet; use \"404\" or { redirect = \"https://…\" }".into(),
+                );
+                DefaultRoute::Drop
+            }
+            FileDefaultRoute::Keyword(k) => {
+                self.err(
+                    Some(span),
+                    "server.default_route",
+                    format!("`{k}`: use \"404\", \"drop\" or {{ redirect = \"https://…\" }}"),
+                );
+                DefaultRoute::NotFound
+            }
+            FileDefaultRoute::Table(t) => {
+                let ok = t.redirect.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                });
+                if !ok {
+                    self.err(
+                        Some(span),
+                        "server.default_route.redirect",
+                        format!("`{}` is not an absolute http(s) URL", t.redirect),
+                    );
+                }
+                DefaultRoute::Redirect(t.redirect)
+            }
+        }
+    }
+
+    /// A route's option keys.
+    pub(super) fn route_options(
+        &mut self,
+        key: &str,
+        raw: RawRouteOptions,
+        server: &ServerOptions,
+        access: &AccessSet,
+    ) -> RouteOptions {
+        let access_list = match raw.access {
+            None => None,
+            Some(a) => match access.list.get(a.get_ref()) {
+                Some(l) => Some(l.clone()),
+                None => {
+                    if !access.broken.contains(a.get_ref()) {
+                        let known: Vec<&str> = access.list.keys().map(|s| s.as_str()).collect();
+                        self.err(
+                            Some(a.span()),
+                            &format!("{key}.access"),
+                            format!(
+                                "no [access.{}] list; defined: {}",
+                                a.get_ref(),
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                    None
+                }
+            },
+        };
+        RouteOptions {
+            access: access_list,
+            request_headers: self
+                .header_rules(&format!("{key}.request_headers"), raw.request_headers),
+            response_headers: self
+                .header_rules(&format!("{key}.response_headers"), raw.response_headers),
+            security_headers: raw.security_headers.is_some_and(|s| *s.get_ref()),
+            compress: self.compress(&format!("{key}.compress"), raw.compress, server.compress),
+            rate_limit: self.rate_limit(&format!("{key}.rate_limit"), raw.rate_limit),
+            error_pages: self.error_pages(
+                &format!("{key}.error_pages"),
+                raw.error_pages,
+                &server.error_pages,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_kinds() {
+        assert_eq!(
+            hash_kind("$2y$05$lRlTODe/8f8uhP3DpCURxeDaZRY4/d4oz4PcflP5nhxeyK3CgrHre"),
+            Ok(HashKind::Bcrypt)
+        );
+        assert_eq!(
+            hash_kind("$5$WC7XJlfN952yYsKz$acbFJ9Y6iL6/9OAz8t8K4GWBtwrQ7IZCzOgKqJ0Z/nB"),
+            Ok(HashKind::ShaCrypt)
+        );
+        assert!(hash_kind("$apr1$x$y").unwrap_err().contains("MD5"));
+        assert!(hash_kind("{SHA}abc").unwrap_err().contains("SHA-1"));
+        assert!(hash_kind("secret").unwrap_err().contains("plain-text"));
+    }
+
+    #[test]
+    fn templates() {
+        let t = parse_template("ip={client_ip}; id={request_id}").unwrap();
+        assert_eq!(t.pieces.len(), 4);
+        assert!(t.fixed.is_none());
+        assert!(parse_template("prod").unwrap().fixed.is_some());
+        assert!(
+            parse_template("{nope}")
+                .unwrap_err()
+                .contains("placeholder")
+        );
+        assert!(parse_template("{host").is_err());
+    }
+}
