@@ -7,7 +7,8 @@
 # Peers: Pebble + pebble-challtestsrv (Debian package `pebble`) for ACME,
 # nginx for forward-auth behind auth_request, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
-# `chromium-driver`) for the browser tests. Missing ones are installed
+# `chromium-driver`) for the browser tests, redis-server for the cluster
+# tests, haproxy for the PROXY protocol tests. Missing ones are installed
 # (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -68,7 +68,11 @@ async fn handle(
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
+                // The instance serves whatever Redis does; say how it is.
+                match shared.auth.cluster() {
+                    Some(c) => text(StatusCode::OK, format!("ready\n{}", c.status_line())),
+                    None => text(StatusCode::OK, "ready\n"),
+                }
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
@@ -187,6 +191,13 @@ fn metrics(shared: &Shared) -> Response<Body> {
             .store(s.refresh_failed.load(Relaxed), Relaxed);
         a.sessions_active.store(s.cached_len() as i64, Relaxed);
     }
+    if let Some(c) = shared.auth.cluster() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &shared.metrics.cluster;
+        m.configured.store(true, Relaxed);
+        m.up.store(i64::from(c.is_up()), Relaxed);
+        m.errors.store(c.errors(), Relaxed);
+    }
     let certs: Vec<CertGauge> = shared
         .certs
         .entries()
@@ -252,8 +263,8 @@ fn certificates_view(shared: &Shared) -> Response<Body> {
     json_response(StatusCode::OK, &json!({ "certificates": list }))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::full(body));
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(Body::full(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

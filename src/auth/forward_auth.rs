@@ -132,6 +132,7 @@ pub(super) async fn forward_auth(
         },
         Identified::BadToken => Err(ProxyError::InvalidToken),
         Identified::Unavailable => Err(ProxyError::LoginUnavailable),
+        Identified::StoreDown => Err(ProxyError::SessionStoreUnavailable),
         Identified::Nobody
             if fwd_host.is_some() && method.is_some_and(|m| is_browser(&m, headers)) =>
         {

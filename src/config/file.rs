@@ -346,4 +346,4 @@ pub struct FileAuthOidc {
 
 /// The whole file, section by section. Each section is deserialised on its
 /// own (see `validate`) so one broken route does not hide errors in others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "oidc", "route"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "acme", "certificate", "oidc", "route", "cluster"];

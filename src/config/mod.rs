@@ -7,6 +7,7 @@
 //! sockets or touches shared state, so a reload can call it off the hot
 //! path and throw the result away when it fails.
 
+mod cluster_section;
 mod duration;
 mod file;
 mod limits_section;
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cluster_section::{ClusterConfig, ClusterKey};
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
@@ -44,6 +46,8 @@ pub struct Config {
     /// them by index).
     pub oidc: Vec<OidcConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[cluster]`: state shared with other instances through Redis.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[acme]`, checked.

@@ -49,6 +49,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let mut certs_raw = Vec::new();
     let mut routes_raw = Vec::new();
     let mut oidc_raw = None;
+    let mut cluster_raw = None;
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
@@ -62,6 +63,11 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
                 certs_raw = cx.array_of_tables::<FileCertificate>("certificate", value)
             }
             "oidc" => oidc_raw = Some(value),
+            "cluster" => {
+                cluster_raw = cx
+                    .section::<super::cluster_section::FileCluster>("cluster", value)
+                    .map(|c| (span, c))
+            }
             other => cx.err(
                 Some(span),
                 other,
@@ -75,6 +81,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
 
     let server = cx.server(server_raw.unwrap_or_default());
     let acme = acme_raw.and_then(|(span, a)| cx.acme(span, a));
+    let cluster = cluster_raw.and_then(|(span, c)| cx.cluster(span, c));
     let mut certificates = Vec::new();
     for (index, span, raw) in certs_raw {
         if let Some(c) = cx.certificate(index, span, raw) {
@@ -111,6 +118,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             certificates,
             oidc: oidc.list,
             routes,
+            cluster,
         })
     } else {
         Err(cx.finish_err())

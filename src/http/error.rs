@@ -47,6 +47,9 @@ pub enum ProxyError {
     Forbidden,
     /// The identity provider cannot be reached, so nobody can sign in now.
     LoginUnavailable,
+    /// The shared session store (Redis) cannot be reached, so sessions
+    /// cannot be checked nor new sign-ins started.
+    SessionStoreUnavailable,
     /// A sign-in callback we refuse; the reason is safe to show.
     LoginFailed(&'static str),
     /// A bug or resource problem on our side.
@@ -66,7 +69,9 @@ impl ProxyError {
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unauthorized | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
-            ProxyError::LoginUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::LoginUnavailable | ProxyError::SessionStoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::LoginFailed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,7 +92,8 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamBroken
-            | ProxyError::LoginUnavailable => Side::Upstream,
+            | ProxyError::LoginUnavailable
+            | ProxyError::SessionStoreUnavailable => Side::Upstream,
             ProxyError::Internal => Side::Internal,
         }
     }
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::InvalidToken => "invalid_token",
             ProxyError::Forbidden => "forbidden",
             ProxyError::LoginUnavailable => "login_unavailable",
+            ProxyError::SessionStoreUnavailable => "session_store_unavailable",
             ProxyError::LoginFailed(_) => "login_failed",
             ProxyError::Internal => "internal",
         }
@@ -140,6 +147,9 @@ impl ProxyError {
             ProxyError::LoginUnavailable => {
                 "Sign-in is not available right now because the identity provider cannot be reached. Please try again shortly."
             }
+            ProxyError::SessionStoreUnavailable => {
+                "Sign-in is not available right now because the session store cannot be reached. Please try again shortly."
+            }
             ProxyError::LoginFailed(reason) => reason,
             ProxyError::Internal => "Something went wrong on our side.",
         }
@@ -169,7 +179,10 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
-        if self == ProxyError::LoginUnavailable {
+        if matches!(
+            self,
+            ProxyError::LoginUnavailable | ProxyError::SessionStoreUnavailable
+        ) {
             // Discovery is retried in the background within seconds: tell
             // clients (and the browser user reading the page) when to retry.
             resp.headers_mut().insert(

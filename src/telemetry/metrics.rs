@@ -168,6 +168,17 @@ pub struct Metrics {
     pub last_reload_success: AtomicI64,
     pub routes_loaded: AtomicI64,
     pub auth: AuthMetrics,
+    pub cluster: ClusterMetrics,
+}
+
+/// `[cluster]`: the Redis link (copied in at scrape time).
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// `[cluster]` is configured (otherwise nothing is rendered).
+    pub configured: std::sync::atomic::AtomicBool,
+    /// 1 while Redis answers.
+    pub up: AtomicI64,
+    pub errors: AtomicU64,
 }
 
 /// Single sign-on outcomes.
