@@ -93,6 +93,9 @@ pub struct FileServer {
     /// How much of a request body is held in memory before the upstream
     /// is contacted.
     pub request_buffer: Option<Spanned<FileSize>>,
+    /// PROXY protocol (v1/v2) from `trusted_proxies` on the http/https
+    /// listeners.
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`

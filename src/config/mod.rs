@@ -131,6 +131,9 @@ pub struct ServerConfig {
     pub request_buffer: u64,
     /// The `Strict-Transport-Security` value for HTTPS responses; None = off.
     pub hsts: Option<http::HeaderValue>,
+    /// Read a PROXY protocol (v1/v2) header from `trusted_proxies` on the
+    /// http and https listeners.
+    pub proxy_protocol: bool,
 }
 
 impl fmt::Debug for ServerConfig {

@@ -293,6 +293,16 @@ impl<'a> Cx<'a> {
         }
 
         let trusted_proxies = self.cidrs("server.trusted_proxies", raw.trusted_proxies);
+        if let Some(pp) = &raw.proxy_protocol
+            && *pp.get_ref()
+            && trusted_proxies.is_empty()
+        {
+            self.err(
+                Some(pp.span()),
+                "server.proxy_protocol",
+                "PROXY headers are accepted only from `trusted_proxies`, and none is set; list the load balancers' addresses there".into(),
+            );
+        }
 
         let workers = match raw.workers {
             None => 0,
@@ -386,6 +396,7 @@ impl<'a> Cx<'a> {
                 256,
             ) as u32,
             request_buffering: raw.request_buffering.is_none_or(|b| b.into_inner()),
+            proxy_protocol: raw.proxy_protocol.is_some_and(|b| b.into_inner()),
             request_buffer: self
                 .buffer_size("server.request_buffer", raw.request_buffer)
                 .unwrap_or(super::limits_section::DEFAULT_REQUEST_BUFFER),

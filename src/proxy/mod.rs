@@ -9,6 +9,7 @@ pub(crate) mod access;
 mod answers;
 pub(crate) mod forward;
 pub mod headers;
+mod proxy_protocol;
 pub(crate) mod server;
 
 use std::convert::Infallible;
