@@ -353,3 +353,52 @@ fn encode_b64(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
+
+#[tokio::test]
+async fn one_refresh_per_session_across_instances() {
+    let redis = shared_redis();
+    let idp = Idp::builder().access_token_ttl(2).start().await;
+    let backend = Backend::echo().await;
+    let start = |name: &'static str| {
+        let toml = config(
+            "{{HTTP}}",
+            idp.issuer(),
+            &backend.url(),
+            &redis.url(),
+            name,
+            "key_prefix = \"t4:\"",
+        );
+        Gateway::builder(&toml)
+            .file("secret", CLIENT_SECRET)
+            .file("cluster.key", KEY)
+            .start()
+    };
+    let (a, b) = (start("gw-a").await, start("gw-b").await);
+    let mut br = Browser::new(a.http_addr());
+    let r = br
+        .login(&Pair::url(&a, "app.localtest", "/"), "alice")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let s = br.cookie("app.localtest", COOKIE).unwrap();
+    // Cached on both.
+    assert_eq!(Pair::status(&a, &s).await, StatusCode::OK);
+    assert_eq!(Pair::status(&b, &s).await, StatusCode::OK);
+    assert_eq!(idp.grant_count("refresh_token").await, 0);
+
+    // Both find the access token expired at once: one refresh in all.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let results = futures_util::future::join_all((0..8).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        Pair::status(gw, &s)
+    }))
+    .await;
+    assert!(
+        results.iter().all(|st| *st == StatusCode::OK),
+        "{results:?}"
+    );
+    assert_eq!(
+        idp.grant_count("refresh_token").await,
+        1,
+        "one refresh for both instances"
+    );
+}

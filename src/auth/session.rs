@@ -30,6 +30,8 @@ use super::store::{SessionId, SessionRecord, SessionStore, StoreError, SubjectKe
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 /// After a refresh failed for a passing reason, when to try again.
 const REFRESH_RETRY: u64 = 30;
+/// How long one instance may hold a session's refresh lock (shared store).
+const REFRESH_LOCK_MS: u64 = 10_000;
 
 /// Seconds since the Unix epoch.
 #[inline]
@@ -417,7 +419,49 @@ impl Sessions {
         }
     }
 
+    /// With a shared store, one instance refreshes a session at a time
+    /// (a short lock in the store); the others wait for its result there.
     async fn refresh_now(&self, s: Arc<Session>, provider: Arc<Provider>) -> Arc<Session> {
+        if self.lifetime.is_none() {
+            return self.refresh_here(s, provider).await;
+        }
+        let now = unix_now();
+        match self.store.lock_refresh(s.id, REFRESH_LOCK_MS).await {
+            Ok(true) => {
+                let fresh = self.refresh_here(s.clone(), provider).await;
+                let _ = self.store.unlock_refresh(s.id).await;
+                fresh
+            }
+            Ok(false) => {
+                // Another instance is refreshing: its record lands in the store.
+                let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+                while tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    match self.store.load(s.id).await {
+                        Ok(Some(rec)) if rec.access_expires != s.record.access_expires => {
+                            let fresh = self.cacheable(s.id, rec, unix_now());
+                            if let Some(mut slot) = self.cache.get_mut(&s.id) {
+                                *slot = fresh.clone();
+                            }
+                            return fresh;
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => return s,
+                        Err(_) => break,
+                    }
+                }
+                s.defer_refresh(now + 5);
+                s
+            }
+            Err(_) => {
+                // The store is down: a refresh could not be kept anyway.
+                s.defer_refresh(now + 5);
+                s
+            }
+        }
+    }
+
+    async fn refresh_here(&self, s: Arc<Session>, provider: Arc<Provider>) -> Arc<Session> {
         let now = unix_now();
         if let Some(cur) = self.cache.get(&s.id).map(|e| e.clone())
             && !Arc::ptr_eq(&cur, &s)

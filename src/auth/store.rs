@@ -152,6 +152,17 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// Takes the refresh lock of `id` for `ttl_ms` (one refresh per
+    /// session at a time across instances); `Ok(false)`: someone holds it.
+    /// A store of one instance has nothing to lock.
+    fn lock_refresh(&self, _id: SessionId, _ttl_ms: u64) -> StoreFuture<'_, bool> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn unlock_refresh(&self, _id: SessionId) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Whether `inv` names the cached session `id`.
     fn is_invalidated(&self, _id: &SessionId, _inv: &Invalidation) -> bool {
         false

@@ -229,6 +229,36 @@ if old then return 1 else return 0 end",
         })
     }
 
+    fn lock_refresh(&self, id: SessionId, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let k = self.cluster.key("refresh", &self.id_digest(&id));
+            let r: Option<String> = self
+                .cluster
+                .run(
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(&self.cluster.instance)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms),
+                )
+                .await
+                .map_err(err)?;
+            Ok(r.is_some())
+        })
+    }
+
+    fn unlock_refresh(&self, id: SessionId) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let k = self.cluster.key("refresh", &self.id_digest(&id));
+            self.cluster
+                .run::<i64>(redis::cmd("DEL").arg(k))
+                .await
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+
     fn cache_lifetime(&self) -> Option<u64> {
         Some(self.cluster.cache_lifetime.as_secs())
     }
