@@ -279,7 +279,10 @@ async fn redis_outage_degrades_to_503_and_recovers() {
     assert_eq!(ready.status, StatusCode::OK);
     assert!(ready.text().contains("cluster: down"), "{}", ready.text());
     let metrics = p.a.client().get(&p.a.admin_url("/metrics")).await.text();
-    assert!(metrics.contains("portcullis_cluster_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_cluster_up{instance=\"gw-a\"} 0"),
+        "{metrics}"
+    );
     let errors: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("portcullis_cluster_redis_errors_total "))
@@ -303,7 +306,10 @@ async fn redis_outage_degrades_to_503_and_recovers() {
     let s2 = p.sign_in(&p.b, "alice").await;
     assert_eq!(Pair::status(&p.a, &s2).await, StatusCode::OK);
     let metrics = p.a.client().get(&p.a.admin_url("/metrics")).await.text();
-    assert!(metrics.contains("portcullis_cluster_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_cluster_up{instance=\"gw-a\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

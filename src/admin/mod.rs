@@ -195,6 +195,7 @@ fn metrics(shared: &Shared) -> Response<Body> {
         use std::sync::atomic::Ordering::Relaxed;
         let m = &shared.metrics.cluster;
         m.configured.store(true, Relaxed);
+        let _ = m.instance.set(c.instance.clone());
         m.up.store(i64::from(c.is_up()), Relaxed);
         m.errors.store(c.errors(), Relaxed);
     }

@@ -109,6 +109,7 @@ pub struct AuthShared {
     sessions: OnceLock<Arc<Sessions>>,
     /// `[cluster]`: the Redis link sessions and sign-ins go through.
     cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    cluster_config: OnceLock<crate::config::ClusterConfig>,
     store_dir: Mutex<Option<PathBuf>>,
     providers: Mutex<Vec<Weak<Provider>>>,
     pub pending: flow::PendingLogins,
@@ -149,6 +150,9 @@ impl AuthShared {
                 tracing::info!(instance = %c.instance, "cluster: sessions and sign-ins shared through Redis");
                 self.pending.share(c.clone());
                 let _ = self.cluster.set(c);
+                let _ = self.cluster_config.set(cc.clone());
+            } else if self.cluster_config.get().is_some_and(|old| old != cc) {
+                tracing::warn!("[cluster] changed; the running Redis link is kept until a restart");
             }
         } else if self.cluster.get().is_some() {
             tracing::warn!("[cluster] was removed; sessions stay in Redis until a restart");

@@ -176,6 +176,8 @@ pub struct Metrics {
 pub struct ClusterMetrics {
     /// `[cluster]` is configured (otherwise nothing is rendered).
     pub configured: std::sync::atomic::AtomicBool,
+    /// `[cluster] instance_name`, the label of the series.
+    pub instance: std::sync::OnceLock<String>,
     /// 1 while Redis answers.
     pub up: AtomicI64,
     pub errors: AtomicU64,

@@ -221,7 +221,13 @@ impl Metrics {
                 "gauge",
                 "1 while the shared Redis answers, 0 while it does not ([cluster]).",
             );
-            let _ = writeln!(out, "portcullis_cluster_up {}", c.up.load(Relaxed));
+            let instance = c.instance.get().map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "portcullis_cluster_up{{instance=\"{}\"}} {}",
+                escape(instance),
+                c.up.load(Relaxed)
+            );
             header(
                 &mut out,
                 "portcullis_cluster_redis_errors_total",
