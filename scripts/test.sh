@@ -14,7 +14,8 @@
 # Docker (`docker.io`: the tests start their own dockerd) and
 # `busybox-static` (the containers' image) for label discovery, BIND
 # (`bind9`, `bind9-dnsutils`) for DNS-01, and Python grpcio
-# (`python3-grpcio`) for the gRPC-through-the-gateway tests.
+# (`python3-grpcio`) for the gRPC-through-the-gateway tests, redis-server
+# for the cluster tests and haproxy for the PROXY protocol tests.
 # Missing ones are installed (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,8 @@ command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 /usr/bin/python3 -c 'import brotli' >/dev/null 2>&1 || missing+=(python3-brotli)
 /usr/bin/python3 -c 'import zstandard' >/dev/null 2>&1 || missing+=(python3-zstandard)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

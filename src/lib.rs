@@ -12,6 +12,7 @@
 pub(crate) mod acme;
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub(crate) mod discovery;
 pub mod fsutil;

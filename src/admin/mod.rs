@@ -68,12 +68,17 @@ async fn handle(
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.ready.load(Ordering::Acquire) {
-                // Docker being away does not make us unready: file routes
-                // and the last known container routes keep serving.
-                match &shared.docker {
-                    Some(d) => text(StatusCode::OK, format!("ready\ndocker: {}\n", d.message())),
-                    None => text(StatusCode::OK, "ready\n"),
+                // Docker or Redis being away does not make us unready: file
+                // routes, the last known container routes and cached
+                // sessions keep serving; the body says how they are.
+                let mut body = String::from("ready\n");
+                if let Some(d) = &shared.docker {
+                    body.push_str(&format!("docker: {}\n", d.message()));
                 }
+                if let Some(c) = shared.auth.cluster() {
+                    body.push_str(&c.status_line());
+                }
+                text(StatusCode::OK, body)
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
@@ -286,6 +291,14 @@ fn metrics(shared: &Shared) -> Response<Body> {
         a.refresh_failed
             .store(s.refresh_failed.load(Relaxed), Relaxed);
         a.sessions_active.store(s.cached_len() as i64, Relaxed);
+    }
+    if let Some(c) = shared.auth.cluster() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &shared.metrics.cluster;
+        m.configured.store(true, Relaxed);
+        let _ = m.instance.set(c.instance.clone());
+        m.up.store(i64::from(c.is_up()), Relaxed);
+        m.errors.store(c.errors(), Relaxed);
     }
     let certs: Vec<CertGauge> = shared
         .certs

@@ -7,7 +7,8 @@
 //! the `state` to the browser that started the sign-in, so a callback URL
 //! captured from someone else's sign-in does not log a victim in.
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -22,6 +23,7 @@ use super::provider::FlowError;
 use super::session::{decode_id, for_each_cookie, unix_now};
 use super::store::SessionRecord;
 use super::{AuthShared, AuthSnapshot, ProviderView};
+use crate::cluster::Cluster;
 use crate::http::body::Body;
 use crate::http::error::{Cause, ProxyError};
 
@@ -48,6 +50,7 @@ pub const OUR_COOKIES: [&str; 4] = [
 ];
 
 /// A sign-in between the redirect to the provider and the callback.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pending {
     provider: String,
     issuer: String,
@@ -58,20 +61,81 @@ struct Pending {
     /// The host (with port) the sign-in started on; the callback must match.
     host: String,
     binding: String,
-    /// The cookie carrying `binding`.
-    login_cookie: &'static str,
-    started: Instant,
+    /// Whether `binding` is in the `Secure` cookie (`login_cookie_name`).
+    secure_cookie: bool,
+    /// Unix seconds.
+    started: u64,
 }
 
-/// Sign-ins in progress, keyed by `state`. In memory: a restart in the
-/// middle of a sign-in just means signing in again.
+impl Pending {
+    fn login_cookie(&self) -> &'static str {
+        login_cookie_name(self.secure_cookie)
+    }
+
+    fn fresh(&self) -> bool {
+        unix_now() < self.started.saturating_add(LOGIN_TTL.as_secs())
+    }
+}
+
+/// Why a callback's sign-in cannot be taken.
+pub(super) enum TakeError {
+    /// It exists, for another browser.
+    OtherBrowser,
+    /// Unknown, expired or already used.
+    Gone,
+    /// The shared store cannot be reached.
+    StoreDown,
+}
+
+/// Sign-ins in progress, keyed by `state`. In memory (a restart in the
+/// middle of a sign-in just means signing in again), or with `[cluster]`
+/// in Redis, sealed with a key derived from `state` (which holds the PKCE
+/// verifier and nonce) so a sign-in started on one instance completes on
+/// another.
 #[derive(Default)]
 pub struct PendingLogins {
     map: DashMap<String, Pending>,
+    remote: OnceLock<Arc<Cluster>>,
 }
 
+const LOGIN_INFO: &[u8] = b"portcullis login v1";
+
 impl PendingLogins {
-    fn insert(&self, state: String, p: Pending) -> bool {
+    /// Keeps sign-ins in Redis from now on.
+    pub(crate) fn share(&self, cluster: Arc<Cluster>) {
+        let _ = self.remote.set(cluster);
+    }
+
+    fn remote_key(c: &Cluster, state: &str) -> String {
+        c.key("login", &c.digest(&[b"login", state.as_bytes()]))
+    }
+
+    /// `Ok(false)`: too many in progress; `Err`: the shared store is down.
+    async fn insert(&self, state: String, p: Pending) -> Result<bool, ()> {
+        if let Some(c) = self.remote.get() {
+            let key = Self::remote_key(c, &state);
+            let plain = serde_json::to_vec(&p).map_err(|_| ())?;
+            let sealed = Cluster::seal(
+                &c.derive(state.as_bytes(), LOGIN_INFO),
+                key.as_bytes(),
+                &plain,
+            );
+            return c
+                .run::<()>(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(sealed)
+                        .arg("EX")
+                        .arg(LOGIN_TTL.as_secs()),
+                )
+                .await
+                .map(|_| true)
+                .map_err(|e| tracing::warn!(error = %e, "cannot store a sign-in in Redis"));
+        }
+        Ok(self.insert_local(state, p))
+    }
+
+    fn insert_local(&self, state: String, p: Pending) -> bool {
         if self.map.len() >= MAX_PENDING {
             self.purge();
             if self.map.len() >= MAX_PENDING {
@@ -86,25 +150,52 @@ impl PendingLogins {
     /// but only for the browser that started it: `state` is in the
     /// authorization URL, and whoever learns it must not be able to cancel
     /// the sign-in. `Err(true)`: it exists, for another browser.
-    fn take(&self, state: &str, headers: &HeaderMap) -> Result<Pending, bool> {
+    async fn take(&self, state: &str, headers: &HeaderMap) -> Result<Pending, TakeError> {
         let bound = |p: &Pending| {
             let mut bound = false;
-            for_each_cookie(headers, p.login_cookie, |v| {
+            for_each_cookie(headers, p.login_cookie(), |v| {
                 bound = same_secret(v, &p.binding);
                 bound
             });
             bound
         };
+        if let Some(c) = self.remote.get() {
+            let key = Self::remote_key(c, state);
+            let v: Option<Vec<u8>> = c
+                .run(redis::cmd("GET").arg(&key))
+                .await
+                .map_err(|_| TakeError::StoreDown)?;
+            let p: Pending = v
+                .and_then(|v| {
+                    Cluster::open(&c.derive(state.as_bytes(), LOGIN_INFO), key.as_bytes(), &v)
+                })
+                .and_then(|plain| serde_json::from_slice(&plain).ok())
+                .ok_or(TakeError::Gone)?;
+            if !bound(&p) {
+                return Err(TakeError::OtherBrowser);
+            }
+            // Each state works once, on one instance.
+            let n: i64 = c
+                .run(redis::cmd("DEL").arg(&key))
+                .await
+                .map_err(|_| TakeError::StoreDown)?;
+            return if n == 1 && p.fresh() {
+                Ok(p)
+            } else {
+                Err(TakeError::Gone)
+            };
+        }
         match self.map.remove_if(state, |_, p| bound(p)) {
-            Some((_, p)) if p.started.elapsed() < LOGIN_TTL => Ok(p),
-            Some(_) => Err(false),
-            None => Err(self.map.contains_key(state)),
+            Some((_, p)) if p.fresh() => Ok(p),
+            Some(_) => Err(TakeError::Gone),
+            None if self.map.contains_key(state) => Err(TakeError::OtherBrowser),
+            None => Err(TakeError::Gone),
         }
     }
 
     /// Drops sign-ins that were never finished.
     pub fn purge(&self) {
-        self.map.retain(|_, p| p.started.elapsed() < LOGIN_TTL);
+        self.map.retain(|_, p| p.fresh());
     }
 
     pub fn len(&self) -> usize {
@@ -252,13 +343,17 @@ pub(super) async fn start_login(
         return_to: return_to(target.scheme, target.host, target.path_and_query),
         host: target.host.to_ascii_lowercase(),
         binding: binding.clone(),
-        login_cookie,
-        started: Instant::now(),
+        secure_cookie: secure,
+        started: unix_now(),
     };
-    if !auth.pending.insert(req.state, pending) {
-        return Err(ProxyError::LoginUnavailable(Cause::Said(
-            "too many sign-ins in progress; refusing new ones for now",
-        )));
+    match auth.pending.insert(req.state, pending).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ProxyError::LoginUnavailable(Cause::Said(
+                "too many sign-ins in progress; refusing new ones for now",
+            )));
+        }
+        Err(()) => return Err(ProxyError::SessionStoreUnavailable),
     }
     let mut resp = redirect(&req.url)?;
     resp.headers_mut().append(
@@ -308,15 +403,16 @@ pub(super) async fn callback(
             "The sign-in answer is incomplete. Go back to the site and sign in again.",
         ));
     };
-    let p = match auth.pending.take(&state, req.headers()) {
+    let p = match auth.pending.take(&state, req.headers()).await {
         Ok(p) => p,
-        Err(true) => {
+        Err(TakeError::StoreDown) => return Err(ProxyError::SessionStoreUnavailable),
+        Err(TakeError::OtherBrowser) => {
             tracing::warn!("sign-in callback from a browser that did not start it; refused");
             return Err(ProxyError::LoginFailed(
                 "This sign-in was started in another browser. Go back to the site and sign in again.",
             ));
         }
-        Err(false) => {
+        Err(TakeError::Gone) => {
             return Err(ProxyError::LoginFailed(
                 "This sign-in has expired or was already used. Go back to the site and sign in again.",
             ));
@@ -441,7 +537,12 @@ pub(super) async fn callback(
         sessions.end(id).await;
     }
     let session = sessions.create(record).await.map_err(|e| {
-        ProxyError::Internal(Cause::error(format!("cannot store a new session: {e}")))
+        if sessions.store().cache_lifetime().is_some() {
+            tracing::error!(error = %e, "cannot store a new session");
+            ProxyError::SessionStoreUnavailable
+        } else {
+            ProxyError::Internal(Cause::error(format!("cannot store a new session: {e}")))
+        }
     })?;
     tracing::info!(
         provider = %view.config.name,

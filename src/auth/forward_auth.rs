@@ -77,6 +77,7 @@ pub(super) async fn forward_auth(
         },
         Identified::BadToken => Err(ProxyError::InvalidToken),
         Identified::Unavailable => Err(ProxyError::LoginUnavailable(BEARER_UNCHECKED)),
+        Identified::StoreDown => Err(ProxyError::SessionStoreUnavailable),
         Identified::Nobody if asked.wants_login(req) => {
             let scheme = asked.scheme(&cx, conn, headers);
             // The login comes back to this host: lowercase, no trailing dot

@@ -61,6 +61,8 @@ pub(super) enum Identified {
     Nobody,
     BadToken,
     Unavailable,
+    /// The shared session store cannot be reached.
+    StoreDown,
 }
 
 /// The auth gate for a chosen route. Public routes pass at once.
@@ -95,6 +97,7 @@ async fn protected(
         Identified::Who(who) => decide(policy, who, request_id, headers.get(header::ACCEPT)),
         Identified::BadToken => Err(Stop::Error(ProxyError::InvalidToken)),
         Identified::Unavailable => Err(Stop::Error(ProxyError::LoginUnavailable(BEARER_UNCHECKED))),
+        Identified::StoreDown => Err(Stop::Error(ProxyError::SessionStoreUnavailable)),
         Identified::Nobody if is_browser(req.method(), headers) => {
             let target = LoginTarget {
                 scheme: effective_scheme(&cx, conn, headers),
@@ -141,10 +144,10 @@ pub(super) async fn identify(
     let session = match sessions.find_cached(headers, view.cookie_name, &cfg.name, &cfg.issuer, now)
     {
         Found::Hit(s) => Some(s),
-        Found::Miss(id) => sessions
-            .get(id)
-            .await
-            .filter(|s| s.usable_for(&cfg.name, &cfg.issuer, now)),
+        Found::Miss(id) => match sessions.get(id).await {
+            Ok(s) => s.filter(|s| s.usable_for(&cfg.name, &cfg.issuer, now)),
+            Err(_) => return Identified::StoreDown,
+        },
         Found::None => None,
     };
     if let Some(s) = session {

@@ -22,6 +22,7 @@ pub mod policy;
 pub(crate) mod provider;
 pub mod session;
 pub mod store;
+pub(crate) mod store_redis;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,6 +107,9 @@ impl AuthSnapshot {
 #[derive(Default)]
 pub struct AuthShared {
     sessions: OnceLock<Arc<Sessions>>,
+    /// `[cluster]`: the Redis link sessions and sign-ins go through.
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    cluster_config: OnceLock<crate::config::ClusterConfig>,
     store_dir: Mutex<Option<PathBuf>>,
     providers: Mutex<Vec<Weak<Provider>>>,
     pub pending: flow::PendingLogins,
@@ -123,6 +127,11 @@ impl AuthShared {
         self.sessions.get()
     }
 
+    /// The Redis link, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
     /// Uses `sessions` instead of opening the embedded store (tests).
     pub fn with_sessions(sessions: Arc<Sessions>) -> Arc<AuthShared> {
         let a = AuthShared::default();
@@ -135,13 +144,33 @@ impl AuthShared {
     /// providers whose identity is unchanged (keeping their discovery).
     /// Blocking file I/O the first time only.
     pub fn prepare(&self, config: &Config) -> Result<Arc<AuthSnapshot>, String> {
+        if let Some(cc) = &config.cluster {
+            if self.cluster.get().is_none() {
+                let c = crate::cluster::Cluster::new(cc)?;
+                tracing::info!(instance = %c.instance, "cluster: sessions and sign-ins shared through Redis");
+                self.pending.share(c.clone());
+                let _ = self.cluster.set(c);
+                let _ = self.cluster_config.set(cc.clone());
+            } else if self.cluster_config.get().is_some_and(|old| old != cc) {
+                tracing::warn!("[cluster] changed; the running Redis link is kept until a restart");
+            }
+        } else if self.cluster.get().is_some() {
+            tracing::warn!("[cluster] was removed; sessions stay in Redis until a restart");
+        }
         if config.oidc.is_empty() {
             return Ok(Arc::new(AuthSnapshot::default()));
         }
         if self.sessions.get().is_none() {
-            let store = RedbStore::open(&config.server.state_dir).map_err(|e| e.to_string())?;
-            tracing::info!(path = %store.path().display(), "session store opened");
-            let _ = self.sessions.set(Arc::new(Sessions::new(Arc::new(store))));
+            let store: Arc<dyn store::SessionStore> = match self.cluster.get() {
+                Some(c) => Arc::new(store_redis::RedisStore::new(c.clone())),
+                None => {
+                    let store =
+                        RedbStore::open(&config.server.state_dir).map_err(|e| e.to_string())?;
+                    tracing::info!(path = %store.path().display(), "session store opened");
+                    Arc::new(store)
+                }
+            };
+            let _ = self.sessions.set(Arc::new(Sessions::new(store)));
             *self.store_dir.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(config.server.state_dir.clone());
         } else if self
@@ -188,6 +217,12 @@ impl AuthShared {
 pub fn spawn_background(auth: &Arc<AuthShared>, snap: &AuthSnapshot) {
     for v in &snap.providers {
         v.provider.retry_in_background();
+    }
+    if let Some(c) = auth.cluster() {
+        c.spawn();
+    }
+    if let Some(s) = auth.sessions() {
+        s.spawn_invalidations();
     }
     if auth.purging.swap(true, Ordering::AcqRel) {
         return;

@@ -30,6 +30,8 @@ use super::store::{SessionId, SessionRecord, SessionStore, StoreError, SubjectKe
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 /// After a refresh failed for a passing reason, when to try again.
 const REFRESH_RETRY: u64 = 30;
+/// How long one instance may hold a session's refresh lock (shared store).
+const REFRESH_LOCK_MS: u64 = 10_000;
 
 /// Seconds since the Unix epoch.
 #[inline]
@@ -118,6 +120,9 @@ pub struct Session {
     pub identity: Identity,
     /// No refresh before this (Unix seconds), after a failed attempt.
     retry_refresh_at: AtomicU64,
+    /// Used from the cache until then (Unix seconds); then the store is
+    /// asked again. `u64::MAX` unless the store is shared.
+    fresh_until: u64,
 }
 
 impl Session {
@@ -127,6 +132,7 @@ impl Session {
             identity: Identity::new(record.user.clone()),
             record,
             retry_refresh_at: AtomicU64::new(0),
+            fresh_until: u64::MAX,
         }
     }
 
@@ -162,6 +168,9 @@ pub enum Found {
 /// The session manager: store, hot cache, refreshes in flight.
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
+    /// Seconds a cached session is used without asking a shared store.
+    lifetime: Option<u64>,
+    listening: std::sync::atomic::AtomicBool,
     cache: IdMap<Arc<Session>>,
     refreshing: IdMap<Shared<BoxFuture<'static, Arc<Session>>>>,
     /// Refresh outcomes, for `portcullis_auth_events_total`.
@@ -172,6 +181,8 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(store: Arc<dyn SessionStore>) -> Self {
         Sessions {
+            lifetime: store.cache_lifetime(),
+            listening: Default::default(),
             store,
             cache: IdMap::default(),
             refreshing: IdMap::default(),
@@ -182,6 +193,40 @@ impl Sessions {
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
+    }
+
+    /// A session for the cache, with its cache lifetime.
+    fn cacheable(&self, id: SessionId, record: SessionRecord, now: u64) -> Arc<Session> {
+        let mut s = Session::new(id, record);
+        if let Some(l) = self.lifetime {
+            s.fresh_until = now.saturating_add(l);
+        }
+        Arc::new(s)
+    }
+
+    /// With a shared store: drops cached sessions other instances ended
+    /// (pub/sub), until `self` is dropped.
+    pub fn spawn_invalidations(self: &Arc<Self>) {
+        if self.listening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(mut rx) = self.store.invalidations() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let inv = match rx.recv().await {
+                    Ok(inv) => inv,
+                    Err(RecvError::Lagged(_)) => crate::cluster::Invalidation::All,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(me) = weak.upgrade() else { return };
+                // Rare (a logout somewhere): a scan of the cache is fine.
+                me.cache.retain(|id, _| !me.store.is_invalidated(id, &inv));
+            }
+        });
     }
 
     /// Sessions in the hot cache.
@@ -204,6 +249,12 @@ impl Sessions {
         for_each_cookie(headers, cookie_name, |v| {
             let Some(id) = decode_id(v) else { return false };
             match self.cache.get(&id) {
+                Some(s) if now >= s.fresh_until => {
+                    if matches!(found, Found::None) {
+                        found = Found::Miss(id);
+                    }
+                    false
+                }
                 Some(s) if s.usable_for(provider, issuer, now) => {
                     found = Found::Hit(s.clone());
                     true
@@ -220,21 +271,33 @@ impl Sessions {
         found
     }
 
-    /// A session by id from the cache or the store (which fills the cache).
-    pub async fn get(&self, id: SessionId) -> Option<Arc<Session>> {
-        if let Some(s) = self.cache.get(&id) {
-            return Some(s.clone());
+    /// A session by id from the cache or the store (which fills the
+    /// cache). An error: the store cannot be reached (and the cached copy,
+    /// if any, is past its cache lifetime).
+    pub async fn get(&self, id: SessionId) -> Result<Option<Arc<Session>>, StoreError> {
+        let now = unix_now();
+        if let Some(s) = self.cache.get(&id)
+            && now < s.fresh_until
+        {
+            return Ok(Some(s.clone()));
         }
         match self.store.load(id).await {
-            Ok(Some(rec)) if rec.expires > unix_now() => {
-                let s = Arc::new(Session::new(id, rec));
+            Ok(Some(rec)) if rec.expires > now => {
+                let s = self.cacheable(id, rec, now);
                 self.cache.insert(id, s.clone());
-                Some(s)
+                Ok(Some(s))
             }
-            Ok(_) => None,
+            Ok(_) => {
+                self.cache.remove(&id);
+                Ok(None)
+            }
+            Err(e) if self.lifetime.is_some() => {
+                tracing::debug!(error = %e, "cannot read a session from the shared store");
+                Err(e)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read a session; treating the request as signed out");
-                None
+                Ok(None)
             }
         }
     }
@@ -243,7 +306,7 @@ impl Sessions {
     pub async fn create(&self, record: SessionRecord) -> Result<Arc<Session>, StoreError> {
         let id = new_id();
         self.store.save(id, record.clone()).await?;
-        let s = Arc::new(Session::new(id, record));
+        let s = self.cacheable(id, record, unix_now());
         self.cache.insert(id, s.clone());
         Ok(s)
     }
@@ -266,6 +329,16 @@ impl Sessions {
     /// Ends every session of `provider` with this `sub` or `sid`
     /// (back-channel logout). Returns how many.
     pub async fn end_matching(&self, provider: &str, key: SubjectKey) -> usize {
+        let mut shared = 0;
+        match self
+            .store
+            .remove_matching(provider.to_string(), key.clone())
+            .await
+        {
+            Ok(Some(n)) => shared = n,
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot end sessions in the shared store"),
+        }
         let mut ids = match self.store.find(provider.to_string(), key.clone()).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -288,7 +361,7 @@ impl Sessions {
         for id in &ids {
             self.end(*id).await;
         }
-        ids.len()
+        ids.len().max(shared)
     }
 
     /// Drops expired sessions from the store and the cache.
@@ -346,7 +419,49 @@ impl Sessions {
         }
     }
 
+    /// With a shared store, one instance refreshes a session at a time
+    /// (a short lock in the store); the others wait for its result there.
     async fn refresh_now(&self, s: Arc<Session>, provider: Arc<Provider>) -> Arc<Session> {
+        if self.lifetime.is_none() {
+            return self.refresh_here(s, provider).await;
+        }
+        let now = unix_now();
+        match self.store.lock_refresh(s.id, REFRESH_LOCK_MS).await {
+            Ok(true) => {
+                let fresh = self.refresh_here(s.clone(), provider).await;
+                let _ = self.store.unlock_refresh(s.id).await;
+                fresh
+            }
+            Ok(false) => {
+                // Another instance is refreshing: its record lands in the store.
+                let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+                while tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    match self.store.load(s.id).await {
+                        Ok(Some(rec)) if rec.access_expires != s.record.access_expires => {
+                            let fresh = self.cacheable(s.id, rec, unix_now());
+                            if let Some(mut slot) = self.cache.get_mut(&s.id) {
+                                *slot = fresh.clone();
+                            }
+                            return fresh;
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => return s,
+                        Err(_) => break,
+                    }
+                }
+                s.defer_refresh(now + 5);
+                s
+            }
+            Err(_) => {
+                // The store is down: a refresh could not be kept anyway.
+                s.defer_refresh(now + 5);
+                s
+            }
+        }
+    }
+
+    async fn refresh_here(&self, s: Arc<Session>, provider: Arc<Provider>) -> Arc<Session> {
         let now = unix_now();
         if let Some(cur) = self.cache.get(&s.id).map(|e| e.clone())
             && !Arc::ptr_eq(&cur, &s)
@@ -424,7 +539,7 @@ impl Sessions {
         }
         // The expiry is never extended.
         rec.expires = s.record.expires;
-        let fresh = Arc::new(Session::new(s.id, rec.clone()));
+        let fresh = self.cacheable(s.id, rec.clone(), unix_now());
         if let Err(e) = self.store.save(s.id, rec).await {
             tracing::error!(error = %e, "cannot store a refreshed session; keeping it in memory");
         }

@@ -10,6 +10,9 @@
 //!
 //! The store is the source of truth; `session::Sessions` keeps a hot cache
 //! in front of it. Records are JSON; the cookie only carries the 256-bit id.
+//! With `[cluster]` the store is `store_redis::RedisStore` instead, shared
+//! by every instance (and the cache then has a lifetime and is invalidated
+//! by the others).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,6 +28,7 @@ use redb::{MultimapTableDefinition, ReadableDatabase as _, ReadableTable as _, T
 use serde::{Deserialize, Serialize};
 
 use super::identity::UserClaims;
+use crate::cluster::Invalidation;
 
 /// A session id: 256 random bits.
 pub type SessionId = [u8; 32];
@@ -81,7 +85,7 @@ pub enum SubjectKey {
 }
 
 impl SubjectKey {
-    fn index_key(&self, provider: &str) -> String {
+    pub(super) fn index_key(&self, provider: &str) -> String {
         match self {
             SubjectKey::Sub(s) => format!("{provider}\nsub\n{s}"),
             SubjectKey::Sid(s) => format!("{provider}\nsid\n{s}"),
@@ -89,7 +93,7 @@ impl SubjectKey {
     }
 }
 
-fn index_keys(r: &SessionRecord) -> Vec<String> {
+pub(super) fn index_keys(r: &SessionRecord) -> Vec<String> {
     let mut keys = vec![SubjectKey::Sub(r.user.sub.clone()).index_key(&r.provider)];
     if let Some(sid) = &r.sid {
         keys.push(SubjectKey::Sid(sid.clone()).index_key(&r.provider));
@@ -125,6 +129,44 @@ pub trait SessionStore: Send + Sync + 'static {
     fn mark(&self, key: String, until: u64, now: u64) -> StoreFuture<'_, bool>;
     /// `key` is marked and the mark has not expired at `now`.
     fn is_marked(&self, key: String, now: u64) -> StoreFuture<'_, bool>;
+
+    /// Ends every session of one provider with this `sub` or `sid`, for a
+    /// store that cannot list ids (`find` then finds none). `None`: not
+    /// supported, use `find`.
+    fn remove_matching(
+        &self,
+        _provider: String,
+        _key: SubjectKey,
+    ) -> StoreFuture<'_, Option<usize>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// For a store shared with other instances: how long (seconds) a
+    /// cached session may be used without asking the store again.
+    fn cache_lifetime(&self) -> Option<u64> {
+        None
+    }
+
+    /// For a store shared with other instances: cache entries they ended.
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
+
+    /// Takes the refresh lock of `id` for `ttl_ms` (one refresh per
+    /// session at a time across instances); `Ok(false)`: someone holds it.
+    /// A store of one instance has nothing to lock.
+    fn lock_refresh(&self, _id: SessionId, _ttl_ms: u64) -> StoreFuture<'_, bool> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn unlock_refresh(&self, _id: SessionId) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether `inv` names the cached session `id`.
+    fn is_invalidated(&self, _id: &SessionId, _inv: &Invalidation) -> bool {
+        false
+    }
 }
 
 /// The mark key of a signed-out provider session.

@@ -112,6 +112,9 @@ pub struct FileServer {
     pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
     /// What requests for a host no route serves get.
     pub default_route: Option<Spanned<FileDefaultRoute>>,
+    /// PROXY protocol (v1/v2) from `trusted_proxies` on the http/https
+    /// listeners.
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 /// `upstream_tls = { ca_file, server_name, client_cert_file,
@@ -451,5 +454,6 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "certificate",
     "oidc",
     "access",
+    "cluster",
     "route",
 ];

@@ -7,6 +7,7 @@
 //! sockets or touches shared state, so a reload can call it off the hot
 //! path and throw the result away when it fails.
 
+mod cluster_section;
 mod docker_section;
 mod duration;
 mod file;
@@ -26,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cluster_section::{ClusterConfig, ClusterKey};
 pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
@@ -69,6 +71,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// What label discovery left out or refused (empty without `[docker]`).
     pub discovery: std::sync::Arc<labels::Discovery>,
+    /// `[cluster]`: state shared with other instances through Redis.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[acme]`, checked.
@@ -258,6 +262,9 @@ pub struct ServerConfig {
     pub upstream_tls: crate::trust::Settings,
     /// Routes' compression default, error pages, `default_route`.
     pub options: ServerOptions,
+    /// Read a PROXY protocol (v1/v2) header from `trusted_proxies` on the
+    /// http and https listeners.
+    pub proxy_protocol: bool,
 }
 
 impl fmt::Debug for ServerConfig {

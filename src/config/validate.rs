@@ -96,6 +96,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     let mut oidc = OidcSet::default();
     let mut oidc_places = HashMap::new();
     let mut access_raw = None;
+    let mut cluster_raw = None;
     for (key, value) in table {
         let span = key.span();
         match key.get_ref().as_ref() {
@@ -126,6 +127,11 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
                 cx.part_section(&mut main, name, value, &mut oidc, &mut oidc_places)
             }
             "access" => access_raw = Some(value),
+            "cluster" => {
+                cluster_raw = cx
+                    .section::<super::cluster_section::FileCluster>("cluster", value)
+                    .map(|c| (span, c))
+            }
             other => cx.err(
                 Some(span),
                 other,
@@ -203,6 +209,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
         }
     }
     let docker = docker_raw.and_then(|(span, d)| cx.docker(span, d, &oidc));
+    let cluster = cluster_raw.and_then(|(span, c)| cx.cluster(span, c));
     let mut certificates = Vec::new();
     let access = access_raw.map(|v| cx.access_lists(v)).unwrap_or_default();
     let mut certs_count = 0;
@@ -254,6 +261,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             access: access.list.into_values().collect(),
             routes,
             discovery: Default::default(),
+            cluster,
         })
     } else {
         Err(cx.finish_err())
@@ -609,6 +617,16 @@ impl Cx<'_> {
                 }
             },
         };
+        if let Some(pp) = &raw.proxy_protocol
+            && *pp.get_ref()
+            && trusted_proxies.is_empty()
+        {
+            self.err(
+                Some(pp.span()),
+                "server.proxy_protocol",
+                "PROXY headers are accepted only from `trusted_proxies`, and none is set; list the load balancers' addresses there".into(),
+            );
+        }
 
         let workers = match raw.workers {
             None => 0,
@@ -703,6 +721,7 @@ impl Cx<'_> {
                 256,
             ) as u32,
             request_buffering: raw.request_buffering.is_none_or(|b| b.into_inner()),
+            proxy_protocol: raw.proxy_protocol.is_some_and(|b| b.into_inner()),
             request_buffer: self
                 .buffer_size("server.request_buffer", raw.request_buffer)
                 .unwrap_or(super::limits_section::DEFAULT_REQUEST_BUFFER),

@@ -110,6 +110,9 @@ pub enum ProxyError {
     Forbidden,
     /// The identity provider cannot be reached, so nobody can sign in now.
     LoginUnavailable(Cause),
+    /// The shared session store (Redis) cannot be reached, so sessions
+    /// cannot be checked nor new sign-ins started.
+    SessionStoreUnavailable,
     /// A sign-in callback we refuse; the reason is safe to show.
     LoginFailed(&'static str),
     /// A bug or resource problem on our side.
@@ -148,7 +151,9 @@ impl ProxyError {
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unauthorized | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
-            ProxyError::LoginUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::LoginUnavailable(_) | ProxyError::SessionStoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::LoginFailed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -169,7 +174,8 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBroken(_)
-            | ProxyError::LoginUnavailable(_) => Side::Upstream,
+            | ProxyError::LoginUnavailable(_)
+            | ProxyError::SessionStoreUnavailable => Side::Upstream,
             ProxyError::Internal(_) => Side::Internal,
         }
     }
@@ -190,6 +196,7 @@ impl ProxyError {
             ProxyError::InvalidToken => "invalid_token",
             ProxyError::Forbidden => "forbidden",
             ProxyError::LoginUnavailable(_) => "login_unavailable",
+            ProxyError::SessionStoreUnavailable => "session_store_unavailable",
             ProxyError::LoginFailed(_) => "login_failed",
             ProxyError::Internal(_) => "internal",
         }
@@ -221,6 +228,9 @@ impl ProxyError {
             ProxyError::Forbidden => "Your account is not allowed to use this site.",
             ProxyError::LoginUnavailable(_) => {
                 "Sign-in is not available right now because the identity provider cannot be reached. Please try again shortly."
+            }
+            ProxyError::SessionStoreUnavailable => {
+                "Sign-in is not available right now because the session store cannot be reached. Please try again shortly."
             }
             ProxyError::LoginFailed(reason) => reason,
             ProxyError::Internal(_) => "Something went wrong on our side.",
@@ -284,7 +294,10 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
-        if let ProxyError::LoginUnavailable(_) = self {
+        if matches!(
+            self,
+            ProxyError::LoginUnavailable(_) | ProxyError::SessionStoreUnavailable
+        ) {
             // Discovery is retried in the background within seconds: tell
             // clients (and the browser user reading the page) when to retry.
             resp.headers_mut().insert(

@@ -8,6 +8,7 @@
 pub(crate) mod access;
 pub(crate) mod forward;
 pub mod headers;
+mod proxy_protocol;
 pub(crate) mod server;
 
 use std::convert::Infallible;

@@ -195,6 +195,36 @@ pub async fn accept_next(
     }
 }
 
+/// The client's address: the TCP peer, or with `proxy_protocol` the one a
+/// trusted load balancer's PROXY header names. `None`: refused (a PROXY
+/// header from an untrusted peer, or a broken one); the caller closes.
+async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    scheme: Scheme,
+) -> Option<SocketAddr> {
+    let (enabled, trusted, timeout) = {
+        let snap = shared.snapshot.load();
+        (
+            snap.server.proxy_protocol,
+            snap.is_trusted_proxy(peer.ip()),
+            snap.server.header_read_timeout,
+        )
+    };
+    if !enabled {
+        return Some(peer);
+    }
+    match super::proxy_protocol::read_header(stream, trusted, timeout).await {
+        Ok(Some(client)) => Some(client),
+        Ok(None) => Some(peer),
+        Err(why) => {
+            tracing::info!(listener = %scheme, %peer, reason = ?why, "PROXY protocol header refused; connection closed");
+            None
+        }
+    }
+}
+
 /// The HTTP/1 server's requests go through the same pipeline as hyper's.
 impl h1::Handler for Shared {
     fn handle<'a>(&'a self, conn: &'a Arc<ConnInfo>, req: http::Request<Body>) -> h1::Handling<'a> {
@@ -212,17 +242,20 @@ pub async fn accept_loop(
     mut drain: watch::Receiver<DrainState>,
 ) {
     while let Some(Accepted {
-        stream,
+        mut stream,
         peer,
         local,
         permit,
     }) = accept_next(&listener, scheme, &slots, &mut drain).await
     {
-        let info = Arc::new(ConnInfo::new(peer, local, scheme, None));
         let shared = shared.clone();
         let builder = builder.clone();
         let mut drain = drain.clone();
         tokio::spawn(async move {
+            let Some(peer) = client_address(&mut stream, peer, &shared, scheme).await else {
+                return;
+            };
+            let info = Arc::new(ConnInfo::new(peer, local, scheme, None));
             let proto = tokio::select! {
                 p = sniff(&stream, builder.first_byte_timeout) => p,
                 _ = drain.changed() => None,
@@ -246,7 +279,7 @@ pub async fn accept_tls_loop(
     mut drain: watch::Receiver<DrainState>,
 ) {
     while let Some(Accepted {
-        stream,
+        mut stream,
         peer,
         local,
         permit,
@@ -260,6 +293,9 @@ pub async fn accept_tls_loop(
         // TLS stream) is ~13 KiB, which tokio would otherwise copy on
         // spawn and again when the task's stage changes.
         tokio::spawn(Box::pin(async move {
+            let Some(peer) = client_address(&mut stream, peer, &shared, Scheme::Https).await else {
+                return;
+            };
             let timeout = tls.handshake_timeout;
             let m = &shared.metrics;
             // The handshake's state is boxed on its own and freed once it is

@@ -239,6 +239,19 @@ pub struct Metrics {
     pub docker_configured: std::sync::atomic::AtomicBool,
     /// Containers whose labels were refused in the running table.
     pub docker_label_errors: AtomicI64,
+    pub cluster: ClusterMetrics,
+}
+
+/// `[cluster]`: the Redis link (copied in at scrape time).
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// `[cluster]` is configured (otherwise nothing is rendered).
+    pub configured: std::sync::atomic::AtomicBool,
+    /// `[cluster] instance_name`, the label of the series.
+    pub instance: std::sync::OnceLock<String>,
+    /// 1 while Redis answers.
+    pub up: AtomicI64,
+    pub errors: AtomicU64,
 }
 
 /// Single sign-on outcomes.

@@ -17,6 +17,8 @@
 //! - [`tls`]: a test CA and a TLS client (used by the TLS and ACME tests).
 //! - [`browser`]: chromedriver and headless Chromium sessions (WebDriver)
 //!   for the tests a real browser must run.
+//! - [`haproxy`]: a real HAProxy in TCP mode sending PROXY headers.
+//! - [`redis`]: a real redis-server on a free port (the cluster tests).
 //! - [`idp`]: the OIDC test provider (`tests/peers/oidc`) and a browser
 //!   (cookie jar, redirects, login form) for the SSO tests.
 //!
@@ -28,10 +30,12 @@ pub mod browser;
 pub mod client;
 pub mod docker;
 pub mod gateway;
+pub mod haproxy;
 pub mod idp;
 pub mod named;
 pub mod nginx;
 pub mod pebble;
+pub mod redis;
 pub mod tls;
 pub mod wire;
 

@@ -225,6 +225,34 @@ impl Metrics {
             a.sessions_active.load(Relaxed)
         );
 
+        let c = &self.cluster;
+        if c.configured.load(Relaxed) {
+            header(
+                &mut out,
+                "portcullis_cluster_up",
+                "gauge",
+                "1 while the shared Redis answers, 0 while it does not ([cluster]).",
+            );
+            let instance = c.instance.get().map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "portcullis_cluster_up{{instance=\"{}\"}} {}",
+                escape(instance),
+                c.up.load(Relaxed)
+            );
+            header(
+                &mut out,
+                "portcullis_cluster_redis_errors_total",
+                "counter",
+                "Redis operations that failed or were refused while Redis was down.",
+            );
+            let _ = writeln!(
+                out,
+                "portcullis_cluster_redis_errors_total {}",
+                c.errors.load(Relaxed)
+            );
+        }
+
         header(
             &mut out,
             "portcullis_config_reloads_total",

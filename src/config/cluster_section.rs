@@ -1,0 +1,274 @@
+//! `[cluster]`: several instances sharing sessions and sign-ins through
+//! Redis. Absent, nothing is shared (the embedded store).
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Secret;
+use super::validate::{Cx, resolve_relative};
+
+/// The prefix of every key when `key_prefix` is not set.
+pub const DEFAULT_KEY_PREFIX: &str = "portcullis:";
+/// How long an instance trusts a session it has cached without asking Redis.
+pub const DEFAULT_CACHE_LIFETIME: Duration = Duration::from_secs(60);
+
+/// `[cluster]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub redis: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub user_file: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub encryption_key_file: Option<Spanned<String>>,
+    pub instance_name: Option<Spanned<String>>,
+    pub cache_lifetime: Option<Spanned<String>>,
+}
+
+/// The 32-byte key the instances share (never shown).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey(pub [u8; 32]);
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterKey(<redacted>)")
+    }
+}
+
+/// `[cluster]`, checked.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` URL (a password belongs in `password_file`).
+    pub redis: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub key_prefix: String,
+    pub encryption_key: ClusterKey,
+    pub instance_name: String,
+    pub cache_lifetime: Duration,
+}
+
+impl PartialEq for ClusterConfig {
+    fn eq(&self, o: &Self) -> bool {
+        self.redis == o.redis
+            && self.user == o.user
+            && self.password.as_ref().map(Secret::expose) == o.password.as_ref().map(Secret::expose)
+            && self.key_prefix == o.key_prefix
+            && self.encryption_key == o.encryption_key
+            && self.instance_name == o.instance_name
+            && self.cache_lifetime == o.cache_lifetime
+    }
+}
+
+/// 32 bytes written as 64 hex digits or base64 (padded or not).
+pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
+    let t = text.trim();
+    let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect::<Vec<u8>>()
+    } else {
+        let engines = [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines
+            .iter()
+            .find_map(|e| e.decode(t).ok())
+            .ok_or("is neither 64 hex digits nor base64")?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "holds {} bytes; it must hold 32 random bytes (e.g. `openssl rand -hex 32`)",
+            bytes.len()
+        )
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "portcullis".to_string())
+}
+
+impl Cx<'_> {
+    pub(super) fn cluster(
+        &mut self,
+        span: std::ops::Range<usize>,
+        raw: FileCluster,
+    ) -> Option<ClusterConfig> {
+        let before = self.errors.len();
+        let redis = match raw.redis {
+            None => {
+                self.err(
+                    Some(span.clone()),
+                    "cluster.redis",
+                    "`redis` is required in [cluster], e.g. redis = \"redis://10.0.0.5:6379/0\""
+                        .into(),
+                );
+                None
+            }
+            Some(r) => {
+                let url = r.get_ref().trim().to_string();
+                if url.starts_with("redis+sentinel://") {
+                    self.err(
+                        Some(r.span()),
+                        "cluster.redis",
+                        "Sentinel URLs are not supported yet; point `redis` at the master (redis:// or rediss://)".into(),
+                    );
+                    None
+                } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    self.err(
+                        Some(r.span()),
+                        "cluster.redis",
+                        format!("`{url}` is not a redis:// or rediss:// URL"),
+                    );
+                    None
+                } else if redis_url_ok(&url).is_err() {
+                    self.err(
+                        Some(r.span()),
+                        "cluster.redis",
+                        format!("`{url}` is not a valid Redis URL (redis://HOST:PORT/DB)"),
+                    );
+                    None
+                } else {
+                    Some(url)
+                }
+            }
+        };
+        let secret = |cx: &mut Self, key: &str, v: Option<Spanned<String>>| {
+            let v = v?;
+            let path = resolve_relative(&cx.file, Path::new(v.get_ref()));
+            match Secret::read_file(&path) {
+                Ok(s) => Some(s),
+                Err(m) => {
+                    cx.err(Some(v.span()), key, m);
+                    None
+                }
+            }
+        };
+        let password = secret(self, "cluster.password_file", raw.password_file);
+        let user = secret(self, "cluster.user_file", raw.user_file).map(|s| s.expose().to_string());
+        let encryption_key = match raw.encryption_key_file {
+            None => {
+                self.err(
+                    Some(span.clone()),
+                    "cluster.encryption_key_file",
+                    "`encryption_key_file` is required in [cluster]: a file with 32 random bytes (hex or base64) shared by the instances".into(),
+                );
+                None
+            }
+            Some(f) => {
+                let path = resolve_relative(&self.file, Path::new(f.get_ref()));
+                match Secret::read_file(&path).and_then(|s| {
+                    parse_key(s.expose()).map_err(|m| format!("{}: {m}", path.display()))
+                }) {
+                    Ok(k) => Some(ClusterKey(k)),
+                    Err(m) => {
+                        self.err(Some(f.span()), "cluster.encryption_key_file", m);
+                        None
+                    }
+                }
+            }
+        };
+        let key_prefix = match raw.key_prefix {
+            None => DEFAULT_KEY_PREFIX.to_string(),
+            Some(p) if p.get_ref().is_empty() || p.get_ref().chars().any(char::is_whitespace) => {
+                self.err(
+                    Some(p.span()),
+                    "cluster.key_prefix",
+                    "must be non-empty, without spaces (e.g. \"portcullis:\")".into(),
+                );
+                String::new()
+            }
+            Some(p) => p.into_inner(),
+        };
+        let instance_name = match raw.instance_name {
+            None => hostname(),
+            Some(n)
+                if n.get_ref().is_empty()
+                    || !n
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                self.err(
+                    Some(n.span()),
+                    "cluster.instance_name",
+                    "must be letters, digits, `-`, `_` or `.`".into(),
+                );
+                String::new()
+            }
+            Some(n) => n.into_inner(),
+        };
+        let cache_lifetime = self.duration(
+            "cluster.cache_lifetime",
+            raw.cache_lifetime,
+            DEFAULT_CACHE_LIFETIME,
+        );
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(ClusterConfig {
+            redis: redis?,
+            user,
+            password,
+            key_prefix,
+            encryption_key: encryption_key?,
+            instance_name,
+            cache_lifetime,
+        })
+    }
+}
+
+fn redis_url_ok(url: &str) -> Result<(), ()> {
+    let rest = url
+        .strip_prefix("rediss://")
+        .or_else(|| url.strip_prefix("redis://"))
+        .ok_or(())?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    let hostport = hostport.rsplit('@').next().unwrap_or("");
+    if hostport.is_empty() {
+        return Err(());
+    }
+    if let Some(db) = rest.split_once('/').map(|(_, d)| d)
+        && !db.is_empty()
+        && db.parse::<u32>().is_err()
+    {
+        return Err(());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_in_hex_or_base64() {
+        let hex = "00".repeat(31) + "ff";
+        assert_eq!(parse_key(&hex).unwrap()[31], 0xff);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert_eq!(parse_key(&b64).unwrap(), [7u8; 32]);
+        assert!(parse_key("abcd").unwrap_err().contains("32 random bytes"));
+        assert!(parse_key("not a key!").is_err());
+    }
+
+    #[test]
+    fn redis_urls() {
+        assert!(redis_url_ok("redis://10.0.0.5:6379/0").is_ok());
+        assert!(redis_url_ok("rediss://h:6380").is_ok());
+        assert!(redis_url_ok("redis://").is_err());
+        assert!(redis_url_ok("redis://h/x").is_err());
+    }
+}
