@@ -17,6 +17,8 @@ pub mod fsutil;
 pub(crate) mod h1;
 pub mod http;
 pub(crate) mod pki;
+#[doc(hidden)]
+pub mod probe;
 pub mod proxy;
 pub(crate) mod reload;
 pub mod routing;

@@ -27,7 +27,7 @@
 //! and nginx do).
 
 pub mod body;
-mod parse;
+pub(crate) mod parse;
 pub mod upgrade;
 pub mod wire;
 mod write;
