@@ -1321,8 +1321,16 @@ const REQUEST_TARGETS: &[&str] = &[
     "",
 ];
 const VERSIONS: &[&str] = &[
-    "HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "http/1.1", "HTTP/1.",
-    "HTTP/1.1 ", "HTTP/0.9",
+    "HTTP/1.1",
+    "HTTP/1.1",
+    "HTTP/1.1",
+    "HTTP/1.0",
+    "HTTP/1.2",
+    "HTTP/2.0",
+    "http/1.1",
+    "HTTP/1.",
+    "HTTP/1.1 ",
+    "HTTP/0.9",
 ];
 const NAMES: &[&str] = &[
     "Host",
@@ -1641,8 +1649,8 @@ pub fn reference_request(buf: &[u8], max_head: usize) -> RefHead {
     if http11 && uri.authority().is_some() && get("host").is_empty() {
         return RefHead::Refused("no host");
     }
-    let mut keep_alive = !conn.iter().any(|t| t == b"close")
-        && (http11 || conn.iter().any(|t| t == b"keep-alive"));
+    let mut keep_alive =
+        !conn.iter().any(|t| t == b"close") && (http11 || conn.iter().any(|t| t == b"keep-alive"));
     let framing = if !te.is_empty() {
         if !http11 {
             return RefHead::Refused("transfer-encoding on HTTP/1.0");
@@ -1704,8 +1712,8 @@ pub fn reference_response(buf: &[u8], head_request: bool) -> RefHead {
     let te = get("transfer-encoding");
     let codings = list(&te);
     let conn = list(&get("connection"));
-    let mut keep_alive = !conn.iter().any(|t| t == b"close")
-        && (http11 || conn.iter().any(|t| t == b"keep-alive"));
+    let mut keep_alive =
+        !conn.iter().any(|t| t == b"close") && (http11 || conn.iter().any(|t| t == b"keep-alive"));
     let bodiless = head_request
         || status.is_informational()
         || status == http::StatusCode::NO_CONTENT
@@ -1767,7 +1775,10 @@ fn strict_size_line(line: &[u8], complete: bool) -> Result<(), &'static str> {
     // Bytes counted against the extension bound: after the size, the
     // first blank or `;` is free, so is the first `;` after the blanks.
     let rest = &body[digits..];
-    let ws = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    let ws = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
     let mut counted = rest.len();
     if !rest.is_empty() {
         counted -= 1;
@@ -1797,7 +1808,9 @@ pub fn reference_dechunk(input: &[u8], max_trailers: usize) -> RefChunked {
         };
         if let Err(e) = strict_size_line(line, line_end.is_some()) {
             // A lone CR at the very end may still become CRLF.
-            if !(line_end.is_none() && e == "bare CR" && line.ends_with(b"\r")
+            if !(line_end.is_none()
+                && e == "bare CR"
+                && line.ends_with(b"\r")
                 && strict_size_line(&line[..line.len() - 1], false).is_ok())
             {
                 return RefChunked::Error(data, e);
@@ -2029,7 +2042,12 @@ pub fn request_head(data: &[u8]) {
         );
     };
     assert_eq!(
-        (&first.req.method, &first.req.target, first.req.http11, first.framing),
+        (
+            &first.req.method,
+            &first.req.target,
+            first.req.http11,
+            first.framing
+        ),
         (&h.method, &h.target, h.http11, h.framing),
         "hyper reads {:?} differently",
         String::from_utf8_lossy(&head)
@@ -2054,12 +2072,21 @@ pub fn response_head(data: &[u8]) {
         let mut h = Vec::new();
         h.extend(pick_text(
             &mut src,
-            &["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1 ", "http/1.1"],
+            &[
+                "HTTP/1.1",
+                "HTTP/1.1",
+                "HTTP/1.0",
+                "HTTP/2",
+                "HTTP/1.1 ",
+                "http/1.1",
+            ],
         ));
         h.push(b' ');
         h.extend(pick_text(
             &mut src,
-            &["200", "204", "304", "101", "100", "404", "502", "999", "20", "0200"],
+            &[
+                "200", "204", "304", "101", "100", "404", "502", "999", "20", "0200",
+            ],
         ));
         h.extend(pick_text(&mut src, &[" OK", "", " ", " \u{e9}"]));
         h.extend(b"\r\n");
@@ -2075,12 +2102,14 @@ pub fn response_head(data: &[u8]) {
             h.extend(name);
             h.extend(src.pick(SEPARATORS).as_bytes());
             h.extend(value);
-            h.extend(if src.below(8) == 0 {
-                src.pick(EOLS)
-            } else {
-                "\r\n"
-            }
-            .as_bytes());
+            h.extend(
+                if src.below(8) == 0 {
+                    src.pick(EOLS)
+                } else {
+                    "\r\n"
+                }
+                .as_bytes(),
+            );
         }
         h.extend(b"\r\n");
         h.extend(src.bytes(8));
@@ -2194,10 +2223,9 @@ pub fn chunked(data: &[u8]) {
                 assert_eq!(&out, body, "data so far of {shown:?}")
             }
             // Ours may see that a line cannot become valid before it ends.
-            (RefChunked::Incomplete(body), Err(())) => assert!(
-                body.starts_with(&out),
-                "data before the error in {shown:?}"
-            ),
+            (RefChunked::Incomplete(body), Err(())) => {
+                assert!(body.starts_with(&out), "data before the error in {shown:?}")
+            }
             (RefChunked::Error(body, _), Err(())) => assert!(
                 body.starts_with(&out) || out.starts_with(body),
                 "data before the error in {shown:?}: ours {out:?}, reference {body:?}"

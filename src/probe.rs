@@ -14,8 +14,8 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::h1;
-use crate::http::body::Body;
 use crate::http::Scheme;
+use crate::http::body::Body;
 use crate::http::conn::ConnInfo;
 
 pub use crate::h1::wire::{Dechunker, MAX_CHUNK_EXTENSION, Step};

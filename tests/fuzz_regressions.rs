@@ -166,7 +166,11 @@ fn both_connection_servers_dispatch_a_pipelined_pair() {
         ("GET".to_string(), "/b".to_string(), Some(vec![])),
     ];
     assert_eq!(
-        summary(ours.into_iter().map(|d| (d.method, d.target, d.body)).collect()),
+        summary(
+            ours.into_iter()
+                .map(|d| (d.method, d.target, d.body))
+                .collect()
+        ),
         want
     );
     assert_eq!(
@@ -178,5 +182,10 @@ fn both_connection_servers_dispatch_a_pipelined_pair() {
         ),
         want
     );
-    assert_eq!(String::from_utf8_lossy(&out).matches("HTTP/1.1 404").count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&out)
+            .matches("HTTP/1.1 404")
+            .count(),
+        2
+    );
 }

@@ -32,6 +32,9 @@ pub mod upgrade;
 pub mod wire;
 mod write;
 
+#[cfg(test)]
+mod tests;
+
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
