@@ -1,4 +1,5 @@
-//! Replays every input kept in `fuzz/regressions/<target>/` through the
+//! Replays every input kept in `fuzz/regressions/<target>/` (and the
+//! minimised corpus kept in `fuzz/seeds/<target>/`) through the
 //! same property checks the fuzz targets run (`fuzz/checks.rs`), on the
 //! stable toolchain, so a bug the fuzzer once found stays fixed.
 //!
@@ -16,12 +17,18 @@ fn regressions_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions")
 }
 
+fn seeds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds")
+}
+
 #[test]
 fn every_kept_fuzz_input_passes_its_checks() {
-    let root = regressions_dir();
     let mut ran = 0;
     let mut failures = Vec::new();
-    for (target, check) in checks::TARGETS {
+    for ((target, check), root) in checks::TARGETS
+        .iter()
+        .flat_map(|t| [(t, regressions_dir()), (t, seeds_dir())])
+    {
         let dir = root.join(target);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -44,7 +51,7 @@ fn every_kept_fuzz_input_passes_its_checks() {
             }
         }
     }
-    assert!(ran > 0, "no inputs under {}", root.display());
+    assert!(ran > 0, "no inputs under {}", regressions_dir().display());
     assert!(
         failures.is_empty(),
         "{} of {ran} kept fuzz inputs fail:\n{}",
@@ -57,8 +64,10 @@ fn every_kept_fuzz_input_passes_its_checks() {
 /// not silently stop being replayed.
 #[test]
 fn regression_folders_name_real_targets() {
-    let root = regressions_dir();
-    for e in std::fs::read_dir(&root).expect("fuzz/regressions exists") {
+    for e in std::fs::read_dir(regressions_dir())
+        .expect("fuzz/regressions exists")
+        .chain(std::fs::read_dir(seeds_dir()).expect("fuzz/seeds exists"))
+    {
         let e = e.unwrap();
         if !e.path().is_dir() {
             continue;
@@ -66,7 +75,7 @@ fn regression_folders_name_real_targets() {
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(
             checks::TARGETS.iter().any(|(t, _)| *t == name),
-            "fuzz/regressions/{name} is not a fuzz target ({:?})",
+            "fuzz/regressions|seeds/{name} is not a fuzz target ({:?})",
             checks::TARGETS.iter().map(|(t, _)| *t).collect::<Vec<_>>()
         );
     }
