@@ -1625,6 +1625,12 @@ pub fn reference_request(buf: &[u8], max_head: usize) -> RefHead {
     let Ok(uri) = req.path.unwrap().parse::<http::Uri>() else {
         return RefHead::Refused("target");
     };
+    // RFC 9112 3.2.3: CONNECT takes the authority form only.
+    if method == "CONNECT"
+        && (uri.scheme().is_some() || uri.path_and_query().is_some() || uri.authority().is_none())
+    {
+        return RefHead::Refused("CONNECT target");
+    }
     let http11 = req.version == Some(1);
     let mut by_name: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
     for h in req.headers.iter() {
