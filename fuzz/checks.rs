@@ -1626,9 +1626,9 @@ pub fn reference_request(buf: &[u8], max_head: usize) -> RefHead {
         return RefHead::Refused("target");
     };
     // RFC 9112 3.2.3: CONNECT takes the authority form only.
-    if method == "CONNECT"
-        && (uri.scheme().is_some() || uri.path_and_query().is_some() || uri.authority().is_none())
-    {
+    let authority_form =
+        uri.scheme().is_none() && uri.path_and_query().is_none() && uri.authority().is_some();
+    if (method == "CONNECT") != authority_form {
         return RefHead::Refused("CONNECT target");
     }
     let http11 = req.version == Some(1);
@@ -2302,10 +2302,12 @@ pub fn h1_conn(data: &[u8]) {
     let (hyper, _) = block_on(hyper_serve(pieces));
     let shown = String::from_utf8_lossy(&stream);
     let answers = responses(&out);
+    // A request whose body never arrived whole is cancelled when the
+    // client leaves, unanswered.
+    let finished = ours.iter().filter(|d| d.body.is_some()).count();
     assert!(
-        answers.len() >= ours.len(),
-        "{} requests dispatched, {} answers in {:?} for {shown:?}",
-        ours.len(),
+        answers.len() >= finished,
+        "{finished} requests read whole, {} answers in {:?} for {shown:?}",
         answers.len(),
         String::from_utf8_lossy(&out)
     );

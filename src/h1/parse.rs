@@ -130,13 +130,17 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
         .map_err(|_| HeadError::Bad("The request target is not valid."))?;
     // CONNECT names only a host and port (authority form, RFC 9112
     // 3.2.3); any other target is malformed, and a backend could read it
-    // as a path the gateway's rules never compared.
-    if method == Method::CONNECT
-        && (uri.scheme().is_some() || uri.path_and_query().is_some() || uri.authority().is_none())
-    {
+    // as a path the gateway's rules never compared. That form is CONNECT's,
+    // and only CONNECT takes it.
+    let authority_form =
+        uri.scheme().is_none() && uri.path_and_query().is_none() && uri.authority().is_some();
+    if method == Method::CONNECT && !authority_form {
         return Err(HeadError::Bad(
             "A CONNECT request must name a host and port.",
         ));
+    }
+    if method != Method::CONNECT && authority_form {
+        return Err(HeadError::Bad("The request target is not valid."));
     }
     let version = if req.version == Some(0) {
         Version::HTTP_10
@@ -375,6 +379,10 @@ mod tests {
             (
                 "CONNECT http://a.test:443/ HTTP/1.1\r\nHost: a\r\n\r\n",
                 bad("A CONNECT request must name a host and port."),
+            ),
+            (
+                "GET a.test:443 HTTP/1.0\r\n\r\n",
+                bad("The request target is not valid."),
             ),
             (
                 "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
