@@ -1727,6 +1727,9 @@ pub fn reference_response(buf: &[u8], head_request: bool) -> RefHead {
     let framing = if bodiless {
         Framing::None
     } else if !te.is_empty() {
+        if !http11 {
+            return RefHead::Refused("transfer-encoding on HTTP/1.0");
+        }
         if codings.last().map(Vec::as_slice) != Some(b"chunked") || codings.len() > 1 {
             return RefHead::Refused("coding");
         }
