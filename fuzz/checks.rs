@@ -7,7 +7,9 @@
 //! (no `arbitrary`: the main crate's tests must build on stable without
 //! extra dependencies) and panics when a property does not hold.
 //!
-//! Depends only on `portcullis` and `http`.
+//! Depends on `portcullis`, `http`, and for the codec targets on the
+//! crates the gateway itself uses: `httparse`, `hyper`, `hyper-util`,
+//! `http-body(-util)`, `bytes`, `tokio` (with paused time).
 #![allow(dead_code)]
 
 use std::borrow::Cow;
@@ -32,6 +34,10 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config_structured", config_structured),
     ("path_route", path_route),
     ("headers", headers),
+    ("request_head", request_head),
+    ("response_head", response_head),
+    ("chunked", chunked),
+    ("h1_conn", h1_conn),
 ];
 
 // ---------------------------------------------------------------------------
@@ -1261,5 +1267,1081 @@ pub fn headers(data: &[u8]) {
                 "remove_hop_by_hop touched {s:?}"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. The HTTP/1 codec: request and response heads, the chunked decoder,
+// whole server connections. Differential: against references written from
+// RFC 9112 on top of httparse, and against hyper (HTTP/1 server and
+// client) reading the same bytes over an in-memory pipe.
+//
+// Ours may refuse what a reference or hyper accepts (a refusal is a 400 or
+// a 502, never a second reading of the bytes); when both accept, the
+// framing must be the same.
+
+use portcullis::probe::{self, Dechunker, Dispatched, Framing, MAX_CHUNK_EXTENSION, Step};
+
+/// Largest request head the codec checks use (a config's `max_head`).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Trailer bound the chunked checks give the decoder.
+const TRAILERS: usize = 256;
+
+thread_local! {
+    /// One runtime per thread, with paused time: the scripted client's
+    /// waits and the connections' timers cost nothing, and a connection
+    /// that does not end shows up as a timeout, not a hang.
+    static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    RT.with(|rt| rt.block_on(f))
+}
+
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE", "PATCH", "CONNECT", "PROPFIND", "M-SEARCH",
+    "get", "Post", "G@T", "", "GET ",
+];
+const REQUEST_TARGETS: &[&str] = &[
+    "/",
+    "/a?b=1",
+    "*",
+    "http://a.test/x",
+    "http://a.test",
+    "a.test:443",
+    "//x/../y",
+    "/%2e%2E/",
+    "/a b",
+    "/\x7f",
+    "/\u{e9}",
+    "",
+];
+const VERSIONS: &[&str] = &[
+    "HTTP/1.1",
+    "HTTP/1.1",
+    "HTTP/1.1",
+    "HTTP/1.0",
+    "HTTP/1.2",
+    "HTTP/2.0",
+    "http/1.1",
+    "HTTP/1.",
+    "HTTP/1.1 ",
+    "HTTP/0.9",
+];
+const NAMES: &[&str] = &[
+    "Host",
+    "Content-Length",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Transfer-Encoding",
+    "Connection",
+    "Expect",
+    "Upgrade",
+    "content-length",
+    "TRANSFER-ENCODING",
+    "Content-Length ",
+    "Transfer-Encoding ",
+    "Transfer_Encoding",
+    " Content-Length",
+    "Keep-Alive",
+    "TE",
+    "Trailer",
+    "X-A",
+    "",
+    "Con\x00tent-Length",
+];
+const LENGTHS: &[&str] = &[
+    "0",
+    "1",
+    "5",
+    "05",
+    "5, 5",
+    "5,5",
+    "5, 6",
+    "5,",
+    ",5",
+    "+5",
+    "-1",
+    " 5 ",
+    "5 5",
+    "0x5",
+    "",
+    "18446744073709551615",
+    "9999999999999999999",
+    "99999999999999999999",
+    "00000000000000000005",
+    "1e3",
+    "\u{0660}",
+];
+const CODINGS: &[&str] = &[
+    "chunked",
+    "chunked",
+    "Chunked",
+    "CHUNKED",
+    "chunked ",
+    "\tchunked",
+    "gzip, chunked",
+    "chunked, gzip",
+    "chunked, chunked",
+    "chunked,",
+    ",chunked",
+    ", chunked",
+    "identity",
+    "identity, chunked",
+    "gzip",
+    "chunked;q=1",
+    "chunk",
+    "xchunked",
+    "",
+    ",",
+];
+const CONNECTIONS: &[&str] = &[
+    "close",
+    "keep-alive",
+    "Keep-Alive",
+    "upgrade",
+    "Upgrade, close",
+    "close, upgrade",
+    "x-a, close",
+    "closed",
+    "close ",
+    ",close",
+    "",
+];
+const OTHER_VALUES: &[&str] = &[
+    "a.test",
+    "100-continue",
+    "100-Continue",
+    "websocket",
+    "h2c",
+    "trailers",
+    "x",
+    "",
+    " v ",
+    "\x7f",
+    "\u{e9}",
+    "a\tb",
+];
+const EOLS: &[&str] = &["\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n", "\n\r"];
+const SEPARATORS: &[&str] = &[": ", ": ", ":", ":\t", " : ", ":  "];
+
+fn pick_text(src: &mut Src<'_>, list: &[&str]) -> Vec<u8> {
+    if src.below(16) == 0 {
+        src.bytes(8).to_vec()
+    } else {
+        src.pick(list).as_bytes().to_vec()
+    }
+}
+
+/// A request head built from the pieces that decide framing, with the
+/// separators and line ends varied (or raw bytes now and then).
+pub fn gen_request_head(src: &mut Src<'_>) -> Vec<u8> {
+    let mut h = Vec::new();
+    let eol = |src: &mut Src<'_>| -> &'static str {
+        if src.below(8) == 0 {
+            src.pick(EOLS)
+        } else {
+            "\r\n"
+        }
+    };
+    h.extend(pick_text(src, METHODS));
+    h.push(b' ');
+    h.extend(pick_text(src, REQUEST_TARGETS));
+    h.push(b' ');
+    h.extend(pick_text(src, VERSIONS));
+    h.extend(eol(src).as_bytes());
+    for _ in 0..src.below(7) {
+        let name = pick_text(src, NAMES);
+        let value = {
+            let lower = String::from_utf8_lossy(&name).trim().to_ascii_lowercase();
+            match lower.as_str() {
+                "content-length" => pick_text(src, LENGTHS),
+                "transfer-encoding" | "transfer_encoding" => pick_text(src, CODINGS),
+                "connection" => pick_text(src, CONNECTIONS),
+                _ => pick_text(src, OTHER_VALUES),
+            }
+        };
+        h.extend(name);
+        h.extend(src.pick(SEPARATORS).as_bytes());
+        h.extend(value);
+        if src.below(32) == 0 {
+            // Obsolete line folding.
+            h.extend(b"\r\n folded");
+        }
+        h.extend(eol(src).as_bytes());
+    }
+    h.extend(eol(src).as_bytes());
+    h
+}
+
+/// A body for a head: what its framing asks for (a length, a chunked body
+/// with extensions and trailers), or something that is not.
+fn gen_body(src: &mut Src<'_>, framing: Option<Framing>) -> Vec<u8> {
+    let mut b = Vec::new();
+    match (framing, src.below(8)) {
+        (_, 0) => b.extend(src.bytes(24)),
+        (Some(Framing::Length(n)), _) if n <= 4096 => {
+            b.extend((0..n).map(|i| b'a' + (i % 26) as u8));
+        }
+        (Some(Framing::Chunked), _) => b.extend(gen_chunked(src)),
+        _ => {}
+    }
+    b
+}
+
+/// A chunked body: sizes in varied spellings, extensions, data, trailers,
+/// with an occasional mistake.
+pub fn gen_chunked(src: &mut Src<'_>) -> Vec<u8> {
+    let mut b = Vec::new();
+    for _ in 0..src.below(5) {
+        let n = src.below(40);
+        match src.below(6) {
+            0 => b.extend(format!("{n:X}").bytes()),
+            1 => b.extend(format!("00{n:x}").bytes()),
+            _ => b.extend(format!("{n:x}").bytes()),
+        }
+        match src.below(8) {
+            0 => b.extend(b";name=value"),
+            1 => b.extend(b" ;x"),
+            2 => b.extend(b"\t "),
+            3 => b.extend(src.bytes(6)),
+            _ => {}
+        }
+        b.extend(if src.below(16) == 0 {
+            src.pick(EOLS).as_bytes()
+        } else {
+            b"\r\n"
+        });
+        b.extend((0..n).map(|i| b'A' + (i % 26) as u8));
+        b.extend(if src.below(16) == 0 {
+            src.pick(EOLS).as_bytes()
+        } else {
+            b"\r\n"
+        });
+    }
+    if src.below(8) != 0 {
+        b.extend(src.pick(&[&b"0"[..], b"000", b"0;ext=1", b"0 "]));
+        b.extend(b"\r\n");
+        for _ in 0..src.below(3) {
+            b.extend(src.pick(&[&b"x-t: 1"[..], b"x", b"", b"a:\rb"]));
+            b.extend(src.pick(EOLS).as_bytes());
+        }
+        b.extend(b"\r\n");
+    }
+    b
+}
+
+/// Cuts `data` into pieces at random points (every byte on its own, now
+/// and then).
+fn split_points(src: &mut Src<'_>, data: &[u8]) -> Vec<Vec<u8>> {
+    if data.len() <= 64 && src.below(4) == 0 {
+        return data.chunks(1).map(<[u8]>::to_vec).collect();
+    }
+    let mut pieces = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = if src.is_empty() {
+            rest.len()
+        } else {
+            1 + src.below(rest.len().min(300))
+        };
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        pieces.push(a.to_vec());
+        rest = b;
+    }
+    pieces
+}
+
+// --- references -------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefHead {
+    Partial,
+    Refused(&'static str),
+    Accepted {
+        framing: Framing,
+        keep_alive: bool,
+        len: usize,
+    },
+}
+
+/// List elements of a field (RFC 9110 5.6.1: empty ones are ignored).
+fn list(values: &[&[u8]]) -> Vec<Vec<u8>> {
+    values
+        .iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// `Content-Length` by RFC 9112 6.3 (a list of identical values is one
+/// value; anything else but digits is invalid); more than 19 digits is
+/// refused as too large.
+fn reference_length(values: &[&[u8]]) -> Result<Option<u64>, &'static str> {
+    let mut out: Option<u64> = None;
+    for v in values {
+        let parts: Vec<&[u8]> = v.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
+        for p in parts {
+            if p.is_empty() || p.len() > 19 || !p.iter().all(u8::is_ascii_digit) {
+                return Err("invalid length");
+            }
+            let n: u64 = std::str::from_utf8(p).unwrap().parse().unwrap();
+            if out.is_some_and(|o| o != n) {
+                return Err("conflicting lengths");
+            }
+            out = Some(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The request head rules, from RFC 9112 and the codec's documented
+/// policy (uppercase methods; only `chunked`; Host with absolute form),
+/// on httparse's tokenising.
+pub fn reference_request(buf: &[u8], max_head: usize) -> RefHead {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_head => return RefHead::Refused("too large"),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return RefHead::Refused("too large");
+        }
+        Ok(httparse::Status::Partial) => return RefHead::Partial,
+        Err(_) => return RefHead::Refused("httparse"),
+    };
+    let method = req.method.unwrap();
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return RefHead::Refused("lowercase method");
+    }
+    if http::Method::from_bytes(method.as_bytes()).is_err() {
+        return RefHead::Refused("method");
+    }
+    let Ok(uri) = req.path.unwrap().parse::<http::Uri>() else {
+        return RefHead::Refused("target");
+    };
+    // RFC 9112 3.2.3: CONNECT takes the authority form only.
+    let authority_form =
+        uri.scheme().is_none() && uri.path_and_query().is_none() && uri.authority().is_some();
+    if (method == "CONNECT") != authority_form {
+        return RefHead::Refused("CONNECT target");
+    }
+    let http11 = req.version == Some(1);
+    let mut by_name: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
+    for h in req.headers.iter() {
+        if HeaderName::from_bytes(h.name.as_bytes()).is_err()
+            || HeaderValue::from_bytes(h.value).is_err()
+        {
+            return RefHead::Refused("field");
+        }
+        by_name
+            .entry(h.name.to_ascii_lowercase())
+            .or_default()
+            .push(h.value);
+    }
+    let get = |n: &str| by_name.get(n).cloned().unwrap_or_default();
+    let length = match reference_length(&get("content-length")) {
+        Ok(l) => l,
+        Err(e) => return RefHead::Refused(e),
+    };
+    let te = get("transfer-encoding");
+    let codings = list(&te);
+    let conn = list(&get("connection"));
+    if http11 && uri.authority().is_some() && get("host").is_empty() {
+        return RefHead::Refused("no host");
+    }
+    let mut keep_alive =
+        !conn.iter().any(|t| t == b"close") && (http11 || conn.iter().any(|t| t == b"keep-alive"));
+    let framing = if !te.is_empty() {
+        if !http11 {
+            return RefHead::Refused("transfer-encoding on HTTP/1.0");
+        }
+        if codings.last().map(Vec::as_slice) != Some(b"chunked") {
+            return RefHead::Refused("not chunked");
+        }
+        if codings.len() > 1 {
+            return RefHead::Refused("501");
+        }
+        if length.is_some() {
+            keep_alive = false;
+        }
+        Framing::Chunked
+    } else {
+        match length {
+            None | Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    RefHead::Accepted {
+        framing,
+        keep_alive,
+        len,
+    }
+}
+
+/// The response head rules (RFC 9112 6.3), for an answer to GET or HEAD.
+pub fn reference_response(buf: &[u8], head_request: bool) -> RefHead {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > 64 * 1024 => return RefHead::Refused("large"),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return RefHead::Partial,
+        Err(_) => return RefHead::Refused("httparse"),
+    };
+    let Ok(status) = http::StatusCode::from_u16(resp.code.unwrap()) else {
+        return RefHead::Refused("status");
+    };
+    let http11 = resp.version == Some(1);
+    let mut by_name: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
+    for h in resp.headers.iter() {
+        if HeaderName::from_bytes(h.name.as_bytes()).is_err()
+            || HeaderValue::from_bytes(h.value).is_err()
+        {
+            return RefHead::Refused("field");
+        }
+        by_name
+            .entry(h.name.to_ascii_lowercase())
+            .or_default()
+            .push(h.value);
+    }
+    let get = |n: &str| by_name.get(n).cloned().unwrap_or_default();
+    let length = match reference_length(&get("content-length")) {
+        Ok(l) => l,
+        Err(e) => return RefHead::Refused(e),
+    };
+    let te = get("transfer-encoding");
+    let codings = list(&te);
+    let conn = list(&get("connection"));
+    let mut keep_alive =
+        !conn.iter().any(|t| t == b"close") && (http11 || conn.iter().any(|t| t == b"keep-alive"));
+    let bodiless = head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::None
+    } else if !te.is_empty() {
+        if !http11 {
+            return RefHead::Refused("transfer-encoding on HTTP/1.0");
+        }
+        if codings.last().map(Vec::as_slice) != Some(b"chunked") || codings.len() > 1 {
+            return RefHead::Refused("coding");
+        }
+        if length.is_some() {
+            keep_alive = false;
+        }
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    RefHead::Accepted {
+        framing,
+        keep_alive,
+        len,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefChunked {
+    /// Data so far; more input needed.
+    Incomplete(Vec<u8>),
+    /// Data before the error.
+    Error(Vec<u8>, &'static str),
+    /// The body and the bytes it took.
+    Complete(Vec<u8>, usize),
+}
+
+/// Checks one size line's bytes by RFC 9112 7.1 where httparse is lenient
+/// (it takes an empty size, a bare LF inside an extension); `complete`
+/// when the line's CRLF is there. Also the decoder's bound on extension
+/// bytes (see `Dechunker`).
+fn strict_size_line(line: &[u8], complete: bool) -> Result<(), &'static str> {
+    let body = if complete {
+        &line[..line.len() - 2]
+    } else {
+        line
+    };
+    let digits = body.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 && (!body.is_empty() || complete) {
+        return Err("no size");
+    }
+    if body.contains(&b'\n') {
+        return Err("bare LF");
+    }
+    if let Some(cr) = body.iter().position(|&b| b == b'\r') {
+        let _ = cr;
+        return Err("bare CR");
+    }
+    // Bytes counted against the extension bound: after the size, the
+    // first blank or `;` is free, so is the first `;` after the blanks.
+    let rest = &body[digits..];
+    let ws = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let mut counted = rest.len();
+    if !rest.is_empty() {
+        counted -= 1;
+    }
+    if ws > 0 && rest.len() > ws && rest[ws] == b';' {
+        counted -= 1;
+    }
+    if counted > MAX_CHUNK_EXTENSION {
+        return Err("extension too large");
+    }
+    Ok(())
+}
+
+/// A whole chunked body read the plain way: size lines by
+/// `httparse::parse_chunk_size` (plus [`strict_size_line`]), data and
+/// CRLF, then trailer lines (any bytes but CR and LF, at most
+/// `max_trailers` of them in all) up to an empty line.
+pub fn reference_dechunk(input: &[u8], max_trailers: usize) -> RefChunked {
+    let mut data = Vec::new();
+    let mut at = 0;
+    loop {
+        let rest = &input[at..];
+        let line_end = rest.windows(2).position(|w| w == b"\r\n");
+        let line = match line_end {
+            Some(e) => &rest[..e + 2],
+            None => rest,
+        };
+        if let Err(e) = strict_size_line(line, line_end.is_some()) {
+            // A lone CR at the very end may still become CRLF.
+            if !(line_end.is_none()
+                && e == "bare CR"
+                && line.ends_with(b"\r")
+                && strict_size_line(&line[..line.len() - 1], false).is_ok())
+            {
+                return RefChunked::Error(data, e);
+            }
+        }
+        if line_end.is_none() {
+            return RefChunked::Incomplete(data);
+        }
+        let size = match httparse::parse_chunk_size(line) {
+            Ok(httparse::Status::Complete((n, size))) => {
+                assert_eq!(n, line.len(), "parse_chunk_size stopped inside {line:?}");
+                size
+            }
+            Ok(httparse::Status::Partial) => unreachable!("a whole line"),
+            Err(_) => return RefChunked::Error(data, "parse_chunk_size"),
+        };
+        at += line.len();
+        if size == 0 {
+            break;
+        }
+        let rest = &input[at..];
+        if (rest.len() as u64) < size {
+            data.extend_from_slice(rest);
+            return RefChunked::Incomplete(data);
+        }
+        let size = size as usize;
+        data.extend_from_slice(&rest[..size]);
+        at += size;
+        match &input[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [] | [b'\r'] => return RefChunked::Incomplete(data),
+            _ => return RefChunked::Error(data, "no CRLF after data"),
+        }
+    }
+    // Trailer section.
+    let mut used = 0;
+    loop {
+        let rest = &input[at..];
+        let end = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+        let Some(e) = end else {
+            if used + rest.len() > max_trailers {
+                return RefChunked::Error(data, "trailers too large");
+            }
+            return RefChunked::Incomplete(data);
+        };
+        if rest[e] == b'\n' {
+            return RefChunked::Error(data, "bare LF in trailers");
+        }
+        used += e;
+        if used > max_trailers {
+            return RefChunked::Error(data, "trailers too large");
+        }
+        match rest.get(e + 1) {
+            None => return RefChunked::Incomplete(data),
+            Some(b'\n') => {}
+            Some(_) => return RefChunked::Error(data, "bare CR in trailers"),
+        }
+        at += e + 2;
+        if e == 0 {
+            return RefChunked::Complete(data, at);
+        }
+    }
+}
+
+// --- hyper, the other implementation -----------------------------------------
+
+/// A request hyper's server handed to its service, with hyper's reading
+/// of its framing (from the body's size hint).
+#[derive(Debug, Clone)]
+pub struct HyperSeen {
+    pub req: Dispatched,
+    pub framing: Framing,
+}
+
+/// Runs hyper's HTTP/1 server over an in-memory pipe fed with `pieces`
+/// (same client as ours); what its service saw and the bytes it wrote.
+pub async fn hyper_serve(pieces: Vec<Vec<u8>>) -> (Vec<HyperSeen>, Vec<u8>) {
+    use http_body_util::BodyExt as _;
+    use std::sync::{Arc, Mutex};
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let seen: Arc<Mutex<Vec<HyperSeen>>> = Arc::default();
+    let svc = {
+        let seen = seen.clone();
+        hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let seen = seen.clone();
+            async move {
+                use http_body::Body as _;
+                let hint = req.body().size_hint();
+                let framing = match hint.exact() {
+                    Some(0) => Framing::None,
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Chunked,
+                };
+                let (parts, body) = req.into_parts();
+                let at = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(HyperSeen {
+                        req: Dispatched {
+                            method: parts.method.as_str().to_owned(),
+                            target: parts.uri.to_string(),
+                            http11: parts.version == http::Version::HTTP_11,
+                            body: None,
+                        },
+                        framing,
+                    });
+                    s.len() - 1
+                };
+                if let Ok(b) = body.collect().await {
+                    seen.lock().unwrap()[at].req.body = Some(b.to_bytes().to_vec());
+                }
+                let mut resp = http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"no"),
+                ));
+                *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
+        .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+    let (out, _) = tokio::join!(
+        probe::script_client(client, pieces, std::time::Duration::from_secs(10)),
+        tokio::time::timeout(std::time::Duration::from_secs(60), conn)
+    );
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (seen, out)
+}
+
+/// Hyper's client reading `response` as the answer to a GET (or HEAD):
+/// its reading of the framing, or `None` if it refused the head.
+pub async fn hyper_response(response: Vec<u8>, head: bool) -> Option<(u16, Framing)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let backend = async move {
+        // Read the request head, answer, keep the pipe open a while.
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = server.write_all(&response).await;
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    };
+    let client = async move {
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(if head { "HEAD" } else { "GET" })
+            .uri("/")
+            .header("host", "a.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.ok()?;
+        use http_body::Body as _;
+        let framing = match resp.body().size_hint().exact() {
+            Some(0) if resp.body().is_end_stream() => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        };
+        Some((resp.status().as_u16(), framing))
+    };
+    let (r, ()) = tokio::join!(client, backend);
+    r
+}
+
+// --- the targets ---------------------------------------------------------------
+
+/// The head a fuzz input stands for: raw bytes (first byte odd) or a
+/// generated one.
+fn head_input(data: &[u8]) -> (Vec<u8>, Src<'_>) {
+    let mut src = Src::new(data);
+    if src.byte() & 1 == 1 {
+        (data[1..].to_vec(), Src::new(&[]))
+    } else {
+        let h = gen_request_head(&mut src);
+        let body = src.bytes(16).to_vec();
+        ([h, body].concat(), src)
+    }
+}
+
+/// Request head: our parser against the RFC reference and hyper's server.
+pub fn request_head(data: &[u8]) {
+    let (buf, _) = head_input(data);
+    let ours = probe::parse_request(&buf, MAX_HEAD);
+    let reference = reference_request(&buf, MAX_HEAD);
+    match (&ours, &reference) {
+        (Ok(None), RefHead::Partial) | (Err(_), RefHead::Refused(_)) => {}
+        // Ours may refuse more; a refusal is never a second reading.
+        (Err(_), RefHead::Accepted { .. }) => {}
+        (
+            Ok(Some(h)),
+            RefHead::Accepted {
+                framing,
+                keep_alive,
+                len,
+            },
+        ) => {
+            assert_eq!(
+                (h.framing, h.keep_alive, h.len),
+                (*framing, *keep_alive, *len),
+                "framing, keep-alive, head length of {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+        _ => panic!(
+            "ours {ours:?}, reference {reference:?} for {:?}",
+            String::from_utf8_lossy(&buf)
+        ),
+    }
+    // Against hyper: a head both accept is framed the same.
+    let Ok(Some(h)) = ours else { return };
+    let head = buf[..h.len].to_vec();
+    let (seen, _) = block_on(hyper_serve(vec![head.clone()]));
+    let Some(first) = seen.first() else {
+        if hyper_is_stricter(&head) {
+            return;
+        }
+        panic!(
+            "ours accepted, hyper refused {:?} (ours: {h:?})",
+            String::from_utf8_lossy(&head)
+        );
+    };
+    assert_eq!(
+        (
+            &first.req.method,
+            &first.req.target,
+            first.req.http11,
+            first.framing
+        ),
+        (&h.method, &h.target, h.http11, h.framing),
+        "hyper reads {:?} differently",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+/// Heads hyper's server refuses and ours accepts, by rules where ours
+/// follows RFC 9112 and hyper is stricter (see fuzz/README.md).
+fn hyper_is_stricter(_head: &[u8]) -> bool {
+    false
+}
+
+/// Response head: our upstream parser against the RFC reference and
+/// hyper's client, as the answer to a GET or a HEAD.
+pub fn response_head(data: &[u8]) {
+    let mut src = Src::new(data);
+    let flags = src.byte();
+    let head_request = flags & 2 == 2;
+    let buf = if flags & 1 == 1 {
+        data[1..].to_vec()
+    } else {
+        let mut h = Vec::new();
+        h.extend(pick_text(
+            &mut src,
+            &[
+                "HTTP/1.1",
+                "HTTP/1.1",
+                "HTTP/1.0",
+                "HTTP/2",
+                "HTTP/1.1 ",
+                "http/1.1",
+            ],
+        ));
+        h.push(b' ');
+        h.extend(pick_text(
+            &mut src,
+            &[
+                "200", "204", "304", "101", "100", "404", "502", "999", "20", "0200",
+            ],
+        ));
+        h.extend(pick_text(&mut src, &[" OK", "", " ", " \u{e9}"]));
+        h.extend(b"\r\n");
+        for _ in 0..src.below(6) {
+            let name = pick_text(&mut src, NAMES);
+            let lower = String::from_utf8_lossy(&name).trim().to_ascii_lowercase();
+            let value = match lower.as_str() {
+                "content-length" => pick_text(&mut src, LENGTHS),
+                "transfer-encoding" => pick_text(&mut src, CODINGS),
+                "connection" => pick_text(&mut src, CONNECTIONS),
+                _ => pick_text(&mut src, OTHER_VALUES),
+            };
+            h.extend(name);
+            h.extend(src.pick(SEPARATORS).as_bytes());
+            h.extend(value);
+            h.extend(
+                if src.below(8) == 0 {
+                    src.pick(EOLS)
+                } else {
+                    "\r\n"
+                }
+                .as_bytes(),
+            );
+        }
+        h.extend(b"\r\n");
+        h.extend(src.bytes(8));
+        h
+    };
+    let ours = probe::parse_response(&buf, head_request);
+    let reference = reference_response(&buf, head_request);
+    match (&ours, &reference) {
+        (Ok(None), RefHead::Partial) | (Err(_), RefHead::Refused(_)) => {}
+        (Err(_), RefHead::Accepted { .. }) => {}
+        (
+            Ok(Some(h)),
+            RefHead::Accepted {
+                framing,
+                keep_alive,
+                len,
+            },
+        ) => assert_eq!(
+            (h.framing, h.keep_alive, h.len),
+            (*framing, *keep_alive, *len),
+            "framing, keep-alive, head length of {:?}",
+            String::from_utf8_lossy(&buf)
+        ),
+        _ => panic!(
+            "ours {ours:?}, reference {reference:?} for {:?}",
+            String::from_utf8_lossy(&buf)
+        ),
+    }
+    let Ok(Some(h)) = ours else { return };
+    if h.status < 200 {
+        // Hyper's client skips 1xx answers and waits for the final one.
+        return;
+    }
+    let Some((status, framing)) = block_on(hyper_response(buf[..h.len].to_vec(), head_request))
+    else {
+        panic!(
+            "ours accepted, hyper's client refused {:?} (ours: {h:?})",
+            String::from_utf8_lossy(&buf)
+        );
+    };
+    let ours_hint = match h.framing {
+        Framing::UntilClose => Framing::Chunked,
+        Framing::Length(0) => Framing::None,
+        f => f,
+    };
+    assert_eq!(
+        (status, framing),
+        (h.status, ours_hint),
+        "hyper's client reads {:?} differently",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+/// Runs our decoder over `pieces` as a connection would: what it
+/// delivered, and how it ended (bytes left after the end).
+fn our_dechunk(pieces: &[Vec<u8>], max_trailers: usize) -> (Vec<u8>, Result<Option<Vec<u8>>, ()>) {
+    let mut d = Dechunker::new(max_trailers);
+    let mut buf = bytes::BytesMut::new();
+    let mut out = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        buf.extend_from_slice(p);
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Step::Data(b)) => {
+                    assert!(!b.is_empty(), "an empty data piece");
+                    out.extend_from_slice(&b);
+                }
+                Ok(Step::More) => break,
+                Ok(Step::End) => {
+                    let mut left = buf.to_vec();
+                    left.extend(pieces[i + 1..].concat());
+                    return (out, Ok(Some(left)));
+                }
+                Err(_) => return (out, Err(())),
+            }
+        }
+    }
+    (out, Ok(None))
+}
+
+/// Chunked decoder: against [`reference_dechunk`], fed in random splits.
+pub fn chunked(data: &[u8]) {
+    let mut src = Src::new(data);
+    let flags = src.byte();
+    let input = if flags & 1 == 1 {
+        data[1..].to_vec()
+    } else {
+        let mut b = gen_chunked(&mut src);
+        b.extend(src.bytes(8));
+        b
+    };
+    let reference = reference_dechunk(&input, TRAILERS);
+    let splits = [
+        vec![input.clone()],
+        split_points(&mut src, &input),
+        if input.len() <= 512 {
+            input.chunks(1).map(<[u8]>::to_vec).collect()
+        } else {
+            input.chunks(7).map(<[u8]>::to_vec).collect()
+        },
+    ];
+    for pieces in &splits {
+        let (out, end) = our_dechunk(pieces, TRAILERS);
+        let shown = String::from_utf8_lossy(&input);
+        match (&reference, &end) {
+            (RefChunked::Complete(body, used), Ok(Some(left))) => {
+                assert_eq!(&out, body, "data of {shown:?}");
+                assert_eq!(&input[*used..], &left[..], "bytes left after {shown:?}");
+            }
+            (RefChunked::Incomplete(body), Ok(None)) => {
+                assert_eq!(&out, body, "data so far of {shown:?}")
+            }
+            // Ours may see that a line cannot become valid before it ends.
+            (RefChunked::Incomplete(body), Err(())) => {
+                assert!(body.starts_with(&out), "data before the error in {shown:?}")
+            }
+            (RefChunked::Error(body, _), Err(())) => assert!(
+                body.starts_with(&out) || out.starts_with(body),
+                "data before the error in {shown:?}: ours {out:?}, reference {body:?}"
+            ),
+            _ => panic!(
+                "ours {end:?} (data {:?}), reference {reference:?} for {shown:?} in {} pieces",
+                String::from_utf8_lossy(&out),
+                pieces.len()
+            ),
+        }
+    }
+}
+
+/// Response statuses in what a server wrote, with whether each closes
+/// the connection.
+fn responses(out: &[u8]) -> Vec<(u16, bool)> {
+    let mut v = Vec::new();
+    let mut rest = out;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(n)) = r.parse(rest) else {
+            return v;
+        };
+        let code = r.code.unwrap();
+        let mut close = r.version == Some(0);
+        let mut len = 0usize;
+        for h in r.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") {
+                close = h.value.eq_ignore_ascii_case(b"close");
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                len = std::str::from_utf8(h.value).unwrap().parse().unwrap();
+            }
+        }
+        v.push((code, close));
+        if code == 100 {
+            len = 0;
+        }
+        rest = &rest[(n + len).min(rest.len())..];
+    }
+}
+
+/// A whole connection: a pipelined request stream cut at random points;
+/// the requests our server dispatches (and their bodies) against hyper's.
+pub fn h1_conn(data: &[u8]) {
+    let mut src = Src::new(data);
+    let mut stream = Vec::new();
+    for _ in 0..1 + src.below(4) {
+        let head = gen_request_head(&mut src);
+        let framing = match probe::parse_request(&head, MAX_HEAD) {
+            Ok(Some(h)) => Some(h.framing),
+            _ => None,
+        };
+        stream.extend(head);
+        stream.extend(gen_body(&mut src, framing));
+    }
+    let pieces = split_points(&mut src, &stream);
+    let Some((ours, out)) = block_on(probe::serve_script(
+        pieces.clone(),
+        MAX_HEAD,
+        std::time::Duration::from_secs(60),
+    )) else {
+        panic!(
+            "our connection did not end after the client left: {:?}",
+            String::from_utf8_lossy(&stream)
+        );
+    };
+    let (hyper, _) = block_on(hyper_serve(pieces));
+    let shown = String::from_utf8_lossy(&stream);
+    let answers = responses(&out);
+    // A request whose body never arrived whole is cancelled when the
+    // client leaves, unanswered.
+    let finished = ours.iter().filter(|d| d.body.is_some()).count();
+    assert!(
+        answers.len() >= finished,
+        "{finished} requests read whole, {} answers in {:?} for {shown:?}",
+        answers.len(),
+        String::from_utf8_lossy(&out)
+    );
+    for (i, (o, h)) in ours.iter().zip(&hyper).enumerate() {
+        assert_eq!(
+            (&o.method, &o.target, o.http11),
+            (&h.req.method, &h.req.target, h.req.http11),
+            "request {i} of {shown:?}"
+        );
+        let last = i + 1 == ours.len() || i + 1 == hyper.len();
+        if !last || (o.body.is_some() && h.req.body.is_some()) {
+            assert_eq!(o.body, h.req.body, "body of request {i} of {shown:?}");
+        }
+    }
+    if ours.len() < hyper.len() {
+        // Ours stopped first: it refused a head or closed on purpose.
+        let stopped = answers
+            .last()
+            .is_some_and(|&(code, close)| close || matches!(code, 400 | 408 | 431 | 501));
+        assert!(
+            stopped,
+            "ours dispatched {} requests, hyper {}, and ours neither refused nor closed: {:?} for {shown:?}",
+            ours.len(),
+            hyper.len(),
+            String::from_utf8_lossy(&out)
+        );
+    } else if ours.len() > hyper.len() && !hyper_is_stricter(&stream) {
+        panic!(
+            "ours dispatched {} requests, hyper only {}: {ours:?} vs {hyper:?} for {shown:?}",
+            ours.len(),
+            hyper.len()
+        );
     }
 }

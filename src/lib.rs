@@ -20,6 +20,8 @@ pub(crate) mod h1;
 pub mod http;
 pub(crate) mod pki;
 pub mod policy;
+#[doc(hidden)]
+pub mod probe;
 pub mod proxy;
 pub(crate) mod reload;
 pub mod routing;

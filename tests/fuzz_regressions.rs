@@ -1,4 +1,5 @@
-//! Replays every input kept in `fuzz/regressions/<target>/` through the
+//! Replays every input kept in `fuzz/regressions/<target>/` (and the
+//! minimised corpus kept in `fuzz/seeds/<target>/`) through the
 //! same property checks the fuzz targets run (`fuzz/checks.rs`), on the
 //! stable toolchain, so a bug the fuzzer once found stays fixed.
 //!
@@ -16,12 +17,18 @@ fn regressions_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions")
 }
 
+fn seeds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds")
+}
+
 #[test]
 fn every_kept_fuzz_input_passes_its_checks() {
-    let root = regressions_dir();
     let mut ran = 0;
     let mut failures = Vec::new();
-    for (target, check) in checks::TARGETS {
+    for ((target, check), root) in checks::TARGETS
+        .iter()
+        .flat_map(|t| [(t, regressions_dir()), (t, seeds_dir())])
+    {
         let dir = root.join(target);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -44,7 +51,7 @@ fn every_kept_fuzz_input_passes_its_checks() {
             }
         }
     }
-    assert!(ran > 0, "no inputs under {}", root.display());
+    assert!(ran > 0, "no inputs under {}", regressions_dir().display());
     assert!(
         failures.is_empty(),
         "{} of {ran} kept fuzz inputs fail:\n{}",
@@ -57,8 +64,10 @@ fn every_kept_fuzz_input_passes_its_checks() {
 /// not silently stop being replayed.
 #[test]
 fn regression_folders_name_real_targets() {
-    let root = regressions_dir();
-    for e in std::fs::read_dir(&root).expect("fuzz/regressions exists") {
+    for e in std::fs::read_dir(regressions_dir())
+        .expect("fuzz/regressions exists")
+        .chain(std::fs::read_dir(seeds_dir()).expect("fuzz/seeds exists"))
+    {
         let e = e.unwrap();
         if !e.path().is_dir() {
             continue;
@@ -66,7 +75,7 @@ fn regression_folders_name_real_targets() {
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(
             checks::TARGETS.iter().any(|(t, _)| *t == name),
-            "fuzz/regressions/{name} is not a fuzz target ({:?})",
+            "fuzz/regressions|seeds/{name} is not a fuzz target ({:?})",
             checks::TARGETS.iter().map(|(t, _)| *t).collect::<Vec<_>>()
         );
     }
@@ -103,4 +112,89 @@ fn seeds_pass() {
     for h in ["Example.COM.", "[::1]:80", "a:80"] {
         checks::check_normalized_host(h);
     }
+}
+
+/// The codec checks, on hand-made streams: a plain pipelined pair, a
+/// chunked upload, the smuggling shapes, and answers a backend sends.
+#[test]
+fn codec_seeds_pass() {
+    let raw = |s: &[u8]| [&[1u8][..], s].concat();
+    for head in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"get / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a",
+    ] {
+        checks::request_head(&raw(head));
+    }
+    for resp in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ] {
+        checks::response_head(&raw(resp));
+    }
+    for body in [
+        &b"5;a=b\r\nhello\r\n0\r\nx-t: 1\r\n\r\nNEXT"[..],
+        b"5\nhello\r\n0\r\n\r\n",
+        b"\r\n",
+        b"0\r\n\r\n",
+        b"3\r\nab",
+    ] {
+        checks::chunked(&raw(body));
+    }
+    for data in [&[][..], &[0u8; 64], &[7u8; 300], &[0x35; 200]] {
+        checks::request_head(data);
+        checks::response_head(data);
+        checks::chunked(data);
+        checks::h1_conn(data);
+    }
+}
+
+/// Both servers of the `h1_conn` comparison really serve: a pipelined
+/// pair reaches each handler with its body.
+#[test]
+fn both_connection_servers_dispatch_a_pipelined_pair() {
+    let stream = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+    let pieces: Vec<Vec<u8>> = stream.chunks(5).map(<[u8]>::to_vec).collect();
+    let (ours, out) = checks::block_on(portcullis::probe::serve_script(
+        pieces.clone(),
+        checks::MAX_HEAD,
+        std::time::Duration::from_secs(60),
+    ))
+    .expect("our connection ends");
+    let (hyper, _) = checks::block_on(checks::hyper_serve(pieces));
+    let summary = |v: Vec<(String, String, Option<Vec<u8>>)>| v;
+    let want = vec![
+        ("POST".to_string(), "/a".to_string(), Some(b"abc".to_vec())),
+        ("GET".to_string(), "/b".to_string(), Some(vec![])),
+    ];
+    assert_eq!(
+        summary(
+            ours.into_iter()
+                .map(|d| (d.method, d.target, d.body))
+                .collect()
+        ),
+        want
+    );
+    assert_eq!(
+        summary(
+            hyper
+                .into_iter()
+                .map(|h| (h.req.method, h.req.target, h.req.body))
+                .collect()
+        ),
+        want
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out)
+            .matches("HTTP/1.1 404")
+            .count(),
+        2
+    );
 }

@@ -20,17 +20,61 @@
 //!   only when less than the full timeout is left (so a connection waits
 //!   between 1 and 1.25 times `header_read_timeout` for a head).
 //!
-//! What it refuses is in [`parse`]; request bodies are fed on demand
-//! ([`body`]); a `101` hands the socket to the upgrade ([`upgrade`]).
-//! While a request without a body is being handled, the connection keeps
-//! reading so that a client that hangs up cancels its request (as hyper
-//! and nginx do).
+//! Request bodies are fed on demand ([`body`]); a `101` hands the socket
+//! to the upgrade ([`upgrade`]). While a request without a body is being
+//! handled, the connection keeps reading so that a client that hangs up
+//! cancels its request (as hyper and nginx do).
+//!
+//! # What the codec refuses, and why
+//!
+//! A proxy that reads a message's length one way while the backend reads
+//! it another can be made to carry a second, hidden request (request
+//! smuggling), so every head whose framing is not unambiguous under
+//! RFC 9112 is refused before anything is forwarded, and the connection
+//! is closed after the answer:
+//! - malformed heads (httparse's strict rules: bad tokens, whitespace
+//!   before a colon, obsolete line folding, bare CR): 400 (RFC 9112 5.1,
+//!   5.2); bare LF line ends are read as CRLF (RFC 9112 2.2);
+//! - a head over `max_head` or with more than 100 lines: 431 (memory is
+//!   bounded per connection);
+//! - `Content-Length` that is not digits, or lists of unequal values: 400
+//!   (RFC 9112 6.3 item 5); identical repeats are one value;
+//! - `Transfer-Encoding` whose last coding is not `chunked`, or on an
+//!   HTTP/1.0 request: 400 (RFC 9112 6.3 item 4, 6.1); other codings before
+//!   `chunked`: 501 (only `chunked` is implemented); with `Content-Length`
+//!   too: read as chunked, the length dropped, the connection closed after
+//!   the response (RFC 9112 6.3 item 3);
+//! - chunked bodies ([`wire::Dechunker`]): a size without digits or over
+//!   16 hex digits, anything but CRLF ending a line, an extension over
+//!   4 KiB per chunk, a trailer section over `max_head`: the body fails
+//!   and the connection closes;
+//! - methods with lowercase letters and absolute-form HTTP/1.1 requests
+//!   without `Host`: 400 (policy, see [`wire::method_allowed`]; RFC 9112
+//!   3.2).
+//!
+//! A backend's answer is read by the same rules in
+//! [`crate::upstream::conn`] (a refusal there is a 502).
+//! `fuzz/` checks all of this differentially against references built on
+//! httparse and against hyper (`request_head`, `response_head`, `chunked`,
+//! `h1_conn`); `tests/vtc/` runs it under varnishtest.
+//!
+//! # Where hyper is still used, and why
+//!
+//! - HTTP/2 (`proxy::server`): multiplexing, flow control and HPACK are a
+//!   protocol of their own, and hyper's is well tested; HTTP/2 requests
+//!   join the same pipeline.
+//! - The gateway's own outbound calls (OIDC discovery and token requests,
+//!   ACME, forward-auth, health checks) and the admin API: few requests,
+//!   off the request path, where hyper's per-request cost does not matter.
 
 pub mod body;
-mod parse;
+pub(crate) mod parse;
 pub mod upgrade;
 pub mod wire;
 mod write;
+
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};

@@ -128,6 +128,20 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
         .map_err(|_| HeadError::Bad("The request method is not valid."))?;
     let uri = Uri::from_maybe_shared(at(req.path.unwrap_or("").as_bytes()))
         .map_err(|_| HeadError::Bad("The request target is not valid."))?;
+    // CONNECT names only a host and port (authority form, RFC 9112
+    // 3.2.3); any other target is malformed, and a backend could read it
+    // as a path the gateway's rules never compared. That form is CONNECT's,
+    // and only CONNECT takes it.
+    let authority_form =
+        uri.scheme().is_none() && uri.path_and_query().is_none() && uri.authority().is_some();
+    if method == Method::CONNECT && !authority_form {
+        return Err(HeadError::Bad(
+            "A CONNECT request must name a host and port.",
+        ));
+    }
+    if method != Method::CONNECT && authority_form {
+        return Err(HeadError::Bad("The request target is not valid."));
+    }
     let version = if req.version == Some(0) {
         Version::HTTP_10
     } else {
@@ -349,6 +363,27 @@ mod tests {
             // Host: required with an absolute-form target on HTTP/1.1.
             ("GET http://a.test/ HTTP/1.1\r\n\r\n", no_host),
             ("CONNECT a.test:443 HTTP/1.1\r\n\r\n", no_host),
+            // CONNECT takes the authority form only.
+            (
+                "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+                Ok(BodyFraming::None),
+            ),
+            (
+                "CONNECT //x/../y HTTP/1.1\r\nHost: a\r\n\r\n",
+                bad("A CONNECT request must name a host and port."),
+            ),
+            (
+                "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n",
+                bad("A CONNECT request must name a host and port."),
+            ),
+            (
+                "CONNECT http://a.test:443/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                bad("A CONNECT request must name a host and port."),
+            ),
+            (
+                "GET a.test:443 HTTP/1.0\r\n\r\n",
+                bad("The request target is not valid."),
+            ),
             (
                 "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
                 Ok(BodyFraming::None),

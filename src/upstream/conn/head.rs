@@ -91,6 +91,10 @@ pub fn parse_head(
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         BackendFraming::None
+    } else if chunked.is_some() && version == Version::HTTP_10 {
+        // RFC 9112 6.1: faulty framing; the sender may have kept part of
+        // the message, so neither reading nor reusing it is safe.
+        return Err(Failure::Broken("Transfer-Encoding in an HTTP/1.0 response"));
     } else if chunked == Some(false) || other_codings {
         return Err(Failure::Broken(
             "unsupported Transfer-Encoding (only chunked is implemented)",
@@ -260,6 +264,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+            // Transfer-Encoding on HTTP/1.0: faulty framing (RFC 9112 6.1).
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
         ] {
             assert!(
                 matches!(parse(bad), Err(Failure::Broken(_))),

@@ -1,0 +1,8 @@
+//! `cargo fuzz run response_head`: see fuzz/README.md. The checks live in
+//! fuzz/checks.rs, shared with tests/fuzz_regressions.rs.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::response_head(data));
