@@ -15,7 +15,8 @@
 # `busybox-static` (the containers' image) for label discovery, BIND
 # (`bind9`, `bind9-dnsutils`) for DNS-01, and Python grpcio
 # (`python3-grpcio`) for the gRPC-through-the-gateway tests, redis-server
-# for the cluster tests and haproxy for the PROXY protocol tests.
+# for the cluster tests, haproxy for the PROXY protocol tests, and
+# debootstrap for the container image test (a Debian base made locally).
 # Missing ones are installed (apt-get as root, or via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 { command -v dockerd && command -v docker; } >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+[ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 /usr/bin/python3 -c 'import brotli' >/dev/null 2>&1 || missing+=(python3-brotli)

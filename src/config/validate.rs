@@ -212,16 +212,22 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     let cluster = cluster_raw.and_then(|(span, c)| cx.cluster(span, c));
     let mut certificates = Vec::new();
     let access = access_raw.map(|v| cx.access_lists(v)).unwrap_or_default();
-    let mut certs_count = 0;
+    // Hosts of [[certificate]]s that failed to load (their own error).
+    let mut failed_cert_hosts: Vec<super::HostPattern> = Vec::new();
     let mut routes = Vec::new();
     let mut files = Vec::new();
     for part in parts {
         cx.enter(part.file.clone(), &part.src);
         files.push(part.file.to_path_buf());
-        certs_count += part.certs.len();
         for (index, span, raw) in part.certs {
-            if let Some(c) = cx.certificate(index, span, raw) {
-                certificates.push(c);
+            let hosts = raw.hosts.get_ref().clone();
+            match cx.certificate(index, span, raw) {
+                Some(c) => certificates.push(c),
+                None => failed_cert_hosts.extend(
+                    hosts
+                        .iter()
+                        .filter_map(|h| super::route_section::parse_host_pattern(h).ok()),
+                ),
             }
         }
         for (index, span, raw) in part.routes {
@@ -233,10 +239,18 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
     cx.enter(Arc::from(path), src);
     cx.check_route_set(&routes);
     cx.check_oidc_routes(&routes, &oidc);
-    // A [[certificate]] that failed to load has its own error; coverage
-    // would only add a misleading "add a certificate" for its hosts.
-    if server.https.is_some() && certificates.len() == certs_count {
+    if server.https.is_some() {
+        let before = cx.errors.len();
         cx.check_tls_coverage(&routes, &certificates, acme.as_ref(), &acme_certificates);
+        // A [[certificate]] that failed to load has its own error; "add a
+        // certificate" for the hosts it names would only mislead.
+        let coverage = cx.errors.split_off(before);
+        cx.errors.extend(coverage.into_iter().filter(|e| {
+            let named = e.message.split('`').nth(1).unwrap_or("");
+            !failed_cert_hosts
+                .iter()
+                .any(|p| p.to_string() == named || super::tls_section::pattern_covers(p, named))
+        }));
     }
 
     if server.http.is_none() && server.https.is_none() {

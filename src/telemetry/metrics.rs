@@ -326,10 +326,10 @@ mod tests {
         r.upstream_error(UpstreamFailure::Timeout);
         let text = m.render(&[]);
         assert!(text.contains(
-            "portcullis_requests_total{route=\"app\",method=\"GET\",status_class=\"2xx\"} 1"
+            "portcullis_requests_total{route=\"app\",method=\"GET\",code=\"200\",status_class=\"2xx\"} 1"
         ));
         assert!(text.contains(
-            "portcullis_requests_total{route=\"app\",method=\"POST\",status_class=\"5xx\"} 1"
+            "portcullis_requests_total{route=\"app\",method=\"POST\",code=\"502\",status_class=\"5xx\"} 1"
         ));
         assert!(
             text.contains(
