@@ -89,26 +89,13 @@ impl BodyReader {
             self.broken = true;
             return self.fail(why);
         }
-        while self.continue_left > 0 {
-            let from = CONTINUE.len() - self.continue_left;
-            match Pin::new(&mut conn.io).poll_write(cx, &CONTINUE[from..]) {
-                Poll::Ready(Ok(n)) if n > 0 => self.continue_left -= n,
-                Poll::Ready(_) => {
-                    self.client_gone = true;
-                    return self.fail("the client connection broke");
-                }
-                Poll::Pending => return Poll::Pending,
+        match self.poll_continue(&mut conn.io, cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(())) => {
+                self.client_gone = true;
+                return self.fail("the client connection broke");
             }
-        }
-        if self.continue_flush {
-            match Pin::new(&mut conn.io).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.continue_flush = false,
-                Poll::Ready(Err(_)) => {
-                    self.client_gone = true;
-                    return self.fail("the client connection broke");
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+            Poll::Pending => return Poll::Pending,
         }
         loop {
             let step = match &mut self.reading {
@@ -122,20 +109,7 @@ impl BodyReader {
                 Reading::Chunked(d) => d.decode(&mut conn.pending),
             };
             match step {
-                Ok(Step::Data(b)) => {
-                    let (b, end) = match &mut self.reading {
-                        Reading::Chunked(d) if b.len() < GATHER => gather(d, &mut conn.pending, b),
-                        _ => (b, None),
-                    };
-                    let last = matches!(self.reading, Reading::Length(0)) || end == Some(Ok(()));
-                    if let Some(Err(why)) = end {
-                        // What came before the bad bytes goes first.
-                        self.deferred = Some(why);
-                    }
-                    self.feed.deliver(Ok(Some(b)), last, cx);
-                    self.finished = last;
-                    return Poll::Ready(());
-                }
+                Ok(Step::Data(b)) => return self.deliver(b, &mut conn.pending, cx),
                 Ok(Step::End) => {
                     self.feed.deliver(Ok(None), true, cx);
                     self.finished = true;
@@ -157,6 +131,55 @@ impl BodyReader {
                 Poll::Ready(Ok(_)) => {}
             }
         }
+    }
+
+    /// Writes the `100 Continue` still owed, then flushes it; `Err` if the
+    /// client's connection broke.
+    #[inline(always)]
+    fn poll_continue<I: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut I,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ()>> {
+        while self.continue_left > 0 {
+            let from = CONTINUE.len() - self.continue_left;
+            match Pin::new(&mut *io).poll_write(cx, &CONTINUE[from..]) {
+                Poll::Ready(Ok(n)) if n > 0 => self.continue_left -= n,
+                Poll::Ready(_) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.continue_flush {
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.continue_flush = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands a decoded piece to the body (with the chunks buffered behind
+    /// it, up to [`GATHER`]).
+    #[inline(always)]
+    fn deliver(
+        &mut self,
+        b: Bytes,
+        pending: &mut bytes::BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let (b, end) = match &mut self.reading {
+            Reading::Chunked(d) if b.len() < GATHER => gather(d, pending, b),
+            _ => (b, None),
+        };
+        let last = matches!(self.reading, Reading::Length(0)) || end == Some(Ok(()));
+        if let Some(Err(why)) = end {
+            // What came before the bad bytes goes first.
+            self.deferred = Some(why);
+        }
+        self.feed.deliver(Ok(Some(b)), last, cx);
+        self.finished = last;
+        Poll::Ready(())
     }
 
     fn fail(&mut self, why: &'static str) -> Poll<()> {

@@ -152,27 +152,11 @@ where
         let t = settings.header_read_timeout;
         let mut timer = Box::pin(tokio::time::sleep(t + t / 4));
         loop {
-            if conn.pending.is_empty() && conn.pending.capacity() > 0 {
-                // Idle connections hold no buffer.
-                conn.pending = BytesMut::new();
-            }
-            let now = tokio::time::Instant::now();
-            if timer.deadline() < now + t {
-                timer.as_mut().reset(now + t + t / 4);
-            }
-            let head = {
-                let read = poll_fn(|cx| {
-                    if draining.load(Relaxed) && conn.pending.is_empty() {
-                        return Poll::Ready(Ok(None));
-                    }
-                    conn.poll_head(cx, settings.max_head)
-                });
-                tokio::select! {
-                    biased;
-                    r = read => r,
-                    () = timer.as_mut() => Err(Stop::Timeout),
-                }
-            };
+            conn.release_idle_buffer();
+            rearm(timer.as_mut(), t);
+            let head =
+                poll_fn(|cx| conn.poll_next_head(cx, timer.as_mut(), &draining, settings.max_head))
+                    .await;
             let parsed = match head {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -190,30 +174,8 @@ where
                     // The client hung up; dropping the handler cancelled the request.
                     break;
                 };
-                // A small body the handler did not read (a `respond` route,
-                // an early 401 or 413) is read and dropped after the answer
-                // so the connection stays usable; a large or chunked one
-                // closes it.
-                let leftover = reader
-                    .as_ref()
-                    .and_then(body::BodyReader::unread_length)
-                    .filter(|&n| n <= DRAIN_MAX);
-                let body_read = leftover.is_some()
-                    || reader
-                        .as_ref()
-                        .is_none_or(|r| r.feed.complete() && !r.broken);
-                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && started.upgrade_tx.is_some();
-                let keep = started.keep_alive && body_read && !draining.load(Relaxed);
-                let connection = if switching {
-                    ConnectionHeader::Default
-                } else if !keep {
-                    ConnectionHeader::Close
-                } else if !started.http11 {
-                    ConnectionHeader::KeepAlive
-                } else {
-                    ConnectionHeader::Default
-                };
+                let (leftover, switching, connection) =
+                    after_handling(reader.as_ref(), &resp, &started, draining.load(Relaxed));
                 // Boxed per response: inline, the writer's state would be
                 // part of every connection's for its whole life.
                 let writing = Box::pin(write::write_response(
@@ -234,9 +196,7 @@ where
                 }
             };
             if switching && let Some(tx) = started.upgrade_tx {
-                let early = std::mem::take(&mut conn.pending);
-                let _ = tx.send(upgrade::Upgraded::new(Box::new(conn.io), early));
-                return;
+                return conn.hand_over(tx);
             }
             if close {
                 break;
@@ -251,6 +211,48 @@ where
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
     }
+}
+
+/// Pushes the head timer forward when less than the full timeout `t` is
+/// left (so it is reset at most once per `t / 4`).
+#[inline(always)]
+fn rearm(timer: Pin<&mut tokio::time::Sleep>, t: Duration) {
+    let now = tokio::time::Instant::now();
+    if timer.deadline() < now + t {
+        timer.reset(now + t + t / 4);
+    }
+}
+
+/// Once the handler has answered: the unread body to drain before the
+/// next request (if any), whether the answer switches protocols, and what
+/// the response's `Connection` header says.
+#[inline(always)]
+fn after_handling(
+    reader: Option<&body::BodyReader>,
+    resp: &Response<Body>,
+    started: &Started,
+    draining: bool,
+) -> (Option<u64>, bool, ConnectionHeader) {
+    // A small body the handler did not read (a `respond` route, an early
+    // 401 or 413) is read and dropped after the answer so the connection
+    // stays usable; a large or chunked one closes it.
+    let leftover = reader
+        .and_then(body::BodyReader::unread_length)
+        .filter(|&n| n <= DRAIN_MAX);
+    let body_read = leftover.is_some() || reader.is_none_or(|r| r.feed.complete() && !r.broken);
+    let switching =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS && started.upgrade_tx.is_some();
+    let keep = started.keep_alive && body_read && !draining;
+    let connection = if switching {
+        ConnectionHeader::Default
+    } else if !keep {
+        ConnectionHeader::Close
+    } else if !started.http11 {
+        ConnectionHeader::KeepAlive
+    } else {
+        ConnectionHeader::Default
+    };
+    (leftover, switching, connection)
 }
 
 /// What the response to a request needs to know about it.
@@ -390,6 +392,42 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<I> {
             }
         };
         tokio::time::timeout(limit, drained).await.unwrap_or(false)
+    }
+
+    /// After a `101`: the socket and any bytes already read past the
+    /// request go to the upgrade.
+    fn hand_over(self, tx: oneshot::Sender<upgrade::Upgraded>)
+    where
+        I: Send + 'static,
+    {
+        let _ = tx.send(upgrade::Upgraded::new(Box::new(self.io), self.pending));
+    }
+
+    /// Idle connections hold no buffer.
+    #[inline(always)]
+    fn release_idle_buffer(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = BytesMut::new();
+        }
+    }
+
+    /// The next request head, unless the connection is draining and idle
+    /// (`None`, as when the client closed) or `timer` fires first.
+    #[inline(always)]
+    fn poll_next_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: Pin<&mut tokio::time::Sleep>,
+        draining: &AtomicBool,
+        max_head: usize,
+    ) -> Poll<Result<Option<Parsed>, Stop>> {
+        if draining.load(Relaxed) && self.pending.is_empty() {
+            return Poll::Ready(Ok(None));
+        }
+        if let Poll::Ready(r) = self.poll_head(cx, max_head) {
+            return Poll::Ready(r);
+        }
+        timer.poll(cx).map(|()| Err(Stop::Timeout))
     }
 
     /// Reads until a complete request head (`None`: the client closed).

@@ -86,11 +86,64 @@ pub struct Parsed {
 pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, HeadError> {
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        buf,
-        &mut storage,
-    ) {
+    let Some(len) = tokenize(&mut req, buf, &mut storage, max_head)? else {
+        return Ok(None);
+    };
+    // One small copy of the head: the header values and the URI share it,
+    // and the connection's read buffer stays free for the next read.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let from = s.as_ptr() as usize - base;
+        head.slice(from..from + s.len())
+    };
+    let (method, uri, version) = request_line(&req, at)?;
+    let fields = fields(req.headers, at)?;
+
+    // Without Host, an origin-form request is refused later with the
+    // routing's own 400; an absolute-form one names its host in the
+    // target, but HTTP/1.1 requires the header all the same.
+    if !fields.has_host && version == Version::HTTP_11 && uri.authority().is_some() {
+        return Err(HeadError::Bad("The request has no Host header."));
+    }
+    let Fields {
+        mut headers,
+        framing,
+        has_upgrade,
+        expect_continue,
+        ..
+    } = fields;
+    let (framing, keep_alive, conn_upgrade) = body_framing(&framing, &mut headers, version)?;
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some((
+        Parsed {
+            request,
+            framing,
+            keep_alive,
+            expect_continue: expect_continue && version == Version::HTTP_11,
+            upgrade: conn_upgrade && has_upgrade && version == Version::HTTP_11,
+        },
+        len,
+    )))
+}
+
+/// Runs httparse over `buf`: the head's length once it is complete
+/// (`None`: read more), or why it is refused.
+#[inline(always)]
+fn tokenize<'b, 'h>(
+    req: &mut httparse::Request<'h, 'b>,
+    buf: &'b [u8],
+    storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
+    max_head: usize,
+) -> Result<Option<usize>, HeadError> {
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(req, buf, storage)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= max_head {
@@ -110,14 +163,16 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
     if len > max_head {
         return Err(HeadError::TooLarge);
     }
-    // One small copy of the head: the header values and the URI share it,
-    // and the connection's read buffer stays free for the next read.
-    let head = Bytes::copy_from_slice(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let from = s.as_ptr() as usize - base;
-        head.slice(from..from + s.len())
-    };
+    Ok(Some(len))
+}
+
+/// The method, target and version of a tokenised head; `at` maps a slice
+/// of the read buffer to the same bytes in the head's own copy.
+#[inline(always)]
+fn request_line(
+    req: &httparse::Request<'_, '_>,
+    at: impl Fn(&[u8]) -> Bytes,
+) -> Result<(Method, Uri, Version), HeadError> {
     let method = req.method.unwrap_or("").as_bytes();
     if !method_allowed(method) {
         return Err(HeadError::Bad(
@@ -147,12 +202,29 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
     } else {
         Version::HTTP_11
     };
+    Ok((method, uri, version))
+}
 
+/// A request's header lines, read into a map, with what the connection
+/// needs to know about them.
+struct Fields {
+    headers: HeaderMap,
+    framing: FramingHeaders,
+    has_upgrade: bool,
+    expect_continue: bool,
+    has_host: bool,
+}
+
+#[inline(always)]
+fn fields(
+    lines: &[httparse::Header<'_>],
+    at: impl Fn(&[u8]) -> Bytes,
+) -> Result<Fields, HeadError> {
     let mut headers = spare_map();
-    headers.reserve(req.headers.len() + 8);
+    headers.reserve(lines.len() + 8);
     let mut framing = FramingHeaders::default();
     let (mut has_upgrade, mut expect_continue, mut has_host) = (false, false, false);
-    for h in req.headers.iter() {
+    for h in lines {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad("A header name is not valid."))?;
         let value = HeaderValue::from_maybe_shared(at(h.value))
@@ -173,21 +245,31 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
                 }
             })?;
     }
+    Ok(Fields {
+        headers,
+        framing,
+        has_upgrade,
+        expect_continue,
+        has_host,
+    })
+}
 
-    // Without Host, an origin-form request is refused later with the
-    // routing's own 400; an absolute-form one names its host in the
-    // target, but HTTP/1.1 requires the header all the same.
-    if !has_host && version == Version::HTTP_11 && uri.authority().is_some() {
-        return Err(HeadError::Bad("The request has no Host header."));
-    }
+/// How the body is framed (RFC 9112 6.3), whether the connection may be
+/// kept, and whether `Connection` asks for an upgrade. A length sent with
+/// `chunked` is dropped from `headers`.
+#[inline(always)]
+fn body_framing(
+    framing: &FramingHeaders,
+    headers: &mut HeaderMap,
+    version: Version,
+) -> Result<(BodyFraming, bool, bool), HeadError> {
     if framing.other_codings() && version == Version::HTTP_11 {
         return Err(HeadError::NotImplemented(
             "Only the chunked transfer coding is supported.",
         ));
     }
     let mut keep_alive = framing.keep_alive(version);
-    let conn_upgrade = framing.upgrade;
-    let framing = match (framing.chunked, framing.length) {
+    let body = match (framing.chunked, framing.length) {
         (Some(_), _) if version == Version::HTTP_10 => {
             return Err(HeadError::Bad(
                 "Transfer-Encoding is not allowed in an HTTP/1.0 request.",
@@ -207,22 +289,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(Parsed, usize)>, Hea
         (None, Some(0) | None) => BodyFraming::None,
         (None, Some(n)) => BodyFraming::Length(n),
     };
-
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    Ok(Some((
-        Parsed {
-            request,
-            framing,
-            keep_alive,
-            expect_continue: expect_continue && version == Version::HTTP_11,
-            upgrade: conn_upgrade && has_upgrade && version == Version::HTTP_11,
-        },
-        len,
-    )))
+    Ok((body, keep_alive, framing.upgrade))
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@ use http::{StatusCode, Version};
 use super::{BackendFraming, Failure, Head, MAX_HEAD, MAX_HEADERS};
 use crate::h1::wire::{BadLength, FramingHeaders};
 
+/// Where each header's name and value sit in a head: start and end of
+/// the name, start and end of the value.
+type Spans = [(u32, u32, u32, u32); MAX_HEADERS];
+
 /// Parses one response head from the front of `buf` and consumes it;
 /// `None` when more bytes are needed. The headers go into `spare`'s room
 /// (taken, left empty).
@@ -23,42 +27,9 @@ pub fn parse_head(
 ) -> Result<Option<Head>, Failure> {
     // Where each header's name and value sit in the head, so they can be
     // taken from one shared buffer instead of copied one by one.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, count) = {
-        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            buf,
-            &mut storage,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Failure::Broken("too many header lines"));
-            }
-            Err(_) => return Err(Failure::Broken("not an HTTP/1 response")),
-        };
-        if len > MAX_HEAD {
-            return Err(Failure::Broken("response head too large"));
-        }
-        let base = buf.as_ptr() as usize;
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (
-                n as u32,
-                (n + h.name.len()) as u32,
-                v as u32,
-                (v + h.value.len()) as u32,
-            );
-        }
-        (
-            len,
-            resp.code.unwrap_or(0),
-            resp.version.unwrap_or(1),
-            resp.headers.len(),
-        )
+    let mut spans: Spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let Some((len, code, minor, count)) = locate(buf, &mut spans)? else {
+        return Ok(None);
     };
     let status = StatusCode::from_u16(code).map_err(|_| Failure::Broken("invalid status code"))?;
     let version = if minor == 0 {
@@ -82,8 +53,6 @@ pub fn parse_head(
             BadLength::Conflicting => Failure::Broken("conflicting Content-Length"),
         })?;
     }
-    let (length, chunked, other_codings) = (seen.length, seen.chunked, seen.other_codings());
-
     let mut keep_alive = seen.keep_alive(version);
     let bodiless = method_is_head
         || status.is_informational()
@@ -91,32 +60,12 @@ pub fn parse_head(
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         BackendFraming::None
-    } else if chunked.is_some() && version == Version::HTTP_10 {
+    } else if seen.chunked.is_some() && version == Version::HTTP_10 {
         // RFC 9112 6.1: faulty framing; the sender may have kept part of
         // the message, so neither reading nor reusing it is safe.
         return Err(Failure::Broken("Transfer-Encoding in an HTTP/1.0 response"));
-    } else if chunked == Some(false) || other_codings {
-        return Err(Failure::Broken(
-            "unsupported Transfer-Encoding (only chunked is implemented)",
-        ));
-    } else if let Some(is_chunked) = chunked {
-        if length.is_some() {
-            // Both: the length is a lie or a smuggling attempt; do not
-            // pass it on, and do not trust this connection again.
-            headers.remove(header::CONTENT_LENGTH);
-            keep_alive = false;
-        }
-        if is_chunked {
-            BackendFraming::Chunked
-        } else {
-            keep_alive = false;
-            BackendFraming::UntilClose
-        }
-    } else if let Some(n) = length {
-        BackendFraming::Length(n)
     } else {
-        keep_alive = false;
-        BackendFraming::UntilClose
+        body_framing(&seen, &mut headers, &mut keep_alive)?
     };
     Ok(Some(Head {
         status,
@@ -125,6 +74,83 @@ pub fn parse_head(
         framing,
         keep_alive,
     }))
+}
+
+/// Runs httparse over `buf`: once the head is complete, its length,
+/// status code, minor version and header count, with each header's
+/// place in `spans`.
+#[inline(always)]
+fn locate(buf: &BytesMut, spans: &mut Spans) -> Result<Option<(usize, u16, u8, usize)>, Failure> {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Failure::Broken("too many header lines"));
+        }
+        Err(_) => return Err(Failure::Broken("not an HTTP/1 response")),
+    };
+    if len > MAX_HEAD {
+        return Err(Failure::Broken("response head too large"));
+    }
+    let base = buf.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let n = h.name.as_ptr() as usize - base;
+        let v = h.value.as_ptr() as usize - base;
+        *span = (
+            n as u32,
+            (n + h.name.len()) as u32,
+            v as u32,
+            (v + h.value.len()) as u32,
+        );
+    }
+    Ok(Some((
+        len,
+        resp.code.unwrap_or(0),
+        resp.version.unwrap_or(1),
+        resp.headers.len(),
+    )))
+}
+
+/// How a response that may have a body is framed (RFC 9112 6.3); a
+/// length sent with `chunked` is dropped from `headers` and the
+/// connection not kept.
+#[inline(always)]
+fn body_framing(
+    seen: &FramingHeaders,
+    headers: &mut HeaderMap,
+    keep_alive: &mut bool,
+) -> Result<BackendFraming, Failure> {
+    let (length, chunked) = (seen.length, seen.chunked);
+    if chunked == Some(false) || seen.other_codings() {
+        return Err(Failure::Broken(
+            "unsupported Transfer-Encoding (only chunked is implemented)",
+        ));
+    }
+    Ok(if let Some(is_chunked) = chunked {
+        if length.is_some() {
+            // Both: the length is a lie or a smuggling attempt; do not
+            // pass it on, and do not trust this connection again.
+            headers.remove(header::CONTENT_LENGTH);
+            *keep_alive = false;
+        }
+        if is_chunked {
+            BackendFraming::Chunked
+        } else {
+            *keep_alive = false;
+            BackendFraming::UntilClose
+        }
+    } else if let Some(n) = length {
+        BackendFraming::Length(n)
+    } else {
+        *keep_alive = false;
+        BackendFraming::UntilClose
+    })
 }
 
 #[cfg(test)]
