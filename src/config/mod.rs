@@ -654,7 +654,8 @@ impl Config {
     }
 
     /// The files whose change should reload this config: the config and
-    /// included files, certificate, key, secret and CA files it names.
+    /// included files, certificate, key, secret and CA files it names, and
+    /// access lists' htpasswd files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut out = self.files.clone();
         for c in &self.certificates {
@@ -670,6 +671,21 @@ impl Config {
         }
         if let Some(a) = &self.acme {
             out.extend(a.ca_file.clone());
+        }
+        // Access lists' htpasswd files and backends' TLS files.
+        let tls = |t: &crate::trust::Settings, out: &mut Vec<PathBuf>| {
+            out.extend(t.ca_file.clone());
+            out.extend(t.client_cert_file.clone());
+            out.extend(t.client_key_file.clone());
+        };
+        tls(&self.server.upstream_tls, &mut out);
+        for r in &self.routes {
+            if let Some(a) = &r.options.access {
+                out.extend(a.basic_auth_file.clone());
+            }
+            if let Some(t) = &r.upstream_tls {
+                tls(t, &mut out);
+            }
         }
         out.sort();
         out.dedup();
@@ -702,5 +718,25 @@ mod secret_tests {
         assert!(Secret::read_file(&p).unwrap_err().contains("not UTF-8"));
         let e = Secret::read_file(&dir.path().join("missing")).unwrap_err();
         assert!(e.starts_with("cannot read"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod watched_tests {
+    /// `watch = true` reloads when an access list's htpasswd file changes,
+    /// as it does for certificates and secrets.
+    #[test]
+    fn htpasswd_files_are_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        std::fs::write(dir.path().join("users"), format!("ann:{hash}\n")).unwrap();
+        let path = dir.path().join("portcullis.toml");
+        let src = "[server]\nhttp = \"127.0.0.1:0\"\n\n[access.family]\nbasic_auth_file = \"users\"\n\n[[route]]\nhost = \"a.test\"\nrespond = { body = \"a\" }\naccess = \"family\"\n";
+        let c = super::parse(&path, src).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.watched_files().contains(&dir.path().join("users")),
+            "{:?}",
+            c.watched_files()
+        );
     }
 }
