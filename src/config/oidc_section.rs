@@ -49,7 +49,8 @@ pub(super) struct OidcSet {
     pub broken: Vec<String>,
 }
 
-fn valid_name(n: &str) -> bool {
+/// A provider or access-list name: 1-64 letters, digits, `-` or `_`.
+pub(super) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()

@@ -374,12 +374,7 @@ pub struct ServerOptions {
 
 // --- checks ------------------------------------------------------------------
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+use super::oidc_section::valid_name;
 
 /// The `[access.NAME]` lists, by name; names of broken ones are kept so
 /// routes naming them get no second error.

@@ -345,12 +345,8 @@ rm -rf "$2"
 }
 
 /// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+#[allow(unused_imports)] // not every test file that loads the harness uses it
+pub use super::tls::free_port;
 
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?

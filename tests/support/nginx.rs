@@ -137,12 +137,7 @@ fn nginx_binary() -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
-        .port()
-}
+use super::tls::free_port;
 
 impl NginxBuilder {
     fn config(&self, dir: &Path, port: u16) -> String {
