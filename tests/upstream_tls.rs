@@ -189,6 +189,12 @@ upstream = "https://{p3}"
 upstream_tls = {{ {tls} }}
 
 [[route]]
+host = "noh2.test"
+upstream = "https://{p3}"
+upstream_tls = {{ {tls} }}
+upstream_protocol = "h2"
+
+[[route]]
 host = "hc.test"
 upstream = "https://{p0}"
 upstream_tls = {{ {tls} }}
@@ -294,6 +300,21 @@ async fn a_backend_requiring_a_client_certificate_gets_ours_or_we_say_why_not() 
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     env.logged(&["asked for a client certificate and none is configured"])
         .await;
+}
+
+#[tokio::test]
+async fn h2_required_from_a_backend_offering_only_http1_is_a_502_saying_so() {
+    let env = env();
+    // nginx's fourth server has `ssl` without `http2`: ALPN offers
+    // http/1.1 only, and this route insists on h2.
+    let r = env.client().get("http://noh2.test/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(!r.text().contains("did not offer"), "{}", r.text());
+    let upstream = format!("https://{}", env.nginx().addr_n(3));
+    let line = env
+        .logged(&["backend did not offer h2", upstream.as_str()])
+        .await;
+    assert!(line.contains("TLS to the backend failed"), "{line}");
 }
 
 #[tokio::test]

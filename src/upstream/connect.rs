@@ -89,7 +89,14 @@ async fn open_inner(target: &UpstreamTarget, alpn: Alpn) -> Result<Opened, Proxy
     let stream = match done {
         Ok(s) => s,
         Err(e) => {
-            let reason = tls_failure(&e, host, &tls.server_name, cert_requested);
+            let reason = if alpn == Alpn::H2 && refused_alpn(&e) {
+                // A server that knows ALPN but none of ours (nginx without
+                // `http2`) ends the handshake with an alert rather than
+                // choosing nothing: the same cause as below, said the same way.
+                "backend did not offer h2".to_string()
+            } else {
+                tls_failure(&e, host, &tls.server_name, cert_requested)
+            };
             tracing::warn!(upstream = %target.url, reason = %reason, "TLS to the backend failed");
             return Err(ProxyError::UpstreamBroken(Cause::error(format!(
                 "TLS to the backend failed: {reason}"
@@ -111,6 +118,17 @@ async fn open_inner(target: &UpstreamTarget, alpn: Alpn) -> Result<Opened, Proxy
 }
 
 /// Why a handshake failed, for the log.
+/// The backend ended the handshake because it speaks none of the
+/// protocols offered by ALPN (`no_application_protocol`, RFC 7301 3.2).
+fn refused_alpn(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    )
+}
+
 fn tls_failure(
     e: &std::io::Error,
     host: &str,
