@@ -227,6 +227,226 @@ mod tests {
         PoolKey::new(&s.parse().unwrap())
     }
 
+    /// How much of the response body the client side reads.
+    #[derive(Debug, Clone, Copy)]
+    enum Read {
+        /// To its end.
+        All,
+        /// The first piece, then the body is dropped (the client left).
+        One,
+        /// Nothing: dropped at once.
+        Nothing,
+    }
+
+    /// One response from a scripted backend, and whether the connection
+    /// may carry the next request afterwards.
+    struct Case {
+        what: &'static str,
+        /// Written by the backend before the request is read.
+        answer: &'static [u8],
+        /// The backend closes its side right after `answer`.
+        close_after: bool,
+        read: Read,
+        /// Written by the backend once the body is done (while idle).
+        later: &'static [u8],
+        /// The backend closes the connection while it is idle.
+        close_later: bool,
+        reused: bool,
+    }
+
+    const fn case(what: &'static str, answer: &'static [u8], read: Read, reused: bool) -> Case {
+        Case {
+            what,
+            answer,
+            close_after: false,
+            read,
+            later: b"",
+            close_later: false,
+            reused,
+        }
+    }
+
+    /// The pool's reuse rules below the proxy: one request over
+    /// `conn::exchange`, the body read (or not) through `UpstreamBody`,
+    /// then whether `take_idle` hands the connection to the next request.
+    /// The backend is the far end of a loopback socket written with
+    /// blocking calls (not an in-memory pipe: the reuse check asks the
+    /// socket itself, and bytes written that way are there at once).
+    #[tokio::test]
+    async fn a_connection_is_reused_only_after_a_whole_clean_keep_alive_response() {
+        use http_body_util::BodyExt as _;
+        use std::io::Write as _;
+        let cases = [
+            case(
+                "length, read whole",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                Read::All,
+                true,
+            ),
+            case(
+                "chunked with a trailer, read whole",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+                Read::All,
+                true,
+            ),
+            case(
+                "no body (204)",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                Read::Nothing,
+                true,
+            ),
+            case(
+                "HTTP/1.0 asking for keep-alive",
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello",
+                Read::All,
+                true,
+            ),
+            case(
+                "unread bytes after a length body",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n",
+                Read::All,
+                false,
+            ),
+            case(
+                "unread bytes after a chunked body",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX",
+                Read::All,
+                false,
+            ),
+            case(
+                "unread bytes after a bodiless answer",
+                b"HTTP/1.1 204 No Content\r\n\r\nX",
+                Read::Nothing,
+                false,
+            ),
+            Case {
+                later: b"X",
+                ..case(
+                    "a stray byte arriving while idle",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                    Read::All,
+                    false,
+                )
+            },
+            Case {
+                close_later: true,
+                ..case(
+                    "closed by the backend while idle",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                    Read::All,
+                    false,
+                )
+            },
+            case(
+                "body half read, then abandoned",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+                Read::One,
+                false,
+            ),
+            case(
+                "chunked body half read, then abandoned",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                Read::One,
+                false,
+            ),
+            case(
+                "body not read at all",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                Read::Nothing,
+                false,
+            ),
+            case(
+                "Connection: close",
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+                Read::All,
+                false,
+            ),
+            case(
+                "Connection: close on a bodiless answer",
+                b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n",
+                Read::Nothing,
+                false,
+            ),
+            case(
+                "HTTP/1.0 without keep-alive",
+                b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                Read::All,
+                false,
+            ),
+            case(
+                "chunked and a length together",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                Read::All,
+                false,
+            ),
+            Case {
+                close_after: true,
+                ..case(
+                    "body read until close",
+                    b"HTTP/1.1 200 OK\r\n\r\nhello",
+                    Read::All,
+                    false,
+                )
+            },
+        ];
+        let max_idle = Duration::from_secs(60);
+        let mut wrong = Vec::new();
+        for c in &cases {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = l.accept().unwrap();
+            let key = key(&addr.to_string());
+            peer.write_all(c.answer).unwrap();
+            if c.close_after {
+                peer.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let mut conn = BackendConn::new(io);
+            let mut out = Outgoing::new(
+                &http::Method::GET,
+                &["/"],
+                b"a.test",
+                http::HeaderMap::new(),
+                &[],
+                Body::Empty,
+            );
+            let (head, sent) = upstream::exchange(&mut conn, &mut out)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e:?}", c.what));
+            let mut body = UpstreamBody::start(
+                conn,
+                head.framing,
+                head.keep_alive && sent,
+                &key,
+                max_idle,
+                Duration::from_secs(5),
+            );
+            match c.read {
+                Read::All => {
+                    while let Some(f) = body.frame().await {
+                        f.unwrap_or_else(|e| panic!("{}: {e}", c.what));
+                    }
+                }
+                Read::One => {
+                    body.frame().await.expect("a first piece").expect("data");
+                }
+                Read::Nothing => {}
+            }
+            drop(body);
+            peer.write_all(c.later).unwrap();
+            if c.close_later {
+                peer.shutdown(std::net::Shutdown::Both).unwrap();
+            }
+            let reused = take_idle(&key, max_idle).is_some();
+            if reused != c.reused {
+                wrong.push(format!("{}: reused {reused}", c.what));
+            }
+            assert!(!has_idle(&key), "{}: one connection, taken once", c.what);
+            drop(peer);
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
     #[test]
     fn pool_keys_match_across_configs_and_letter_case() {
         let mut pools = Pools::default();
