@@ -823,6 +823,92 @@ async fn server_error_page_for_unknown_hosts() {
     assert_eq!(r.text(), "nothing here (404, r-9)");
 }
 
+/// `default_route = "drop"`: an unknown host gets no answer at all (nginx's
+/// `return 444`): over HTTP/1 the connection closes before a byte is sent,
+/// over HTTP/2 the stream is reset and the connection serves on; the
+/// access log says 444 with error `no_route`; `portcullis check` accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_route_drop_closes_without_answering() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let toml = "[server]\nhttp = \"{{HTTP}}\"\nadmin = \"{{ADMIN}}\"\nstate_dir = \"{{DIR}}/state\"\ndefault_route = \"drop\"\n\n[[route]]\nhost = \"a.test\"\nrespond = { body = \"here\" }\n";
+    let gw = Gateway::builder(toml).spawn_binary().await;
+    let check = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "check refused drop: {check:?}");
+
+    // HTTP/1: a known host answered, then an unknown one on the same
+    // connection: the connection ends with nothing more.
+    let mut s = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the connection closed")
+        .expect("a clean close (FIN), not a reset");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("here"), "only the first answer: {text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    // Alone on a connection: not one byte.
+    let mut s = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the connection closed")
+        .expect("a clean close");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+
+    // HTTP/2 (h2c): the stream is reset, the connection stays usable.
+    let h2 = TestClient::h2c_to(gw.http_addr());
+    let e = h2
+        .try_request(
+            http::Method::GET,
+            "http://nowhere.test/x",
+            &[],
+            support::client::TestBody::empty(),
+        )
+        .await
+        .expect_err("no answer for an unknown host over h2");
+    assert!(
+        e.contains("INTERNAL_ERROR") || e.contains("internal error"),
+        "{e}"
+    );
+    let r = h2.get("http://a.test/").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "here"));
+
+    let line = support::wait_for(
+        "the access log line of a drop",
+        Duration::from_secs(10),
+        || async {
+            gw.logs()
+                .lines()
+                .find(|l| l.contains("nowhere.test") && l.contains("444") && l.contains("no_route"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(line.contains("\"status\":444"), "{line}");
+    let routes = TestClient::new()
+        .get(&format!("http://{}/routes", gw.admin_addr()))
+        .await
+        .json();
+    assert_eq!(routes["default_route"], "drop");
+}
+
 // --- access lists with single sign-on ---------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -886,14 +886,7 @@ impl Cx<'_> {
         let span = raw.span();
         match raw.into_inner() {
             FileDefaultRoute::Keyword(k) if k == "404" => DefaultRoute::NotFound,
-            FileDefaultRoute::Keyword(k) if k == "drop" || k == "444" => {
-                self.err(
-                    Some(span),
-                    "server.default_route",
-                    "\"drop\" (closing the connection without an answer) is not supported yet; use \"404\" or { redirect = \"https://…\" }".into(),
-                );
-                DefaultRoute::Drop
-            }
+            FileDefaultRoute::Keyword(k) if k == "drop" || k == "444" => DefaultRoute::Drop,
             FileDefaultRoute::Keyword(k) => {
                 self.err(
                     Some(span),

@@ -174,6 +174,10 @@ where
                     // The client hung up; dropping the handler cancelled the request.
                     break;
                 };
+                if crate::http::CloseWithoutAnswer::is_on(&resp) {
+                    // Not a byte of an answer: the connection just closes.
+                    break;
+                }
                 let (leftover, switching, connection) =
                     after_handling(reader.as_ref(), &resp, &started, draining.load(Relaxed));
                 // Boxed per response: inline, the writer's state would be

@@ -37,6 +37,32 @@ impl Scheme {
     }
 }
 
+/// A response extension saying the response must not be sent: the
+/// server closes the connection without answering (HTTP/1) or resets the
+/// request's stream (HTTP/2), like nginx's `return 444`. The response's
+/// status (444, nginx's code for it) is what the access log and the
+/// metrics record.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseWithoutAnswer;
+
+impl CloseWithoutAnswer {
+    /// The status recorded for a request answered this way.
+    pub const STATUS: u16 = 444;
+
+    /// A response carrying the mark.
+    pub fn response() -> http::Response<body::Body> {
+        let mut r = http::Response::new(body::Body::Empty);
+        *r.status_mut() = http::StatusCode::from_u16(Self::STATUS).expect("444 is a valid status");
+        r.extensions_mut().insert(CloseWithoutAnswer);
+        r
+    }
+
+    /// Whether `resp` carries the mark.
+    pub fn is_on<B>(resp: &http::Response<B>) -> bool {
+        resp.extensions().get::<CloseWithoutAnswer>().is_some()
+    }
+}
+
 impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -214,6 +214,13 @@ fn route_request<'a>(
         let selected = match select(shared, snap, conn, &req, raw_host) {
             // `[server] default_route` for requests no route matches.
             Err(ProxyError::NoRoute)
+                if snap.server.options.default_route == crate::config::DefaultRoute::Drop =>
+            {
+                // Logged as a 444 with error `no_route`; never sent.
+                outcome.error = Some(ProxyError::NoRoute);
+                return Ok(crate::http::CloseWithoutAnswer::response());
+            }
+            Err(ProxyError::NoRoute)
                 if let Some(r) = crate::policy::pages::default_route(
                     &snap.server.options.default_route,
                     req.uri(),

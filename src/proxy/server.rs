@@ -225,6 +225,19 @@ async fn client_address(
     }
 }
 
+/// An HTTP/2 request answered by resetting its stream
+/// ([`crate::http::CloseWithoutAnswer`]).
+#[derive(Debug)]
+struct StreamDropped;
+
+impl std::fmt::Display for StreamDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream reset without an answer (default_route = \"drop\")")
+    }
+}
+
+impl std::error::Error for StreamDropped {}
+
 /// The HTTP/1 server's requests go through the same pipeline as hyper's.
 impl h1::Handler for Shared {
     fn handle<'a>(&'a self, conn: &'a Arc<ConnInfo>, req: http::Request<Body>) -> h1::Handling<'a> {
@@ -394,7 +407,16 @@ where
                 // future per stream slot; a pointer is enough.
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (shared, info) = (shared.clone(), info.clone());
-                    Box::pin(async move { handle(&shared, &info, req.map(Body::Incoming)).await })
+                    Box::pin(async move {
+                        let Ok(resp) = handle(&shared, &info, req.map(Body::Incoming)).await;
+                        if crate::http::CloseWithoutAnswer::is_on(&resp) {
+                            // hyper resets a stream whose service fails:
+                            // RST_STREAM with INTERNAL_ERROR, the
+                            // connection's other streams untouched.
+                            return Err(StreamDropped);
+                        }
+                        Ok(resp)
+                    })
                 });
                 let mut conn = std::pin::pin!(h2.serve_connection(TokioIo::new(io), svc));
                 let result = tokio::select! {
