@@ -198,3 +198,46 @@ fn both_connection_servers_dispatch_a_pipelined_pair() {
         2
     );
 }
+
+/// Hyper's server refuses `Content-Length: 5, 5`, which ours reads as 5
+/// (RFC 9110 8.6): the comparison lets that difference through, and only
+/// that one; a list of different lengths, or ours reading another
+/// length, is still a disagreement.
+#[test]
+fn hyper_strictness_covers_only_identical_length_lists() {
+    let post = |cl: &str| format!("POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\n\r\n");
+    let ours = |n| {
+        [(
+            "POST".to_string(),
+            "/u".to_string(),
+            true,
+            Some(checks_framing(n)),
+        )]
+    };
+    let head = portcullis::probe::parse_request(post("5, 5").as_bytes(), checks::MAX_HEAD)
+        .expect("ours accepts an identical list")
+        .expect("whole head");
+    assert_eq!(head.framing, checks_framing(5));
+    assert!(checks::hyper_is_stricter(post("5, 5").as_bytes(), &ours(5)));
+    assert!(checks::hyper_is_stricter(
+        post("5,5,5").as_bytes(),
+        &ours(5)
+    ));
+    assert!(!checks::hyper_is_stricter(
+        post("5, 5").as_bytes(),
+        &ours(6)
+    ));
+    assert!(!checks::hyper_is_stricter(
+        post("5, 6").as_bytes(),
+        &ours(5)
+    ));
+    assert!(!checks::hyper_is_stricter(post("5").as_bytes(), &ours(5)));
+    assert!(!checks::hyper_is_stricter(
+        post("+5, +5").as_bytes(),
+        &ours(5)
+    ));
+}
+
+fn checks_framing(n: u64) -> portcullis::probe::Framing {
+    portcullis::probe::Framing::Length(n)
+}
