@@ -60,12 +60,18 @@
 //!
 //! # Where hyper is still used, and why
 //!
-//! - HTTP/2 (`proxy::server`): multiplexing, flow control and HPACK are a
-//!   protocol of their own, and hyper's is well tested; HTTP/2 requests
-//!   join the same pipeline.
-//! - The gateway's own outbound calls (OIDC discovery and token requests,
-//!   ACME, forward-auth, health checks) and the admin API: few requests,
-//!   off the request path, where hyper's per-request cost does not matter.
+//! - HTTP/2, both ways: clients (`proxy::server`) and backends
+//!   (`upstream::h2`, for `h2c://` and `https://` upstreams that settle on
+//!   h2). Multiplexing, flow control and HPACK are a protocol of their
+//!   own, and hyper's (the `h2` crate) is maintained and well tested;
+//!   HTTP/2 requests join the same pipeline and the same `Body`.
+//! - The gateway's own outbound calls (OIDC discovery and token requests
+//!   in `auth::http`, ACME and its DNS providers, health checks in
+//!   `upstream::health`, the CLI's calls to the admin API) and the admin
+//!   listener: few requests, off the request path, where hyper's
+//!   per-request cost does not matter and a second codec to audit would.
+//! - An HTTP/2 client's upgrade hand-off (`hyper::upgrade`), where the
+//!   upgraded stream comes from hyper's connection.
 
 pub mod body;
 pub(crate) mod parse;
