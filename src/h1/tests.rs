@@ -30,6 +30,9 @@ enum Act {
     Upgrade,
     /// Answers 200 with a 1 MiB body.
     Big,
+    /// Targets starting `/drop` get no answer (the connection closes,
+    /// `default_route = "drop"`); others are answered like `Ignore`.
+    Drop,
 }
 
 /// What the handler saw: target, and how its body ended (`None`: the
@@ -92,6 +95,14 @@ impl Handler for Test {
                     r.headers_mut()
                         .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
                     r
+                }
+                Act::Drop if target.starts_with("/drop") => {
+                    done("dropped".into());
+                    crate::http::CloseWithoutAnswer::response()
+                }
+                Act::Drop => {
+                    done("ignored".into());
+                    Response::new(Body::full(target))
                 }
                 Act::Big => {
                     done("big".into());
@@ -176,6 +187,24 @@ struct Row {
 }
 
 const ROWS: &[Row] = &[
+    Row {
+        what: "a request answered by closing gets not one byte",
+        act: Act::Drop,
+        pieces: &[b"GET /drop HTTP/1.1\r\nHost: a\r\n\r\n"],
+        statuses: &[],
+        closes: true,
+        shows: &[],
+        seen: &[("/drop", Some("dropped"))],
+    },
+    Row {
+        what: "pipelined: answered, then closed at the dropped one, the rest unread",
+        act: Act::Drop,
+        pieces: &[b"GET /a HTTP/1.1\r\n\r\nGET /drop HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"],
+        statuses: &[200],
+        closes: true,
+        shows: &["/a"],
+        seen: &[("/a", Some("ignored")), ("/drop", Some("dropped"))],
+    },
     Row {
         what: "a head one byte at a time",
         act: Act::ReadBody,
@@ -358,6 +387,9 @@ async fn connection_rows() {
         let mut bad = Vec::new();
         if statuses(&out) != row.statuses {
             bad.push(format!("statuses {:?}", statuses(&out)));
+        }
+        if row.statuses.is_empty() && !out.is_empty() {
+            bad.push("bytes sent where no answer was due".to_string());
         }
         if closed != row.closes {
             bad.push(format!("closed: {closed}"));
