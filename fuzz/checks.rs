@@ -2079,12 +2079,13 @@ pub fn request_head(data: &[u8]) {
 ///
 /// The one such rule: a `Content-Length` field whose value is a list
 /// (`5, 5`). RFC 9110 8.6 lets a recipient take a list of identical
-/// values as the one length, as ours does; hyper's server takes the same
-/// values sent as repeated `Content-Length` lines (comparing them as
-/// numbers, so `5` and `05` agree) but refuses them as a list. So each
-/// list is rewritten as repeated lines and hyper judges those: a list of
-/// different lengths (`5, 6`) is still refused by hyper, and if ours
-/// accepted it that is still reported.
+/// values as the one length, as ours does; hyper's server takes repeated
+/// `Content-Length` lines whose values are the same number (`5` and `05`)
+/// but refuses them as a list. So a list of elements that are all the
+/// same number is written as its first element (same number of lines:
+/// hyper counts header lines too) and hyper judges that; a list of
+/// different lengths (`5, 6`) is left as it is, so if ours accepted it
+/// that is still reported.
 pub fn hyper_is_stricter(stream: &[u8], ours: &[(String, String, bool, Option<Framing>)]) -> bool {
     let Some(split) = split_length_lists(stream) else {
         return false;
@@ -2098,10 +2099,19 @@ pub fn hyper_is_stricter(stream: &[u8], ours: &[(String, String, bool, Option<Fr
 }
 
 /// `stream` with every `Content-Length` line whose value is a list of
-/// digit strings (`5, 5`, `5,05`) written as one `Content-Length` line per
-/// element; `None` when there is no such line.
+/// one number (`5, 5`, `5,05`) written as that list's first element;
+/// `None` when there is no such line.
 fn split_length_lists(stream: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(stream.len() + 64);
+    // The number a digit string stands for, as hyper reads it.
+    let number = |d: &[u8]| {
+        if d.is_empty() || !d.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        d.iter().try_fold(0u64, |acc, &c| {
+            acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        })
+    };
+    let mut out = Vec::with_capacity(stream.len());
     let mut changed = false;
     let name_len = b"content-length:".len();
     for line in stream.split_inclusive(|&b| b == b'\n') {
@@ -2118,17 +2128,12 @@ fn split_length_lists(stream: &[u8]) -> Option<Vec<u8>> {
                 .split(|&b| b == b',')
                 .map(|i| i.trim_ascii())
                 .collect();
-            if items.len() > 1
-                && items
-                    .iter()
-                    .all(|i| !i.is_empty() && i.iter().all(u8::is_ascii_digit))
-            {
-                for (n, item) in items.iter().enumerate() {
-                    out.extend_from_slice(&line[..name_len]);
-                    out.push(b' ');
-                    out.extend_from_slice(item);
-                    out.extend_from_slice(if n + 1 < items.len() { b"\r\n" } else { eol });
-                }
+            let first = number(items[0]);
+            if items.len() > 1 && first.is_some() && items.iter().all(|i| number(i) == first) {
+                out.extend_from_slice(&line[..name_len]);
+                out.push(b' ');
+                out.extend_from_slice(items[0]);
+                out.extend_from_slice(eol);
                 changed = true;
                 continue;
             }
@@ -2318,9 +2323,11 @@ pub fn chunked(data: &[u8]) {
 }
 
 /// Response statuses in what a server wrote, with whether each closes
-/// the connection.
-fn responses(out: &[u8]) -> Vec<(u16, bool)> {
+/// the connection; `methods` are the requests answered, in order (the
+/// answer to a HEAD has a length but no body).
+fn responses(out: &[u8], methods: &[&str]) -> Vec<(u16, bool)> {
     let mut v = Vec::new();
+    let mut finals = 0;
     let mut rest = out;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -2339,8 +2346,13 @@ fn responses(out: &[u8]) -> Vec<(u16, bool)> {
             }
         }
         v.push((code, close));
-        if code == 100 {
+        if code < 200 {
             len = 0;
+        } else {
+            if methods.get(finals) == Some(&"HEAD") {
+                len = 0;
+            }
+            finals += 1;
         }
         rest = &rest[(n + len).min(rest.len())..];
     }
@@ -2373,7 +2385,8 @@ pub fn h1_conn(data: &[u8]) {
     };
     let (hyper, _) = block_on(hyper_serve(pieces));
     let shown = String::from_utf8_lossy(&stream);
-    let answers = responses(&out);
+    let methods: Vec<&str> = ours.iter().map(|d| d.method.as_str()).collect();
+    let answers = responses(&out, &methods);
     // A request whose body never arrived whole is cancelled when the
     // client leaves, unanswered.
     let finished = ours.iter().filter(|d| d.body.is_some()).count();
