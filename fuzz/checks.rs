@@ -1877,6 +1877,22 @@ pub fn reference_dechunk(input: &[u8], max_trailers: usize) -> RefChunked {
             Some(b'\n') => {}
             Some(_) => return RefChunked::Error(data, "bare CR in trailers"),
         }
+        // A field line (RFC 9112 7.1.2, RFC 9110 5.1, 5.5): a token, a
+        // colon, visible bytes (obs-text included), SP and HTAB.
+        let line = &rest[..e];
+        if e > 0 {
+            let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+            let ok = line.iter().position(|&b| b == b':').is_some_and(|c| {
+                c > 0
+                    && line[..c].iter().all(tchar)
+                    && line[c + 1..]
+                        .iter()
+                        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            });
+            if !ok {
+                return RefChunked::Error(data, "trailer is not a field line");
+            }
+        }
         at += e + 2;
         if e == 0 {
             return RefChunked::Complete(data, at);
