@@ -46,8 +46,9 @@
 //!   the response (RFC 9112 6.3 item 3);
 //! - chunked bodies ([`wire::Dechunker`]): a size without digits or over
 //!   16 hex digits, anything but CRLF ending a line, an extension over
-//!   4 KiB per chunk, a trailer section over `max_head`: the body fails
-//!   and the connection closes;
+//!   4 KiB per chunk, a trailer section over `max_head`, a trailer line
+//!   that is not a field line (token, colon, visible bytes; RFC 9112
+//!   7.1.2): the body fails and the connection closes;
 //! - methods with lowercase letters and absolute-form HTTP/1.1 requests
 //!   without `Host`: 400 (policy, see [`wire::method_allowed`]; RFC 9112
 //!   3.2).
