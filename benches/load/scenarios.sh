@@ -257,10 +257,20 @@ round_https_upstream() {
     done
     for label in nginx portcullis; do
         if [ "$label" = nginx ]; then name=nginx_x port=$X_NGINX; else name=portcullis_x port=$X_PORT; fi
+        # The h2 listener closes connections idle for 3 s: after 4 s the
+        # proxy has none open, and a 1 s burst of 50 concurrent requests
+        # shows how many it opens from cold; the measured run after it
+        # shows the steady state.
+        sleep 4
+        mark=$(wc -l <"$W/h2up-access.log" 2>/dev/null || echo 0)
+        timeout 20 taskset -c "$LOAD_CPUS" wrk -t"$LOAD_N" -c50 -d1s -H "Host: h2up.bench" "http://127.0.0.1:$port/" \
+            >/dev/null 2>&1 || true
+        result h2_up backend_conns_cold "$label" "$round" "$(h2_conns_since "$mark")"
+        log "  h2_up round $round $label: $(h2_conns_since "$mark") backend connection(s) opened by a cold burst"
         mark=$(wc -l <"$W/h2up-access.log" 2>/dev/null || echo 0)
         scenario h2_up "$round" "$label" "$name" wrk "http://127.0.0.1:$port/" 50 -H "Host: h2up.bench"
         result h2_up backend_conns "$label" "$round" "$(h2_conns_since "$mark")"
-        log "  h2_up round $round $label: $(h2_conns_since "$mark") backend connection(s) used"
+        log "  h2_up round $round $label: $(h2_conns_since "$mark") backend connection(s) used in the measured run"
     done
 }
 
@@ -424,6 +434,7 @@ run_extras() { # SCENARIO...
     done
     local commit
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [ -n "${PORTCULLIS_BIN:-}" ] && commit="$PORTCULLIS_BIN${PORTCULLIS_LABEL:+ ($PORTCULLIS_LABEL)}"
     REPORT="$W/report.md"
     {
         echo "### Extra scenarios ($*), $(date -u +%Y-%m-%d), $THREADS proxy thread(s)"
