@@ -86,7 +86,7 @@ impl Env {
                     ("client-ca.pem", &client_ca.pem()),
                 ];
                 let ws_addr = ws.addr();
-                let nginx = Nginx::custom(4, &files, |d, p| {
+                let nginx = Nginx::custom(5, &files, |d, p| {
                     let d = d.display();
                     format!(
                         r#"
@@ -119,19 +119,25 @@ impl Env {
         keepalive_requests 1;
         location / {{ return 200 "reused=$ssl_session_reused\n"; }}
     }}
+    server {{
+        listen 127.0.0.1:{p4} ssl http2;
+        location / {{ return 200 "cold\n"; }}
+    }}
 "#,
                         p0 = p[0],
                         p1 = p[1],
                         p2 = p[2],
                         p3 = p[3],
+                        p4 = p[4],
                     )
                 })
                 .await;
-                let (p0, p1, p2, p3) = (
+                let (p0, p1, p2, p3, p4) = (
                     nginx.addr_n(0),
                     nginx.addr_n(1),
                     nginx.addr_n(2),
                     nginx.addr_n(3),
+                    nginx.addr_n(4),
                 );
                 let tls = r#"ca_file = "ca.pem", server_name = "backend.test""#;
                 let config = format!(
@@ -145,6 +151,12 @@ state_dir = "{{{{DIR}}}}/state"
 host = "ok.test"
 upstream = "https://{p0}"
 upstream_tls = {{ {tls} }}
+
+[[route]]
+host = "coldh2.test"
+upstream = "https://{p4}"
+upstream_tls = {{ {tls} }}
+upstream_protocol = "h2"
 
 [[route]]
 host = "h1.test"
@@ -410,6 +422,32 @@ async fn h2_requests_share_one_connection_and_goaway_opens_another() {
     assert!(
         conns >= 4,
         "GOAWAY after 5 requests, yet {conns} connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_to_an_h2_backend_open_one_connection() {
+    let env = env();
+    // No request has gone to this backend yet: all 30 find no connection
+    // open, and wait for the one being opened instead of opening their own.
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let client = TestClient::to_fresh_connections(env.gw().http_addr());
+        tasks.push(tokio::spawn(async move {
+            client
+                .get(&format!("http://coldh2.test/cold-{i}"))
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let (conns, reqs) = connections_for(&env.nginx().access_log(), "/cold-");
+    assert_eq!(reqs, 30);
+    assert_eq!(
+        conns, 1,
+        "30 concurrent first requests over {conns} upstream connections"
     );
 }
 

@@ -14,7 +14,9 @@
 # DURATION (perf, seconds, default 10), REQUESTS (callgrind, default 20000),
 # CONNS (default 50), TOP (rows shown, default 40), LOG_LEVEL (RUST_LOG of
 # portcullis, default warn; info profiles the access log too), NGINX_TOO=1 (perf: also
-# profile the nginx baseline for comparison), KEEP=1 (keep the work dir).
+# profile the nginx baseline for comparison), KEEP=1 (keep the work dir),
+# ROUTE_EXTRA (TOML lines added to the route, e.g. a rate_limit and header
+# rules, to measure what route options cost per request).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -74,7 +76,7 @@ fill "$HERE/nginx-backend.conf.in" "$W/backend.conf" DIR="$W" NAME=backend WORKE
 taskset -c 1 "$NGINX" -p "$W" -e "$W/backend.error.log" -c "$W/backend.conf" &
 PIDS+=($!)
 fill "$HERE/portcullis.toml.in" "$W/portcullis.toml" DIR="$W" NAME=portcullis WORKERS=1 PORT="$P_PORT" \
-    ADMIN_PORT="$P_ADMIN" BACKEND_PORT="$P_BACKEND" LISTEN_KEY=http SERVER_EXTRA=""
+    ADMIN_PORT="$P_ADMIN" BACKEND_PORT="$P_BACKEND" LISTEN_KEY=http SERVER_EXTRA="" ROUTE_EXTRA="${ROUTE_EXTRA:-}"
 
 if [ "$MODE" = callgrind ]; then
     # Instrumentation (and so collection) is on only around the measured requests.

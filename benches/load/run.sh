@@ -3,7 +3,11 @@
 # interleaved rounds, one Markdown table. See benches/load/README.md.
 #
 #   benches/load/run.sh [--threads 1|2] [--rounds N] [--duration SECS]
-#                       [--no-build] [--out FILE]
+#                       [--no-build] [--out FILE] [SCENARIO...]
+#
+# With no SCENARIO: the main table (HTTP/1.1, TLS, h2, memory, reload, auth).
+# SCENARIO: bulk | websocket | https-upstream | compression | auth-redis
+# | extras (all five): the extra scenarios of scenarios.sh, one table.
 #
 # Env: ROUNDS (default 3; use 7 for the published table), DURATION (seconds
 # per wrk run, default 10, at most 15), THREADS (default 1), PORTCULLIS_BIN
@@ -28,7 +32,8 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 BUILD=1
 OUT=${OUT:-}
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+EXTRAS=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,6 +44,8 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
+        extras) EXTRAS+=(bulk websocket https-upstream compression auth-redis); shift ;;
+        bulk|websocket|https-upstream|compression|auth-redis) EXTRAS+=("$1"); shift ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
@@ -213,7 +220,7 @@ start_portcullis() { # NAME PORT ADMIN_PORT RUST_LOG http|https [EXTRA_CONFIG_FI
     [ "$listen" = https ] && server_extra="hsts = false"
     fill "$HERE/portcullis.toml.in" "$W/$name.toml" DIR="$W" NAME="$name" WORKERS="$THREADS" \
         PORT="$port" ADMIN_PORT="$admin" BACKEND_PORT="$P_BACKEND" LISTEN_KEY="$listen" \
-        SERVER_EXTRA="$server_extra"
+        SERVER_EXTRA="$server_extra" ROUTE_EXTRA="${ROUTE_EXTRA:-}"
     if [ "$listen" = https ]; then cat "$W/tls-extra.toml" >>"$W/$name.toml"; fi
     if [ -n "$extra" ]; then cat "$extra" >>"$W/$name.toml"; fi
     "$BIN" check --config "$W/$name.toml" >&2
@@ -410,6 +417,17 @@ scenario_reload() {
 }
 
 # ---------------------------------------------------------------------------
+# The extra scenarios (bulk bodies, WebSocket, HTTPS upstream, compression,
+# Redis sessions): their own processes and table, then exit.
+
+if [ ${#EXTRAS[@]} -gt 0 ]; then
+    # shellcheck source=benches/load/scenarios.sh
+    source "$HERE/scenarios.sh"
+    run_extras "${EXTRAS[@]}"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------
 # TODO hooks: scenarios whose feature is not in the binary under test. They
 # print "not yet available" rows, never numbers. TLS ones are used only when
 # the binary rejects an https config (an older build).
@@ -450,7 +468,7 @@ start_portcullis portcullis_log "$P_PORT_LOG" "$P_PORT_LOG_ADMIN" info http
 # TLS: only if this build takes an https listener.
 TLS=0
 fill "$HERE/portcullis.toml.in" "$W/tls-probe.toml" DIR="$W" NAME=probe WORKERS=1 PORT="$P_PORT_TLS" \
-    ADMIN_PORT="$P_PORT_TLS_ADMIN" BACKEND_PORT="$P_BACKEND" LISTEN_KEY=https SERVER_EXTRA="hsts = false"
+    ADMIN_PORT="$P_PORT_TLS_ADMIN" BACKEND_PORT="$P_BACKEND" LISTEN_KEY=https SERVER_EXTRA="hsts = false" ROUTE_EXTRA=""
 cat "$W/tls-extra.toml" >>"$W/tls-probe.toml"
 if "$BIN" check --config "$W/tls-probe.toml" >/dev/null 2>&1; then
     TLS=1

@@ -101,6 +101,19 @@ impl Policy {
         })
     }
 
+    /// Whether the route has an access list (else [`Policy::admit`] has
+    /// nothing to do, and the caller need not box its future).
+    pub fn has_access(&self) -> bool {
+        self.access.is_some()
+    }
+
+    /// Whether forwarding needs the placeholders: request or response
+    /// rules, compression, or an Authorization header to strip. A route
+    /// with only a rate limit builds none.
+    pub fn needs_placeholders(&self) -> bool {
+        self.strip_authorization || !self.request_rules.is_empty() || self.response.is_some()
+    }
+
     /// The access list: address rules and passwords. The basic-auth user
     /// when a password let the client in.
     pub async fn admit(
@@ -144,6 +157,17 @@ impl Policy {
             headers.remove(http::header::AUTHORIZATION);
         }
         rules::apply(&self.request_rules, headers, p);
+    }
+
+    /// The response side when it has nothing to wait for (no compression):
+    /// done in place, without the future of [`Policy::respond`] (boxed by
+    /// the caller, it cost a large allocation per request). False: call
+    /// `respond`.
+    pub fn respond_in_place(&self, resp: &mut Response<Body>, p: &Placeholders) -> bool {
+        match &self.response {
+            None => true,
+            Some(c) => c.run_in_place(resp, p),
+        }
     }
 
     /// The response side: compression, response header rules, security

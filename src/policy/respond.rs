@@ -28,6 +28,12 @@ type Svc = BoxCloneSyncService<Request<Response<Body>>, Response<Body>, Infallib
 /// A route's response chain.
 pub struct Chain {
     svc: Svc,
+    /// Without compression: the header rules (and security headers),
+    /// applied in place. Through the tower chain they cost a request
+    /// wrapper, its extensions map and boxed futures: 33,541 instead of
+    /// 27,317 instructions per proxied request for one `remove` rule
+    /// (benches/load/profile.sh callgrind with ROUTE_EXTRA).
+    direct: Option<(HeaderRules, bool)>,
 }
 
 impl Chain {
@@ -72,7 +78,23 @@ impl Chain {
                     }
                 }));
         }
-        Some(Chain { svc })
+        let direct = o
+            .compress
+            .is_none()
+            .then(|| (o.response_headers.clone(), o.security_headers));
+        Some(Chain { svc, direct })
+    }
+
+    /// Without compression: the header rules applied to `resp` now (an
+    /// upgrade's 101 left as the backend sent it). False with compression.
+    pub fn run_in_place(&self, resp: &mut Response<Body>, p: &Placeholders) -> bool {
+        let Some((rules, security)) = &self.direct else {
+            return false;
+        };
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            headers(rules, *security, resp, Some(p));
+        }
+        true
     }
 
     pub async fn run(
@@ -85,6 +107,11 @@ impl Chain {
         if status == http::StatusCode::SWITCHING_PROTOCOLS {
             // An upgraded connection: only header rules could apply, and the
             // hand-over must see the response as the backend sent it.
+            return resp;
+        }
+        if let Some((rules, security)) = &self.direct {
+            let mut resp = resp;
+            headers(rules, *security, &mut resp, Some(&p));
             return resp;
         }
         let mut req = Request::new(resp);

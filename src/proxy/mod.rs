@@ -258,7 +258,9 @@ fn route_request<'a>(
         // gate. Boxed: a route without options carries none of this state.
         let policy = route.policy.as_deref();
         let mut basic_user = None;
-        if let Some(p) = policy {
+        if let Some(p) = policy
+            && p.has_access()
+        {
             match Box::pin(p.admit(client.ip, req.headers(), request_id)).await {
                 Ok(u) => basic_user = u,
                 Err(r) => return refused(r),
@@ -294,17 +296,19 @@ fn route_request<'a>(
             if let Err(r) = p.limit(client.ip, user.as_deref(), request_id) {
                 return refused(r);
             }
-            let ph = crate::policy::Placeholders {
-                client_ip: client.ip,
-                host: raw_host.to_string(),
-                request_id: request_id.clone(),
-                user,
-                scheme: conn.scheme,
-            };
-            extras = Some(Box::new((
-                ph,
-                req.headers().get(header::ACCEPT_ENCODING).cloned(),
-            )));
+            if p.needs_placeholders() {
+                let ph = crate::policy::Placeholders {
+                    client_ip: client.ip,
+                    host: raw_host.to_string(),
+                    request_id: request_id.clone(),
+                    user,
+                    scheme: conn.scheme,
+                };
+                extras = Some(Box::new((
+                    ph,
+                    req.headers().get(header::ACCEPT_ENCODING).cloned(),
+                )));
+            }
         }
 
         let mut result = match &route.config.action {
@@ -337,10 +341,13 @@ fn route_request<'a>(
             }
         };
         if let (Some(p), Some(x)) = (policy, extras)
-            && let Ok(resp) = result
+            && let Ok(mut resp) = result
         {
             let (ph, accept_encoding) = *x;
-            result = Ok(Box::pin(p.respond(resp, accept_encoding, ph)).await);
+            if !p.respond_in_place(&mut resp, &ph) {
+                resp = Box::pin(p.respond(resp, accept_encoding, ph)).await;
+            }
+            result = Ok(resp);
         }
         if who.is_some() {
             private_to_user(&mut result);

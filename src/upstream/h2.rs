@@ -2,6 +2,9 @@
 //! hyper's HTTP/2 client: one connection per backend address shared by
 //! every worker (requests are streams on it, multiplexed), opened on first
 //! use and opened again once the backend closes it or sends GOAWAY.
+//! Requests that find no connection open wait for the one being opened:
+//! without that, 50 concurrent requests after an idle close opened 50
+//! connections (benches/load/run.sh https-upstream).
 //!
 //! Why hyper here and not our codec: HTTP/2 needs framing, flow control
 //! and HPACK; hyper's h2 is the maintained implementation we already serve
@@ -11,6 +14,8 @@ use crate::http::error::Cause;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use http::{Request, Response};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,6 +27,12 @@ use crate::http::error::ProxyError;
 
 static SHARED: LazyLock<Mutex<HashMap<PoolKey, SendRequest<Body>>>> =
     LazyLock::new(Default::default);
+
+/// A connection being opened, awaited by every request that needs it.
+type Dial = Shared<BoxFuture<'static, Result<SendRequest<Body>, ProxyError>>>;
+
+/// Connections being opened, by backend.
+static DIALS: LazyLock<Mutex<HashMap<PoolKey, Dial>>> = LazyLock::new(Default::default);
 
 /// A live shared connection to `key`, if there is one.
 fn live(key: &PoolKey) -> Option<SendRequest<Body>> {
@@ -78,8 +89,37 @@ async fn sender(
     if let Some(s) = live(&target.pool_key) {
         return Ok(s);
     }
-    let opened = connect::open(target, server.upstream_connect_timeout, Alpn::H2).await?;
-    adopt(target, opened, server).await
+    let dial = {
+        let mut dials = DIALS.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock: a dial may have just finished.
+        if let Some(s) = live(&target.pool_key) {
+            return Ok(s);
+        }
+        dials
+            .entry(target.pool_key.clone())
+            .or_insert_with(|| {
+                let (target, server) = (target.clone(), server.clone());
+                async move {
+                    let opened =
+                        connect::open(&target, server.upstream_connect_timeout, Alpn::H2).await;
+                    let r = match opened {
+                        Ok(o) => adopt(&target, o, &server).await,
+                        Err(e) => Err(e),
+                    };
+                    // Done (shared or failed): the next request without a
+                    // live connection dials again.
+                    DIALS
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&target.pool_key);
+                    r
+                }
+                .boxed()
+                .shared()
+            })
+            .clone()
+    };
+    dial.await
 }
 
 /// For an `auto` https target with nothing open yet: connects once with

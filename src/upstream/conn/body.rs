@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use super::{BODY_READ, BackendConn, BackendFraming, MAX_HEAD};
+use super::{BODY_READ, BODY_READ_MAX, BackendConn, BackendFraming, MAX_HEAD};
 use crate::config::PoolKey;
 use crate::h1::wire::{Dechunker, Step, take};
 use crate::http::body::{Body, BoxError};
@@ -37,6 +37,8 @@ pub struct UpstreamBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes arrived since the stall timer was last set.
     progressed: bool,
+    /// Room asked for by the next read: grows while reads fill it.
+    read_size: u32,
 }
 
 impl UpstreamBody {
@@ -71,6 +73,7 @@ impl UpstreamBody {
             read_timeout,
             stall: None,
             progressed: false,
+            read_size: BODY_READ as u32,
         }))
     }
 
@@ -132,8 +135,9 @@ impl UpstreamBody {
                 }
             }
             let conn = self.conn.as_mut().expect("checked above");
-            conn.buf.reserve(BODY_READ);
-            let polled = conn.io.poll_read_some(&mut conn.buf, BODY_READ, cx);
+            let want = self.read_size as usize;
+            conn.buf.reserve(want);
+            let polled = conn.io.poll_read_some(&mut conn.buf, want, cx);
             let Poll::Ready(read) = polled else {
                 return self.wait(cx);
             };
@@ -149,7 +153,11 @@ impl UpstreamBody {
                         "the backend closed the connection in the middle of the body".into(),
                     )));
                 }
-                Ok(_) => {}
+                Ok(n) => {
+                    if n == want && want < BODY_READ_MAX {
+                        self.read_size = (want * 2) as u32;
+                    }
+                }
                 Err(e) => {
                     self.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -206,5 +214,76 @@ impl crate::http::body::Stream for UpstreamBody {
     }
     fn size_hint(&self) -> SizeHint {
         UpstreamBody::size_hint(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a whole body of `framing` that a backend thread writes as
+    /// `wire`; returns the payload and the largest piece handed on.
+    async fn read_all(framing: BackendFraming, wire: Vec<u8>) -> (Vec<u8>, usize) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let io = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            peer.write_all(&wire).unwrap();
+            peer
+        });
+        let key = PoolKey::new(&"127.0.0.1:1".parse().unwrap());
+        let mut body = match UpstreamBody::start(
+            BackendConn::new(io),
+            framing,
+            false,
+            &key,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ) {
+            Body::Streamed(b) => b,
+            _ => panic!("a non-empty body is streamed"),
+        };
+        let (mut got, mut largest) = (Vec::new(), 0);
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll(cx)).await {
+            let data = frame.unwrap().into_data().unwrap();
+            largest = largest.max(data.len());
+            got.extend_from_slice(&data);
+        }
+        drop(writer.join().unwrap());
+        (got, largest)
+    }
+
+    #[tokio::test]
+    async fn a_bulk_body_arrives_whole_in_pieces_that_grow_past_the_first_read() {
+        let payload: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
+
+        let (got, largest) = read_all(
+            BackendFraming::Length(payload.len() as u64),
+            payload.clone(),
+        )
+        .await;
+        assert!(got == payload, "the Content-Length body differs");
+        assert!(
+            largest > BODY_READ && largest <= BODY_READ_MAX,
+            "largest piece {largest} bytes"
+        );
+
+        let mut wire = Vec::new();
+        for c in payload.chunks(100_000) {
+            wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            wire.extend_from_slice(c);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let (got, largest) = read_all(BackendFraming::Chunked, wire).await;
+        assert!(got == payload, "the chunked body differs");
+        assert!(largest <= BODY_READ_MAX, "largest piece {largest} bytes");
+
+        // A small body is read with one small read, as before.
+        let (got, _) = read_all(BackendFraming::Length(5), b"hello".to_vec()).await;
+        assert_eq!(got, b"hello");
     }
 }
