@@ -4,6 +4,20 @@
 //!
 //! Per-route series live in a registry keyed by route name that survives
 //! reloads, so counters never reset because the config changed.
+//!
+//! Hand-written rather than the maintained `prometheus-client` crate,
+//! because of what counting one finished request costs
+//! (`benches/metrics.rs`; callgrind, instructions per request, the
+//! `dist` build): ours 84; prometheus-client with handles taken per route
+//! as ours are (a `Counter` per method × status slot, the route's
+//! `Histogram`) 129, and its `Histogram::observe` takes a mutex, so every
+//! worker serialises on a busy route; prometheus-client used as intended
+//! (the label set looked up in a `Family` per request) 988, +904 per
+//! request, 3.3 % of a whole proxied request (27,274, README). Criterion
+//! (single thread, uncontended): 22 ns, 19 ns and 99 ns. The cheap way to
+//! use the crate is this design with its types, and the scrape-time
+//! series (certificates, upstream health, `/proc`) would need custom
+//! collectors all the same.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
