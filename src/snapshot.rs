@@ -41,7 +41,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(config: RouteConfig, metrics: Arc<RouteMetrics>) -> Self {
-        let n = config.upstreams().len();
+        let balancer = Balancer::new(&config, &metrics);
         Route {
             log_name: config.name.as_str().into(),
             log_upstreams: config
@@ -51,7 +51,7 @@ impl Route {
                 .collect(),
             config,
             metrics,
-            balancer: Balancer::new(n),
+            balancer,
             policy: None,
         }
     }

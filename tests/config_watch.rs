@@ -170,6 +170,48 @@ async fn a_changed_secret_file_reloads() {
     assert_eq!(routes("first-token").await, 401);
 }
 
+async fn reloads(gw: &Gateway, result: &str) -> u64 {
+    let text = gw.client().get(&gw.admin_url("/metrics")).await.text();
+    let prefix = format!("portcullis_config_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("reload counter")
+}
+
+/// `[cluster]`'s key file is watched like the other secret files: a
+/// changed file is reloaded (the running Redis link is kept until a
+/// restart, as with any change to `[cluster]`), a broken one is refused.
+/// Redis itself is not needed: the link connects lazily.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_cluster_key_file_reloads() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let text = MAIN.replace(
+        "watch = true\n",
+        &format!(
+            "watch = true\n\n[cluster]\nredis = \"redis://127.0.0.1:{port}\"\nencryption_key_file = \"cluster.key\"\ninstance_name = \"gw1\"\n"
+        ),
+    );
+    let gw = Gateway::builder(&text)
+        .file("cluster.key", "ab".repeat(32))
+        .start()
+        .await;
+    assert_eq!(reloads(&gw, "success").await, 1);
+    gw.write_file("cluster.key", &"cd".repeat(32));
+    wait_for("a reload after the key file changed", WAIT, || async {
+        (reloads(&gw, "success").await == 2).then_some(())
+    })
+    .await;
+    gw.write_file("cluster.key", "not a key");
+    wait_for("the broken key file refused", WAIT, || async {
+        (reloads(&gw, "failure").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(body(&gw, "main.test").await, "200 main v1");
+}
+
 struct TestClientGet;
 
 impl TestClientGet {

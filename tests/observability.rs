@@ -41,6 +41,12 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         &["route", "kind"],
     ),
     ("portcullis_upstream_panic_total", "counter", &["route"]),
+    ("portcullis_upstream_up", "gauge", &["route", "upstream"]),
+    (
+        "portcullis_upstream_ejections_total",
+        "counter",
+        &["route", "upstream", "reason"],
+    ),
     ("portcullis_rate_limited_total", "counter", &["route"]),
     ("portcullis_requests_in_flight", "gauge", &["listener"]),
     ("portcullis_connections_open", "gauge", &["listener"]),
@@ -1756,6 +1762,116 @@ async fn health_command_without_an_admin_listener_probes_the_public_one() {
         err.contains(&addr.to_string()) && err.contains("admin listener off"),
         "{err}"
     );
+}
+
+// --- upstream health ----------------------------------------------------------------
+
+/// `portcullis_upstream_up` and `portcullis_upstream_ejections_total`
+/// follow a real backend that stops and comes back: its health check
+/// failing (route `hc`), and passive ejection after a failed request
+/// (route `passive`, no health check, ejected for 1 s).
+#[tokio::test]
+async fn upstream_up_and_ejections_follow_a_backend_that_stops_and_comes_back() {
+    let a = Backend::echo().await;
+    let b = Backend::echo().await;
+    let b_addr = b.addr();
+    let (a_url, b_url) = (a.url(), b.url());
+    let gw = support::gateway::gateway_with(
+        &format!(
+            r#"
+[[route]]
+name = "hc"
+host = "hc.test"
+upstream = ["{a_url}", "{b_url}"]
+health_check = {{ path = "/healthz", interval = "100ms", timeout = "1s" }}
+
+[[route]]
+name = "passive"
+host = "passive.test"
+upstream = ["{a_url}", "{b_url}"]
+"#
+        ),
+        "upstream_eject_after = 1\nupstream_eject_for = \"1s\"",
+    )
+    .await;
+    let admin = gw.admin_addr();
+    let up = |m: &Exposition, route: &str, u: &str| {
+        m.value(
+            "portcullis_upstream_up",
+            &[("route", route), ("upstream", u)],
+        )
+    };
+    let ejections = |m: &Exposition, route: &str, u: &str, reason: &str| {
+        m.value(
+            "portcullis_upstream_ejections_total",
+            &[("route", route), ("upstream", u), ("reason", reason)],
+        )
+    };
+
+    let m = scrape(admin).await;
+    check_contract(&m);
+    for route in ["hc", "passive"] {
+        for u in [&a_url, &b_url] {
+            assert_eq!(up(&m, route, u), 1.0, "{route} {u} starts up");
+            for reason in ["failures", "health_check"] {
+                assert_eq!(ejections(&m, route, u, reason), 0.0);
+            }
+        }
+    }
+
+    drop(b);
+    // The health check notices by itself.
+    let m = support::wait_for(
+        "portcullis_upstream_up of the stopped upstream to be 0",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(admin).await;
+            (up(&m, "hc", &b_url) == 0.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(ejections(&m, "hc", &b_url, "health_check"), 1.0);
+    assert_eq!(up(&m, "hc", &a_url), 1.0);
+    assert_eq!(ejections(&m, "hc", &a_url, "health_check"), 0.0);
+    // No request has failed on `passive` yet: nothing tells it.
+    assert_eq!(up(&m, "passive", &b_url), 1.0);
+
+    // Requests to `passive` until one meets the stopped upstream: it
+    // fails, is retried on the other (a GET) and the failed one ejected.
+    let c = gw.client();
+    for _ in 0..4 {
+        assert_eq!(c.get("http://passive.test/").await.status, StatusCode::OK);
+    }
+    let m = scrape(admin).await;
+    assert_eq!(up(&m, "passive", &b_url), 0.0);
+    assert_eq!(ejections(&m, "passive", &b_url, "failures"), 1.0);
+    assert_eq!(up(&m, "passive", &a_url), 1.0);
+
+    // Back on its address: the health check brings it back, and the
+    // passive ejection ends when its second is over.
+    let _b = Backend::echo_at(b_addr).await;
+    let m = support::wait_for(
+        "both routes to show the upstream up again",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(admin).await;
+            (up(&m, "hc", &b_url) == 1.0 && up(&m, "passive", &b_url) == 1.0).then_some(m)
+        },
+    )
+    .await;
+    // Counters do not go back.
+    assert_eq!(ejections(&m, "hc", &b_url, "health_check"), 1.0);
+    assert_eq!(ejections(&m, "passive", &b_url, "failures"), 1.0);
+    // And requests reach it again.
+    support::wait_for(
+        "a request to reach the upstream that came back",
+        Duration::from_secs(10),
+        || async {
+            let r = c.get("http://passive.test/").await;
+            (r.json()["backend"] == b_addr.to_string()).then_some(())
+        },
+    )
+    .await;
 }
 
 // --- README -----------------------------------------------------------------------

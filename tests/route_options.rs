@@ -909,6 +909,158 @@ async fn default_route_drop_closes_without_answering() {
     assert_eq!(routes["default_route"], "drop");
 }
 
+/// Every status the gateway answers with itself takes the configured
+/// page: an access list's 401 (its challenge kept), a rate limit's 429
+/// (`Retry-After` kept), single sign-on's 401 and 503 (provider
+/// unreachable), 502 and 504 from backends that refuse or hang. A
+/// backend's own 503 passes through untouched; JSON clients keep JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_pages_for_401_429_and_backend_failures() {
+    let echo = Backend::echo().await;
+    let down = Backend::refusing().await;
+    let hanging = Backend::hanging().await;
+    let nobody = Backend::refusing().await;
+    let toml = format!(
+        "{SERVER}error_pages = {{ \"4xx\" = \"pages/4xx.html\", \"5xx\" = \"pages/5xx.html\" }}\n\n\
+         [oidc.idp]\nissuer = \"{}/application/o/x/\"\nclient_id = \"x\"\nclient_secret_file = \"secret\"\ninsecure_cookies = true\n\n\
+         [access.family]\nbasic_auth_file = \"family.htpasswd\"\nrealm = \"Family\"\n\n{}{}{}{}{}{}",
+        nobody.url(),
+        route(
+            "pw.test",
+            &echo.url(),
+            "access = \"family\"\nerror_pages = { 401 = \"pages/401.html\" }"
+        ),
+        route(
+            "limited.test",
+            &echo.url(),
+            "rate_limit = { requests = 1, per = \"1h\", burst = 1 }"
+        ),
+        route("sso.test", &echo.url(), "auth = { oidc = \"idp\" }"),
+        route("dead.test", &down.url(), ""),
+        route("slow.test", &hanging.url(), "timeout = \"200ms\""),
+        route("app.test", &echo.url(), ""),
+    );
+    let gw = Gateway::builder(&toml)
+        .file(
+            "family.htpasswd",
+            format!("{}\n", htpasswd("B", "ann", "pw")),
+        )
+        .file("secret", "s3cret")
+        .file(
+            "pages/401.html",
+            "<h1>Family only ({status})</h1> id={request_id}",
+        )
+        .file("pages/4xx.html", "<h1>Client {status}</h1> id={request_id}")
+        .file("pages/5xx.html", "<h1>Down {status}</h1> id={request_id}")
+        .start()
+        .await;
+    let c = gw.client();
+    let id = [("x-request-id", "req-7")];
+    let html = [("x-request-id", "req-7"), ("accept", "text/html")];
+
+    // An access list's 401: the route's own page, the challenge kept.
+    let r = get(c, &gw, "pw.test", "/", &id).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.text(), "<h1>Family only (401)</h1> id=req-7");
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"Family\", charset=\"UTF-8\"")
+    );
+    let r = get(c, &gw, "pw.test", "/", &[("accept", "application/json")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["status"], 401, "JSON clients keep JSON");
+    let r = get(
+        c,
+        &gw,
+        "pw.test",
+        "/",
+        &[("authorization", &basic("ann", "pw"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A rate limit's 429: the server's 4xx page, Retry-After kept.
+    assert_eq!(get(c, &gw, "limited.test", "/", &id).await.status, 200);
+    let r = get(c, &gw, "limited.test", "/", &id).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.text(), "<h1>Client 429</h1> id=req-7");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+
+    // Single sign-on with the provider unreachable: 503 for a browser
+    // (Retry-After kept), 401 for an API client (its challenge kept).
+    let r = get(c, &gw, "sso.test", "/", &html).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.text(), "<h1>Down 503</h1> id=req-7");
+    assert!(r.header("retry-after").is_some());
+    let r = get(c, &gw, "sso.test", "/", &id).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.text(), "<h1>Client 401</h1> id=req-7");
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+
+    // Backend failures: 502 (refused) and 504 (no answer in time).
+    let r = get(c, &gw, "dead.test", "/", &id).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (502, "<h1>Down 502</h1> id=req-7".into())
+    );
+    let r = get(c, &gw, "slow.test", "/", &id).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (504, "<h1>Down 504</h1> id=req-7".into())
+    );
+
+    // A backend's own error answer is its own.
+    let r = get(c, &gw, "app.test", "/status?code=503", &id).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["uri"], "/status?code=503", "the backend's body");
+}
+
+/// The gateway's own endpoints under `/.portcullis/` on a host with an
+/// access list: forward-auth (other proxies asking whether to serve a
+/// request) refuses a route with an access list, which only requests
+/// proxied here can pass, rather than answer 200 for it; a route without
+/// one is answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_refuses_routes_with_an_access_list() {
+    let echo = Backend::echo().await;
+    let nobody = Backend::refusing().await;
+    // The endpoints exist once a provider is configured (here one that
+    // cannot be reached: the public routes asked about never need it).
+    let toml = format!(
+        "{SERVER}\n[oidc.idp]\nissuer = \"{}/application/o/x/\"\nclient_id = \"x\"\nclient_secret_file = \"secret\"\n\n\
+         [access.office]\nallow = [\"127.0.0.0/8\"]\n\n{}{}",
+        nobody.url(),
+        route("listed.test", &echo.url(), "access = \"office\""),
+        route("open.test", &echo.url(), ""),
+    );
+    let gw = Gateway::builder(&toml)
+        .file("secret", "s3cret")
+        .start()
+        .await;
+    let c = gw.client();
+    let ask = |host: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/.portcullis/auth");
+        async move {
+            c.get_with(
+                &url,
+                &[
+                    ("host", "gw.test"),
+                    ("x-forwarded-host", host),
+                    ("x-forwarded-uri", "/page"),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(ask("open.test").await.status, 200);
+    assert_eq!(ask("listed.test").await.status, 403);
+    // Proxied here, the same client passes the list.
+    assert_eq!(get(c, &gw, "listed.test", "/page", &[]).await.status, 200);
+}
+
 // --- access lists with single sign-on ---------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

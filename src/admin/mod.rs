@@ -22,7 +22,7 @@ use crate::http::body::Body;
 use crate::proxy::server::DrainState;
 use crate::reload::{ReloadHandle, ReloadOutcome};
 use crate::snapshot::Shared;
-use crate::telemetry::metrics::CertGauge;
+use crate::telemetry::metrics::{CertGauge, UpstreamGauge};
 use crate::tls::store::Source;
 
 /// Serves the admin API until shutdown.
@@ -316,12 +316,35 @@ fn metrics(shared: &Shared) -> Response<Body> {
             })
         })
         .collect();
-    let mut r = Response::new(Body::full(shared.metrics.render(&certs)));
+    let upstreams = upstream_gauges(&shared.current());
+    let mut r = Response::new(Body::full(shared.metrics.render(&certs, &upstreams)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// `portcullis_upstream_up` of every upstream of the running config's
+/// routes, as their balancers see it now. An upstream listed twice in a
+/// route is one series, up only while every copy is.
+fn upstream_gauges(snap: &crate::snapshot::Snapshot) -> Vec<UpstreamGauge> {
+    let mut up: std::collections::BTreeMap<(&str, &str), bool> = Default::default();
+    for route in snap.table.routes() {
+        for (i, u) in route.config.upstreams().iter().enumerate() {
+            let is_up = route.balancer.is_up(i);
+            up.entry((route.config.name.as_str(), u.url.as_str()))
+                .and_modify(|v| *v &= is_up)
+                .or_insert(is_up);
+        }
+    }
+    up.into_iter()
+        .map(|((route, upstream), up)| UpstreamGauge {
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+            up,
+        })
+        .collect()
 }
 
 /// Every served certificate: names, source, issuer, validity, and for

@@ -57,6 +57,16 @@ pub(super) async fn forward_auth(
     let host = crate::routing::normalize_host(asked.host(), &mut buf)
         .ok_or(ProxyError::BadRequest(BAD_HOST))?;
     let route = (cx.find_route)(host, &path)?;
+    // An access list (addresses, htpasswd users) is checked where requests
+    // are proxied, not here: saying 200 would let the other proxy serve
+    // what the list protects, so such a route is refused (deny by default).
+    if route.options.access.is_some() {
+        tracing::warn!(
+            route = %route.name,
+            "forward-auth asked about a route with an access list, which only requests proxied by Portcullis can pass; refused"
+        );
+        return Err(ProxyError::Forbidden);
+    }
     let RouteAuth::Oidc(policy) = &route.auth else {
         return Ok(allowed());
     };

@@ -149,6 +149,7 @@ impl Cx<'_> {
         let secret = |cx: &mut Self, key: &str, v: Option<Spanned<String>>| {
             let v = v?;
             let path = resolve_relative(&cx.file, Path::new(v.get_ref()));
+            cx.secret_files.push(path.clone());
             match Secret::read_file(&path) {
                 Ok(s) => Some(s),
                 Err(m) => {
@@ -170,6 +171,7 @@ impl Cx<'_> {
             }
             Some(f) => {
                 let path = resolve_relative(&self.file, Path::new(f.get_ref()));
+                self.secret_files.push(path.clone());
                 match Secret::read_file(&path).and_then(|s| {
                     parse_key(s.expose()).map_err(|m| format!("{}: {m}", path.display()))
                 }) {

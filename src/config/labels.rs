@@ -16,6 +16,7 @@ use toml::de::DeTable;
 
 use super::file::FileRoute;
 use super::oidc_section::OidcSet;
+use super::options_section::AccessSet;
 use super::validate::Cx;
 use super::{Config, DefaultAuth, HostPattern, RouteAuth, RouteConfig, RouteSource};
 
@@ -101,6 +102,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("health_check", Kind::Str),
     ("request_buffering", Kind::Bool),
     ("request_buffer", Kind::Str),
+    ("access", Kind::Str),
 ];
 
 /// Adds the label routes of `containers` to `config` (whose routes are
@@ -505,6 +507,16 @@ fn one_route(
         }
     }
 
+    // The main config's `[access.NAME]` lists: a label names one as the
+    // file's routes do (the lists themselves are only in the file).
+    let access = AccessSet {
+        list: config
+            .access
+            .iter()
+            .map(|a| (a.name.clone(), a.clone()))
+            .collect(),
+        broken: Vec::new(),
+    };
     let pseudo = format!("docker:{}", c.name);
     let mut out = Vec::new();
     for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
@@ -520,7 +532,7 @@ fn one_route(
                     continue;
                 }
                 for (index, span, raw) in cx.array_of_tables::<FileRoute>("route", value) {
-                    route = cx.route(index, span, raw, &config.server, oidc, &Default::default());
+                    route = cx.route(index, span, raw, &config.server, oidc, &access);
                 }
             }
         }
@@ -693,6 +705,37 @@ mod tests {
         );
         assert!(
             errs[1].starts_with("container bad2: label portcullis.port: `http`"),
+            "{errs:?}"
+        );
+    }
+
+    /// A label names an `[access.NAME]` list of the main config like a
+    /// file route does; an unknown name is the label's error.
+    #[test]
+    fn labels_use_the_files_access_lists() {
+        let mut c = config("[access.family]\nallow = [\"10.0.0.0/8\"]\nrealm = \"Family\"\n");
+        let mut a = app("a", "80");
+        a.labels.insert("portcullis.access".into(), "family".into());
+        let mut b = app("b", "80");
+        b.labels
+            .insert("portcullis.host".into(), "b.example.com".into());
+        b.labels
+            .insert("portcullis.access".into(), "friends".into());
+        apply(&mut c, &[a, b]);
+        assert_eq!(c.routes.len(), 1, "{:?}", c.discovery);
+        let list = c.routes[0].options.access.as_ref().expect("access list");
+        assert_eq!(list.name, "family");
+        assert_eq!(list.realm, "Family");
+        assert!(
+            std::sync::Arc::ptr_eq(list, &c.access[0]),
+            "the file's list itself"
+        );
+        let errs: Vec<String> = c.discovery.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("container b: label portcullis.access:")
+                && errs[0].contains("friends")
+                && errs[0].contains("family"),
             "{errs:?}"
         );
     }

@@ -73,6 +73,9 @@ pub struct Config {
     pub discovery: std::sync::Arc<labels::Discovery>,
     /// `[cluster]`: state shared with other instances through Redis.
     pub cluster: Option<ClusterConfig>,
+    /// Files holding secrets that the checked sections keep only the
+    /// contents of (`[cluster]`'s, the DNS-01 provider's): watched.
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// `[acme]`, checked.
@@ -654,10 +657,12 @@ impl Config {
     }
 
     /// The files whose change should reload this config: the config and
-    /// included files, certificate, key, secret and CA files it names, and
-    /// access lists' htpasswd files.
+    /// included files, certificate, key, secret and CA files it names
+    /// (`[cluster]`'s and the DNS-01 provider's too), and access lists'
+    /// htpasswd files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut out = self.files.clone();
+        out.extend(self.secret_files.iter().cloned());
         for c in &self.certificates {
             if let CertSource::Files { cert, key } = &c.source {
                 out.push(cert.clone());
@@ -723,6 +728,28 @@ mod secret_tests {
 
 #[cfg(test)]
 mod watched_tests {
+    /// `[cluster]`'s secret files and the DNS-01 provider's key file are
+    /// watched too (their contents are all the checked config keeps).
+    #[test]
+    fn cluster_and_dns01_secret_files_are_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("redis.pass"), "pw\n").unwrap();
+        std::fs::write(d.join("redis.user"), "gw\n").unwrap();
+        std::fs::write(d.join("cluster.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::write(d.join("tsig.key"), "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n").unwrap();
+        let src = "[server]\nhttps = \"127.0.0.1:0\"\n\n\
+                   [acme]\nemail = \"a@example.com\"\nchallenge = \"dns-01\"\n\
+                   dns = { provider = \"rfc2136\", server = \"127.0.0.1:53\", zone = \"example.com\", tsig_key_name = \"gw\", tsig_secret_file = \"tsig.key\" }\n\n\
+                   [cluster]\nredis = \"redis://127.0.0.1:6379\"\npassword_file = \"redis.pass\"\nuser_file = \"redis.user\"\nencryption_key_file = \"cluster.key\"\n\n\
+                   [[route]]\nhost = \"a.example.com\"\nrespond = { body = \"a\" }\n";
+        let c = super::parse(&d.join("portcullis.toml"), src).unwrap_or_else(|e| panic!("{e}"));
+        let watched = c.watched_files();
+        for f in ["redis.pass", "redis.user", "cluster.key", "tsig.key"] {
+            assert!(watched.contains(&d.join(f)), "{f} in {watched:?}");
+        }
+    }
+
     /// `watch = true` reloads when an access list's htpasswd file changes,
     /// as it does for certificates and secrets.
     #[test]

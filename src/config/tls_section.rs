@@ -293,6 +293,7 @@ impl Cx<'_> {
                 };
                 let secret = need(self, "tsig_secret_file", raw.tsig_secret_file).and_then(|f| {
                     let p = resolve_relative(&self.file, Path::new(f.get_ref()));
+                    self.secret_files.push(p.clone());
                     let read = if self.read_files {
                         read_tsig_secret(&p)
                     } else {
@@ -322,6 +323,7 @@ impl Cx<'_> {
             "cloudflare" => {
                 let token = need(self, "api_token_file", raw.api_token_file).and_then(|f| {
                     let p = resolve_relative(&self.file, Path::new(f.get_ref()));
+                    self.secret_files.push(p.clone());
                     match self.secret(&p) {
                         Ok(s) => Some(s),
                         Err(msg) => {

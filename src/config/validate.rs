@@ -276,6 +276,7 @@ fn parse_with(path: &Path, src: &str, read_files: bool) -> Result<Config, Config
             routes,
             discovery: Default::default(),
             cluster,
+            secret_files: std::mem::take(&mut cx.secret_files),
         })
     } else {
         Err(cx.finish_err())
@@ -321,6 +322,9 @@ pub(super) struct Cx<'a> {
     /// false: files named by the config are taken as present (`check
     /// --no-files`).
     pub(super) read_files: bool,
+    /// Secret files whose paths no checked section keeps (`[cluster]`'s,
+    /// DNS-01 providers'), for [`super::Config::watched_files`].
+    pub(super) secret_files: Vec<PathBuf>,
     _src: std::marker::PhantomData<&'a str>,
 }
 
@@ -331,6 +335,7 @@ impl Cx<'_> {
             line_starts: Vec::new(),
             errors: Vec::new(),
             read_files: true,
+            secret_files: Vec::new(),
             _src: std::marker::PhantomData,
         };
         cx.enter(Arc::from(file), src);

@@ -418,6 +418,7 @@ pub fn render_page(
     };
     let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(GatewayPage);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -427,6 +428,12 @@ pub fn render_page(
     );
     resp
 }
+
+/// Marks a response whose body the gateway wrote itself (an error page,
+/// the 401 of an access list, a 429), so configured `error_pages` may
+/// replace it wherever it was made; a backend's answer never has it.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayPage;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn html_escape(s: &str) -> String {

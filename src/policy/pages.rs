@@ -1,12 +1,14 @@
 //! Custom error pages (`error_pages`, route or `[server]`) and `[server]
-//! default_route`. A page replaces the gateway's own HTML page for its
-//! status; clients that prefer JSON still get the JSON variant.
+//! default_route`. A page replaces the gateway's own page for its status
+//! (errors, and the answers of the route's options: an access list's 401,
+//! a rate limit's 429); clients that prefer JSON still get the JSON
+//! variant. Backends' answers are never replaced.
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::config::{DefaultRoute, ErrorPages};
 use crate::http::body::Body;
-use crate::http::error::{ProxyError, wants_json};
+use crate::http::error::{GatewayPage, ProxyError, wants_json};
 
 /// The error's response, with the configured page when there is one.
 pub fn error_page(
@@ -15,9 +17,22 @@ pub fn error_page(
     request_id: &HeaderValue,
     accept: Option<&HeaderValue>,
 ) -> Response<Body> {
-    let mut resp = e.response(request_id, accept);
+    own_page(e.response(request_id, accept), pages, request_id, accept)
+}
+
+/// A response the gateway made itself ([`GatewayPage`]: an error page,
+/// an access list's 401, a rate limit's 429) with the configured page for
+/// its status, when there is one and the client does not prefer JSON.
+/// Status and headers stay (`WWW-Authenticate`, `Retry-After`); any other
+/// response is returned as it is.
+pub fn own_page(
+    mut resp: Response<Body>,
+    pages: &ErrorPages,
+    request_id: &HeaderValue,
+    accept: Option<&HeaderValue>,
+) -> Response<Body> {
     let status = resp.status().as_u16();
-    if wants_json(accept) {
+    if wants_json(accept) || resp.extensions().get::<GatewayPage>().is_none() {
         return resp;
     }
     if let Some(page) = pages.find(status) {

@@ -122,6 +122,7 @@ pub fn too_many(wait: Duration, request_id: &HeaderValue) -> Response<Body> {
     );
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    r.extensions_mut().insert(crate::http::error::GatewayPage);
     let h = r.headers_mut();
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     h.insert(

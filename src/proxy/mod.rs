@@ -81,6 +81,18 @@ pub fn handle<'a>(
         let mut resp = match route_request(shared, &snap, conn, req, &request_id, &mut outcome)
             .await
         {
+            // The gateway's own refusals (an access list's 401, a 429, a
+            // signed-in user's 403) take the configured page too.
+            Ok(r) if r.status().as_u16() >= 400 => {
+                let pages = outcome.route.map_or(&snap.server.options.error_pages, |r| {
+                    &r.config.options.error_pages
+                });
+                if pages.is_empty() {
+                    r
+                } else {
+                    crate::policy::pages::own_page(r, pages, &request_id, accept.as_ref())
+                }
+            }
             Ok(r) => r,
             Err(e) => {
                 let pages = outcome.route.map_or(&snap.server.options.error_pages, |r| {

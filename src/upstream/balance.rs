@@ -1,14 +1,16 @@
 //! Which upstream of a route gets a request: round robin over those that
 //! are usable, passive ejection after consecutive failures, active health
 //! check results, and panic mode when none is usable. One [`Balancer`] per
-//! route per snapshot; it reads only the route's config and counters.
+//! route per snapshot; it reads only the route's config and counters, and
+//! counts each upstream leaving the rotation (`portcullis_upstream_ejections_total`);
+//! [`Balancer::is_up`] is what `portcullis_upstream_up` shows.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::config::RouteConfig;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{Ejection, RouteMetrics, UpstreamCounters};
 
 /// Milliseconds on a monotonic clock, for ejection deadlines.
 pub fn mono_ms() -> u64 {
@@ -43,6 +45,8 @@ pub struct Balancer {
     next_upstream: AtomicUsize,
     /// Parallel to the route's upstream list.
     health: Vec<UpstreamHealth>,
+    /// Parallel too: each upstream's counters (they outlive the snapshot).
+    counters: Vec<Arc<UpstreamCounters>>,
     /// When panic mode was last logged ([`mono_ms`]; 0 = never).
     panic_logged_ms: AtomicU64,
 }
@@ -51,13 +55,24 @@ pub struct Balancer {
 const PANIC_LOG_EVERY_MS: u64 = 10_000;
 
 impl Balancer {
-    /// For a route with `n` upstreams.
-    pub fn new(n: usize) -> Self {
+    /// For `config`'s upstreams, counted in `metrics`.
+    pub fn new(config: &RouteConfig, metrics: &RouteMetrics) -> Self {
+        let upstreams = config.upstreams();
         Balancer {
             next_upstream: AtomicUsize::new(0),
-            health: (0..n).map(|_| UpstreamHealth::default()).collect(),
+            health: upstreams
+                .iter()
+                .map(|_| UpstreamHealth::default())
+                .collect(),
+            counters: upstreams.iter().map(|u| metrics.upstream(&u.url)).collect(),
             panic_logged_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Is upstream `i` in rotation now (neither ejected nor failing its
+    /// health check)? For `portcullis_upstream_up`, at scrape time.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.health.get(i).is_some_and(|h| h.usable(&mut None))
     }
 
     /// Round robin over the route's upstreams, skipping those in `tried`.
@@ -139,6 +154,7 @@ impl Balancer {
             h.failures.store(0, Ordering::Relaxed);
             h.ejected_until_ms
                 .store(mono_ms() + eject_for.as_millis() as u64, Ordering::Relaxed);
+            self.counters[i].ejected(Ejection::Failures);
             tracing::warn!(
                 route = %config.name,
                 upstream = %config.upstreams()[i].url,
@@ -155,6 +171,7 @@ impl Balancer {
         if h.down.swap(down, Ordering::Relaxed) != down {
             let upstream = &config.upstreams()[i].url;
             if down {
+                self.counters[i].ejected(Ejection::HealthCheck);
                 tracing::warn!(route = %config.name, %upstream, "upstream failed its health check; taken out of rotation");
             } else {
                 tracing::info!(route = %config.name, %upstream, "upstream healthy again");

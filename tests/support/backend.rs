@@ -70,6 +70,24 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind echo backend");
+        Self::echo_on(listener)
+    }
+
+    /// An echo server on `addr` again: a stopped backend coming back on
+    /// its address (the port is free once the old one is dropped).
+    /// Retries for a while: the old listener closes when its aborted task
+    /// is dropped, which the runtime does soon, not at once.
+    pub async fn echo_at(addr: SocketAddr) -> Backend {
+        let listener = super::wait_for(
+            &format!("{addr} to be free for the echo backend again"),
+            Duration::from_secs(10),
+            || async move { TcpListener::bind(addr).await.ok() },
+        )
+        .await;
+        Self::echo_on(listener)
+    }
+
+    fn echo_on(listener: TcpListener) -> Backend {
         let state = State::new(listener.local_addr().unwrap());
         let st = state.clone();
         let task = tokio::spawn(async move {

@@ -8,7 +8,9 @@ use super::*;
 
 impl Metrics {
     /// The Prometheus text exposition.
-    pub fn render(&self, certs: &[CertGauge]) -> String {
+    /// `certs` and `upstreams` are what the caller read at scrape time
+    /// (the certificate store, the live snapshot's balancers).
+    pub fn render(&self, certs: &[CertGauge], upstreams: &[UpstreamGauge]) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let mut routes: Vec<(String, Arc<RouteMetrics>)> = self
             .routes
@@ -96,6 +98,39 @@ impl Metrics {
                 escape(name),
                 m.upstream_panic.load(Relaxed)
             );
+        }
+
+        header(
+            &mut out,
+            "portcullis_upstream_up",
+            "gauge",
+            "1 while the upstream is in rotation, 0 while it is ejected after consecutive failures or failing its health check, by route and upstream URL (routes of the running config).",
+        );
+        for g in upstreams {
+            let _ = writeln!(
+                out,
+                "portcullis_upstream_up{{route=\"{}\",upstream=\"{}\"}} {}",
+                escape(&g.route),
+                escape(&g.upstream),
+                u8::from(g.up)
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_upstream_ejections_total",
+            "counter",
+            "Times an upstream left the rotation, by route, upstream URL and reason (failures: upstream_eject_after consecutive failed requests; health_check: its health check started failing).",
+        );
+        for (name, m) in &all {
+            for (upstream, reason, v) in m.ejection_counts() {
+                let _ = writeln!(
+                    out,
+                    "portcullis_upstream_ejections_total{{route=\"{}\",upstream=\"{}\",reason=\"{reason}\"}} {v}",
+                    escape(name),
+                    escape(&upstream)
+                );
+            }
         }
 
         header(
