@@ -234,6 +234,32 @@ async fn sessions_shared_over_rediss_with_a_private_ca() {
     let s = sign_in(a.http_addr(), "alice").await;
     assert_eq!(status(b.http_addr(), &s).await, StatusCode::OK);
     assert!(readyz(a.admin_addr()).await.contains("cluster: up"));
+
+    // Every cluster metric the alert rules use is on this instance's
+    // scrape (it is only served with [cluster]).
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheus/alerts.yml"),
+    )
+    .unwrap();
+    let scrape = TestClient::new()
+        .get(&format!("http://{}/metrics", a.admin_addr()))
+        .await
+        .text();
+    let mut used = 0;
+    for (i, _) in rules.match_indices("portcullis_cluster_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used += 1;
+        assert!(
+            scrape
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "alerts.yml uses {name}, which a [cluster] instance does not serve:\n{scrape}"
+        );
+    }
+    assert!(used > 0, "alerts.yml has a cluster alert");
 }
 
 #[tokio::test]
