@@ -2,7 +2,7 @@
 //! loopback: `rediss://` to a `redis-server` with a TLS port and a test CA
 //! (`ca_file`), and `redis+sentinel://` to a master, a replica and a
 //! sentinel (`redis-server --sentinel`) that fails over while two gateways
-//! run.
+//! run; the data nodes want a password (`password_file`), the sentinel not.
 
 mod support;
 
@@ -26,6 +26,8 @@ const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddee
 struct Peer {
     child: Option<Child>,
     port: u16,
+    /// `requirepass`, if any.
+    password: Option<&'static str>,
 }
 
 impl Peer {
@@ -53,7 +55,13 @@ impl Peer {
         Peer {
             child: Some(child),
             port,
+            password: None,
         }
+    }
+
+    fn with_password(mut self, p: &'static str) -> Peer {
+        self.password = Some(p);
+        self
     }
 
     fn stop(&mut self) {
@@ -64,7 +72,8 @@ impl Peer {
     }
 
     fn connection(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+        let auth = self.password.map(|p| format!(":{p}@")).unwrap_or_default();
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to a test redis")
@@ -363,6 +372,8 @@ async fn a_wrong_redis_ca_is_reported_and_fixed_by_a_reload() {
     );
 }
 
+const DATA_PASSWORD: &str = "data-node-secret";
+
 /// A master, its replica and one sentinel (quorum 1, short timeouts).
 struct SentinelGroup {
     master: Peer,
@@ -384,10 +395,20 @@ impl SentinelGroup {
         for d in [&md, &rd, &sd] {
             std::fs::create_dir(d).unwrap();
         }
-        let master = Peer::spawn(&data_node_args(&md, m), m);
+        // The data nodes want a password (the sentinel is reached without).
+        let auth = [
+            "--requirepass".to_string(),
+            DATA_PASSWORD.into(),
+            "--masterauth".into(),
+            DATA_PASSWORD.into(),
+        ];
+        let mut args = data_node_args(&md, m);
+        args.extend(auth.clone());
+        let master = Peer::spawn(&args, m).with_password(DATA_PASSWORD);
         let mut args = data_node_args(&rd, r);
+        args.extend(auth);
         args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
-        let replica = Peer::spawn(&args, r);
+        let replica = Peer::spawn(&args, r).with_password(DATA_PASSWORD);
         // Sentinel rewrites its config file: it must be its own, writable.
         let conf = sd.join("sentinel.conf");
         std::fs::write(
@@ -397,7 +418,8 @@ impl SentinelGroup {
                  sentinel monitor mymaster 127.0.0.1 {m} 1\n\
                  sentinel down-after-milliseconds mymaster 1000\n\
                  sentinel failover-timeout mymaster 5000\n\
-                 sentinel parallel-syncs mymaster 1\n",
+                 sentinel parallel-syncs mymaster 1\n\
+                 sentinel auth-pass mymaster {DATA_PASSWORD}\n",
                 sd.display()
             ),
         )
@@ -446,7 +468,7 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
     // The first sentinel listed is not running: the next one is asked.
     let dead = free_port();
     let cluster = format!(
-        "redis = \"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{}/mymaster/0\"\nkey_prefix = \"st:\"",
+        "redis = \"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{}/mymaster/0\"\nkey_prefix = \"st:\"\npassword_file = \"redis-password\"",
         g.sentinel.port
     );
     let start = |name: &str| {
@@ -459,6 +481,7 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
         Gateway::builder(&toml)
             .file("secret", CLIENT_SECRET)
             .file("cluster.key", KEY)
+            .file("redis-password", DATA_PASSWORD)
             .start()
     };
     let a = start("st-a").await;
