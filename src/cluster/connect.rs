@@ -319,6 +319,39 @@ mod tests {
     use super::*;
     use rustls_pki_types::pem::PemObject as _;
 
+    fn cfg() -> ClusterConfig {
+        ClusterConfig {
+            redis: "rediss://r:6380/0".into(),
+            sentinel: None,
+            ca_file: Some("/ca.pem".into()),
+            ca_pem: Some(b"one".to_vec()),
+            user: None,
+            password: None,
+            key_prefix: "p:".into(),
+            encryption_key: crate::config::ClusterKey([7; 32]),
+            instance_name: "a".into(),
+            cache_lifetime: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_reload_relinks_only_for_how_redis_is_reached() {
+        let a = cfg();
+        let mut b = cfg();
+        b.key_prefix = "q:".into();
+        b.instance_name = "b".into();
+        assert!(!link_changed(&a, &b));
+        let mut b = cfg();
+        b.ca_pem = Some(b"two".to_vec());
+        assert!(link_changed(&a, &b), "the CA file fixed in place");
+        let mut b = cfg();
+        b.user = Some("u".into());
+        assert!(link_changed(&a, &b));
+        let mut b = cfg();
+        b.redis = "redis+sentinel://s:26379/m/0".into();
+        assert!(link_changed(&a, &b));
+    }
+
     #[test]
     fn system_roots_round_trip_through_pem() {
         let pem = system_roots_pem();
