@@ -150,6 +150,12 @@ fn prepare(example: &Path, ca: &TestCa) -> Prepared {
                 std::fs::write(&p, ca.pem()).unwrap();
                 Some(p)
             }
+            "encryption_key_file" => {
+                // 32 bytes, as `openssl rand -hex 32` writes them.
+                let p = files.join(format!("key-{n}"));
+                std::fs::write(&p, format!("{:064x}\n", n + 1)).unwrap();
+                Some(p)
+            }
             k if k.ends_with("_file") => {
                 let p = files.join(format!("secret-{n}"));
                 std::fs::write(&p, format!("example-secret-{n}-0123456789abcdef\n")).unwrap();

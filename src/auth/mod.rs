@@ -109,7 +109,7 @@ pub struct AuthShared {
     sessions: OnceLock<Arc<Sessions>>,
     /// `[cluster]`: the Redis link sessions and sign-ins go through.
     cluster: OnceLock<Arc<crate::cluster::Cluster>>,
-    cluster_config: OnceLock<crate::config::ClusterConfig>,
+    cluster_config: Mutex<Option<crate::config::ClusterConfig>>,
     store_dir: Mutex<Option<PathBuf>>,
     providers: Mutex<Vec<Weak<Provider>>>,
     pub pending: flow::PendingLogins,
@@ -150,9 +150,34 @@ impl AuthShared {
                 tracing::info!(instance = %c.instance, "cluster: sessions and sign-ins shared through Redis");
                 self.pending.share(c.clone());
                 let _ = self.cluster.set(c);
-                let _ = self.cluster_config.set(cc.clone());
-            } else if self.cluster_config.get().is_some_and(|old| old != cc) {
-                tracing::warn!("[cluster] changed; the running Redis link is kept until a restart");
+                *self
+                    .cluster_config
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(cc.clone());
+            } else {
+                let mut kept = self
+                    .cluster_config
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let (Some(old), Some(c)) = (kept.as_mut(), self.cluster.get())
+                    && old != cc
+                {
+                    if crate::cluster::link_changed(old, cc) {
+                        c.relink(cc)?;
+                        tracing::info!(instance = %c.instance, "[cluster] connection settings changed: reconnecting to Redis");
+                        old.redis.clone_from(&cc.redis);
+                        old.sentinel.clone_from(&cc.sentinel);
+                        old.ca_file.clone_from(&cc.ca_file);
+                        old.ca_pem.clone_from(&cc.ca_pem);
+                        old.user.clone_from(&cc.user);
+                        old.password.clone_from(&cc.password);
+                    }
+                    if old != cc {
+                        tracing::warn!(
+                            "[cluster] changed (key_prefix, encryption key, instance name or cache lifetime); those are kept until a restart"
+                        );
+                    }
+                }
             }
         } else if self.cluster.get().is_some() {
             tracing::warn!("[cluster] was removed; sessions stay in Redis until a restart");

@@ -17,18 +17,22 @@
 //!   (salt: the cluster key), bound to their Redis key as associated data.
 //!
 //! Nothing here knows sessions or sign-ins: `auth` builds on it.
+//! `connect` is how Redis is reached (URL, TLS, Sentinel).
+
+mod connect;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::sync::broadcast;
 
 use crate::config::ClusterConfig;
+pub(crate) use connect::link_changed;
 
 /// The longest any one Redis operation may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,8 +58,9 @@ pub enum ClusterError {
 
 /// The Redis link and the shared key.
 pub struct Cluster {
-    client: redis::Client,
-    conn: ConnectionManager,
+    link: connect::Link,
+    /// Why the last health check failed (for `/readyz`).
+    last_error: Mutex<String>,
     prefix: String,
     pub instance: String,
     hmac: ring::hmac::Key,
@@ -77,41 +82,15 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-fn connection_info(cfg: &ClusterConfig) -> Result<redis::ConnectionInfo, String> {
-    use redis::IntoConnectionInfo as _;
-    let info = cfg
-        .redis
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| format!("cluster.redis: {e}"))?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(u) = &cfg.user {
-        settings = settings.set_username(u);
-    }
-    if let Some(p) = &cfg.password {
-        settings = settings.set_password(p.expose());
-    }
-    Ok(info.set_redis_settings(settings))
-}
-
 impl Cluster {
     /// Builds the link (no connection yet: call [`Cluster::spawn`] inside
     /// the runtime).
     pub fn new(cfg: &ClusterConfig) -> Result<Arc<Cluster>, String> {
-        let client = redis::Client::open(connection_info(cfg)?)
-            .map_err(|e| format!("cluster.redis: {e}"))?;
-        let mc = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_lazy(mc)
-            .map_err(|e| format!("cluster.redis: {e}"))?;
+        let link = connect::Link::new(cfg)?;
         let (tx, _) = broadcast::channel(1024);
         Ok(Arc::new(Cluster {
-            client,
-            conn,
+            link,
+            last_error: Mutex::new(String::new()),
             prefix: cfg.key_prefix.clone(),
             instance: cfg.instance_name.clone(),
             hmac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &cfg.encryption_key.0),
@@ -122,6 +101,19 @@ impl Cluster {
             invalidations: tx,
             started: AtomicBool::new(false),
         }))
+    }
+
+    /// Reaches Redis as `cfg` says from now on (a reload changed the URL,
+    /// the credentials or the CA); the health task reports the outcome.
+    pub fn relink(&self, cfg: &ClusterConfig) -> Result<(), String> {
+        self.link.relink(cfg)
+    }
+
+    /// The connection to the data node in use.
+    fn conn(&self) -> Result<ConnectionManager, ClusterError> {
+        self.link
+            .conn()
+            .ok_or_else(|| self.failed("no Redis master known yet (Sentinel)"))
     }
 
     /// Redis answered the last ping (or operation).
@@ -142,9 +134,10 @@ impl Cluster {
             if self.is_up() { "up" } else { "down" },
             self.instance,
             if self.is_up() {
-                "reachable"
+                "reachable".to_string()
             } else {
-                "unreachable; sessions served from cache, new sign-ins refused"
+                let why = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+                format!("unreachable: {why}; sessions served from cache, new sign-ins refused")
             }
         )
     }
@@ -232,7 +225,7 @@ impl Cluster {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return Err(ClusterError::Down);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<T>(&mut c)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.failed(e)),
@@ -249,7 +242,7 @@ impl Cluster {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return Err(ClusterError::Down);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         match tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<T>(&mut c)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.failed(e)),
@@ -266,7 +259,7 @@ impl Cluster {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return Err(ClusterError::Down);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async::<T>(&mut c)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.failed(e)),
@@ -307,15 +300,11 @@ async fn health(weak: Weak<Cluster>) {
     loop {
         {
             let Some(c) = weak.upgrade() else { return };
-            let mut conn = c.conn.clone();
-            let ok = matches!(
-                tokio::time::timeout(
-                    OP_TIMEOUT,
-                    redis::cmd("PING").query_async::<String>(&mut conn)
-                )
-                .await,
-                Ok(Ok(_))
-            );
+            let checked = c.link.check().await;
+            let ok = checked.is_ok();
+            if let Err(e) = &checked {
+                e.clone_into(&mut c.last_error.lock().unwrap_or_else(|e| e.into_inner()));
+            }
             let was = c.up.swap(ok, Ordering::Relaxed);
             match (was, ok) {
                 (false, true) => {
@@ -325,7 +314,8 @@ async fn health(weak: Weak<Cluster>) {
                 }
                 (true, false) => {
                     c.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(instance = %c.instance, "Redis is unreachable: cached sessions keep working for the cache lifetime, new sign-ins are refused until it is back");
+                    let error = checked.err().unwrap_or_default();
+                    tracing::warn!(instance = %c.instance, %error, "Redis is unreachable: cached sessions keep working for the cache lifetime, new sign-ins are refused until it is back");
                 }
                 _ => {}
             }
@@ -336,9 +326,13 @@ async fn health(weak: Weak<Cluster>) {
 
 async fn listen(weak: Weak<Cluster>) {
     loop {
-        let (client, channel) = match weak.upgrade() {
-            Some(c) => (c.client.clone(), c.channel()),
+        let (client, channel, epoch) = match weak.upgrade() {
+            Some(c) => (c.link.client(), c.channel(), c.link.epoch()),
             None => return,
+        };
+        let Some(client) = client else {
+            tokio::time::sleep(PING_EVERY).await;
+            continue;
         };
         let sub = async {
             let mut ps = client.get_async_pubsub().await?;
@@ -354,6 +348,10 @@ async fn listen(weak: Weak<Cluster>) {
             loop {
                 let next = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
                 let Some(c) = weak.upgrade() else { return };
+                if c.link.epoch() != epoch {
+                    // Another data node now (failover or reload).
+                    break;
+                }
                 match next {
                     Err(_) => continue,
                     Ok(None) => break,

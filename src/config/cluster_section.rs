@@ -2,7 +2,7 @@
 //! Redis. Absent, nothing is shared (the embedded store).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -28,6 +28,7 @@ pub struct FileCluster {
     pub encryption_key_file: Option<Spanned<String>>,
     pub instance_name: Option<Spanned<String>>,
     pub cache_lifetime: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// The 32-byte key the instances share (never shown).
@@ -40,11 +41,30 @@ impl fmt::Debug for ClusterKey {
     }
 }
 
+/// `redis+sentinel://H1:P1,H2:P2/SERVICE/DB`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    /// The sentinels, as `(host, port)`; the port defaults to 26379.
+    pub nodes: Vec<(String, u16)>,
+    /// The master's name as the sentinels monitor it.
+    pub service: String,
+    /// The database on the data nodes.
+    pub db: i64,
+}
+
 /// `[cluster]`, checked.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://` or `rediss://` URL (a password belongs in `password_file`).
+    /// `redis://`, `rediss://` or `redis+sentinel://` URL (a password
+    /// belongs in `password_file`).
     pub redis: String,
+    /// Set for a `redis+sentinel://` URL.
+    pub sentinel: Option<SentinelUrl>,
+    /// `ca_file`: trusted for `rediss://` besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The PEM text of `ca_file` when it was checked (a reload with a
+    /// fixed file reconnects).
+    pub ca_pem: Option<Vec<u8>>,
     pub user: Option<String>,
     pub password: Option<Secret>,
     pub key_prefix: String,
@@ -56,6 +76,8 @@ pub struct ClusterConfig {
 impl PartialEq for ClusterConfig {
     fn eq(&self, o: &Self) -> bool {
         self.redis == o.redis
+            && self.ca_file == o.ca_file
+            && self.ca_pem == o.ca_pem
             && self.user == o.user
             && self.password.as_ref().map(Secret::expose) == o.password.as_ref().map(Secret::expose)
             && self.key_prefix == o.key_prefix
@@ -108,6 +130,7 @@ impl Cx<'_> {
         raw: FileCluster,
     ) -> Option<ClusterConfig> {
         let before = self.errors.len();
+        let mut sentinel = None;
         let redis = match raw.redis {
             None => {
                 self.err(
@@ -120,18 +143,29 @@ impl Cx<'_> {
             }
             Some(r) => {
                 let url = r.get_ref().trim().to_string();
-                if url.starts_with("redis+sentinel://") {
+                if url.starts_with("rediss+sentinel://") {
                     self.err(
                         Some(r.span()),
                         "cluster.redis",
-                        "Sentinel URLs are not supported yet; point `redis` at the master (redis:// or rediss://)".into(),
+                        "TLS through Sentinel is not supported; use redis+sentinel:// on a trusted network, or rediss:// to the master".into(),
                     );
                     None
+                } else if url.starts_with("redis+sentinel://") {
+                    match parse_sentinel_url(&url) {
+                        Ok(s) => {
+                            sentinel = Some(s);
+                            Some(url)
+                        }
+                        Err(m) => {
+                            self.err(Some(r.span()), "cluster.redis", format!("`{url}`: {m}"));
+                            None
+                        }
+                    }
                 } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     self.err(
                         Some(r.span()),
                         "cluster.redis",
-                        format!("`{url}` is not a redis:// or rediss:// URL"),
+                        format!("`{url}` is not a redis://, rediss:// or redis+sentinel:// URL"),
                     );
                     None
                 } else if redis_url_ok(&url).is_err() {
@@ -213,6 +247,30 @@ impl Cx<'_> {
             }
             Some(n) => n.into_inner(),
         };
+        let mut ca_file = None;
+        let mut ca_pem = None;
+        if let Some(f) = raw.ca_file {
+            let path = resolve_relative(&self.file, Path::new(f.get_ref()));
+            if redis
+                .as_deref()
+                .is_some_and(|u| !u.starts_with("rediss://"))
+            {
+                self.err(
+                    Some(f.span()),
+                    "cluster.ca_file",
+                    "applies to rediss:// (TLS) only; `redis` is not a rediss:// URL".into(),
+                );
+            } else if self.read_files {
+                match std::fs::read(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|pem| crate::pki::client_roots(Some(&path)).map(|_| pem))
+                {
+                    Ok(pem) => ca_pem = Some(pem),
+                    Err(m) => self.err(Some(f.span()), "cluster.ca_file", m),
+                }
+            }
+            ca_file = Some(path);
+        }
         let cache_lifetime = self.duration(
             "cluster.cache_lifetime",
             raw.cache_lifetime,
@@ -223,6 +281,9 @@ impl Cx<'_> {
         }
         Some(ClusterConfig {
             redis: redis?,
+            sentinel,
+            ca_file,
+            ca_pem,
             user,
             password,
             key_prefix,
@@ -231,6 +292,64 @@ impl Cx<'_> {
             cache_lifetime,
         })
     }
+}
+
+/// `redis+sentinel://H1[:P1],H2[:P2]/SERVICE[/DB]` (ports default to
+/// 26379; `[v6]:port` for IPv6).
+pub fn parse_sentinel_url(url: &str) -> Result<SentinelUrl, String> {
+    let rest = url
+        .strip_prefix("redis+sentinel://")
+        .ok_or("not a redis+sentinel:// URL")?;
+    let mut parts = rest.splitn(3, '/');
+    let hosts = parts.next().unwrap_or("");
+    let service = parts.next().unwrap_or("").trim();
+    let db = parts.next().unwrap_or("").trim_end_matches('/');
+    if hosts.contains('@') {
+        return Err("credentials do not go in the URL (sentinels are reached without a password; `password_file` and `user_file` apply to the data nodes)".into());
+    }
+    let mut nodes = Vec::new();
+    for h in hosts.split(',') {
+        let h = h.trim();
+        let (host, port) = if let Some(v6) = h.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or(format!("`{h}`: missing `]`"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match h.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (h, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("a sentinel's host is empty (write h1:26379,h2:26379)".into());
+        }
+        let port = match port {
+            None => 26379,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(format!("`{h}`: the port is not a number"))?,
+        };
+        nodes.push((host.to_string(), port));
+    }
+    if service.is_empty() {
+        return Err(
+            "the master's name is missing (redis+sentinel://h1:26379,h2:26379/mymaster/0)".into(),
+        );
+    }
+    let db = if db.is_empty() {
+        0
+    } else {
+        db.parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or(format!("`{db}` is not a database number"))?
+    };
+    Ok(SentinelUrl {
+        nodes,
+        service: service.to_string(),
+        db,
+    })
 }
 
 fn redis_url_ok(url: &str) -> Result<(), ()> {
@@ -272,5 +391,31 @@ mod tests {
         assert!(redis_url_ok("rediss://h:6380").is_ok());
         assert!(redis_url_ok("redis://").is_err());
         assert!(redis_url_ok("redis://h/x").is_err());
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let s = parse_sentinel_url("redis+sentinel://h1:26379,h2/mymaster/3").unwrap();
+        assert_eq!(
+            s.nodes,
+            vec![("h1".to_string(), 26379), ("h2".to_string(), 26379)]
+        );
+        assert_eq!((s.service.as_str(), s.db), ("mymaster", 3));
+        let s = parse_sentinel_url("redis+sentinel://[::1]:5000/m").unwrap();
+        assert_eq!(s.nodes, vec![("::1".to_string(), 5000)]);
+        assert_eq!(s.db, 0);
+        assert!(
+            parse_sentinel_url("redis+sentinel://h1:26379")
+                .unwrap_err()
+                .contains("master's name")
+        );
+        assert!(parse_sentinel_url("redis+sentinel://h1:x/m").is_err());
+        assert!(parse_sentinel_url("redis+sentinel://,h/m").is_err());
+        assert!(parse_sentinel_url("redis+sentinel://h/m/x").is_err());
+        assert!(
+            parse_sentinel_url("redis+sentinel://u:p@h/m")
+                .unwrap_err()
+                .contains("password_file")
+        );
     }
 }

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use cluster_section::{ClusterConfig, ClusterKey};
+pub use cluster_section::{ClusterConfig, ClusterKey, SentinelUrl};
 pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
