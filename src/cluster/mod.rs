@@ -18,6 +18,8 @@
 //!
 //! Nothing here knows sessions or sign-ins: `auth` builds on it.
 
+pub mod lock;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
