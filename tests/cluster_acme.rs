@@ -103,6 +103,18 @@ fn config(
     name: &str,
     cluster_extra: &str,
 ) -> String {
+    config_with(http, pebble, redis, prefix, name, cluster_extra, "http-01")
+}
+
+fn config_with(
+    http: &str,
+    pebble: &Pebble,
+    redis: &str,
+    prefix: &str,
+    name: &str,
+    cluster_extra: &str,
+    challenge: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -121,7 +133,7 @@ key_prefix = "{prefix}"
 [acme]
 email = "ops@example.com"
 directory = "{dir}"
-challenge = "http-01"
+challenge = "{challenge}"
 ca_file = "{ca}"
 retry_min = "1s"
 retry_max = "2s"
@@ -302,9 +314,9 @@ async fn one_order_for_two_instances_answered_by_the_other_and_nothing_in_clear(
     let needles: Vec<(&str, Vec<u8>)> = vec![
         ("PEM", b"-----BEGIN".to_vec()),
         ("PRIVATE KEY", b"PRIVATE KEY".to_vec()),
-        ("certificate key (base64)", body[..48].as_bytes().to_vec()),
+        ("certificate key (base64)", body.as_bytes()[..48].to_vec()),
         ("certificate key (DER)", der[der.len() - 40..].to_vec()),
-        ("account key", pkcs8[..40].as_bytes().to_vec()),
+        ("account key", pkcs8.as_bytes()[..40].to_vec()),
         ("account key field", b"key_pkcs8".to_vec()),
         ("host name", HOST.as_bytes().to_vec()),
     ];
@@ -525,4 +537,40 @@ async fn redis_outage_keeps_certificates_served_and_renewal_resumes() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn tls_alpn01_validation_answered_by_the_instance_that_did_not_order() {
+    let redis = shared_redis();
+    let gate = Gate::start().await;
+    let pebble =
+        Pebble::start(PebbleOptions::new(free_port(), gate.port).authz_reuse_percent(0)).await;
+    let (prefix, lease) = ("ca5:", "lock_lease = \"3s\"");
+    let cfg = |name| {
+        config_with(
+            "{{HTTP}}",
+            &pebble,
+            &redis.url(),
+            prefix,
+            name,
+            lease,
+            "tls-alpn-01",
+        )
+    };
+    let a = start(&cfg("gw-a")).await;
+    let b = start(&cfg("gw-b")).await;
+    let holder = wait_for("an order lock", Duration::from_secs(30), || async {
+        lock_holder(a.admin_addr()).await
+    })
+    .await;
+    let (orderer, other) = match holder["instance"].as_str().unwrap() {
+        "gw-a" => (&a, &b),
+        _ => (&b, &a),
+    };
+    gate.send_to(other.https_addr());
+    let x = wait_for_cert(orderer.https_addr(), &pebble, "the orderer's certificate").await;
+    let y = wait_for_cert(other.https_addr(), &pebble, "the certificate on the other").await;
+    assert_eq!(x.leaf_serial(), y.leaf_serial());
+    assert!(gate.relayed.load(Ordering::SeqCst) > 0);
+    assert_eq!(orders_at(&pebble), 1, "{}", pebble.logs());
 }

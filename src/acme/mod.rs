@@ -250,8 +250,12 @@ async fn order_host(
             .is_none_or(|e| renew_at(host, &e) <= now_secs())
     };
     let waiting = |e: crate::cluster::ClusterError| {
+        let what = match store.acme_entry(host) {
+            Some(_) => "renewal",
+            None => "the first order",
+        };
         Outcome::Waiting(format!(
-            "renewal waits for Redis ({e}): an order needs the cluster's order lock"
+            "{what} waits for Redis ({e}): ordering needs the cluster's order lock"
         ))
     };
     // Another instance may have renewed it already.
