@@ -574,3 +574,32 @@ async fn tls_alpn01_validation_answered_by_the_instance_that_did_not_order() {
     assert!(gate.relayed.load(Ordering::SeqCst) > 0);
     assert_eq!(orders_at(&pebble), 1, "{}", pebble.logs());
 }
+
+#[test]
+fn lock_lease_is_checked_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(dir.path().join("cluster.key"), KEY).unwrap();
+    let write = |lease: &str| {
+        std::fs::write(
+            &cfg,
+            format!("[server]\nhttp = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nencryption_key_file = \"cluster.key\"\nlock_lease = \"{lease}\"\n"),
+        )
+        .unwrap();
+    };
+    write("200ms");
+    let e = portcullis::config::load(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("p.toml:7") && e.contains("cluster.lock_lease") && e.contains("at least 1s"),
+        "{e}"
+    );
+    write("soon");
+    let e = portcullis::config::load(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("p.toml:7") && e.contains("cluster.lock_lease"),
+        "{e}"
+    );
+    write("90s");
+    let c = portcullis::config::load(&cfg).unwrap();
+    assert_eq!(c.cluster.unwrap().lock_lease, Duration::from_secs(90));
+}
