@@ -288,14 +288,24 @@ async fn order_host(
             }
         }
     };
-    let issued = tokio::select! {
-        r = order::issue(acct, &order.names, kind, store, solver, budget, Some(sh)) => Some(r),
-        () = renew => None,
+    // Losing the lock does not cut the order short (its DNS records and
+    // challenges are cleaned up at its end); the fence refuses its result.
+    let issue = order::issue(acct, &order.names, kind, store, solver, budget, Some(sh));
+    tokio::pin!(issue);
+    tokio::pin!(renew);
+    let mut lost = false;
+    let issued = loop {
+        tokio::select! {
+            r = &mut issue => break r,
+            () = &mut renew, if !lost => {
+                lost = true;
+                tracing::warn!(host, fencing_token = lease.fence, "lost this host's order lock while ordering");
+            }
+        }
     };
     let outcome = match issued {
-        None => Outcome::Superseded,
-        Some(Err(f)) => Outcome::Failed(f),
-        Some(Ok((chain, key))) => match sh.publish_cert(&lease, dir, host, &chain, &key).await {
+        Err(f) => Outcome::Failed(f),
+        Ok((chain, key)) => match sh.publish_cert(&lease, dir, host, &chain, &key).await {
             Ok(true) => Outcome::Issued(chain, key),
             Ok(false) => Outcome::Superseded,
             Err(e) => {
