@@ -4,8 +4,9 @@
 //! HTTP-01 validation is answered by the instance that did not order, an
 //! instance killed mid-order is taken over after the lease, a holder whose
 //! lease was taken over cannot publish, Redis holds no private key or PEM
-//! in clear, and a Redis outage keeps certificates served while the
-//! renewal waits, then resumes by itself.
+//! in clear, a Redis outage keeps certificates served while the renewal
+//! waits, then resumes by itself, and the certificates of an instance that
+//! ran alone are shared when it joins a cluster.
 //!
 //! Pebble's HTTP-01 validations go through a small TCP gate the test
 //! steers, so it decides which instance answers them (and when).
@@ -602,4 +603,62 @@ fn lock_lease_is_checked_with_its_line() {
     write("90s");
     let c = portcullis::config::load(&cfg).unwrap();
     assert_eq!(c.cluster.unwrap().lock_lease, Duration::from_secs(90));
+}
+
+#[tokio::test]
+async fn certificates_of_an_instance_that_ran_alone_are_shared_without_a_new_order() {
+    let redis = shared_redis();
+    let http = free_port();
+    let pebble = Pebble::start(PebbleOptions::new(http, free_port())).await;
+    let state = tempfile::tempdir().unwrap();
+    let prefix = "ca6:";
+    let with_state = |t: String| t.replace("{{DIR}}/state", &state.path().display().to_string());
+    let clustered = with_state(config(
+        &format!("127.0.0.1:{http}"),
+        &pebble,
+        &redis.url(),
+        prefix,
+        "gw-a",
+        "",
+    ));
+    let (head, rest) = clustered.split_once("[cluster]").unwrap();
+    let alone = format!("{head}{}", &rest[rest.find("[acme]").unwrap()..]);
+
+    let mut a = start(&alone).await;
+    let serial = wait_for_cert(a.https_addr(), &pebble, "the certificate ordered alone")
+        .await
+        .leaf_serial();
+    support::within("graceful shutdown", Duration::from_secs(30), a.shutdown())
+        .await
+        .unwrap();
+    drop(a);
+
+    // The same instance with [cluster]: serves from disk, shares it.
+    let a = start(&clustered).await;
+    let hs = wait_for_cert(a.https_addr(), &pebble, "the stored certificate").await;
+    assert_eq!(hs.leaf_serial(), serial);
+    wait_for(
+        "the certificate in Redis",
+        Duration::from_secs(10),
+        || async {
+            redis
+                .dump()
+                .iter()
+                .any(|(k, _)| k.starts_with(&format!("{prefix}acme-cert:")))
+                .then_some(())
+        },
+    )
+    .await;
+    let b = start(&config(
+        "{{HTTP}}",
+        &pebble,
+        &redis.url(),
+        prefix,
+        "gw-b",
+        "",
+    ))
+    .await;
+    let hs = wait_for_cert(b.https_addr(), &pebble, "B's certificate").await;
+    assert_eq!(hs.leaf_serial(), serial, "B serves the shared certificate");
+    assert_eq!(orders_at(&pebble), 1, "{}", pebble.logs());
 }

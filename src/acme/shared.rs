@@ -11,6 +11,8 @@
 //!   certificate is published only while its fencing token is the latest,
 //!   then announced on pub/sub. Every instance loads it from Redis on the
 //!   announcement, on a reconnect, and every [`POLL_EVERY`] as a safety net.
+//!   A certificate Redis lacks (an instance that ran alone before, a Redis
+//!   that lost its data) is offered from `state_dir`, never replacing one.
 //! - Challenges: HTTP-01 key authorizations and TLS-ALPN-01 digests go to
 //!   Redis for [`CHALLENGE_TTL`], so whichever instance the CA reaches
 //!   answers (its own store first, Redis second; a TLS-ALPN-01 certificate
@@ -216,6 +218,38 @@ impl AcmeShared {
         Ok(true)
     }
 
+    /// Stores a certificate this instance has on disk when Redis has none
+    /// for the host (an instance that ran alone before, or a Redis that
+    /// lost its data); never replaces one. Announced when stored.
+    pub async fn offer_cert(
+        &self,
+        dir: &str,
+        host: &str,
+        chain: &[u8],
+        key_pem: &[u8],
+    ) -> Result<bool, ClusterError> {
+        let digest = self.cert_digest(dir, host);
+        let key = self.cluster.key("acme-cert", &digest);
+        let plain = serde_json::to_vec(&CertRecord {
+            chain: String::from_utf8_lossy(chain).into_owned(),
+            key: String::from_utf8_lossy(key_pem).into_owned(),
+        })
+        .map_err(|e| ClusterError::Redis(e.to_string()))?;
+        let set: Option<String> = self
+            .cluster
+            .run(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(self.seal(&key, &plain))
+                    .arg("NX"),
+            )
+            .await?;
+        if set.is_some() {
+            let _ = self.cluster.invalidate(Invalidation::Key(digest)).await;
+        }
+        Ok(set.is_some())
+    }
+
     // ---- the order lock ---------------------------------------------------
 
     pub async fn try_lock(
@@ -331,6 +365,14 @@ pub async fn adopt(
     order: &AcmeOrder,
 ) -> Result<bool, ClusterError> {
     let Some((chain, key)) = shared.load_cert(dir, host).await? else {
+        // Redis has none: share the one served from disk, if any.
+        if store.acme_entry(host).is_some()
+            && let Some((chain, key)) = storage.load_cert(host)
+            && crate::pki::certified_key_from_pem(&chain, &key).is_ok()
+            && shared.offer_cert(dir, host, &chain, &key).await?
+        {
+            tracing::info!(host, "shared the certificate from state_dir through Redis");
+        }
         return Ok(false);
     };
     let ck = match crate::pki::certified_key_from_pem(chain.as_bytes(), key.as_bytes()) {
