@@ -333,22 +333,26 @@ impl SharedAcme for AcmeShared {
             let Some((dir, hosts)) = plan else {
                 return Vec::new();
             };
-            let mut out = Vec::new();
-            for h in hosts {
-                if let Ok(Some(holder)) =
-                    self.cluster.lock_holder(&self.lock_digest(&dir, &h)).await
-                {
-                    out.push((
+            let digests: Vec<[u8; 32]> = hosts.iter().map(|h| self.lock_digest(&dir, h)).collect();
+            let Ok(holders) = self.cluster.lock_holders(&digests).await else {
+                return Vec::new();
+            };
+            let now = unix_ms();
+            hosts
+                .into_iter()
+                .zip(holders)
+                .filter_map(|(h, holder)| {
+                    let holder = holder?;
+                    Some((
                         h,
                         OrderLock {
                             instance: holder.instance,
                             fencing_token: holder.fence,
-                            lease_expires_ms: unix_ms() + holder.expires_in_ms,
+                            lease_expires_ms: now + holder.expires_in_ms,
                         },
-                    ));
-                }
-            }
-            out
+                    ))
+                })
+                .collect()
         })
     }
 }

@@ -149,11 +149,31 @@ impl Cluster {
 
     /// Who holds the lock named by `digest`, if anyone.
     pub async fn lock_holder(&self, digest: &[u8; 32]) -> Result<Option<Holder>, ClusterError> {
-        let (key, _) = self.lock_keys(digest);
+        Ok(self.lock_holders(&[*digest]).await?.pop().flatten())
+    }
+
+    /// Who holds each of these locks, in one round trip.
+    pub async fn lock_holders(
+        &self,
+        digests: &[[u8; 32]],
+    ) -> Result<Vec<Option<Holder>>, ClusterError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let (v, ttl): (Option<String>, i64) = self.run_pipe(&pipe).await?;
-        Ok(v.and_then(|v| parse_value(&v, ttl)))
+        for d in digests {
+            let (key, _) = self.lock_keys(d);
+            pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        }
+        let flat: Vec<redis::Value> = self.run_pipe(&pipe).await?;
+        Ok(flat
+            .chunks(2)
+            .map(|pair| {
+                let v: Option<String> = redis::from_redis_value(pair.first()?.clone()).ok()?;
+                let ttl: i64 = redis::from_redis_value(pair.get(1)?.clone()).ok()?;
+                parse_value(&v?, ttl)
+            })
+            .collect())
     }
 
     /// Sets `key` to `value` only while `l` is the latest holder of its
