@@ -155,10 +155,15 @@ impl Gateway {
         };
         auth::spawn_background(&auth, &auth_snapshot);
         let acme_plans = tokio::sync::watch::channel(plan).0;
+        let acme_cluster = auth
+            .cluster()
+            .cloned()
+            .zip(files_config.cluster.as_ref().map(|c| c.lock_lease));
         acme::spawn(
             shared.certs.clone(),
             shared.metrics.clone(),
             acme_plans.subscribe(),
+            acme_cluster,
         );
         let watch = files_config
             .server

@@ -14,6 +14,7 @@
 
 pub(crate) mod dns;
 pub mod order;
+pub mod shared;
 pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,7 +28,9 @@ use instant_acme::{Account, AccountCredentials, NewAccount};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use self::shared::AcmeShared;
 use self::storage::Storage;
+use crate::cluster::lock::Holder;
 use crate::config::{AcmeConfig, ChallengeKind, Config, HostPattern};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::CertStore;
@@ -184,12 +187,142 @@ pub fn load_stored(plan: &AcmePlan, store: &CertStore) {
 }
 
 /// Starts the ACME task. It follows `plans` until the sender is dropped.
+/// With `[cluster]` (`cluster`: the link and the order lock's lease), the
+/// account, certificates, challenges and order locks are shared through
+/// Redis ([`shared`]).
 pub fn spawn(
     store: Arc<CertStore>,
     metrics: Arc<Metrics>,
     plans: watch::Receiver<Option<Arc<AcmePlan>>>,
+    cluster: Option<(Arc<crate::cluster::Cluster>, Duration)>,
 ) {
-    tokio::spawn(run(store, metrics, plans));
+    let shared = cluster.map(|(c, lease)| {
+        let sh = AcmeShared::new(c, lease);
+        sh.set_plan(plans.borrow().as_deref());
+        let _ = store.shared.set(sh.clone());
+        shared::spawn_watcher(sh.clone(), store.clone(), plans.clone());
+        sh
+    });
+    tokio::spawn(run(store, metrics, plans, shared));
+}
+
+/// How one due host ended.
+enum Outcome {
+    /// Ordered here: (chain PEM, key PEM).
+    Issued(String, String),
+    /// Another instance's newer certificate was installed instead.
+    Adopted,
+    /// Another instance holds the order lock.
+    Busy(Holder),
+    /// Redis is unreachable: the order needs its lock, so it waits.
+    Waiting(String),
+    /// Our lease was taken over: nothing published, nothing installed.
+    Superseded,
+    Failed(order::OrderFailure),
+}
+
+/// Orders `host` when this instance may: alone, or holding the cluster's
+/// order lock (renewed while the order runs; the certificate is published
+/// only while our fencing token is the latest).
+#[allow(clippy::too_many_arguments)]
+async fn order_host(
+    acct: &Account,
+    host: &str,
+    order: &AcmeOrder,
+    store: &CertStore,
+    storage: &Storage,
+    dir: &str,
+    solver: Option<&dns::Solver>,
+    budget: Duration,
+    shared: Option<&AcmeShared>,
+) -> Outcome {
+    let kind = order.challenge;
+    let Some(sh) = shared else {
+        tracing::info!(host, names = ?order.names, challenge = kind.as_str(), "ordering certificate");
+        return match order::issue(acct, &order.names, kind, store, solver, budget, None).await {
+            Ok((c, k)) => Outcome::Issued(c, k),
+            Err(f) => Outcome::Failed(f),
+        };
+    };
+    let still_due = |store: &CertStore| {
+        store
+            .acme_entry(host)
+            .is_none_or(|e| renew_at(host, &e) <= now_secs())
+    };
+    let waiting = |e: crate::cluster::ClusterError| {
+        let what = match store.acme_entry(host) {
+            Some(_) => "renewal",
+            None => "the first order",
+        };
+        Outcome::Waiting(format!(
+            "{what} waits for Redis ({e}): ordering needs the cluster's order lock"
+        ))
+    };
+    // Another instance may have renewed it already.
+    match shared::adopt(sh, store, storage, dir, host, order).await {
+        Ok(true) if !still_due(store) => return Outcome::Adopted,
+        Ok(_) => {}
+        Err(e) => return waiting(e),
+    }
+    let lease = match sh.try_lock(dir, host).await {
+        Err(e) => return waiting(e),
+        Ok(Err(holder)) => return Outcome::Busy(holder),
+        Ok(Ok(l)) => l,
+    };
+    // Taken just after another holder finished?
+    if let Ok(true) = shared::adopt(sh, store, storage, dir, host, order).await
+        && !still_due(store)
+    {
+        let _ = sh.cluster.unlock(&lease).await;
+        return Outcome::Adopted;
+    }
+    tracing::info!(host, names = ?order.names, challenge = kind.as_str(), fencing_token = lease.fence, instance = %sh.cluster.instance, "took the order lock; ordering certificate");
+    let renew = async {
+        loop {
+            tokio::time::sleep(lease.lease / 3).await;
+            match sh.cluster.renew(&lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                // Redis away: keep ordering; the fence decides at the end.
+                Err(_) => {}
+            }
+        }
+    };
+    // Losing the lock does not cut the order short (its DNS records and
+    // challenges are cleaned up at its end); the fence refuses its result.
+    let issue = order::issue(acct, &order.names, kind, store, solver, budget, Some(sh));
+    tokio::pin!(issue);
+    tokio::pin!(renew);
+    let mut lost = false;
+    let issued = loop {
+        tokio::select! {
+            r = &mut issue => break r,
+            () = &mut renew, if !lost => {
+                lost = true;
+                tracing::warn!(host, fencing_token = lease.fence, "lost this host's order lock while ordering");
+            }
+        }
+    };
+    let outcome = match issued {
+        Err(f) => Outcome::Failed(f),
+        Ok((chain, key)) => match sh.publish_cert(&lease, dir, host, &chain, &key).await {
+            Ok(true) => Outcome::Issued(chain, key),
+            Ok(false) => Outcome::Superseded,
+            Err(e) => {
+                tracing::warn!(host, error = %e, "the new certificate could not be shared through Redis; serving it here only");
+                Outcome::Issued(chain, key)
+            }
+        },
+    };
+    if matches!(outcome, Outcome::Superseded) {
+        tracing::warn!(
+            host,
+            fencing_token = lease.fence,
+            "another instance took over this host's order lock; this order's certificate is discarded"
+        );
+    }
+    let _ = sh.cluster.unlock(&lease).await;
+    outcome
 }
 
 struct HostRetry {
@@ -201,7 +334,9 @@ async fn run(
     store: Arc<CertStore>,
     metrics: Arc<Metrics>,
     mut plans: watch::Receiver<Option<Arc<AcmePlan>>>,
+    shared: Option<Arc<AcmeShared>>,
 ) {
+    let shared = shared.as_deref();
     let mut account: Option<(String, Account)> = None;
     let mut retry: HashMap<String, HostRetry> = HashMap::new();
     let mut served: BTreeSet<String> = BTreeSet::new();
@@ -242,7 +377,7 @@ async fn run(
         if account.is_none()
             && storage.load_account().is_some()
             && keys.iter().any(|h| store.acme_entry(h).is_some())
-            && let Ok(a) = get_account(&plan.config, &storage).await
+            && let Ok(a) = get_account(&plan.config, &storage, shared).await
         {
             account = Some((plan.config.directory.clone(), a));
         }
@@ -286,7 +421,7 @@ async fn run(
 
         if !due.is_empty() {
             if account.is_none() {
-                match get_account(&plan.config, &storage).await {
+                match get_account(&plan.config, &storage, shared).await {
                     Ok(a) => account = Some((plan.config.directory.clone(), a)),
                     Err(e) => {
                         let msg = format!("ACME account at {}: {e}", plan.config.directory);
@@ -311,6 +446,8 @@ async fn run(
             };
             let solver = solver.as_ref();
             let budget = Duration::from_secs(300) + plan.config.propagation_timeout;
+            let dir = plan.config.directory.as_str();
+            let storage_ref = &storage;
             let results: Vec<_> = futures_util::stream::iter(due)
                 .map(|host| {
                     let acct = acct.clone();
@@ -318,37 +455,81 @@ async fn run(
                     let order = plan.orders.get(&host).cloned();
                     async move {
                         let Some(order) = order else {
-                            return (host, Err(None));
+                            return (host, None);
                         };
-                        let kind = order.challenge;
-                        tracing::info!(host = %host, names = ?order.names, challenge = kind.as_str(), "ordering certificate");
-                        let r = order::issue(&acct, &order.names, kind, &store, solver, budget)
-                            .await
-                            .map_err(Some);
-                        (host, r)
+                        let r = order_host(
+                            &acct,
+                            &host,
+                            &order,
+                            &store,
+                            storage_ref,
+                            dir,
+                            solver,
+                            budget,
+                            shared,
+                        )
+                        .await;
+                        (host, Some(r))
                     }
                 })
                 .buffer_unordered(plan.config.max_concurrent_orders)
                 .collect()
                 .await;
             for (host, r) in results {
+                let Some(r) = r else { continue };
                 let counter = match &r {
-                    Ok(_) => &metrics.acme_success,
-                    Err(_) => &metrics.acme_failure,
+                    Outcome::Issued(..) => Some(&metrics.acme_success),
+                    Outcome::Failed(_) => Some(&metrics.acme_failure),
+                    _ => None,
                 };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(c) = counter {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 match r {
-                    Ok((chain, key)) => {
+                    Outcome::Issued(chain, key) => {
                         installed(&store, &storage, &host, chain, key);
                         retry.remove(&host);
                     }
-                    Err(None) => {}
-                    Err(Some(f)) => {
+                    Outcome::Adopted => {
+                        retry.remove(&host);
+                    }
+                    Outcome::Busy(h) => {
+                        // Its certificate arrives through Redis; look again
+                        // soon in case its holder dies.
+                        let wait = Duration::from_millis(h.expires_in_ms.max(0) as u64)
+                            .clamp(Duration::from_secs(1), Duration::from_secs(5));
+                        tracing::info!(host = %host, holder = %h.instance, fencing_token = h.fence, "another instance is ordering this certificate; waiting for it");
+                        retry.insert(
+                            host.clone(),
+                            HostRetry {
+                                not_before: Instant::now() + wait,
+                                delay: plan.config.retry_min,
+                            },
+                        );
+                        let mut st = store.acme_status.entry(host.clone()).or_default();
+                        st.next_attempt = Some(now_secs() + wait.as_secs() as i64);
+                    }
+                    Outcome::Waiting(msg) => {
+                        record_failure(&store, &mut retry, &plan.config, &host, &msg);
+                    }
+                    Outcome::Superseded => {
+                        retry.insert(
+                            host.clone(),
+                            HostRetry {
+                                not_before: Instant::now() + Duration::from_secs(1),
+                                delay: plan.config.retry_min,
+                            },
+                        );
+                    }
+                    Outcome::Failed(f) => {
                         if f.account_missing {
                             tracing::warn!(
                                 "the ACME server no longer knows our account; a new one will be created"
                             );
                             storage.forget_account();
+                            if let Some(sh) = shared {
+                                sh.forget_account(dir).await;
+                            }
                             account = None;
                         }
                         record_failure(&store, &mut retry, &plan.config, &host, &f.to_string());
@@ -496,8 +677,44 @@ fn renew_at(host: &str, e: &CertEntry) -> i64 {
     f.not_after - lifetime / 3 - jitter
 }
 
-async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, String> {
-    if let Some(json) = storage.load_account() {
+/// With `[cluster]`, the cluster's account (Redis first, mirrored to
+/// disk; a disk account is offered to Redis when it has none; while Redis
+/// is down, the disk's).
+async fn cluster_account(
+    cfg: &AcmeConfig,
+    storage: &Storage,
+    shared: &AcmeShared,
+) -> Option<Vec<u8>> {
+    let local = storage.load_account();
+    let remote = match shared.load_account(&cfg.directory).await {
+        Ok(Some(json)) => json,
+        Ok(None) => match &local {
+            Some(l) => shared.offer_account(&cfg.directory, l).await.ok()?,
+            None => return None,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "Redis unreachable: using the ACME account stored on disk");
+            return local;
+        }
+    };
+    if local.as_deref() != Some(&remote[..])
+        && let Err(e) = storage.save_account(&remote)
+    {
+        tracing::error!(error = %e, "could not mirror the shared ACME account into state_dir");
+    }
+    Some(remote)
+}
+
+async fn get_account(
+    cfg: &AcmeConfig,
+    storage: &Storage,
+    shared: Option<&AcmeShared>,
+) -> Result<Account, String> {
+    let stored = match shared {
+        Some(sh) => cluster_account(cfg, storage, sh).await,
+        None => storage.load_account(),
+    };
+    if let Some(json) = stored {
         match serde_json::from_slice::<AccountCredentials>(&json) {
             Ok(creds) => {
                 let acct =
@@ -531,7 +748,27 @@ async fn get_account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, Str
                 instant_acme::Error::Api(p) => order::describe_problem(p),
                 other => crate::http::error::chain(other),
             })?;
-    let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+    let mut json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+    let mut acct = acct;
+    if let Some(sh) = shared {
+        match sh.offer_account(&cfg.directory, &json).await {
+            // Another instance created one at the same time: use theirs.
+            Ok(winner) if winner != json => {
+                let creds: AccountCredentials =
+                    serde_json::from_slice(&winner).map_err(|e| e.to_string())?;
+                acct =
+                    instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
+                        .from_credentials(creds)
+                        .await
+                        .map_err(|e| crate::http::error::chain(&e))?;
+                json = winner;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the new ACME account could not be shared through Redis")
+            }
+        }
+    }
     storage.save_account(&json).map_err(|e| {
         format!(
             "cannot store the account in {}: {e}",

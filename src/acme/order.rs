@@ -12,6 +12,7 @@ use instant_acme::{
 };
 
 use super::dns::{Presented, Solver};
+use super::shared::AcmeShared;
 use crate::config::ChallengeKind;
 use crate::tls::CertStore;
 
@@ -99,14 +100,27 @@ pub async fn issue(
     store: &CertStore,
     dns: Option<&Solver>,
     budget: Duration,
+    shared: Option<&AcmeShared>,
 ) -> Result<(String, String), OrderFailure> {
     let host = names.first().map(String::as_str).unwrap_or_default();
     let mut presented = Vec::new();
+    let mut published = Vec::new();
     let r = tokio::time::timeout(
         budget,
-        issue_inner(account, names, kind, store, dns, &mut presented),
+        issue_inner(
+            account,
+            names,
+            kind,
+            store,
+            dns,
+            &mut presented,
+            (shared, &mut published),
+        ),
     )
     .await;
+    if let Some(sh) = shared {
+        sh.remove(&published).await;
+    }
     if let Some(solver) = dns {
         for p in presented.drain(..) {
             match solver.cleanup(&p).await {
@@ -139,6 +153,7 @@ async fn issue_inner(
     store: &CertStore,
     dns: Option<&Solver>,
     presented: &mut Vec<Presented>,
+    (shared, published): (Option<&AcmeShared>, &mut Vec<String>),
 ) -> Result<(String, String), OrderFailure> {
     let host = names.first().map(String::as_str).unwrap_or_default();
     let fail = |stage: &'static str, e: &instant_acme::Error| {
@@ -213,12 +228,31 @@ async fn issue_inner(
                         .http_tokens
                         .insert(ch.token.clone(), key_auth.as_str().to_string());
                     guard.tokens.push(ch.token.clone());
+                    // Whichever instance the CA reaches answers.
+                    if let Some(sh) = shared {
+                        let k = sh
+                            .publish_http(&ch.token, key_auth.as_str())
+                            .await
+                            .map_err(|e| {
+                                plain("publishing the challenge to Redis", e.to_string())
+                            })?;
+                        published.push(k);
+                    }
                 }
                 ChallengeKind::TlsAlpn01 => {
                     let ck = alpn_certificate(host, key_auth.digest().as_ref())
                         .map_err(|e| plain("making the TLS-ALPN-01 certificate", e))?;
                     store.alpn_challenges.insert(host.to_string(), ck);
                     guard.alpn_hosts.push(host.to_string());
+                    if let Some(sh) = shared {
+                        let k = sh
+                            .publish_alpn(host, key_auth.digest().as_ref())
+                            .await
+                            .map_err(|e| {
+                                plain("publishing the challenge to Redis", e.to_string())
+                            })?;
+                        published.push(k);
+                    }
                 }
                 ChallengeKind::Dns01 => {
                     // Presented now, announced to the CA once all are
@@ -315,7 +349,10 @@ async fn issue_inner(
 }
 
 /// The self-signed certificate a TLS-ALPN-01 validator expects (RFC 8737).
-fn alpn_certificate(host: &str, digest: &[u8]) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+pub(super) fn alpn_certificate(
+    host: &str,
+    digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params =
         rcgen::CertificateParams::new(vec![host.to_string()]).map_err(|e| e.to_string())?;

@@ -105,7 +105,7 @@ async fn handle(
         (_, "/routes") => method_not_allowed("GET"),
         (&Method::GET, "/certificates") => match authorize(&shared, &req) {
             Some(refusal) => refusal,
-            None => certificates_view(&shared),
+            None => certificates_view(&shared).await,
         },
         (_, "/certificates") => method_not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -348,8 +348,15 @@ fn upstream_gauges(snap: &crate::snapshot::Snapshot) -> Vec<UpstreamGauge> {
 }
 
 /// Every served certificate: names, source, issuer, validity, and for
-/// ACME hosts the last issuance and the last error in plain words.
-fn certificates_view(shared: &Shared) -> Response<Body> {
+/// ACME hosts the last issuance and the last error in plain words; with
+/// `[cluster]`, which instance holds each host's order lock.
+async fn certificates_view(shared: &Shared) -> Response<Body> {
+    let locks: std::collections::HashMap<String, crate::tls::store::OrderLock> =
+        match shared.certs.shared.get() {
+            Some(s) => s.order_locks().await.into_iter().collect(),
+            None => Default::default(),
+        };
+    let lock_of = |host: &str| locks.get(host).map(|l| json!(l));
     let mut list = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (name, entry) in shared.certs.entries() {
@@ -366,6 +373,7 @@ fn certificates_view(shared: &Shared) -> Response<Body> {
             "last_issued": status.as_ref().and_then(|s| s.last_issued),
             "last_error": status.as_ref().and_then(|s| s.last_error.clone()),
             "next_attempt": status.as_ref().and_then(|s| s.next_attempt),
+            "order_lock": lock_of(&name),
         }));
     }
     // ACME hosts that have no certificate yet still show their state.
@@ -383,6 +391,26 @@ fn certificates_view(shared: &Shared) -> Response<Body> {
             "last_issued": s.last_issued,
             "last_error": s.last_error,
             "next_attempt": s.next_attempt,
+            "order_lock": lock_of(s.key()),
+        }));
+        seen.insert(s.key().clone());
+    }
+    // A first order in progress (on any instance) shows its lock.
+    for (host, l) in &locks {
+        if seen.contains(host) {
+            continue;
+        }
+        list.push(json!({
+            "host": host,
+            "source": "acme",
+            "issuer": null,
+            "names": null,
+            "not_before": null,
+            "not_after": null,
+            "last_issued": null,
+            "last_error": null,
+            "next_attempt": null,
+            "order_lock": l,
         }));
     }
     json_response(StatusCode::OK, &json!({ "certificates": list }))

@@ -331,6 +331,7 @@ mod tests {
             encryption_key: crate::config::ClusterKey([7; 32]),
             instance_name: "a".into(),
             cache_lifetime: Duration::from_secs(60),
+            lock_lease: Duration::from_secs(60),
         }
     }
 

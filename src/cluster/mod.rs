@@ -21,6 +21,8 @@
 
 mod connect;
 
+pub mod lock;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;

@@ -16,6 +16,8 @@ use super::validate::{Cx, resolve_relative};
 pub const DEFAULT_KEY_PREFIX: &str = "portcullis:";
 /// How long an instance trusts a session it has cached without asking Redis.
 pub const DEFAULT_CACHE_LIFETIME: Duration = Duration::from_secs(60);
+/// How long an instance holds a host's order lock without renewing it.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
 
 /// `[cluster]` as written.
 #[derive(Debug, Deserialize)]
@@ -29,6 +31,7 @@ pub struct FileCluster {
     pub instance_name: Option<Spanned<String>>,
     pub cache_lifetime: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
+    pub lock_lease: Option<Spanned<String>>,
 }
 
 /// The 32-byte key the instances share (never shown).
@@ -71,6 +74,9 @@ pub struct ClusterConfig {
     pub encryption_key: ClusterKey,
     pub instance_name: String,
     pub cache_lifetime: Duration,
+    /// The lease of a host's ACME order lock: another instance takes the
+    /// order over this long after its holder stopped renewing it.
+    pub lock_lease: Duration,
 }
 
 impl PartialEq for ClusterConfig {
@@ -84,6 +90,7 @@ impl PartialEq for ClusterConfig {
             && self.encryption_key == o.encryption_key
             && self.instance_name == o.instance_name
             && self.cache_lifetime == o.cache_lifetime
+            && self.lock_lease == o.lock_lease
     }
 }
 
@@ -276,6 +283,15 @@ impl Cx<'_> {
             raw.cache_lifetime,
             DEFAULT_CACHE_LIFETIME,
         );
+        let lease_span = raw.lock_lease.as_ref().map(|l| l.span());
+        let lock_lease = self.duration("cluster.lock_lease", raw.lock_lease, DEFAULT_LOCK_LEASE);
+        if lock_lease < Duration::from_secs(1) {
+            self.err(
+                lease_span,
+                "cluster.lock_lease",
+                "must be at least 1s (the lock is renewed every third of it)".into(),
+            );
+        }
         if self.errors.len() > before {
             return None;
         }
@@ -290,6 +306,7 @@ impl Cx<'_> {
             encryption_key: encryption_key?,
             instance_name,
             cache_lifetime,
+            lock_lease,
         })
     }
 }

@@ -244,6 +244,9 @@ fn route_request<'a>(
         };
         let (route, https_redirect) = match selected {
             Selected::Answer(r) => return Ok(r),
+            Selected::SharedChallenge(token) => {
+                return Ok(Box::pin(shared_challenge(shared, token)).await);
+            }
             Selected::Endpoint => {
                 let raw_host = raw_host.to_string();
                 // Boxed: the login callback's state (code exchange, token
@@ -431,6 +434,9 @@ fn request_host(req: &Request<Body>) -> Result<(&str, Option<&HeaderValue>), Pro
 
 /// What answers a request, once its host is known.
 enum Selected<'a> {
+    /// An HTTP-01 token this instance does not know: asked of the
+    /// cluster's shared store.
+    SharedChallenge(String),
     /// Answered here: an ACME HTTP-01 challenge, or a logout over plain
     /// HTTP sent to HTTPS.
     Answer(Response<Body>),
@@ -470,13 +476,16 @@ fn select<'a>(
     if !conn.scheme.is_https()
         && let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
     {
-        return Ok(Selected::Answer(answer::acme_challenge(
-            shared
-                .certs
-                .http_tokens
-                .get(token)
-                .map(|k| k.value().clone()),
-        )));
+        let local = shared
+            .certs
+            .http_tokens
+            .get(token)
+            .map(|k| k.value().clone());
+        if local.is_none() && shared.certs.shared.get().is_some() {
+            // Maybe another instance's order (`[cluster]`).
+            return Ok(Selected::SharedChallenge(token.to_string()));
+        }
+        return Ok(Selected::Answer(answer::acme_challenge(local)));
     }
     let port = shared.https_port.load(std::sync::atomic::Ordering::Acquire);
     if routing_prefix_is_reserved(path) {
@@ -498,6 +507,15 @@ fn select<'a>(
     let redirect = (!conn.scheme.is_https() && route.config.https_redirect && port != 0)
         .then(|| answer::https_redirect(host, port, req.uri()));
     Ok(Selected::Route(route, redirect))
+}
+
+/// The key authorization another instance published for `token`.
+async fn shared_challenge(shared: &Shared, token: String) -> Response<Body> {
+    let key_auth = match shared.certs.shared.get() {
+        Some(s) => s.http_token(&token).await,
+        None => None,
+    };
+    answer::acme_challenge(key_auth)
 }
 
 /// The gateway's own endpoints (sign-in callback, logout, back-channel

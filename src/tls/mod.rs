@@ -163,9 +163,15 @@ pub async fn handshake(mut tcp: TcpStream, tls: &TlsContext) -> Handshake {
         .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN));
 
     if wants_acme {
-        let ck = sni
+        let mut ck = sni
             .as_deref()
             .and_then(|s| tls.store.alpn_challenges.get(s).map(|c| c.clone()));
+        // Another instance's order (`[cluster]`): the CA may reach any.
+        if ck.is_none()
+            && let (Some(s), Some(shared)) = (sni.as_deref(), tls.store.shared.get())
+        {
+            ck = shared.alpn_challenge(s).await;
+        }
         let Some(ck) = ck else {
             let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
             return Handshake::UnknownName;

@@ -5,7 +5,9 @@
 //! listeners answer the challenges.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -50,6 +52,31 @@ pub struct AcmeStatus {
     pub next_attempt: Option<i64>,
 }
 
+/// An ACME host's order lock, held by one instance of a cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderLock {
+    /// `[cluster] instance_name` of the holder.
+    pub instance: String,
+    /// Larger than every earlier holder's.
+    pub fencing_token: u64,
+    /// Unix milliseconds when the lease ends unless renewed.
+    pub lease_expires_ms: i64,
+}
+
+/// A lookup in the shared store.
+pub type Lookup<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// ACME state other instances publish (`[cluster]`), asked when this
+/// instance has no answer of its own.
+pub trait SharedAcme: Send + Sync {
+    /// The HTTP-01 key authorization of a token.
+    fn http_token<'a>(&'a self, token: &'a str) -> Lookup<'a, Option<String>>;
+    /// The TLS-ALPN-01 challenge certificate of a host.
+    fn alpn_challenge<'a>(&'a self, host: &'a str) -> Lookup<'a, Option<Arc<CertifiedKey>>>;
+    /// The order locks of this instance's ACME hosts, by host.
+    fn order_locks(&self) -> Lookup<'_, Vec<(String, OrderLock)>>;
+}
+
 type Names = HashMap<String, Arc<CertEntry>>;
 
 #[derive(Default)]
@@ -68,6 +95,8 @@ pub struct CertStore {
     pub http_tokens: DashMap<String, String>,
     /// Per ACME host: last issuance and last error.
     pub acme_status: DashMap<String, AcmeStatus>,
+    /// With `[cluster]`: challenges and order locks of every instance.
+    pub shared: OnceLock<Arc<dyn SharedAcme>>,
 }
 
 impl CertStore {
