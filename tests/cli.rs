@@ -342,7 +342,8 @@ upstream = "http://127.0.0.1:9"
 }
 
 /// `check --no-files` checks a config on a machine without its secrets
-/// and certificates (a CI job, a laptop), and still finds real mistakes.
+/// and certificates (a CI job, a laptop), `[cluster]`'s Redis password and
+/// shared key included, and still finds real mistakes.
 #[test]
 fn check_without_files_skips_secrets_and_certificates_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,6 +356,11 @@ admin_token_file = "/run/secrets/nowhere/admin_token"
 issuer = "https://auth.example.com/application/o/portcullis/"
 client_id = "portcullis"
 client_secret_file = "/run/secrets/nowhere/oidc"
+
+[cluster]
+redis = "redis://10.0.0.5:6379/0"
+password_file = "/run/secrets/nowhere/redis"
+encryption_key_file = "/run/secrets/nowhere/cluster.key"
 
 [[certificate]]
 hosts = ["app.example.com"]
