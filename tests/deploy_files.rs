@@ -1197,7 +1197,10 @@ fn three_vm_compose_files_follow_the_compose_specification() {
     let files: Vec<String> = VMS
         .iter()
         .map(|vm| format!("deploy/{vm}/compose.yaml"))
-        .chain(["config/compose.yaml".to_string()])
+        .chain([
+            "config/compose.yaml".to_string(),
+            "deploy/cluster/compose.yaml".to_string(),
+        ])
         .collect();
     let mut args = vec!["--builtin-schema", "vendor.compose-spec"];
     args.extend(files.iter().map(String::as_str));
@@ -1208,6 +1211,136 @@ fn three_vm_compose_files_follow_the_compose_specification() {
          `pip install check-jsonschema` and sets CHECK_JSONSCHEMA), or pip install it",
     );
     assert!(ok, "compose files against the compose spec:\n{text}");
+}
+
+/// Every Portcullis config under deploy/ passes `portcullis check
+/// --no-files` (their secrets live on the VMs, not in the repository).
+#[test]
+fn every_deploy_config_passes_check() {
+    let mut checked = 0;
+    for dir in std::fs::read_dir(root().join("deploy")).unwrap() {
+        let path = dir.unwrap().path().join("portcullis.toml");
+        if !path.exists() {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check", "--no-files", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "deploy/master and deploy/cluster have configs"
+    );
+}
+
+/// deploy/cluster: two instances behind HAProxy, sharing Redis. HAProxy's
+/// config is valid (`haproxy -c`) and sends PROXY v2 to exactly the compose
+/// services that run Portcullis, from the one address their config trusts;
+/// each instance has its own hostname (its instance name) and state volume;
+/// every secret file the config reads is a secret compose mounts, and
+/// Redis takes its password from the same secret.
+#[test]
+fn cluster_example_runs_two_instances_behind_haproxy_with_redis() {
+    let (ok, text) = run_tool(
+        "haproxy",
+        &["-c", "-f", "deploy/cluster/haproxy.cfg"],
+        "haproxy is missing: apt-get install haproxy (scripts/test.sh does)",
+    );
+    assert!(ok, "haproxy -c:\n{text}");
+
+    let mut doc = yaml("deploy/cluster/compose.yaml");
+    doc.apply_merge().unwrap();
+    let services = &doc["services"];
+    let cfg = toml_file("deploy/cluster/portcullis.toml");
+    let gateways: Vec<String> = keys(services)
+        .into_iter()
+        .filter(|n| {
+            mounts(&services[n.as_str()])
+                .iter()
+                .any(|(src, _)| src == "./portcullis.toml")
+        })
+        .collect();
+    assert_eq!(gateways, ["gw-a", "gw-b"], "two instances, one config");
+
+    let lb_addr = s(&services["lb"]["networks"]["cluster"]["ipv4_address"]);
+    let trusted: Vec<&str> = cfg["server"]["trusted_proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(trusted, [format!("{lb_addr}/32")], "only the balancer");
+    assert_eq!(cfg["server"]["proxy_protocol"].as_bool(), Some(true));
+    let haproxy = read("deploy/cluster/haproxy.cfg");
+    assert!(
+        haproxy.contains("send-proxy-v2"),
+        "PROXY v2 to the gateways"
+    );
+    let servers: BTreeSet<&str> = haproxy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        servers,
+        gateways.iter().map(String::as_str).collect(),
+        "HAProxy balances over the instances"
+    );
+
+    let mut hostnames = BTreeSet::new();
+    let mut states = BTreeSet::new();
+    for g in &gateways {
+        let svc = &services[g.as_str()];
+        hostnames.insert(s(&svc["hostname"]).to_string());
+        let (vol, _) = mounts(svc)
+            .into_iter()
+            .find(|(_, dst)| dst == cfg["server"]["state_dir"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("{g} has no state volume"));
+        states.insert(vol);
+        let mounted = service_secrets(svc);
+        let mut files = Vec::new();
+        collect_file_keys(&cfg, &mut files);
+        for (key, path) in files {
+            let name = path
+                .strip_prefix("/run/secrets/")
+                .unwrap_or_else(|| panic!("{key} = {path} is not a compose secret"));
+            assert!(mounted.contains(name), "{g} does not mount {name} ({key})");
+        }
+    }
+    assert_eq!(hostnames.len(), 2, "instance names come from the hostname");
+    assert_eq!(states.len(), 2, "each instance its own state_dir");
+    assert!(cfg["cluster"].get("instance_name").is_none());
+
+    let redis = &services["redis"];
+    assert!(service_secrets(redis).contains("redis_password"));
+    assert!(
+        serde_norway::to_string(&redis["entrypoint"])
+            .unwrap()
+            .contains("/run/secrets/redis_password"),
+        "Redis wants the password the instances send"
+    );
+    assert!(
+        cfg["cluster"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis://redis:")
+    );
 }
 
 /// The three VMs share one .env of addresses: every variable a compose file
