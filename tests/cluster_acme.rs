@@ -96,28 +96,36 @@ impl Drop for Gate {
     }
 }
 
-fn config(
-    http: &str,
-    pebble: &Pebble,
-    redis: &str,
-    prefix: &str,
-    name: &str,
-    cluster_extra: &str,
-) -> String {
-    config_with(http, pebble, redis, prefix, name, cluster_extra, "http-01")
+/// The instances of one test: the same Pebble, Redis, key prefix,
+/// challenge and `[cluster]` extras, each with its own name.
+struct Instances<'a> {
+    pebble: &'a Pebble,
+    redis: String,
+    prefix: &'a str,
+    cluster_extra: &'a str,
+    challenge: &'a str,
 }
 
-fn config_with(
-    http: &str,
-    pebble: &Pebble,
-    redis: &str,
-    prefix: &str,
-    name: &str,
-    cluster_extra: &str,
-    challenge: &str,
-) -> String {
-    format!(
-        r#"
+fn instances<'a>(
+    pebble: &'a Pebble,
+    redis: &Redis,
+    prefix: &'a str,
+    cluster_extra: &'a str,
+) -> Instances<'a> {
+    Instances {
+        pebble,
+        redis: redis.url(),
+        prefix,
+        cluster_extra,
+        challenge: "http-01",
+    }
+}
+
+impl Instances<'_> {
+    /// Instance `name`'s config, its HTTP listener on `http`.
+    fn config_on(&self, http: &str, name: &str) -> String {
+        format!(
+            r#"
 [server]
 http = "{http}"
 https = "{{{{HTTPS}}}}"
@@ -129,7 +137,7 @@ redis = "{redis}"
 encryption_key_file = "cluster.key"
 instance_name = "{name}"
 key_prefix = "{prefix}"
-{cluster_extra}
+{extra}
 
 [acme]
 email = "ops@example.com"
@@ -143,9 +151,24 @@ retry_max = "2s"
 host = "{HOST}"
 respond = {{ body = "hello" }}
 "#,
-        dir = pebble.directory_url(),
-        ca = pebble.ca_file().display(),
-    )
+            redis = self.redis,
+            prefix = self.prefix,
+            extra = self.cluster_extra,
+            challenge = self.challenge,
+            dir = self.pebble.directory_url(),
+            ca = self.pebble.ca_file().display(),
+        )
+    }
+
+    /// Instance `name`'s config, its HTTP listener on a free port.
+    fn config(&self, name: &str) -> String {
+        self.config_on("{{HTTP}}", name)
+    }
+
+    /// Instance `name`, started with a free HTTP port.
+    async fn start(&self, name: &str) -> Gateway {
+        start(&self.config(name)).await
+    }
 }
 
 async fn start(toml: &str) -> Gateway {
@@ -221,25 +244,10 @@ async fn one_order_for_two_instances_answered_by_the_other_and_nothing_in_clear(
     let gate = Gate::start().await;
     let pebble =
         Pebble::start(PebbleOptions::new(gate.port, free_port()).authz_reuse_percent(0)).await;
-    let (prefix, lease) = ("ca1:", "lock_lease = \"3s\"");
-    let a = start(&config(
-        "{{HTTP}}",
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-a",
-        lease,
-    ))
-    .await;
-    let b = start(&config(
-        "{{HTTP}}",
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-b",
-        lease,
-    ))
-    .await;
+    let prefix = "ca1:";
+    let gws = instances(&pebble, redis, prefix, "lock_lease = \"3s\"");
+    let a = gws.start("gw-a").await;
+    let b = gws.start("gw-b").await;
 
     // Whoever took the lock is shown on both; Pebble's validation waits at
     // the gate until it is sent to the other instance.
@@ -350,33 +358,18 @@ async fn an_instance_killed_mid_order_is_taken_over_after_the_lease() {
     let gate = Gate::start().await;
     let pebble =
         Pebble::start(PebbleOptions::new(gate.port, free_port()).authz_reuse_percent(0)).await;
-    let (prefix, lease) = ("ca2:", "lock_lease = \"2s\"");
-    let mut a = Gateway::builder(&config(
-        "{{HTTP}}",
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-a",
-        lease,
-    ))
-    .file("cluster.key", KEY)
-    .spawn_binary()
-    .await;
+    let gws = instances(&pebble, redis, "ca2:", "lock_lease = \"2s\"");
+    let mut a = Gateway::builder(&gws.config("gw-a"))
+        .file("cluster.key", KEY)
+        .spawn_binary()
+        .await;
     // A takes the lock; its validation waits at the gate.
     let holder = wait_for("A's order lock", Duration::from_secs(30), || async {
         lock_holder(a.admin_addr()).await
     })
     .await;
     assert_eq!(holder["instance"], "gw-a", "{holder}");
-    let b = start(&config(
-        "{{HTTP}}",
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-b",
-        lease,
-    ))
-    .await;
+    let b = gws.start("gw-b").await;
     let seen_by_b = wait_for("B to show A's lock", Duration::from_secs(10), || async {
         lock_holder(b.admin_addr()).await
     })
@@ -474,24 +467,9 @@ async fn redis_outage_keeps_certificates_served_and_renewal_resumes() {
     let http = free_port();
     let pebble = Pebble::start(PebbleOptions::new(http, free_port()).validity_secs(40)).await;
     let prefix = "ca4:";
-    let a = start(&config(
-        &format!("127.0.0.1:{http}"),
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-a",
-        "",
-    ))
-    .await;
-    let b = start(&config(
-        "{{HTTP}}",
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-b",
-        "",
-    ))
-    .await;
+    let gws = instances(&pebble, &redis, prefix, "");
+    let a = start(&gws.config_on(&format!("127.0.0.1:{http}"), "gw-a")).await;
+    let b = gws.start("gw-b").await;
     let first = wait_for_cert(a.https_addr(), &pebble, "A's first certificate").await;
     let serial = first.leaf_serial();
     let on_b = wait_for_cert(b.https_addr(), &pebble, "B's certificate").await;
@@ -549,20 +527,12 @@ async fn tls_alpn01_validation_answered_by_the_instance_that_did_not_order() {
     let gate = Gate::start().await;
     let pebble =
         Pebble::start(PebbleOptions::new(free_port(), gate.port).authz_reuse_percent(0)).await;
-    let (prefix, lease) = ("ca5:", "lock_lease = \"3s\"");
-    let cfg = |name| {
-        config_with(
-            "{{HTTP}}",
-            &pebble,
-            &redis.url(),
-            prefix,
-            name,
-            lease,
-            "tls-alpn-01",
-        )
+    let gws = Instances {
+        challenge: "tls-alpn-01",
+        ..instances(&pebble, redis, "ca5:", "lock_lease = \"3s\"")
     };
-    let a = start(&cfg("gw-a")).await;
-    let b = start(&cfg("gw-b")).await;
+    let a = gws.start("gw-a").await;
+    let b = gws.start("gw-b").await;
     let holder = wait_for("an order lock", Duration::from_secs(30), || async {
         lock_holder(a.admin_addr()).await
     })
@@ -616,14 +586,8 @@ async fn certificates_of_an_instance_that_ran_alone_are_shared_without_a_new_ord
     let state = tempfile::tempdir().unwrap();
     let prefix = "ca6:";
     let with_state = |t: String| t.replace("{{DIR}}/state", &state.path().display().to_string());
-    let clustered = with_state(config(
-        &format!("127.0.0.1:{http}"),
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-a",
-        "",
-    ));
+    let gws = instances(&pebble, redis, prefix, "");
+    let clustered = with_state(gws.config_on(&format!("127.0.0.1:{http}"), "gw-a"));
     let (head, rest) = clustered.split_once("[cluster]").unwrap();
     let alone = format!("{head}{}", &rest[rest.find("[acme]").unwrap()..]);
 
@@ -652,15 +616,7 @@ async fn certificates_of_an_instance_that_ran_alone_are_shared_without_a_new_ord
         },
     )
     .await;
-    let b = start(&config(
-        "{{HTTP}}",
-        &pebble,
-        &redis.url(),
-        prefix,
-        "gw-b",
-        "",
-    ))
-    .await;
+    let b = gws.start("gw-b").await;
     let hs = wait_for_cert(b.https_addr(), &pebble, "B's certificate").await;
     assert_eq!(hs.leaf_serial(), serial, "B serves the shared certificate");
     assert_eq!(orders_at(&pebble), 1, "{}", pebble.logs());
