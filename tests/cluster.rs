@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -16,16 +15,10 @@ use serde_json::json;
 use support::backend::Backend;
 use support::gateway::Gateway;
 use support::idp::{Browser, CLIENT_SECRET, Idp, PLAIN_COOKIE as COOKIE, Step, free_port};
-use support::redis::Redis;
+use support::redis::{Redis, sso_config};
 
 /// 32 bytes, hex: the key both instances share.
 const KEY: &str = "8f1c2e9a4b7d6f30112233445566778899aabbccddeeff00a1b2c3d4e5f60718";
-
-/// One Redis shared by the tests of this file that do not stop it.
-fn shared_redis() -> &'static Redis {
-    static R: OnceLock<Redis> = OnceLock::new();
-    R.get_or_init(Redis::start)
-}
 
 struct Pair {
     idp: Idp,
@@ -35,34 +28,11 @@ struct Pair {
 }
 
 fn config(http: &str, issuer: &str, up: &str, redis: &str, name: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-http = "{http}"
-admin = "{{{{ADMIN}}}}"
-state_dir = "{{{{DIR}}}}/state"
-
-[cluster]
-redis = "{redis}"
-encryption_key_file = "cluster.key"
-instance_name = "{name}"
-{extra}
-
-[oidc.authentik]
-issuer = "{issuer}"
-client_id = "portcullis"
-client_secret_file = "secret"
-insecure_cookies = true
-
-[[route]]
-host = "app.localtest"
-upstream = "{up}"
-auth = {{ oidc = "authentik" }}
-
-[[route]]
-host = "public.localtest"
-upstream = "{up}"
-"#
+    sso_config(
+        http,
+        issuer,
+        up,
+        &format!("redis = \"{redis}\"\ninstance_name = \"{name}\"\n{extra}"),
     )
 }
 
@@ -124,7 +94,7 @@ impl Pair {
 
 #[tokio::test]
 async fn sessions_sign_ins_and_logouts_cross_instances() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let p = Pair::start(&redis.url(), "t1:", "").await;
 
     // A session made on A works on B.
@@ -196,7 +166,7 @@ async fn sessions_sign_ins_and_logouts_cross_instances() {
 
 #[tokio::test]
 async fn redis_holds_no_session_id_token_or_user_in_clear() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let p = Pair::start(&redis.url(), "t2:", "").await;
     let s = p.sign_in(&p.a, "bob").await;
     // A sign-in left pending, too.
@@ -362,7 +332,7 @@ fn encode_b64(b: &[u8]) -> String {
 
 #[tokio::test]
 async fn one_refresh_per_session_across_instances() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let idp = Idp::builder().access_token_ttl(2).start().await;
     let backend = Backend::echo().await;
     let start = |name: &'static str| {

@@ -16,8 +16,8 @@ mod support;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -33,12 +33,6 @@ use support::wait_for;
 /// 32 bytes, hex: the key the instances share.
 const KEY: &str = "5a1c2e9a4b7d6f30112233445566778899aabbccddeeff00a1b2c3d4e5f60718";
 const HOST: &str = "shared.example.com";
-
-/// One Redis for the tests of this file that do not stop it.
-fn shared_redis() -> &'static Redis {
-    static R: OnceLock<Redis> = OnceLock::new();
-    R.get_or_init(Redis::start)
-}
 
 /// A TCP gate in front of the instances for Pebble's validations: each
 /// connection waits until the test names a target, then is relayed to it.
@@ -240,7 +234,7 @@ fn pem_body(pem: &str) -> String {
 
 #[tokio::test]
 async fn one_order_for_two_instances_answered_by_the_other_and_nothing_in_clear() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let gate = Gate::start().await;
     let pebble =
         Pebble::start(PebbleOptions::new(gate.port, free_port()).authz_reuse_percent(0)).await;
@@ -354,7 +348,7 @@ async fn one_order_for_two_instances_answered_by_the_other_and_nothing_in_clear(
 
 #[tokio::test]
 async fn an_instance_killed_mid_order_is_taken_over_after_the_lease() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let gate = Gate::start().await;
     let pebble =
         Pebble::start(PebbleOptions::new(gate.port, free_port()).authz_reuse_percent(0)).await;
@@ -405,7 +399,7 @@ async fn an_instance_killed_mid_order_is_taken_over_after_the_lease() {
 async fn a_holder_whose_lease_was_taken_over_cannot_publish() {
     use portcullis::cluster::Cluster;
     use portcullis::config::{ClusterConfig, ClusterKey};
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let cfg = |name: &str| ClusterConfig {
         redis: redis.url(),
         sentinel: None,
@@ -523,7 +517,7 @@ async fn redis_outage_keeps_certificates_served_and_renewal_resumes() {
 
 #[tokio::test]
 async fn tls_alpn01_validation_answered_by_the_instance_that_did_not_order() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let gate = Gate::start().await;
     let pebble =
         Pebble::start(PebbleOptions::new(free_port(), gate.port).authz_reuse_percent(0)).await;
@@ -580,7 +574,7 @@ fn lock_lease_is_checked_with_its_line() {
 
 #[tokio::test]
 async fn certificates_of_an_instance_that_ran_alone_are_shared_without_a_new_order() {
-    let redis = shared_redis();
+    let redis = support::redis::shared();
     let http = free_port();
     let pebble = Pebble::start(PebbleOptions::new(http, free_port())).await;
     let state = tempfile::tempdir().unwrap();

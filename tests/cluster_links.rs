@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -17,99 +16,16 @@ use support::backend::Backend;
 use support::client::TestClient;
 use support::gateway::Gateway;
 use support::idp::{Browser, CLIENT_SECRET, Idp, PLAIN_COOKIE as COOKIE, free_port};
+use support::redis::{Process, node_args, sso_config as config};
 use support::tls::TestCa;
 
 /// 32 bytes, hex: the key the instances share.
 const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 
-/// One `redis-server` process, killed (by pid) when dropped.
-struct Peer {
-    child: Option<Child>,
-    port: u16,
-    /// `requirepass`, if any.
-    password: Option<&'static str>,
-}
-
-impl Peer {
-    fn spawn(args: &[String], port: u16) -> Peer {
-        let child = match Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "`redis-server` not found: install the Debian package `redis-server` (scripts/test.sh does)"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Peer {
-            child: Some(child),
-            port,
-            password: None,
-        }
-    }
-
-    fn with_password(mut self, p: &'static str) -> Peer {
-        self.password = Some(p);
-        self
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn connection(&self) -> redis::Connection {
-        let auth = self.password.map(|p| format!(":{p}@")).unwrap_or_default();
-        redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .expect("connect to a test redis")
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn data_node_args(dir: &Path, port: u16) -> Vec<String> {
-    [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--dir",
-        &dir.display().to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// A `redis-server` that speaks TLS only, with a certificate from its own
 /// test CA (shared by the TLS tests of this file).
 struct TlsRedis {
-    _peer: Peer,
+    _peer: Process,
     _dir: tempfile::TempDir,
     port: u16,
     ca_pem: String,
@@ -131,7 +47,7 @@ fn tls_redis() -> &'static TlsRedis {
         std::fs::write(&key, &leaf.key_pem).unwrap();
         std::fs::write(&ca_file, ca.pem()).unwrap();
         let port = free_port();
-        let mut args = data_node_args(dir.path(), 0);
+        let mut args = node_args(dir.path(), 0);
         args.extend([
             "--tls-port".to_string(),
             port.to_string(),
@@ -144,7 +60,7 @@ fn tls_redis() -> &'static TlsRedis {
             "--tls-auth-clients".into(),
             "no".into(),
         ]);
-        let peer = Peer::spawn(&args, port);
+        let peer = Process::spawn(&args, port);
         TlsRedis {
             _peer: peer,
             _dir: dir,
@@ -152,36 +68,6 @@ fn tls_redis() -> &'static TlsRedis {
             ca_pem: ca.pem(),
         }
     })
-}
-
-fn config(http: &str, issuer: &str, up: &str, cluster: &str) -> String {
-    format!(
-        r#"
-[server]
-http = "{http}"
-admin = "{{{{ADMIN}}}}"
-state_dir = "{{{{DIR}}}}/state"
-
-[cluster]
-encryption_key_file = "cluster.key"
-{cluster}
-
-[oidc.authentik]
-issuer = "{issuer}"
-client_id = "portcullis"
-client_secret_file = "secret"
-insecure_cookies = true
-
-[[route]]
-host = "app.localtest"
-upstream = "{up}"
-auth = {{ oidc = "authentik" }}
-
-[[route]]
-host = "public.localtest"
-upstream = "{up}"
-"#
-    )
 }
 
 fn url(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
@@ -376,9 +262,9 @@ const DATA_PASSWORD: &str = "data-node-secret";
 
 /// A master, its replica and one sentinel (quorum 1, short timeouts).
 struct SentinelGroup {
-    master: Peer,
-    replica: Peer,
-    sentinel: Peer,
+    master: Process,
+    replica: Process,
+    sentinel: Process,
     _dir: tempfile::TempDir,
 }
 
@@ -402,13 +288,13 @@ impl SentinelGroup {
             "--masterauth".into(),
             DATA_PASSWORD.into(),
         ];
-        let mut args = data_node_args(&md, m);
+        let mut args = node_args(&md, m);
         args.extend(auth.clone());
-        let master = Peer::spawn(&args, m).with_password(DATA_PASSWORD);
-        let mut args = data_node_args(&rd, r);
+        let master = Process::spawn(&args, m).with_password(DATA_PASSWORD);
+        let mut args = node_args(&rd, r);
         args.extend(auth);
         args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
-        let replica = Peer::spawn(&args, r).with_password(DATA_PASSWORD);
+        let replica = Process::spawn(&args, r).with_password(DATA_PASSWORD);
         // Sentinel rewrites its config file: it must be its own, writable.
         let conf = sd.join("sentinel.conf");
         std::fs::write(
@@ -424,7 +310,7 @@ impl SentinelGroup {
             ),
         )
         .unwrap();
-        let sentinel = Peer::spawn(&[conf.display().to_string(), "--sentinel".to_string()], s);
+        let sentinel = Process::spawn(&[conf.display().to_string(), "--sentinel".to_string()], s);
         let g = SentinelGroup {
             master,
             replica,

@@ -1,13 +1,117 @@
 //! A real `redis-server` on a free loopback port with its own temp dir,
 //! stopped (by pid) when dropped. Nothing is persisted.
+//!
+//! [`Redis`] is the plain data node most cluster tests share; [`Process`]
+//! and [`node_args`] start any other shape (TLS ports, replicas,
+//! sentinels).
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-pub struct Redis {
+/// One Redis for the tests of a file that do not stop it.
+pub fn shared() -> &'static Redis {
+    static R: OnceLock<Redis> = OnceLock::new();
+    R.get_or_init(Redis::start)
+}
+
+/// The arguments of a throwaway data node: loopback, `port`, `dir`,
+/// nothing saved, in the foreground.
+pub fn node_args(dir: &Path, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let dir = dir.display().to_string();
+    [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--dir",
+        &dir,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One `redis-server ARGS` process, killed (by pid) when dropped.
+pub struct Process {
     child: Option<Child>,
+    pub port: u16,
+    /// `requirepass`, if any.
+    password: Option<&'static str>,
+}
+
+impl Process {
+    /// Starts it and waits until `port` accepts connections; panics
+    /// naming the package if `redis-server` is not installed.
+    pub fn spawn(args: &[String], port: u16) -> Process {
+        let child = match Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`redis-server` not found: install the Debian package `redis-server` (scripts/test.sh does)"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process {
+            child: Some(child),
+            port,
+            password: None,
+        }
+    }
+
+    /// Connections made by [`Process::connection`] authenticate with `p`.
+    pub fn with_password(mut self, p: &'static str) -> Process {
+        self.password = Some(p);
+        self
+    }
+
+    /// Stops it now (SIGKILL, by pid) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        let auth = self.password.map(|p| format!(":{p}@")).unwrap_or_default();
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to a test redis")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Redis {
+    process: Option<Process>,
     port: u16,
     dir: TempDir,
 }
@@ -21,7 +125,7 @@ impl Redis {
             .tempdir()
             .expect("temp dir");
         let mut r = Redis {
-            child: None,
+            process: None,
             port: super::idp::free_port(),
             dir,
         };
@@ -36,42 +140,16 @@ impl Redis {
 
     /// Starts it again (after [`Redis::stop`]) on the same port.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = match Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "`redis-server` not found: install the Debian package `redis-server` (scripts/test.sh does)"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = self.connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(self.process.is_none(), "already running");
+        self.process = Some(Process::spawn(
+            &node_args(self.dir.path(), self.port),
+            self.port,
+        ));
     }
 
     /// Stops it now (SIGKILL, by pid) and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
@@ -96,8 +174,36 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A gateway of a cluster: `[cluster]` with the shared key file
+/// `cluster.key` and the `cluster` lines (redis, name, prefix...), the
+/// OIDC provider at `issuer`, `app.localtest` behind SSO and
+/// `public.localtest` open, both to `up`.
+pub fn sso_config(http: &str, issuer: &str, up: &str, cluster: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "{http}"
+admin = "{{{{ADMIN}}}}"
+state_dir = "{{{{DIR}}}}/state"
+
+[cluster]
+encryption_key_file = "cluster.key"
+{cluster}
+
+[oidc.authentik]
+issuer = "{issuer}"
+client_id = "portcullis"
+client_secret_file = "secret"
+insecure_cookies = true
+
+[[route]]
+host = "app.localtest"
+upstream = "{up}"
+auth = {{ oidc = "authentik" }}
+
+[[route]]
+host = "public.localtest"
+upstream = "{up}"
+"#
+    )
 }
