@@ -10,7 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::Secret;
-use super::validate::{Cx, resolve_relative};
+use super::cx::Cx;
+use super::validate::resolve_relative;
 
 /// The prefix of every key when `key_prefix` is not set.
 pub const DEFAULT_KEY_PREFIX: &str = "portcullis:";

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::cx::Cx;
 use super::file::FileAuth;
 use super::oidc_section::OidcSet;
-use super::validate::{Cx, resolve_relative};
+use super::validate::resolve_relative;
 
 /// `[docker]` as written.
 #[derive(Debug, Deserialize)]

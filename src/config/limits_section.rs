@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::validate::Cx;
+use super::cx::Cx;
 
 /// A size: a number of bytes, or a string like `"64KiB"`, `"10MB"`, `"1GiB"`.
 #[derive(Debug)]

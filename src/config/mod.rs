@@ -8,6 +8,7 @@
 //! path and throw the result away when it fails.
 
 mod cluster_section;
+mod cx;
 mod docker_section;
 mod duration;
 mod file;
@@ -17,6 +18,7 @@ mod oidc_section;
 mod options_section;
 mod route_auth;
 mod route_section;
+mod server_section;
 mod starter;
 mod tls_section;
 mod upstream_tls_section;

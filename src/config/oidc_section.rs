@@ -8,8 +8,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
+use super::cx::Cx;
 use super::file::FileOidc;
-use super::validate::{Cx, resolve_relative};
+use super::validate::resolve_relative;
 use super::{HostPattern, Secret, parse_duration};
 
 /// Scopes asked for when the config does not say: `offline_access` makes

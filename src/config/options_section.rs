@@ -15,8 +15,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
+use super::cx::Cx;
 use super::file::FileSize;
-use super::validate::{Cx, resolve_relative};
+use super::validate::resolve_relative;
 
 // --- raw ---------------------------------------------------------------------
 

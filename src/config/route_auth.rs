@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::cx::Cx;
 use super::file::FileAuth;
 use super::oidc_section::OidcSet;
-use super::validate::Cx;
 use super::{HostPattern, RouteConfig};
 
 /// Who may use a route.

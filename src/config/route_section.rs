@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use super::cx::Cx;
 use super::file::{FileRedirect, FileRespond, FileRoute};
-use super::validate::Cx;
 use super::{Action, HostPattern, Redirect, Respond, RouteConfig, ServerConfig, UpstreamTarget};
 
 impl Cx<'_> {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::cx::Cx;
 use super::file::{FileAcme, FileAcmeCertificate, FileCertificate, FileDns, FileHsts};
 use super::route_section::parse_host_pattern;
-use super::validate::{Cx, resolve_relative};
+use super::validate::resolve_relative;
 use super::{
     AcmeCertificateConfig, AcmeConfig, CertSource, CertificateConfig, ChallengeKind, DnsConfig,
     HostPattern, RouteConfig, Secret, SecretBytes, TsigAlgorithm, parse_duration,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::cx::Cx;
 use super::file::FileUpstreamTls;
-use super::validate::{Cx, resolve_relative};
+use super::validate::resolve_relative;
 use super::{PoolKey, UpstreamProtocol, UpstreamTarget, UpstreamTls};
 use crate::trust::Settings;
 
