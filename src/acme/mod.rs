@@ -12,22 +12,25 @@
 //! - Reload: a new [`AcmePlan`] arrives on a watch channel; added hosts get
 //!   certificates, removed hosts stop being served and renewed.
 
+mod account;
 pub(crate) mod dns;
 pub mod order;
+mod renewal;
 pub mod shared;
 pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use instant_acme::{Account, AccountCredentials, NewAccount};
+use instant_acme::Account;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use self::account::get_account;
+use self::renewal::{AriAdvice, refresh_ari, renew_at, renew_due};
 use self::shared::AcmeShared;
 use self::storage::Storage;
 use crate::cluster::lock::Holder;
@@ -395,16 +398,9 @@ async fn run(
         for host in &keys {
             let renew_in = match store.acme_entry(host) {
                 None => 0,
-                Some(e) => {
-                    let mut at = renew_at(host, &e);
-                    if let Some(a) = ari.get(host)
-                        && Some(a.not_after) == e.facts.as_ref().map(|f| f.not_after)
-                        && let Some(t) = a.renew_at
-                    {
-                        at = at.min(t);
-                    }
-                    at.saturating_sub(wall).max(0)
-                }
+                Some(e) => renew_due(host, &e, ari.get(host))
+                    .saturating_sub(wall)
+                    .max(0),
             };
             let mut at = now + Duration::from_secs(renew_in as u64);
             if let Some(r) = retry.get(host) {
@@ -592,206 +588,6 @@ fn record_failure(
         "no certificate yet"
     };
     tracing::error!(host, retry_in_s = delay.as_secs(), "{msg}; {keeps}");
-}
-
-/// What the CA's renewal-info endpoint said about one certificate.
-struct AriAdvice {
-    /// Which certificate the advice is for.
-    not_after: i64,
-    /// A time in the suggested window (Unix seconds); None if the CA has
-    /// no renewal info.
-    renew_at: Option<i64>,
-    /// When to ask again.
-    next_query: Instant,
-}
-
-/// Asks the CA's renewal-info endpoint (RFC 9773) when the cached advice
-/// is missing, stale, or for an older certificate. CAs without it are
-/// asked once per certificate.
-async fn refresh_ari(
-    account: &Account,
-    host: &str,
-    entry: &CertEntry,
-    cache: &mut HashMap<String, AriAdvice>,
-) {
-    let Some(not_after) = entry.facts.as_ref().map(|f| f.not_after) else {
-        return;
-    };
-    if cache
-        .get(host)
-        .is_some_and(|a| a.not_after == not_after && a.next_query > Instant::now())
-    {
-        return;
-    }
-    let Some(der) = entry.key.cert.first() else {
-        return;
-    };
-    let Ok(id) = instant_acme::CertificateIdentifier::try_from(der) else {
-        return;
-    };
-    let advice = match account.renewal_info(&id).await {
-        Ok((info, retry_after)) => {
-            let start = info.suggested_window.start.unix_timestamp();
-            let end = info.suggested_window.end.unix_timestamp().max(start);
-            // A stable point in the window, so many hosts spread out.
-            let seed = ring::digest::digest(&ring::digest::SHA256, host.as_bytes());
-            let r = u32::from_le_bytes(seed.as_ref()[..4].try_into().unwrap_or_default()) as i64;
-            let at = start + r % (end - start + 1);
-            tracing::debug!(host, renew_at = at, "ACME renewal info received");
-            AriAdvice {
-                not_after,
-                renew_at: Some(at),
-                next_query: Instant::now()
-                    + retry_after.clamp(Duration::from_secs(60), Duration::from_secs(86_400)),
-            }
-        }
-        Err(instant_acme::Error::Unsupported(_)) => AriAdvice {
-            not_after,
-            renew_at: None,
-            next_query: Instant::now() + Duration::from_secs(365 * 86_400),
-        },
-        Err(e) => {
-            tracing::debug!(host, error = %e, "ACME renewal info unavailable");
-            AriAdvice {
-                not_after,
-                renew_at: None,
-                next_query: Instant::now() + Duration::from_secs(6 * 3600),
-            }
-        }
-    };
-    cache.insert(host.to_string(), advice);
-}
-
-/// When to renew: a third of the lifetime before expiry, minus a stable
-/// per-host jitter of up to 1/30 of the lifetime so many hosts don't renew
-/// at the same second.
-fn renew_at(host: &str, e: &CertEntry) -> i64 {
-    let Some(f) = &e.facts else { return 0 };
-    let lifetime = (f.not_after - f.not_before).max(1);
-    let seed = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{host}{}", f.not_after).as_bytes(),
-    );
-    let r = u32::from_le_bytes(seed.as_ref()[..4].try_into().unwrap_or_default()) as i64;
-    let jitter = r % (lifetime / 30).max(1);
-    f.not_after - lifetime / 3 - jitter
-}
-
-/// With `[cluster]`, the cluster's account (Redis first, mirrored to
-/// disk; a disk account is offered to Redis when it has none; while Redis
-/// is down, the disk's).
-async fn cluster_account(
-    cfg: &AcmeConfig,
-    storage: &Storage,
-    shared: &AcmeShared,
-) -> Option<Vec<u8>> {
-    let local = storage.load_account();
-    let remote = match shared.load_account(&cfg.directory).await {
-        Ok(Some(json)) => json,
-        Ok(None) => match &local {
-            Some(l) => shared.offer_account(&cfg.directory, l).await.ok()?,
-            None => return None,
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "Redis unreachable: using the ACME account stored on disk");
-            return local;
-        }
-    };
-    if local.as_deref() != Some(&remote[..])
-        && let Err(e) = storage.save_account(&remote)
-    {
-        tracing::error!(error = %e, "could not mirror the shared ACME account into state_dir");
-    }
-    Some(remote)
-}
-
-async fn get_account(
-    cfg: &AcmeConfig,
-    storage: &Storage,
-    shared: Option<&AcmeShared>,
-) -> Result<Account, String> {
-    let stored = match shared {
-        Some(sh) => cluster_account(cfg, storage, sh).await,
-        None => storage.load_account(),
-    };
-    if let Some(json) = stored {
-        match serde_json::from_slice::<AccountCredentials>(&json) {
-            Ok(creds) => {
-                let acct =
-                    instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
-                        .from_credentials(creds)
-                        .await
-                        .map_err(|e| crate::http::error::chain(&e))?;
-                tracing::info!(directory = %cfg.directory, "reusing stored ACME account");
-                return Ok(acct);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "stored ACME account unreadable; creating a new one")
-            }
-        }
-    }
-    let contact = cfg.email.as_ref().map(|e| format!("mailto:{e}"));
-    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-    let (acct, creds) =
-        instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
-            .create(
-                &NewAccount {
-                    contact: &contacts,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                cfg.directory.clone(),
-                None,
-            )
-            .await
-            .map_err(|e| match &e {
-                instant_acme::Error::Api(p) => order::describe_problem(p),
-                other => crate::http::error::chain(other),
-            })?;
-    let mut json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
-    let mut acct = acct;
-    if let Some(sh) = shared {
-        match sh.offer_account(&cfg.directory, &json).await {
-            // Another instance created one at the same time: use theirs.
-            Ok(winner) if winner != json => {
-                let creds: AccountCredentials =
-                    serde_json::from_slice(&winner).map_err(|e| e.to_string())?;
-                acct =
-                    instant_acme::Account::builder_with_http(http_client(cfg.ca_file.as_deref())?)
-                        .from_credentials(creds)
-                        .await
-                        .map_err(|e| crate::http::error::chain(&e))?;
-                json = winner;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "the new ACME account could not be shared through Redis")
-            }
-        }
-    }
-    storage.save_account(&json).map_err(|e| {
-        format!(
-            "cannot store the account in {}: {e}",
-            storage.root().display()
-        )
-    })?;
-    tracing::info!(directory = %cfg.directory, "created ACME account");
-    Ok(acct)
-}
-
-/// The HTTPS client for the CA: system roots plus `ca_file`.
-fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    let tls = crate::pki::client_config(ca_file)?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
-    Ok(Box::new(client))
 }
 
 #[cfg(test)]
