@@ -95,6 +95,55 @@ impl Cx<'_> {
         ConfigErrors(self.errors)
     }
 
+    /// `[SECTION.NAME]` tables, each read as `T` like [`Cx::section`]
+    /// (every bad key reported with its path and line); `what` names one
+    /// in errors ("a provider"). The broken ones' names come back apart,
+    /// so that a route naming one gets no second error.
+    pub(super) fn named_tables<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        section: &str,
+        what: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> (Vec<Named<T>>, Vec<String>) {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.err(
+                Some(span),
+                section,
+                format!("`{section}` must hold named tables: [{section}.NAME]"),
+            );
+            return (Vec::new(), Vec::new());
+        };
+        let (mut good, mut broken) = (Vec::new(), Vec::new());
+        for (name, v) in table {
+            let name_span = name.span();
+            let name = name.get_ref().to_string();
+            let key = format!("{section}.{name}");
+            if !valid_name(&name) {
+                self.err(
+                    Some(name_span),
+                    &key,
+                    format!("{what} name uses 1-64 letters, digits, - or _"),
+                );
+                broken.push(name);
+                continue;
+            }
+            let before = self.errors.len();
+            match self.section::<T>(&key, v) {
+                Some(raw) if self.errors.len() == before => good.push(Named {
+                    // The table header's line: the name's span is on it.
+                    line: self.line_of(name_span.start),
+                    name,
+                    key,
+                    name_span,
+                    raw,
+                }),
+                _ => broken.push(name),
+            }
+        }
+        (good, broken)
+    }
+
     /// A table deserialized into `T`. A key that fails (unknown, wrong
     /// type, bad value) is reported with its full path (`server.workers`,
     /// `route[2].name`) and its own line, then left out, and the rest of
@@ -247,6 +296,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
         std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
+}
+
+/// A name of a `[SECTION.NAME]` table (a provider, an access list): 1-64
+/// letters, digits, `-` or `_`.
+pub(super) fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// One `[SECTION.NAME]` table, read.
+pub(super) struct Named<T> {
+    pub(super) name: String,
+    /// `SECTION.NAME`: the key its errors name.
+    pub(super) key: String,
+    /// The line of its table header.
+    pub(super) line: usize,
+    pub(super) name_span: Range<usize>,
+    pub(super) raw: T,
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 
 use super::cx::Cx;
 use super::file::FileOidc;
@@ -50,63 +49,18 @@ pub(super) struct OidcSet {
     pub broken: Vec<String>,
 }
 
-/// A provider or access-list name: 1-64 letters, digits, `-` or `_`.
-pub(super) fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 impl Cx<'_> {
     /// `[oidc.NAME]` tables.
     pub(super) fn oidc(&mut self, value: Spanned<DeValue<'_>>) -> OidcSet {
-        let span = value.span();
-        let mut set = OidcSet::default();
-        let DeValue::Table(table) = value.into_inner() else {
-            self.err(
-                Some(span),
-                "oidc",
-                "`oidc` must hold named tables: [oidc.NAME]".into(),
-            );
-            return set;
+        let (tables, broken) = self.named_tables::<FileOidc>("oidc", "a provider", value);
+        let mut set = OidcSet {
+            broken,
+            ..OidcSet::default()
         };
-        for (name, v) in table {
-            let name_span = name.span();
-            let name = name.get_ref().to_string();
-            let key = format!("oidc.{name}");
-            if !valid_name(&name) {
-                self.err(
-                    Some(name_span),
-                    &key,
-                    "a provider name uses 1-64 letters, digits, - or _".into(),
-                );
-                set.broken.push(name);
-                continue;
-            }
-            let v_span = v.span();
-            if !matches!(v.get_ref(), DeValue::Table(_)) {
-                self.err(
-                    Some(v_span),
-                    &key,
-                    format!("`{key}` must be a table: [{key}]"),
-                );
-                set.broken.push(name);
-                continue;
-            }
-            let raw = match FileOidc::deserialize(ValueDeserializer::from(v)) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.err(e.span().or(Some(v_span)), &key, e.message().to_string());
-                    set.broken.push(name);
-                    continue;
-                }
-            };
-            // The table header's line: the name's span is on it.
-            let line = self.line_of(name_span.start);
-            match self.oidc_provider(&key, name.clone(), line, raw) {
+        for t in tables {
+            match self.oidc_provider(&t.key, t.name.clone(), t.line, t.raw) {
                 Some(c) => set.list.push(c),
-                None => set.broken.push(name),
+                None => set.broken.push(t.name),
             }
         }
         set.list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -387,8 +341,11 @@ mod tests {
         let src = format!("{PROVIDER}cookie_domian = \"x.com\"\n");
         let (_d, r) = with_secret(&src);
         let e = r.unwrap_err();
+        // The key's whole path, its own line, and the key it resembles.
         assert!(
-            e.iter().any(|e| e.key == "oidc.authentik" && e.line == 8),
+            e.iter().any(|e| e.key == "oidc.authentik.cookie_domian"
+                && e.line == 8
+                && e.message.contains("did you mean `cookie_domain`")),
             "{e:#?}"
         );
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 
 use super::cx::Cx;
 use super::file::FileSize;
@@ -375,8 +375,6 @@ pub struct ServerOptions {
 
 // --- checks ------------------------------------------------------------------
 
-use super::oidc_section::valid_name;
-
 /// The `[access.NAME]` lists, by name; names of broken ones are kept so
 /// routes naming them get no second error.
 #[derive(Debug, Default)]
@@ -556,49 +554,17 @@ fn hash_kind(hash: &str) -> Result<HashKind, String> {
 impl Cx<'_> {
     /// `[access.NAME]` tables.
     pub(super) fn access_lists(&mut self, value: Spanned<DeValue<'_>>) -> AccessSet {
-        let span = value.span();
-        let mut set = AccessSet::default();
-        let DeValue::Table(table) = value.into_inner() else {
-            self.err(
-                Some(span),
-                "access",
-                "`access` must hold named tables: [access.NAME]".into(),
-            );
-            return set;
+        let (tables, broken) = self.named_tables::<FileAccess>("access", "an access list", value);
+        let mut set = AccessSet {
+            broken,
+            ..AccessSet::default()
         };
-        for (name, v) in table {
-            let name_span = name.span();
-            let name = name.get_ref().to_string();
-            let key = format!("access.{name}");
-            if !valid_name(&name) {
-                self.err(
-                    Some(name_span),
-                    &key,
-                    "an access list name uses 1-64 letters, digits, - or _".into(),
-                );
-                set.broken.push(name);
-                continue;
-            }
-            let v_span = v.span();
-            if !matches!(v.get_ref(), DeValue::Table(_)) {
-                self.err(Some(v_span), &key, format!("must be a table: [{key}]"));
-                set.broken.push(name);
-                continue;
-            }
-            let raw = match FileAccess::deserialize(ValueDeserializer::from(v)) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.err(e.span().or(Some(v_span)), &key, e.message().to_string());
-                    set.broken.push(name);
-                    continue;
-                }
-            };
-            let line = self.line_of(name_span.start);
-            match self.access_list(&key, name.clone(), line, name_span, raw) {
+        for t in tables {
+            match self.access_list(&t.key, t.name.clone(), t.line, t.name_span, t.raw) {
                 Some(a) => {
-                    set.list.insert(name, Arc::new(a));
+                    set.list.insert(t.name, Arc::new(a));
                 }
-                None => set.broken.push(name),
+                None => set.broken.push(t.name),
             }
         }
         set
