@@ -117,8 +117,8 @@ impl Cx<'_> {
             Some(a) => {
                 let span = a.span();
                 match a.into_inner() {
-                    FileAuth::Keyword(k) if k == "public" => DefaultAuth::Public,
-                    FileAuth::Keyword(k) => {
+                    FileAuth::Scalar(k) if k == "public" => DefaultAuth::Public,
+                    FileAuth::Scalar(k) => {
                         self.err(
                             Some(span),
                             "docker.default_auth",
@@ -126,7 +126,7 @@ impl Cx<'_> {
                         );
                         DefaultAuth::Public
                     }
-                    FileAuth::Oidc(t) => {
+                    FileAuth::Table(t) => {
                         if !oidc.list.iter().any(|p| p.name == t.oidc)
                             && !oidc.broken.contains(&t.oidc)
                         {

@@ -41,6 +41,74 @@ impl<'de> Deserialize<'de> for OneOrMany {
     }
 }
 
+/// A key written as a word or a switch (`auth = "public"`, `compress =
+/// true`) or as a table (`auth = { oidc = "NAME" }`). The table's type
+/// says what the key accepts, for the error when it is neither.
+#[derive(Debug)]
+pub enum ScalarOr<S, T> {
+    Scalar(S),
+    Table(T),
+}
+
+/// The table form of a [`ScalarOr`] key.
+pub trait TableForm: for<'de> Deserialize<'de> {
+    /// Every form the key accepts, as the error shows it.
+    const EXPECTING: &'static str;
+}
+
+/// The scalar forms of a [`ScalarOr`] key: a string or a bool.
+pub trait ScalarForm: Sized {
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+}
+
+impl ScalarForm for String {
+    fn from_str(v: &str) -> Option<Self> {
+        Some(v.to_string())
+    }
+}
+
+impl ScalarForm for bool {
+    fn from_bool(v: bool) -> Option<Self> {
+        Some(v)
+    }
+}
+
+impl<'de, S: ScalarForm, T: TableForm> Deserialize<'de> for ScalarOr<S, T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+        struct V<S, T>(std::marker::PhantomData<(S, T)>);
+        impl<'de, S: ScalarForm, T: TableForm> serde::de::Visitor<'de> for V<S, T> {
+            type Value = ScalarOr<S, T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                S::from_str(v)
+                    .map(ScalarOr::Scalar)
+                    .ok_or_else(|| E::invalid_type(Unexpected::Str(v), &self))
+            }
+            fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
+                S::from_bool(v)
+                    .map(ScalarOr::Scalar)
+                    .ok_or_else(|| E::invalid_type(Unexpected::Bool(v), &self))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ScalarOr::Table)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,30 +205,10 @@ pub struct FileUpstreamTls {
 }
 
 /// `hsts = false | true | { max_age, include_subdomains, preload }`
-#[derive(Debug)]
-pub enum FileHsts {
-    Enabled(bool),
-    Table(FileHstsTable),
-}
+pub type FileHsts = ScalarOr<bool, FileHstsTable>;
 
-impl<'de> Deserialize<'de> for FileHsts {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FileHsts;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false, or a table { max_age = \"365d\", include_subdomains = false, preload = false }")
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FileHsts, E> {
-                Ok(FileHsts::Enabled(v))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FileHsts, A::Error> {
-                FileHstsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FileHsts::Table)
-            }
-        }
-        d.deserialize_any(V)
-    }
+impl TableForm for FileHstsTable {
+    const EXPECTING: &'static str = "true, false, or a table { max_age = \"365d\", include_subdomains = false, preload = false }";
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,33 +303,11 @@ pub struct FileCertificate {
 }
 
 /// `redirect = "URL"` or `redirect = { to = "URL", status = 301, keep_path = false }`
-#[derive(Debug)]
-pub enum FileRedirect {
-    To(String),
-    Full(FileRedirectTable),
-}
+pub type FileRedirect = ScalarOr<String, FileRedirectTable>;
 
-impl<'de> Deserialize<'de> for FileRedirect {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FileRedirect;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a URL, or a table { to = \"URL\", status = 308, keep_path = true }")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileRedirect, E> {
-                Ok(FileRedirect::To(v.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<FileRedirect, A::Error> {
-                FileRedirectTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FileRedirect::Full)
-            }
-        }
-        d.deserialize_any(V)
-    }
+impl TableForm for FileRedirectTable {
+    const EXPECTING: &'static str =
+        "a URL, or a table { to = \"URL\", status = 308, keep_path = true }";
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,34 +428,14 @@ pub struct FileOidc {
     pub insecure_cookies: Option<Spanned<bool>>,
 }
 
-/// Route `auth = "public"` or `auth = { oidc = "NAME", ... }`.
-#[derive(Debug)]
-pub enum FileAuth {
-    Keyword(String),
-    Oidc(FileAuthOidc),
-}
-
-impl<'de> Deserialize<'de> for FileAuth {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FileAuth;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("\"public\" or a table { oidc = \"NAME\", groups = [..] }")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileAuth, E> {
-                Ok(FileAuth::Keyword(v.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FileAuth, A::Error> {
-                FileAuthOidc::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FileAuth::Oidc)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// `auth = { oidc = "NAME", groups = [..], emails = [..], email_domains = [..] }`
+/// Route `auth = "public"` or `auth = { oidc = "NAME", ... }`.
+pub type FileAuth = ScalarOr<String, FileAuthOidc>;
+
+impl TableForm for FileAuthOidc {
+    const EXPECTING: &'static str = "\"public\" or a table { oidc = \"NAME\", groups = [..] }";
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAuthOidc {

@@ -16,7 +16,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::cx::Cx;
-use super::file::FileSize;
+use super::file::{FileSize, ScalarOr, TableForm};
 use super::validate::resolve_relative;
 
 // --- raw ---------------------------------------------------------------------
@@ -43,33 +43,11 @@ pub struct FileHeaderRules {
 }
 
 /// `compress = true | false | { level = "fastest", min_size = 1024 }`
-#[derive(Debug)]
-pub enum FileCompress {
-    Enabled(bool),
-    Table(FileCompressTable),
-}
+pub type FileCompress = ScalarOr<bool, FileCompressTable>;
 
-impl<'de> Deserialize<'de> for FileCompress {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FileCompress;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false, or a table { level = \"fastest\", min_size = 1024 }")
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FileCompress, E> {
-                Ok(FileCompress::Enabled(v))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<FileCompress, A::Error> {
-                FileCompressTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FileCompress::Table)
-            }
-        }
-        d.deserialize_any(V)
-    }
+impl TableForm for FileCompressTable {
+    const EXPECTING: &'static str =
+        "true, false, or a table { level = \"fastest\", min_size = 1024 }";
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,35 +70,10 @@ pub struct FileRateLimit {
 }
 
 /// `default_route = "404" | "drop" | { redirect = "https://…" }`
-#[derive(Debug)]
-pub enum FileDefaultRoute {
-    Keyword(String),
-    Table(FileDefaultRouteTable),
-}
+pub type FileDefaultRoute = ScalarOr<String, FileDefaultRouteTable>;
 
-impl<'de> Deserialize<'de> for FileDefaultRoute {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FileDefaultRoute;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("\"404\", \"drop\", or a table { redirect = \"https://…\" }")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileDefaultRoute, E> {
-                Ok(FileDefaultRoute::Keyword(v.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<FileDefaultRoute, A::Error> {
-                FileDefaultRouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(
-                    map,
-                ))
-                .map(FileDefaultRoute::Table)
-            }
-        }
-        d.deserialize_any(V)
-    }
+impl TableForm for FileDefaultRouteTable {
+    const EXPECTING: &'static str = "\"404\", \"drop\", or a table { redirect = \"https://…\" }";
 }
 
 #[derive(Debug, Deserialize)]
@@ -713,8 +666,8 @@ impl Cx<'_> {
     ) -> Option<Compress> {
         let Some(raw) = raw else { return default };
         match raw.into_inner() {
-            FileCompress::Enabled(false) => None,
-            FileCompress::Enabled(true) => Some(Compress {
+            FileCompress::Scalar(false) => None,
+            FileCompress::Scalar(true) => Some(Compress {
                 level: CompressLevel::Fastest,
                 min_size: DEFAULT_COMPRESS_MIN_SIZE,
             }),
@@ -852,9 +805,9 @@ impl Cx<'_> {
         };
         let span = raw.span();
         match raw.into_inner() {
-            FileDefaultRoute::Keyword(k) if k == "404" => DefaultRoute::NotFound,
-            FileDefaultRoute::Keyword(k) if k == "drop" || k == "444" => DefaultRoute::Drop,
-            FileDefaultRoute::Keyword(k) => {
+            FileDefaultRoute::Scalar(k) if k == "404" => DefaultRoute::NotFound,
+            FileDefaultRoute::Scalar(k) if k == "drop" || k == "444" => DefaultRoute::Drop,
+            FileDefaultRoute::Scalar(k) => {
                 self.err(
                     Some(span),
                     "server.default_route",

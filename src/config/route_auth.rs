@@ -94,7 +94,7 @@ impl Cx<'_> {
         };
         let span = auth.span();
         match auth.into_inner() {
-            FileAuth::Keyword(k) if k == "public" => {
+            FileAuth::Scalar(k) if k == "public" => {
                 if let Some(h) = &identity_headers {
                     self.err(
                         Some(h.span()),
@@ -105,7 +105,7 @@ impl Cx<'_> {
                 }
                 Some(RouteAuth::Public)
             }
-            FileAuth::Keyword(other) => {
+            FileAuth::Scalar(other) => {
                 self.err(
                     Some(span),
                     &auth_key,
@@ -113,7 +113,7 @@ impl Cx<'_> {
                 );
                 None
             }
-            FileAuth::Oidc(t) => {
+            FileAuth::Table(t) => {
                 let Some(index) = oidc.list.iter().position(|p| p.name == t.oidc) else {
                     if !oidc.broken.contains(&t.oidc) {
                         let known: Vec<&str> = oidc.list.iter().map(|p| p.name.as_str()).collect();

@@ -268,8 +268,8 @@ impl Cx<'_> {
     fn redirect(&mut self, key: &str, r: Spanned<FileRedirect>) -> Option<Redirect> {
         let span = r.span();
         let (to, status, keep_path) = match r.into_inner() {
-            FileRedirect::To(to) => (to, None, true),
-            FileRedirect::Full(t) => (t.to, t.status, t.keep_path.unwrap_or(true)),
+            FileRedirect::Scalar(to) => (to, None, true),
+            FileRedirect::Table(t) => (t.to, t.status, t.keep_path.unwrap_or(true)),
         };
         let k = format!("{key}.redirect");
         let target = to.as_str();

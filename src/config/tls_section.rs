@@ -28,8 +28,8 @@ impl Cx<'_> {
     pub(super) fn hsts(&mut self, key: &str, raw: Spanned<FileHsts>) -> Option<http::HeaderValue> {
         let span = raw.span();
         match raw.into_inner() {
-            FileHsts::Enabled(false) => None,
-            FileHsts::Enabled(true) => Some(default_hsts()),
+            FileHsts::Scalar(false) => None,
+            FileHsts::Scalar(true) => Some(default_hsts()),
             FileHsts::Table(t) => {
                 let max_age = match t.max_age.as_deref().map(parse_duration) {
                     None => Duration::from_secs(31_536_000),
