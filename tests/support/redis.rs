@@ -42,30 +42,45 @@ pub fn node_args(dir: &Path, port: u16) -> Vec<String> {
     .collect()
 }
 
-/// One `redis-server ARGS` process, killed (by pid) when dropped.
+/// One `redis-server ARGS` process, killed (by pid) when dropped, or when
+/// the test process ends: a shared Redis lives in a static, which is never
+/// dropped, so it runs under a small shell that holds our pipe on its
+/// stdin and kills it (by pid) as soon as that pipe closes.
 pub struct Process {
     child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
     pub port: u16,
     /// `requirepass`, if any.
     password: Option<&'static str>,
 }
 
+/// Runs `redis-server "$@"` until stdin closes, then kills it by pid.
+const WATCHDOG: &str = r#"redis-server "$@" & p=$!; read -r _; kill -9 "$p"; wait "$p""#;
+
 impl Process {
     /// Starts it and waits until `port` accepts connections; panics
     /// naming the package if `redis-server` is not installed.
     pub fn spawn(args: &[String], port: u16) -> Process {
-        let child = match Command::new("redis-server")
-            .args(args)
+        match Command::new("redis-server")
+            .arg("--version")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .status()
         {
-            Ok(c) => c,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
                 "`redis-server` not found: install the Debian package `redis-server` (scripts/test.sh does)"
             ),
             Err(e) => panic!("cannot start redis-server: {e}"),
-        };
+        }
+        let mut child = Command::new("sh")
+            .args(["-c", WATCHDOG, "sh"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sh for redis-server");
+        let stdin = child.stdin.take();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -76,6 +91,7 @@ impl Process {
         }
         Process {
             child: Some(child),
+            stdin,
             port,
             password: None,
         }
@@ -87,10 +103,11 @@ impl Process {
         self
     }
 
-    /// Stops it now (SIGKILL, by pid) and waits.
+    /// Stops it now (SIGKILL, by pid) and waits until it is gone.
     pub fn stop(&mut self) {
+        // Closing the pipe makes the shell kill redis-server and wait.
+        self.stdin = None;
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
             let _ = c.wait();
         }
     }
