@@ -514,11 +514,13 @@ impl Drop for Traffic {
     }
 }
 
-fn server(extra: &str) -> String {
-    format!(
-        "[server]\nhttp = \"{{{{HTTP}}}}\"\nhttps = \"{{{{HTTPS}}}}\"\nadmin = \"{{{{ADMIN}}}}\"\nstate_dir = \"{{{{DIR}}}}/state\"\n{extra}\n"
-    )
-}
+/// `[server]` with plain, TLS and admin listeners (see support::gateway).
+const SERVER: &str = "[server]
+http = \"{{HTTP}}\"
+https = \"{{HTTPS}}\"
+admin = \"{{ADMIN}}\"
+state_dir = \"{{DIR}}/state\"
+";
 
 // --- the test ---------------------------------------------------------------------------
 
@@ -566,7 +568,7 @@ host = "ok2.test"
 https_redirect = false
 upstream = ["{a}", "{b}"]
 "#,
-        server = server(""),
+        server = SERVER,
         redis = redis_ok.url(),
     ))
     .file("cluster.key", KEY)
@@ -618,7 +620,7 @@ host = "errors.test"
 https_redirect = false
 upstream = "{b}"
 "#,
-        server = server(""),
+        server = SERVER,
     );
     let failing = Gateway::builder(&failing_toml)
         .file("expiring.crt", &cert)
@@ -718,24 +720,53 @@ respond = {{ body = "c" }}
         (!groups.is_empty() && all_evaluated).then_some(groups)
     })
     .await;
-    let mut loaded = BTreeSet::new();
-    for g in &groups {
-        for r in g["rules"].as_array().unwrap() {
-            let name = r["name"].as_str().unwrap();
-            assert_eq!(r["health"], "ok", "rule {name}: {r}");
-            assert!(
-                r["lastError"].as_str().is_none_or(str::is_empty),
-                "rule {name}: {}",
-                r["lastError"]
-            );
-            loaded.insert(name.to_string());
-        }
-    }
+    let loaded = healthy_rules(&groups);
     let shipped: BTreeSet<String> = rules.iter().map(|r| r.name.clone()).collect();
     assert_eq!(
         loaded, shipped,
         "Prometheus loaded every rule of alerts.yml"
     );
+
+    // Every selector of every rule matches served series, carrying the
+    // labels the rule aggregates by: a renamed metric or label fails here,
+    // not as an alert that can never fire.
+    for r in &rules {
+        let uses = promql_uses(&r.expr);
+        assert!(
+            !uses.selectors.is_empty(),
+            "{}: no selector in {}",
+            r.name,
+            r.expr
+        );
+        for sel in &uses.selectors {
+            // Bounded wait: a 5xx or an upstream error is served once the
+            // traffic has met the broken routes.
+            let deadline = tokio::time::Instant::now() + BOUND;
+            let series = loop {
+                let series = prom.series(sel, since).await;
+                if !series.is_empty() {
+                    break series;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{}: `{sel}` matches nothing the gateways serve",
+                    r.name
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            if sel.starts_with("portcullis_") {
+                for l in &uses.by {
+                    assert!(
+                        // (`any`: requests no route matched are counted
+                        // with route="", which Prometheus stores as no label)
+                        series.iter().any(|s| s.contains_key(l)),
+                        "{}: aggregates `{sel}` by {l}, which its series lack: {series:?}",
+                        r.name
+                    );
+                }
+            }
+        }
+    }
 
     // The alerts each failure must fire, with the labels an operator reads.
     let want: Vec<(&str, Vec<(&str, &str)>)> = vec![
@@ -904,37 +935,6 @@ respond = {{ body = "c" }}
         assert_eq!(r.len(), n, "{q}: {r:?}");
     }
 
-    // Every selector of every rule matches served series, carrying the
-    // labels the rule aggregates by.
-    for r in &rules {
-        let uses = promql_uses(&r.expr);
-        assert!(
-            !uses.selectors.is_empty(),
-            "{}: no selector in {}",
-            r.name,
-            r.expr
-        );
-        for sel in &uses.selectors {
-            let series = prom.series(sel, since).await;
-            assert!(
-                !series.is_empty(),
-                "{}: `{sel}` matches nothing the gateways serve",
-                r.name
-            );
-            if sel.starts_with("portcullis_") {
-                for l in &uses.by {
-                    assert!(
-                        // (`any`: requests no route matched are counted
-                        // with route="", which Prometheus stores as no label)
-                        series.iter().any(|s| s.contains_key(l)),
-                        "{}: aggregates `{sel}` by {l}, which its series lack: {series:?}",
-                        r.name
-                    );
-                }
-            }
-        }
-    }
-
     // The dashboard: every Prometheus query returns series from the live
     // gateways, with every label its legend prints.
     let dash: Json = serde_json::from_str(&read("config/grafana/portcullis.json")).unwrap();
@@ -965,9 +965,35 @@ respond = {{ body = "c" }}
     let variable = prom.series("portcullis_requests_total", since).await;
     assert!(variable.iter().any(|s| s.contains_key("route")));
 
+    // Still healthy now that every failure is in the series (an
+    // expression can start failing only when some series appear, e.g. a
+    // division matching several series on one side).
+    let d = prom.api("rules").await;
+    let groups = d["groups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(healthy_rules(&groups), shipped);
+
     drop(prom);
     drop(live_a);
     drop(live_b);
+}
+
+/// The names of the rules in `/api/v1/rules` groups, asserting each is
+/// healthy (evaluated without error).
+fn healthy_rules(groups: &[Json]) -> BTreeSet<String> {
+    let mut loaded = BTreeSet::new();
+    for g in groups {
+        for r in g["rules"].as_array().unwrap() {
+            let name = r["name"].as_str().unwrap();
+            assert_eq!(r["health"], "ok", "rule {name}: {r}");
+            assert!(
+                r["lastError"].as_str().is_none_or(str::is_empty),
+                "rule {name}: {}",
+                r["lastError"]
+            );
+            loaded.insert(name.to_string());
+        }
+    }
+    loaded
 }
 
 /// (panel title, PromQL, legend format) of every Prometheus target.
