@@ -10,8 +10,8 @@
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
 # `chromium-driver`) for the browser tests, promtool and the Prometheus
 # server (Debian `prometheus`) for the alert rules (unit-tested, and
-# evaluated against live gateways) and Prometheus configs, check-jsonschema (PyPI,
-# in a venv under target/, Debian `python3-venv`) for the compose files,
+# evaluated against live gateways) and Prometheus configs,
+# check-jsonschema (PyPI, in a venv under target/, Debian `python3-venv`) for the compose files,
 # Docker (`docker.io`: the tests start their own dockerd) and
 # `busybox-static` (the containers' image) for label discovery, BIND
 # (`bind9`, `bind9-dnsutils`) for DNS-01, and Python grpcio
