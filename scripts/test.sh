@@ -8,9 +8,10 @@
 # nginx for forward-auth behind auth_request, BIND 9 (`bind9`,
 # `bind9-dnsutils`) as the DNS-01 tests' authoritative server, Node.js + the OIDC provider's
 # npm dependencies for SSO, Chromium + chromedriver (Debian `chromium`,
-# `chromium-driver`) for the browser tests, promtool (Debian `prometheus`)
-# for the alert rules and Prometheus configs, check-jsonschema (PyPI,
-# in a venv under target/, Debian `python3-venv`) for the compose files,
+# `chromium-driver`) for the browser tests, promtool and the Prometheus
+# server (Debian `prometheus`) for the alert rules (unit-tested, and
+# evaluated against live gateways) and Prometheus configs,
+# check-jsonschema (PyPI, in a venv under target/, Debian `python3-venv`) for the compose files,
 # Docker (`docker.io`: the tests start their own dockerd) and
 # `busybox-static` (the containers' image) for label discovery, BIND
 # (`bind9`, `bind9-dnsutils`) for DNS-01, and Python grpcio
@@ -40,7 +41,7 @@ command -v varnishtest >/dev/null 2>&1 || missing+=(varnish)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { command -v chromedriver && command -v chromium; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 { command -v dockerd && command -v docker; } >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)

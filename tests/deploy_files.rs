@@ -730,6 +730,23 @@ fn grafana_provisioning_matches_the_dashboard() {
             );
         }
     }
+    // No two panels share grid cells (Grafana would shuffle them).
+    let grid: Vec<(u64, [u64; 4])> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let g = &p["gridPos"];
+            let n = |k: &str| g[k].as_u64().unwrap();
+            (p["id"].as_u64().unwrap(), [n("x"), n("y"), n("w"), n("h")])
+        })
+        .collect();
+    for (i, (a, [ax, ay, aw, ah])) in grid.iter().enumerate() {
+        for (b, [bx, by, bw, bh]) in &grid[i + 1..] {
+            let apart = ax + aw <= *bx || bx + bw <= *ax || ay + ah <= *by || by + bh <= *ay;
+            assert!(apart, "panels {a} and {b} overlap");
+        }
+    }
     let mut used = Vec::new();
     datasources(&d["panels"], &mut used);
     datasources(&d["templating"], &mut used);

@@ -1002,7 +1002,16 @@ fn the_exposition_parser_rejects_what_prometheus_would() {
 
 #[tokio::test]
 async fn every_metric_the_dashboard_queries_is_exported() {
-    let gw = Gateway::start("[[route]]\nhost = \"a.test\"\nrespond = { body = \"a\" }\n").await;
+    // With `[cluster]` (its Redis need not answer), so the metrics served
+    // only then are exported too.
+    let unreachable = support::tls::free_port();
+    let gw = Gateway::builder(&format!(
+        "[cluster]\nredis = \"redis://127.0.0.1:{unreachable}/0\"\nencryption_key_file = \"cluster.key\"\n\n\
+         [[route]]\nhost = \"a.test\"\nrespond = {{ body = \"a\" }}\n"
+    ))
+    .file("cluster.key", "8f1c2e9a4b7d6f30112233445566778899aabbccddeeff00a1b2c3d4e5f60718")
+    .start()
+    .await;
     assert_eq!(
         gw.client().get("http://a.test/").await.status,
         StatusCode::OK
@@ -1047,6 +1056,10 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         "portcullis_requests_total",
         "portcullis_request_duration_seconds",
         "portcullis_upstream_errors_total",
+        "portcullis_upstream_up",
+        "portcullis_upstream_ejections_total",
+        "portcullis_upstream_panic_total",
+        "portcullis_cluster_up",
         "portcullis_requests_in_flight",
         "portcullis_connections_open",
         "portcullis_tls_handshakes_total",

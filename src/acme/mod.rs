@@ -422,6 +422,12 @@ async fn run(
                     Err(e) => {
                         let msg = format!("ACME account at {}: {e}", plan.config.directory);
                         tracing::error!("{msg}; old certificates keep serving");
+                        // Each due order failed as surely as one the CA
+                        // refused: an unreachable CA must show on
+                        // portcullis_acme_orders_total{result="failure"}.
+                        metrics
+                            .acme_failure
+                            .fetch_add(due.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         for h in &due {
                             record_failure(&store, &mut retry, &plan.config, h, &msg);
                         }
