@@ -14,6 +14,19 @@ use portcullis::admin::{self, client::ReloadReply};
 use portcullis::telemetry::{LogFormat, init_logging};
 use portcullis::{Gateway, Listeners, config};
 
+/// `--config FILE` (or `PORTCULLIS_CONFIG`), for every command that reads it.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// The config file (TOML).
+    #[arg(
+        short,
+        long,
+        env = "PORTCULLIS_CONFIG",
+        default_value = "/etc/portcullis/portcullis.toml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -33,26 +46,14 @@ enum Command {
     /// Run the gateway. SIGHUP reloads the config; SIGTERM/SIGINT stop it
     /// gracefully (in-flight requests finish within `server.grace_period`).
     Run {
-        /// The config file (TOML).
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "/etc/portcullis/portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Validate a config file: prints every error with file, line and key
     /// and exits 1, or prints a one-line summary and exits 0.
     Check {
-        /// The config file (TOML).
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "/etc/portcullis/portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Check syntax and semantics without reading the secret and
         /// certificate files the config names (on a machine without them).
         #[arg(long)]
@@ -83,14 +84,8 @@ enum Command {
     /// listener (address and token taken from the config file), and print
     /// the outcome. Exits 1 if the gateway rejected the new config.
     Reload {
-        /// The config file (TOML) the gateway runs with.
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "/etc/portcullis/portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Admin address to use instead of `server.admin` from the config.
         #[arg(long)]
         admin: Option<SocketAddr>,
@@ -103,14 +98,8 @@ enum Command {
     /// read, so a config being edited elsewhere cannot fail it; this is the
     /// container image's HEALTHCHECK (no curl in the image).
     Health {
-        /// The config file (TOML) the gateway runs with.
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "/etc/portcullis/portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Probe this admin address instead of the config's `server.admin`.
         #[arg(long)]
         admin: Option<SocketAddr>,
@@ -127,7 +116,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, no_files } => check(&config, no_files),
+        Command::Check { file, no_files } => check(&file.config, no_files),
         Command::Init {
             domain,
             email,
@@ -141,9 +130,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { file } => {
             let logs = init_logging(cli.log_format);
-            let code = match run(&config) {
+            let code = match run(&file.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -154,7 +143,7 @@ fn main() -> ExitCode {
             logs.flush();
             code
         }
-        Command::Reload { config, admin } => match reload(&config, admin) {
+        Command::Reload { file, admin } => match reload(&file.config, admin) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("portcullis reload: {e:#}");
@@ -162,7 +151,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Health {
-            config,
+            file,
             admin,
             ready,
             timeout,
@@ -170,7 +159,7 @@ fn main() -> ExitCode {
             let timeout = Duration::from_secs(timeout.max(1));
             let target = match admin {
                 Some(addr) => admin::client::HealthTarget::Admin(addr),
-                None => admin::client::HealthTarget::from_config(&config),
+                None => admin::client::HealthTarget::from_config(&file.config),
             };
             match admin::client::probe(&target, ready, timeout) {
                 Ok(text) => {
