@@ -189,8 +189,12 @@ where
                     after_handling(reader.as_ref(), &resp, &started, draining.load(Relaxed));
                 // Boxed per response: inline, the writer's state would be
                 // part of every connection's for its whole life.
+                let interim = reader
+                    .as_ref()
+                    .map_or(&[][..], body::BodyReader::unsent_continue);
                 let writing = Box::pin(write::write_response(
                     &mut conn.io,
+                    interim,
                     resp,
                     &started.method,
                     started.http11,
