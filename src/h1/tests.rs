@@ -33,6 +33,34 @@ enum Act {
     /// Targets starting `/drop` get no answer (the connection closes,
     /// `default_route = "drop"`); others are answered like `Ignore`.
     Drop,
+    /// Waits up to a second for the first body piece, then answers (as
+    /// a handler with a body timeout does).
+    Impatient,
+    /// Answers 200 with a body of unknown length that sends one piece,
+    /// then fails (a backend that broke mid-body).
+    Breaks,
+}
+
+/// A response body that yields `first`, then an error.
+#[derive(Debug)]
+struct Breaking(Option<Bytes>);
+
+impl crate::http::body::Stream for Breaking {
+    fn poll(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, crate::http::body::BoxError>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(b) => Ok(http_body::Frame::data(b)),
+            None => Err("the backend went away".into()),
+        }))
+    }
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::default()
+    }
 }
 
 /// What the handler saw: target, and how its body ended (`None`: the
@@ -104,6 +132,18 @@ impl Handler for Test {
                     done("ignored".into());
                     Response::new(Body::full(target))
                 }
+                Act::Impatient => {
+                    let mut body = req.into_body();
+                    let first = tokio::time::timeout(Duration::from_secs(1), body.frame()).await;
+                    done(if first.is_ok() { "read" } else { "timed out" }.into());
+                    Response::new(Body::full(target))
+                }
+                Act::Breaks => {
+                    done("breaks".into());
+                    Response::new(Body::Streamed(Box::new(Breaking(Some(
+                        Bytes::from_static(b"partial"),
+                    )))))
+                }
                 Act::Big => {
                     done("big".into());
                     Response::new(Body::full(Bytes::from(vec![b'x'; 1 << 20])))
@@ -157,10 +197,13 @@ async fn read_for(client: &mut DuplexStream, wait: Duration) -> (String, bool) {
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
-/// Writes `pieces` one write each, letting the server run in between.
+/// Writes `pieces` one write each, letting the server run in between;
+/// stops when the server has closed the connection.
 async fn send(client: &mut DuplexStream, pieces: &[&[u8]]) {
     for p in pieces {
-        client.write_all(p).await.unwrap();
+        if client.write_all(p).await.is_err() {
+            return;
+        }
         tokio::task::yield_now().await;
     }
 }
@@ -369,6 +412,102 @@ const ROWS: &[Row] = &[
         shows: &["\r\n\r\nearly-later"],
         seen: &[("/ws", Some("upgrade"))],
     },
+    Row {
+        what: "an upgrade request answered without a 101 stays HTTP",
+        act: Act::Ignore,
+        pieces: &[b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nGET /b HTTP/1.1\r\n\r\n"],
+        statuses: &[200, 200],
+        closes: false,
+        shows: &["/ws", "/b"],
+        seen: &[("/ws", Some("ignored")), ("/b", Some("ignored"))],
+    },
+    Row {
+        what: "Connection: keep-alive, close is a close",
+        act: Act::ReadBody,
+        pieces: &[b"GET /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\nGET /b HTTP/1.1\r\n\r\n"],
+        statuses: &[200],
+        closes: true,
+        shows: &["connection: close"],
+        seen: &[("/a", Some("0"))],
+    },
+    Row {
+        what: "Connection: close on a request with a body: the body is read, then the end",
+        act: Act::ReadBody,
+        pieces: &[b"POST /a HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc"],
+        statuses: &[200],
+        closes: true,
+        shows: &["/a 3", "connection: close"],
+        seen: &[("/a", Some("3"))],
+    },
+    Row {
+        what: "HTTP/1.0 with Expect: the expectation is ignored (RFC 9110 10.1.1), no 100",
+        act: Act::ReadBody,
+        pieces: &[
+            b"PUT /a HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            b"ok",
+        ],
+        statuses: &[200],
+        closes: true,
+        shows: &["/a 2"],
+        seen: &[("/a", Some("2"))],
+    },
+    Row {
+        what: "Expect: 100-continue with a chunked body: 100 once the body is read",
+        act: Act::ReadBody,
+        pieces: &[
+            b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"2\r\nok\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        ],
+        statuses: &[100, 200, 200],
+        closes: false,
+        shows: &["/a 2", "/b 0"],
+        seen: &[("/a", Some("2")), ("/b", Some("0"))],
+    },
+    Row {
+        what: "Expect: 100-continue answered first, the body sent anyway: closed, the body never read as a request",
+        act: Act::Ignore,
+        pieces: &[
+            b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 20\r\n\r\n",
+            b"GET /x HTTP/1.1\r\n\r\n",
+        ],
+        statuses: &[200],
+        closes: true,
+        shows: &["connection: close"],
+        seen: &[("/a", Some("ignored"))],
+    },
+    Row {
+        what: "a small body read in part is drained after the answer and the next request served",
+        act: Act::ReadOne,
+        pieces: &[
+            b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello",
+            b"world",
+            b"GET /b HTTP/1.1\r\n\r\n",
+        ],
+        statuses: &[200, 200],
+        closes: false,
+        shows: &["/a", "/b"],
+        seen: &[("/a", Some("true")), ("/b", Some("false"))],
+    },
+    Row {
+        what: "a body that looks like a request is drained, never dispatched",
+        act: Act::Ignore,
+        pieces: &[
+            b"POST /a HTTP/1.1\r\nContent-Length: 20\r\n\r\nGET /x HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        ],
+        statuses: &[200, 200],
+        closes: false,
+        shows: &["/a", "/b"],
+        seen: &[("/a", Some("ignored")), ("/b", Some("ignored"))],
+    },
+    Row {
+        what: "a response body that breaks closes the connection; the pipelined request is not served",
+        act: Act::Breaks,
+        pieces: &[b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"],
+        statuses: &[200],
+        closes: true,
+        shows: &["transfer-encoding: chunked", "partial"],
+        seen: &[("/a", Some("breaks"))],
+    },
 ];
 
 #[tokio::test(start_paused = true)]
@@ -511,4 +650,171 @@ async fn idle_and_slow_heads_time_out() {
         assert!(closed, "{pieces:?}: not closed");
         assert_eq!(statuses(&out), want, "{pieces:?}");
     }
+}
+
+/// A pipelined stream (a plain request, a body with a length, a chunked
+/// body with an extension and a trailer, a request with bare LF line
+/// ends) split into two reads at every byte, and fed one byte per read:
+/// always the same requests, bodies and answers as in one read.
+#[tokio::test(start_paused = true)]
+async fn a_stream_split_anywhere_gives_the_same_requests() {
+    let stream: &[u8] = b"GET /1 HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\nGET /4 HTTP/1.1\nHost: a\n\n";
+    let want_seen = [("/1", "0"), ("/2", "5"), ("/3", "19"), ("/4", "0")];
+    let check = |what: String, out: &str, seen: Vec<(String, Option<String>)>| {
+        assert_eq!(statuses(out), [200; 4], "{what}: {out:?}");
+        for (target, len) in want_seen {
+            assert!(out.contains(&format!("{target} {len}")), "{what}: {out:?}");
+        }
+        let want: Vec<_> = want_seen
+            .iter()
+            .map(|(t, l)| (t.to_string(), Some(l.to_string())))
+            .collect();
+        assert_eq!(seen, want, "{what}");
+    };
+    let mut splits: Vec<Vec<&[u8]>> = (0..=stream.len())
+        .map(|i| vec![&stream[..i], &stream[i..]])
+        .collect();
+    splits.push(stream.chunks(1).collect());
+    for pieces in splits {
+        let what = format!(
+            "split {:?}",
+            pieces.iter().map(|p| p.len()).collect::<Vec<_>>()
+        );
+        let mut c = start(Act::ReadBody, 64 * 1024);
+        send(&mut c.client, &pieces).await;
+        let (out, closed) = read_for(&mut c.client, Duration::from_secs(1)).await;
+        assert!(!closed, "{what}: closed");
+        check(what, &out, c.log.lock().unwrap().clone());
+        drop(c.client);
+        c.task.await.unwrap();
+    }
+}
+
+/// A client that pipelines requests without reading the answers: once
+/// the answers fill the pipe, the server stops reading requests (what it
+/// accepted stays within a few buffers, not the client's whole stream);
+/// once the client reads, every request is answered, in order.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_does_not_read_is_not_read_from() {
+    const N: usize = 5_000;
+    let stream: Vec<u8> = (0..N)
+        .flat_map(|i| format!("GET /{i} HTTP/1.1\r\n\r\n").into_bytes())
+        .collect();
+    let c = start(Act::Ignore, 4096);
+    let (mut rd, mut wr) = tokio::io::split(c.client);
+    let mut accepted = 0;
+    for piece in stream.chunks(1024) {
+        match tokio::time::timeout(Duration::from_secs(5), wr.write_all(piece)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => break,
+        }
+        accepted += piece.len();
+    }
+    // At most: the pipe's 4 KiB, one read into the per-thread buffer, the
+    // pending requests that read left (8 KiB is what it takes today).
+    assert!(
+        accepted <= 4096 + super::SCRATCH,
+        "the server took {accepted} of {} bytes from a client that reads nothing",
+        stream.len()
+    );
+    // Now the client reads; the rest of its stream goes in meanwhile.
+    let rest = stream[accepted..].to_vec();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&rest).await.unwrap();
+        wr
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut answered = 0;
+    while answered < N {
+        let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf))
+            .await
+            .expect("answers keep coming")
+            .unwrap();
+        assert!(n > 0, "closed after {answered} answers");
+        out.extend_from_slice(&buf[..n]);
+        answered = out.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+    }
+    let text = String::from_utf8(out).unwrap();
+    let targets: Vec<usize> = text
+        .split("HTTP/1.1 200 OK")
+        .skip(1)
+        .map(|r| r.rsplit("\r\n\r\n/").next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(targets, (0..N).collect::<Vec<_>>(), "answers out of order");
+    drop(writer.await.unwrap());
+    drop(rd);
+    c.task.await.unwrap();
+}
+
+/// A small body the handler left unread that never arrives: the answer
+/// goes out, then the connection waits for the rest no longer than the
+/// header read timeout, and closes.
+#[tokio::test(start_paused = true)]
+async fn an_unread_body_that_never_arrives_closes_the_connection() {
+    let mut c = start(Act::Ignore, 4096);
+    send(
+        &mut c.client,
+        &[b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe"],
+    )
+    .await;
+    let (out, closed) = read_for(&mut c.client, Duration::from_secs(1)).await;
+    assert_eq!(statuses(&out), [200]);
+    assert!(!closed, "closed before the rest of the body had a chance");
+    let started = tokio::time::Instant::now();
+    let (out, closed) = read_for(&mut c.client, SETTINGS.header_read_timeout * 3).await;
+    assert!(closed && out.is_empty(), "{closed} {out:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited <= SETTINGS.header_read_timeout,
+        "closed after {waited:?}"
+    );
+    c.task.await.unwrap();
+}
+
+/// The `100 Continue` is owed while the client's side of the pipe is
+/// full (it has not read the previous answer), and the handler answers
+/// before the body comes: the interim answer is finished before the
+/// final one, so the client never sees half a status line.
+#[tokio::test(start_paused = true)]
+async fn a_final_answer_never_follows_half_an_interim_one() {
+    let first = b"GET /fill HTTP/1.1\r\n\r\n";
+    let second = b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+    // How long the first answer is (the date has a fixed width).
+    let mut c = start(Act::Impatient, 64 * 1024);
+    send(&mut c.client, &[first]).await;
+    let (out, _) = read_for(&mut c.client, Duration::from_millis(10)).await;
+    let first_len = out.len();
+    assert!(out.ends_with("/fill"), "{out:?}");
+    drop(c);
+
+    // Room for the first answer and 10 bytes of `HTTP/1.1 100 Continue`.
+    let mut c = start(Act::Impatient, first_len + 10);
+    let both = [&first[..], &second[..]].concat();
+    send(&mut c.client, &[&both]).await;
+    // The handler waits a second for the body, then answers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (out, _) = read_for(&mut c.client, Duration::from_secs(1)).await;
+    let rest = &out[first_len..];
+    assert!(
+        rest.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+            || rest.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{rest:?}"
+    );
+    // Told to go on, the client sends its body: it is drained, and the
+    // connection carries the next request.
+    send(&mut c.client, &[b"okGET /b HTTP/1.1\r\n\r\n"]).await;
+    let (out, closed) = read_for(&mut c.client, Duration::from_secs(2)).await;
+    assert!(
+        !closed && statuses(&out) == [200] && out.ends_with("/b"),
+        "{out:?}"
+    );
+    assert_eq!(
+        *c.log.lock().unwrap(),
+        [
+            ("/fill".to_string(), Some("read".to_string())),
+            ("/a".to_string(), Some("timed out".to_string())),
+            ("/b".to_string(), Some("read".to_string()))
+        ]
+    );
 }
