@@ -39,11 +39,14 @@ enum Act {
     /// Answers 200 with a body of unknown length that sends one piece,
     /// then fails (a backend that broke mid-body).
     Breaks,
+    /// Answers 200 with a body of unknown length: one piece, then the end.
+    Streams,
 }
 
-/// A response body that yields `first`, then an error.
+/// A response body of unknown length that yields `first`, then an error
+/// (or the end, if `ends`).
 #[derive(Debug)]
-struct Breaking(Option<Bytes>);
+struct Breaking(Option<Bytes>, bool);
 
 impl crate::http::body::Stream for Breaking {
     fn poll(
@@ -52,6 +55,7 @@ impl crate::http::body::Stream for Breaking {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, crate::http::body::BoxError>>> {
         std::task::Poll::Ready(Some(match self.0.take() {
             Some(b) => Ok(http_body::Frame::data(b)),
+            None if self.1 => return std::task::Poll::Ready(None),
             None => Err("the backend went away".into()),
         }))
     }
@@ -140,9 +144,17 @@ impl Handler for Test {
                 }
                 Act::Breaks => {
                     done("breaks".into());
-                    Response::new(Body::Streamed(Box::new(Breaking(Some(
-                        Bytes::from_static(b"partial"),
-                    )))))
+                    Response::new(Body::Streamed(Box::new(Breaking(
+                        Some(Bytes::from_static(b"partial")),
+                        false,
+                    ))))
+                }
+                Act::Streams => {
+                    done("streams".into());
+                    Response::new(Body::Streamed(Box::new(Breaking(
+                        Some(Bytes::from(format!("streamed {target}"))),
+                        true,
+                    ))))
                 }
                 Act::Big => {
                     done("big".into());
@@ -508,6 +520,33 @@ const ROWS: &[Row] = &[
         shows: &["transfer-encoding: chunked", "partial"],
         seen: &[("/a", Some("breaks"))],
     },
+    Row {
+        what: "a body of unknown length to HTTP/1.1 is chunked, and the connection kept",
+        act: Act::Streams,
+        pieces: &[b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"],
+        statuses: &[200, 200],
+        closes: false,
+        shows: &["transfer-encoding: chunked", "streamed /a\r\n0\r\n\r\n", "streamed /b"],
+        seen: &[("/a", Some("streams")), ("/b", Some("streams"))],
+    },
+    Row {
+        what: "a body of unknown length to HTTP/1.0 runs until the close, keep-alive or not",
+        act: Act::Streams,
+        pieces: &[b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n"],
+        statuses: &[200],
+        closes: true,
+        shows: &["connection: close", "\r\n\r\nstreamed /a"],
+        seen: &[("/a", Some("streams"))],
+    },
+    Row {
+        what: "Expect: 100-continue with Content-Length: 0: no 100, nothing to wait for",
+        act: Act::ReadBody,
+        pieces: &[b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\nGET /b HTTP/1.1\r\n\r\n"],
+        statuses: &[200, 200],
+        closes: false,
+        shows: &["/a 0", "/b 0"],
+        seen: &[("/a", Some("0")), ("/b", Some("0"))],
+    },
 ];
 
 #[tokio::test(start_paused = true)]
@@ -817,4 +856,41 @@ async fn a_final_answer_never_follows_half_an_interim_one() {
             ("/b".to_string(), Some("read".to_string()))
         ]
     );
+}
+
+/// Upgrade hand-off with a stream already flowing: the client sends
+/// 100 KiB right behind the head, without waiting for the `101`. Some of
+/// it is read with the head, some while the handler runs, the rest is
+/// still in the pipe; the upgraded stream gets every byte, once, in order.
+#[tokio::test(start_paused = true)]
+async fn no_byte_is_lost_across_the_upgrade() {
+    let c = start(Act::Upgrade, 8 * 1024);
+    let data: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = tokio::io::split(c.client);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
+        wr.write_all(&sent).await.unwrap();
+        wr
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && got.len() - (i + 4) >= data.len()
+        {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf))
+            .await
+            .expect("the echo keeps coming")
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    assert!(got[head_end..] == data[..], "the upgraded stream differs");
+    drop(writer.await.unwrap());
 }

@@ -254,3 +254,42 @@ async fn a_backend_answering_before_reading_the_body() {
     done_tx.send(()).unwrap();
     backend.join().unwrap();
 }
+
+/// A backend that writes its answers a byte at a time (each its own
+/// segment): interim answer, head, chunk sizes, extensions and trailers
+/// all arrive across many reads; the answers are read whole and the
+/// connection is reused for each next request.
+#[tokio::test(flavor = "current_thread")]
+async fn answers_trickling_in_a_byte_at_a_time() {
+    let answers: [(&[u8], &[u8]); 3] = [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", b"hello"),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n",
+            b"abc0123456789abcdef",
+        ),
+        (b"HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n", b""),
+    ];
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, server) = (target(&l), server());
+    let (done_tx, done) = mpsc::channel::<()>();
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        for (answer, _) in answers {
+            read_head(&mut s);
+            for b in answer {
+                s.write_all(&[*b]).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        done.recv().unwrap();
+    });
+    for (_, body) in answers {
+        let got = exchange(&target, &mut get(), &server).await;
+        let status = if body.is_empty() { 204 } else { 200 };
+        assert_eq!(got, Got::Body(status, Ok(Bytes::from_static(body))));
+        assert!(super::has_idle(&target.pool_key), "not pooled");
+    }
+    done_tx.send(()).unwrap();
+    backend.join().unwrap();
+}
