@@ -41,6 +41,8 @@ enum Act {
     Breaks,
     /// Answers 200 with a body of unknown length: one piece, then the end.
     Streams,
+    /// Waits ten seconds (a slow backend), then reads the whole body.
+    Slow,
 }
 
 /// A response body of unknown length that yields `first`, then an error
@@ -155,6 +157,15 @@ impl Handler for Test {
                         Some(Bytes::from(format!("streamed {target}"))),
                         true,
                     ))))
+                }
+                Act::Slow => {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let got = match req.into_body().collect().await {
+                        Ok(b) => b.to_bytes().len().to_string(),
+                        Err(_) => "error".to_string(),
+                    };
+                    done(got.clone());
+                    Response::new(Body::full(format!("{target} {got}")))
                 }
                 Act::Big => {
                     done("big".into());
@@ -742,12 +753,13 @@ async fn a_client_that_does_not_read_is_not_read_from() {
     let c = start(Act::Ignore, 4096);
     let (mut rd, mut wr) = tokio::io::split(c.client);
     let mut accepted = 0;
-    for piece in stream.chunks(1024) {
-        match tokio::time::timeout(Duration::from_secs(5), wr.write_all(piece)).await {
-            Ok(r) => r.unwrap(),
+    // One write at a time, so a write that waits has written nothing.
+    while accepted < stream.len() {
+        let end = stream.len().min(accepted + 1024);
+        match tokio::time::timeout(Duration::from_secs(5), wr.write(&stream[accepted..end])).await {
+            Ok(r) => accepted += r.unwrap(),
             Err(_) => break,
         }
-        accepted += piece.len();
     }
     // At most: the pipe's 4 KiB, one read into the per-thread buffer, the
     // pending requests that read left (8 KiB is what it takes today).
@@ -892,5 +904,50 @@ async fn no_byte_is_lost_across_the_upgrade() {
     };
     assert!(got.starts_with(b"HTTP/1.1 101 "));
     assert!(got[head_end..] == data[..], "the upgraded stream differs");
+    drop(writer.await.unwrap());
+}
+
+/// A large upload the handler does not ask for yet (it waits for a slow
+/// backend): the server reads none of it, so the client's writes stop
+/// once the pipe is full; when the handler reads, all of it arrives.
+#[tokio::test(start_paused = true)]
+async fn a_body_nobody_asks_for_stays_with_the_client() {
+    const LEN: usize = 4 << 20;
+    let c = start(Act::Slow, 4096);
+    let (mut rd, mut wr) = tokio::io::split(c.client);
+    let head = format!("PUT /up HTTP/1.1\r\nContent-Length: {LEN}\r\n\r\n");
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let body = vec![b'u'; LEN];
+    let mut accepted = 0;
+    while accepted < LEN {
+        let end = LEN.min(accepted + 1024);
+        // Less than the handler's wait: the server has not asked yet.
+        match tokio::time::timeout(Duration::from_secs(1), wr.write(&body[accepted..end])).await {
+            Ok(r) => accepted += r.unwrap(),
+            Err(_) => break,
+        }
+    }
+    // The pipe, and what the head's read brought along.
+    assert!(
+        accepted <= 4096 + super::SCRATCH,
+        "the server took {accepted} bytes of a body nobody asked for"
+    );
+    let rest = body[accepted..].to_vec();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&rest).await.unwrap();
+        wr
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 1024];
+        while !out.ends_with(format!("/up {LEN}").as_bytes()) {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the upload is answered");
+    assert!(out.starts_with(b"HTTP/1.1 200 "));
     drop(writer.await.unwrap());
 }

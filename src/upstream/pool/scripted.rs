@@ -293,3 +293,102 @@ async fn answers_trickling_in_a_byte_at_a_time() {
     done_tx.send(()).unwrap();
     backend.join().unwrap();
 }
+
+/// Heads past the limits (bytes, then lines) are a 502 that says why;
+/// the connection is dropped.
+#[tokio::test(flavor = "current_thread")]
+async fn oversized_answer_heads_are_refused() {
+    use crate::upstream::conn::{MAX_HEAD, MAX_HEADERS};
+    let long = format!(
+        "HTTP/1.1 200 OK\r\nX-Long: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(MAX_HEAD)
+    );
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, server) = (target(&l), server());
+    let answers = [long, many];
+    let script = answers.clone();
+    let backend = std::thread::spawn(move || {
+        for a in script {
+            let (mut s, _) = l.accept().unwrap();
+            read_head(&mut s);
+            // The gateway may stop reading and close: a write error is fine.
+            let _ = s.write_all(a.as_bytes());
+        }
+    });
+    let mut causes = Vec::new();
+    for _ in &answers {
+        match exchange(&target, &mut get(), &server).await {
+            Got::Refused(502, "upstream_broken", cause) => causes.push(cause),
+            other => panic!("{other:?}"),
+        }
+        assert!(take_idle(&target.pool_key, server.upstream_idle_timeout).is_none());
+    }
+    backend.join().unwrap();
+    assert_eq!(causes[0], "response head too large");
+    assert_eq!(causes[1], "too many header lines");
+}
+
+/// A `101` comes back with its connection, and bytes the backend sent
+/// right behind the head (the upgraded protocol's first message) stay
+/// with it for the tunnel, not lost and not read as HTTP.
+#[tokio::test(flavor = "current_thread")]
+async fn a_101_keeps_the_bytes_behind_it() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, server) = (target(&l), server());
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nfirst frame").unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"reply");
+    });
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::UPGRADE, "echo".parse().unwrap());
+    let mut out = Outgoing::new(&http::Method::GET, &["/"], b"a.test", h, &[], Body::Empty);
+    let (resp, conn) = send(&target, &mut out, &server).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let (mut io, early) = conn.expect("the connection, for the tunnel").into_parts();
+    assert_eq!(&early[..], b"first frame");
+    tokio::io::AsyncWriteExt::write_all(&mut io, b"reply")
+        .await
+        .unwrap();
+    backend.join().unwrap();
+    assert!(!super::has_idle(&target.pool_key));
+}
+
+/// A backend that goes quiet mid-body: after `upstream_read_timeout`
+/// without a byte the body fails (the client's response is cut off, the
+/// log says why) and the connection is not pooled.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_backend_going_quiet_mid_body() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, server) = (target(&l), server());
+    let (done_tx, done) = mpsc::channel::<()>();
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        read_head(&mut s);
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+            .unwrap();
+        done.recv().unwrap();
+    });
+    let started = tokio::time::Instant::now();
+    let got = exchange(&target, &mut get(), &server).await;
+    assert_eq!(
+        got,
+        Got::Body(
+            200,
+            Err("the backend went quiet in the middle of the body (upstream_read_timeout)".into())
+        )
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= server.upstream_read_timeout && waited < server.upstream_read_timeout * 2,
+        "failed after {waited:?}"
+    );
+    assert!(take_idle(&target.pool_key, server.upstream_idle_timeout).is_none());
+    done_tx.send(()).unwrap();
+    backend.join().unwrap();
+}
