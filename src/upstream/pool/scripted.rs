@@ -392,3 +392,67 @@ async fn a_backend_going_quiet_mid_body() {
     done_tx.send(()).unwrap();
     backend.join().unwrap();
 }
+
+/// A pooled connection the backend closes as the next request arrives
+/// (it had timed it out just then): a GET, which nothing could have
+/// acted on, is sent once more on a fresh connection; a POST is not
+/// (the backend may have acted on it) and is a 502 that says so; a close
+/// after the first byte of an answer is never retried.
+#[tokio::test(flavor = "current_thread")]
+async fn a_pooled_connection_closed_as_the_request_arrives() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, server) = (target(&l), server());
+    let (done_tx, done) = mpsc::channel::<()>();
+    let backend = std::thread::spawn(move || {
+        // What the second request on each kept connection gets, and
+        // whether a retry is due. (A wrong retry would be taken by the
+        // next round's accept, answered "first", and seen.)
+        for (second, retry) in [(&b""[..], true), (b"", false), (b"HTTP/1.1 200", false)] {
+            let (mut s, _) = l.accept().unwrap();
+            read_head(&mut s);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                .unwrap();
+            read_head(&mut s);
+            s.write_all(second).unwrap();
+            drop(s);
+            if retry {
+                let (mut s, _) = l.accept().unwrap();
+                read_head(&mut s);
+                s.write_all(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nretry",
+                )
+                .unwrap();
+            }
+        }
+        done.recv().unwrap();
+    });
+    let post = || {
+        Outgoing::new(
+            &http::Method::POST,
+            &["/"],
+            b"a.test",
+            http::HeaderMap::new(),
+            &[],
+            Body::Empty,
+        )
+    };
+    let first = Got::Body(200, Ok(Bytes::from_static(b"first")));
+    let broken = |why: &str| Got::Refused(502, "upstream_broken", why.into());
+    let mut got = Vec::new();
+    for second in [get(), post(), get()] {
+        assert_eq!(exchange(&target, &mut get(), &server).await, first);
+        assert!(super::has_idle(&target.pool_key));
+        let mut second = second;
+        got.push(exchange(&target, &mut second, &server).await);
+    }
+    assert_eq!(
+        got,
+        [
+            Got::Body(200, Ok(Bytes::from_static(b"retry"))),
+            broken("the backend closed the connection without answering"),
+            broken("closed in the middle of the response head"),
+        ]
+    );
+    done_tx.send(()).unwrap();
+    backend.join().unwrap();
+}
