@@ -951,3 +951,67 @@ async fn a_body_nobody_asks_for_stays_with_the_client() {
     assert!(out.starts_with(b"HTTP/1.1 200 "));
     drop(writer.await.unwrap());
 }
+
+/// Draining (shutdown or reload), as `proxy::server` does it: the flag
+/// is set, then the connection polled again. A request in flight is
+/// answered with `connection: close` and the pipelined one behind it is
+/// left unread; an idle keep-alive connection closes at once, not after
+/// the header read timeout.
+#[tokio::test(start_paused = true)]
+async fn draining_finishes_the_request_in_flight_and_closes_idle_connections() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    for in_flight in [true, false] {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let log: Log = Arc::default();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let info = Arc::new(ConnInfo::new(addr, addr, Scheme::Http, None));
+        let act = if in_flight { Act::Slow } else { Act::ReadBody };
+        let handler = Arc::new(Test {
+            act,
+            log: log.clone(),
+        });
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut conn = Box::pin(serve(server, info, handler, SETTINGS, draining.clone()));
+        let (drain_tx, drain) = tokio::sync::oneshot::channel();
+        let peer = tokio::spawn(async move {
+            send(
+                &mut client,
+                &[b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"],
+            )
+            .await;
+            let first = if in_flight {
+                // The handler is still waiting.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                String::new()
+            } else {
+                read_for(&mut client, Duration::from_secs(1)).await.0
+            };
+            drain_tx.send(()).unwrap();
+            let (rest, closed) = read_for(&mut client, Duration::from_secs(60)).await;
+            (first + &rest, closed)
+        });
+        tokio::select! {
+            () = conn.as_mut() => panic!("the connection ended by itself"),
+            _ = drain => {}
+        }
+        draining.store(true, Relaxed);
+        let started = tokio::time::Instant::now();
+        conn.await;
+        let (out, closed) = peer.await.unwrap();
+        assert!(closed, "in flight {in_flight}: not closed");
+        let seen: Vec<String> = log.lock().unwrap().iter().map(|(t, _)| t.clone()).collect();
+        if in_flight {
+            assert_eq!(statuses(&out), [200], "{out:?}");
+            assert!(out.contains("connection: close"), "{out:?}");
+            assert_eq!(seen, ["/a"]);
+        } else {
+            assert_eq!(statuses(&out), [200, 200], "{out:?}");
+            assert_eq!(seen, ["/a", "/b"]);
+            assert!(
+                started.elapsed() < SETTINGS.header_read_timeout,
+                "the idle connection waited {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
