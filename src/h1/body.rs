@@ -70,6 +70,18 @@ impl BodyReader {
         }
     }
 
+    /// The rest of a `100 Continue` whose writing started and did not
+    /// finish (the client was not reading): it must go out whole before
+    /// the final answer, or the client would read half a status line
+    /// followed by another.
+    pub(super) fn unsent_continue(&self) -> &'static [u8] {
+        if self.continue_left < CONTINUE.len() {
+            &CONTINUE[CONTINUE.len() - self.continue_left..]
+        } else {
+            &[]
+        }
+    }
+
     /// `Ready`: something was delivered (or the body ended); `Pending`:
     /// nothing wanted, or waiting for the client.
     pub(super) fn poll_feed<I: AsyncRead + AsyncWrite + Unpin>(

@@ -20,10 +20,25 @@
 //!   only when less than the full timeout is left (so a connection waits
 //!   between 1 and 1.25 times `header_read_timeout` for a head).
 //!
-//! Request bodies are fed on demand ([`body`]); a `101` hands the socket
-//! to the upgrade ([`upgrade`]). While a request without a body is being
-//! handled, the connection keeps reading so that a client that hangs up
-//! cancels its request (as hyper and nginx do).
+//! Request bodies are fed on demand ([`body`]): nothing of a body is read
+//! before the handler asks, so a client uploading to a handler that waits
+//! fills only its own pipe. `Expect: 100-continue` (HTTP/1.1 only; RFC
+//! 9110 10.1.1) is answered when the body is first asked for; an answer
+//! that comes before leaves no `100` owed and closes the connection (the
+//! client may or may not send the body), and a `100` that had started to
+//! go out is finished before the final answer. An unread body of a known
+//! length up to 64 KiB is read and dropped after the answer so the
+//! connection stays usable; anything else unread closes it. While a
+//! response is being written nothing is read, so a client that pipelines
+//! without reading its answers is not read from. A `101` hands the socket,
+//! with any bytes read past the head, to the upgrade ([`upgrade`]). While
+//! a request without a body is being handled, the connection keeps
+//! reading so that a client that hangs up cancels its request (as hyper
+//! and nginx do).
+//!
+//! `tests.rs` drives all of this below the socket (a scripted client on an
+//! in-memory pipe, paused time); `upstream::pool`'s `scripted` tests do
+//! the same for the backend side.
 //!
 //! # What the codec refuses, and why
 //!
@@ -189,8 +204,12 @@ where
                     after_handling(reader.as_ref(), &resp, &started, draining.load(Relaxed));
                 // Boxed per response: inline, the writer's state would be
                 // part of every connection's for its whole life.
+                let interim = reader
+                    .as_ref()
+                    .map_or(&[][..], body::BodyReader::unsent_continue);
                 let writing = Box::pin(write::write_response(
                     &mut conn.io,
+                    interim,
                     resp,
                     &started.method,
                     started.http11,

@@ -187,14 +187,16 @@ fn with_date(f: impl FnOnce(&[u8])) {
     });
 }
 
-/// Writes one response. `Ok(true)`: the connection must close after it
-/// (it said so, or its body runs until the close).
+/// Writes one response, after `interim` (the unwritten rest of an
+/// interim answer, usually nothing). `Ok(true)`: the connection must close
+/// after it (it said so, or its body runs until the close).
 ///
 /// Not an `async fn`: the head is encoded here, so the returned future
 /// holds the bytes to send and the body, not the whole response (its
 /// state is part of every connection's, idle ones included).
 pub fn write_response<'a, I: AsyncWrite + Unpin>(
     io: &'a mut I,
+    interim: &[u8],
     resp: Response<Body>,
     method: &Method,
     http11: bool,
@@ -215,6 +217,7 @@ pub fn write_response<'a, I: AsyncWrite + Unpin>(
     };
     let small = exact.filter(|&n| n < WRITE_DIRECT as u64).unwrap_or(0) as usize;
     let mut out = Vec::with_capacity(512 + small);
+    out.extend_from_slice(interim);
     encode_head(
         &mut out,
         parts.status,

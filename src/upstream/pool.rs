@@ -220,6 +220,9 @@ pub fn has_idle(key: &PoolKey) -> bool {
 }
 
 #[cfg(test)]
+mod scripted;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
