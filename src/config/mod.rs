@@ -7,6 +7,7 @@
 //! sockets or touches shared state, so a reload can call it off the hot
 //! path and throw the result away when it fails.
 
+mod acme_section;
 mod cluster_section;
 mod cx;
 mod docker_section;
