@@ -3,8 +3,9 @@
 //! program) and `[[acme_certificate]]` (certificates ordered by name, such
 //! as wildcards).
 
+use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -13,13 +14,111 @@ use super::cx::Cx;
 use super::file::{FileAcme, FileAcmeCertificate, FileDns};
 use super::route_section::parse_host_pattern;
 use super::validate::resolve_relative;
-use super::{
-    AcmeCertificateConfig, AcmeConfig, ChallengeKind, DnsConfig, HostPattern, Secret, SecretBytes,
-    TsigAlgorithm,
-};
+use super::{HostPattern, Secret, SecretBytes};
 
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+// --- checked ------------------------------------------------------------------
+
+/// `[acme]`, checked.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub email: Option<String>,
+    /// Directory URL.
+    pub directory: String,
+    pub challenge: ChallengeKind,
+    pub ca_file: Option<PathBuf>,
+    pub max_concurrent_orders: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Where dns-01 records are written; None = dns-01 not configured.
+    pub dns: Option<DnsConfig>,
+    /// Longest wait for a dns-01 record to be visible.
+    pub propagation_timeout: Duration,
+    /// Where to check propagation; empty = the zone's authoritative servers.
+    pub resolvers: Vec<SocketAddr>,
+    /// Exact hosts covered by an ACME wildcard use it (no order of their own).
+    pub reuse_wildcard: bool,
+}
+
+/// `[acme] dns`, checked, with its secret read.
+#[derive(Debug, Clone)]
+pub enum DnsConfig {
+    /// RFC 2136 dynamic update signed with TSIG (BIND, Knot, PowerDNS...).
+    Rfc2136 {
+        server: SocketAddr,
+        /// Fully qualified, lowercase, with the trailing dot.
+        zone: String,
+        tsig_key_name: String,
+        tsig_algorithm: TsigAlgorithm,
+        /// The decoded TSIG secret.
+        tsig_secret: SecretBytes,
+    },
+    /// Cloudflare's API v4.
+    Cloudflare {
+        api_token: Secret,
+        /// Only set by tests (a local stand-in); None = the real API.
+        api_url: Option<String>,
+    },
+    /// A program called as `COMMAND... present|cleanup FQDN VALUE`.
+    Exec { command: Vec<String> },
+}
+
+impl DnsConfig {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            DnsConfig::Rfc2136 { .. } => "rfc2136",
+            DnsConfig::Cloudflare { .. } => "cloudflare",
+            DnsConfig::Exec { .. } => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+}
+
+/// `[[acme_certificate]]`, checked.
+#[derive(Debug, Clone)]
+pub struct AcmeCertificateConfig {
+    /// Lowercase names, the first one names the certificate.
+    pub names: Vec<HostPattern>,
+    pub challenge: ChallengeKind,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    Http01,
+    TlsAlpn01,
+    Dns01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
+        }
+    }
+}
+
+// --- checks -------------------------------------------------------------------
 
 impl Cx<'_> {
     pub(super) fn acme(&mut self, span: Range<usize>, raw: FileAcme) -> Option<AcmeConfig> {

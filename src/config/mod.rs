@@ -19,6 +19,7 @@ mod oidc_section;
 mod options_section;
 mod route_auth;
 mod route_section;
+mod secret;
 mod server_section;
 mod starter;
 mod tls_section;
@@ -30,6 +31,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use acme_section::{
+    AcmeCertificateConfig, AcmeConfig, ChallengeKind, DnsConfig, TsigAlgorithm,
+};
 pub use cluster_section::{ClusterConfig, ClusterKey, SentinelUrl};
 pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
@@ -42,6 +46,7 @@ pub use options_section::{
 };
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
+pub use secret::{MAX_SECRET_FILE_BYTES, Secret, SecretBytes};
 pub use starter::starter;
 pub use tls_section::pattern_covers;
 pub use validate::{load, load_without_files, parse};
@@ -79,122 +84,6 @@ pub struct Config {
     /// Files holding secrets that the checked sections keep only the
     /// contents of (`[cluster]`'s, the DNS-01 provider's): watched.
     pub secret_files: Vec<PathBuf>,
-}
-
-/// `[acme]`, checked.
-#[derive(Debug, Clone)]
-pub struct AcmeConfig {
-    pub email: Option<String>,
-    /// Directory URL.
-    pub directory: String,
-    pub challenge: ChallengeKind,
-    pub ca_file: Option<PathBuf>,
-    pub max_concurrent_orders: usize,
-    pub retry_min: Duration,
-    pub retry_max: Duration,
-    /// Where dns-01 records are written; None = dns-01 not configured.
-    pub dns: Option<DnsConfig>,
-    /// Longest wait for a dns-01 record to be visible.
-    pub propagation_timeout: Duration,
-    /// Where to check propagation; empty = the zone's authoritative servers.
-    pub resolvers: Vec<SocketAddr>,
-    /// Exact hosts covered by an ACME wildcard use it (no order of their own).
-    pub reuse_wildcard: bool,
-}
-
-/// `[acme] dns`, checked, with its secret read.
-#[derive(Debug, Clone)]
-pub enum DnsConfig {
-    /// RFC 2136 dynamic update signed with TSIG (BIND, Knot, PowerDNS...).
-    Rfc2136 {
-        server: SocketAddr,
-        /// Fully qualified, lowercase, with the trailing dot.
-        zone: String,
-        tsig_key_name: String,
-        tsig_algorithm: TsigAlgorithm,
-        /// The decoded TSIG secret.
-        tsig_secret: SecretBytes,
-    },
-    /// Cloudflare's API v4.
-    Cloudflare {
-        api_token: Secret,
-        /// Only set by tests (a local stand-in); None = the real API.
-        api_url: Option<String>,
-    },
-    /// A program called as `COMMAND... present|cleanup FQDN VALUE`.
-    Exec { command: Vec<String> },
-}
-
-impl DnsConfig {
-    pub fn provider(&self) -> &'static str {
-        match self {
-            DnsConfig::Rfc2136 { .. } => "rfc2136",
-            DnsConfig::Cloudflare { .. } => "cloudflare",
-            DnsConfig::Exec { .. } => "exec",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TsigAlgorithm {
-    HmacSha256,
-    HmacSha384,
-    HmacSha512,
-}
-
-impl TsigAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TsigAlgorithm::HmacSha256 => "hmac-sha256",
-            TsigAlgorithm::HmacSha384 => "hmac-sha384",
-            TsigAlgorithm::HmacSha512 => "hmac-sha512",
-        }
-    }
-}
-
-/// Secret bytes (a decoded key). Its `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretBytes(Vec<u8>);
-
-impl SecretBytes {
-    pub fn new(v: Vec<u8>) -> Self {
-        SecretBytes(v)
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretBytes(<redacted>)")
-    }
-}
-
-/// `[[acme_certificate]]`, checked.
-#[derive(Debug, Clone)]
-pub struct AcmeCertificateConfig {
-    /// Lowercase names, the first one names the certificate.
-    pub names: Vec<HostPattern>,
-    pub challenge: ChallengeKind,
-    pub line: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChallengeKind {
-    Http01,
-    TlsAlpn01,
-    Dns01,
-}
-
-impl ChallengeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChallengeKind::Http01 => "http-01",
-            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
-            ChallengeKind::Dns01 => "dns-01",
-        }
-    }
 }
 
 /// `[[certificate]]`, checked and loaded.
@@ -286,55 +175,6 @@ impl fmt::Debug for ServerConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// A secret read from a file. Its `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Secrets are tokens and passwords: anything bigger is the wrong file
-/// (or `/dev/zero`), refused instead of read into memory.
-pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
-
-impl Secret {
-    /// Reads a secret file: surrounding whitespace trimmed, refused when
-    /// empty, larger than [`MAX_SECRET_FILE_BYTES`] or not UTF-8. The
-    /// message names the file, never the content.
-    pub fn read_file(path: &std::path::Path) -> Result<Secret, String> {
-        use std::io::Read;
-        let shown = path.display();
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SECRET_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read {shown}: {e}"))?;
-        if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-            return Err(format!(
-                "{shown} is larger than {} KiB; a secret file holds one token",
-                MAX_SECRET_FILE_BYTES / 1024
-            ));
-        }
-        let text = String::from_utf8(bytes).map_err(|_| format!("{shown} is not UTF-8 text"))?;
-        match text.trim() {
-            "" => Err(format!("{shown} is empty")),
-            t => Ok(Secret(t.to_string())),
-        }
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -703,29 +543,6 @@ impl Config {
     /// Resolves a path written in the config relative to the config's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         validate::resolve_relative(&self.source, p)
-    }
-}
-
-#[cfg(test)]
-mod secret_tests {
-    use super::*;
-
-    #[test]
-    fn secret_files_are_trimmed_and_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s");
-        std::fs::write(&p, "  tok3n\n").unwrap();
-        assert_eq!(Secret::read_file(&p).unwrap().expose(), "tok3n");
-        std::fs::write(&p, " \n").unwrap();
-        assert!(Secret::read_file(&p).unwrap_err().contains("is empty"));
-        std::fs::write(&p, vec![b'x'; MAX_SECRET_FILE_BYTES as usize + 1]).unwrap();
-        let e = Secret::read_file(&p).unwrap_err();
-        assert!(e.contains("larger than 64 KiB"), "{e}");
-        assert!(!e.contains("xxxx"), "the content is never shown: {e}");
-        std::fs::write(&p, [0xff, 0xfe]).unwrap();
-        assert!(Secret::read_file(&p).unwrap_err().contains("not UTF-8"));
-        let e = Secret::read_file(&dir.path().join("missing")).unwrap_err();
-        assert!(e.starts_with("cannot read"), "{e}");
     }
 }
 
