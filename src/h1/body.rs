@@ -15,7 +15,7 @@ use crate::http::body::{Demand, Feed};
 
 /// Room asked for before each read of a request body.
 const BODY_READ: usize = 16 * 1024;
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How a request body is delimited.
 pub(super) enum Reading {
@@ -80,6 +80,13 @@ impl BodyReader {
         } else {
             &[]
         }
+    }
+
+    /// What of `100 Continue` must precede a `101`: all of it not yet
+    /// written, sent or not (RFC 9110 7.8: a server that switches
+    /// protocols on a request expecting 100-continue sends the 100 first).
+    pub(super) fn continue_before_switching(&self) -> &'static [u8] {
+        &CONTINUE[CONTINUE.len() - self.continue_left..]
     }
 
     /// `Ready`: something was delivered (or the body ended); `Pending`:

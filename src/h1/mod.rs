@@ -26,7 +26,8 @@
 //! 9110 10.1.1) is answered when the body is first asked for; an answer
 //! that comes before leaves no `100` owed and closes the connection (the
 //! client may or may not send the body), and a `100` that had started to
-//! go out is finished before the final answer. An unread body of a known
+//! go out is finished before the final answer; a `101` to a request that
+//! expects one is preceded by the whole `100` (RFC 9110 7.8). An unread body of a known
 //! length up to 64 KiB is read and dropped after the answer so the
 //! connection stays usable; anything else unread closes it. While a
 //! response is being written nothing is read, so a client that pipelines
@@ -204,9 +205,12 @@ where
                     after_handling(reader.as_ref(), &resp, &started, draining.load(Relaxed));
                 // Boxed per response: inline, the writer's state would be
                 // part of every connection's for its whole life.
-                let interim = reader
-                    .as_ref()
-                    .map_or(&[][..], body::BodyReader::unsent_continue);
+                let interim = match reader.as_ref() {
+                    Some(r) if switching => r.continue_before_switching(),
+                    Some(r) => r.unsent_continue(),
+                    None if switching && started.expect_continue => body::CONTINUE,
+                    None => &[],
+                };
                 let writing = Box::pin(write::write_response(
                     &mut conn.io,
                     interim,
@@ -290,6 +294,9 @@ struct Started {
     method: http::Method,
     http11: bool,
     keep_alive: bool,
+    /// The client asked for `100 Continue` (owed before a `101` even
+    /// without a body).
+    expect_continue: bool,
     /// Where a `101` hands the connection over.
     upgrade_tx: Option<oneshot::Sender<upgrade::Upgraded>>,
 }
@@ -341,6 +348,7 @@ fn start<'a, H: Handler>(
         method,
         http11,
         keep_alive,
+        expect_continue,
         upgrade_tx,
     };
     (fut, reader, started)
