@@ -27,8 +27,8 @@
 //! that comes before leaves no `100` owed and closes the connection (the
 //! client may or may not send the body), and a `100` that had started to
 //! go out is finished before the final answer; a `101` to a request that
-//! expects one is preceded by the whole `100` (RFC 9110 7.8). An unread body of a known
-//! length up to 64 KiB is read and dropped after the answer so the
+//! expects one is preceded by the whole `100` (RFC 9110 7.8). An unread
+//! body of a known length up to 64 KiB is read and dropped after the answer so the
 //! connection stays usable; anything else unread closes it. While a
 //! response is being written nothing is read, so a client that pipelines
 //! without reading its answers is not read from. A `101` hands the socket,
