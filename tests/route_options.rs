@@ -365,6 +365,40 @@ security_headers = true"#;
     assert_eq!(rt["security_headers"], true);
 }
 
+/// Rules whose values have no placeholder are written as header lines
+/// after the client's headers instead of through the header map: the
+/// backend must see exactly what the map would have given it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_header_rules_replace_append_and_remove_like_any_rule() {
+    let be = Backend::echo().await;
+    let extra = r#"request_headers = { set = { "X-Env" = "prod", "X-Both" = "set" }, add = { "X-Tag" = "fixed", "X-Both" = "added" }, remove = ["X-Debug"] }
+response_headers = { set = { "Cache-Control" = "no-store" }, remove = ["X-Powered-By"] }"#;
+    let toml = format!("{SERVER}\n{}", route("lit.test", &be.url(), extra));
+    let gw = Gateway::builder(&toml).start().await;
+    let c = gw.client();
+    let r = get(
+        c,
+        &gw,
+        "lit.test",
+        "/x?h=x-powered-by:php&h=cache-control:max-age=60",
+        &[
+            ("x-debug", "1"),
+            ("x-env", "dev"),
+            ("x-tag", "mine"),
+            ("x-both", "client"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let e = Echo(r.json());
+    assert_eq!(e.header("x-debug"), None);
+    assert_eq!(e.header_all("x-env"), ["prod"]);
+    assert_eq!(e.header_all("x-tag"), ["mine", "fixed"]);
+    assert_eq!(e.header_all("x-both"), ["set", "added"]);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("x-powered-by").is_none());
+}
+
 #[test]
 fn rules_may_not_touch_headers_the_gateway_manages() {
     for name in [

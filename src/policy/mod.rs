@@ -33,13 +33,34 @@ use crate::http::error::ProxyError;
 use crate::telemetry::metrics::RouteMetrics;
 
 /// What the placeholders of header rules stand for, for one request.
+/// Built only for a route whose rules use them (or that compresses): see
+/// [`Policy::needs_placeholders`]. Nothing in it is copied from the
+/// request: the host and request id are shared header values.
 #[derive(Debug, Clone)]
 pub struct Placeholders {
     pub client_ip: IpAddr,
-    pub host: String,
+    pub host: RequestHost,
     pub request_id: HeaderValue,
     pub user: Option<Arc<str>>,
     pub scheme: Scheme,
+}
+
+/// The host as the client sent it, shared with the request rather than
+/// copied: the URI's authority (HTTP/2's `:authority`, an absolute-form
+/// target) when there is one, else the Host header.
+#[derive(Debug, Clone)]
+pub enum RequestHost {
+    Authority(http::uri::Authority),
+    Header(HeaderValue),
+}
+
+impl RequestHost {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RequestHost::Authority(a) => a.as_str(),
+            RequestHost::Header(h) => h.to_str().unwrap_or(""),
+        }
+    }
 }
 
 /// A request the policy turned away: an error page, or a response of its
@@ -55,6 +76,12 @@ pub struct Policy {
     limiter: Option<Arc<rate::Limiter>>,
     by: crate::config::RateBy,
     request_rules: crate::config::HeaderRules,
+    /// The request rules' values as header lines, when all are literal
+    /// (`rules::literal_lines`); then only removals touch the map.
+    request_lines: Option<Box<[u8]>>,
+    /// A rule's value uses a placeholder, or the response is compressed
+    /// (its tower chain takes them with the client's Accept-Encoding).
+    placeholders: bool,
     /// Authorization is removed before forwarding (access list with
     /// passwords and `pass_auth = false`).
     strip_authorization: bool,
@@ -85,7 +112,12 @@ impl Policy {
         {
             return None;
         }
+        let placeholders = rules::uses_placeholders(&options.request_headers)
+            || rules::uses_placeholders(&options.response_headers)
+            || options.compress.is_some();
         Some(Policy {
+            placeholders,
+            request_lines: rules::literal_lines(&options.request_headers),
             access: options.access.clone().map(access::Gate::new),
             limiter: options.rate_limit.map(|r| limiters.get(r)),
             by: options
@@ -107,11 +139,22 @@ impl Policy {
         self.access.is_some()
     }
 
-    /// Whether forwarding needs the placeholders: request or response
-    /// rules, compression, or an Authorization header to strip. A route
-    /// with only a rate limit builds none.
+    /// Whether forwarding needs the placeholders: a rule's value uses one,
+    /// or the response is compressed. A route with only a rate limit, or
+    /// rules with literal values, builds none (and passes `None` to
+    /// [`Policy::request_headers`] and [`Policy::respond_in_place`]).
     pub fn needs_placeholders(&self) -> bool {
-        self.strip_authorization || !self.request_rules.is_empty() || self.response.is_some()
+        self.placeholders
+    }
+
+    /// Whether [`Policy::request_headers`] has anything to do.
+    pub fn has_request_rules(&self) -> bool {
+        self.strip_authorization || !self.request_rules.is_empty()
+    }
+
+    /// Whether [`Policy::respond_in_place`] has anything to do.
+    pub fn has_response_side(&self) -> bool {
+        self.response.is_some()
     }
 
     /// The access list: address rules and passwords. The basic-auth user
@@ -152,18 +195,30 @@ impl Policy {
     }
 
     /// Request header rules, applied after the gateway's own rewriting.
-    pub fn request_headers(&self, headers: &mut HeaderMap, p: &Placeholders) {
+    /// `p` is `None` only when [`Policy::needs_placeholders`] is false.
+    pub fn request_headers(&self, headers: &mut HeaderMap, p: Option<&Placeholders>) {
         if self.strip_authorization {
             headers.remove(http::header::AUTHORIZATION);
         }
-        rules::apply(&self.request_rules, headers, p);
+        match &self.request_lines {
+            Some(_) => rules::remove_for_lines(&self.request_rules, headers),
+            None => rules::apply(&self.request_rules, headers, p),
+        }
+    }
+
+    /// Header lines the forwarding step writes into the upstream request
+    /// after the client's headers: the request rules' literal values (see
+    /// [`Policy::request_headers`]). Empty when they went into the map.
+    pub fn request_lines(&self) -> &[u8] {
+        self.request_lines.as_deref().unwrap_or_default()
     }
 
     /// The response side when it has nothing to wait for (no compression):
     /// done in place, without the future of [`Policy::respond`] (boxed by
     /// the caller, it cost a large allocation per request). False: call
     /// `respond`.
-    pub fn respond_in_place(&self, resp: &mut Response<Body>, p: &Placeholders) -> bool {
+    /// `p` is `None` only when [`Policy::needs_placeholders`] is false.
+    pub fn respond_in_place(&self, resp: &mut Response<Body>, p: Option<&Placeholders>) -> bool {
         match &self.response {
             None => true,
             Some(c) => c.run_in_place(resp, p),
@@ -182,5 +237,89 @@ impl Policy {
             None => resp,
             Some(c) => c.run(resp, accept_encoding, p).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compress, CompressLevel, HeaderRules, Piece, Template};
+
+    fn template(pieces: Vec<Piece>, fixed: Option<&'static str>) -> Template {
+        Template {
+            pieces,
+            fixed: fixed.map(HeaderValue::from_static),
+            source: String::new(),
+        }
+    }
+
+    fn build(options: &RouteOptions) -> Policy {
+        Policy::build(
+            options,
+            &mut rate::Shared::default(),
+            Arc::new(RouteMetrics::default()),
+        )
+        .expect("options set")
+    }
+
+    #[test]
+    fn placeholders_are_built_only_when_a_value_or_compression_needs_them() {
+        let literal = RouteOptions {
+            request_headers: HeaderRules {
+                set: vec![(
+                    http::HeaderName::from_static("x-env"),
+                    template(vec![Piece::Text("prod".into())], Some("prod")),
+                )],
+                ..Default::default()
+            },
+            response_headers: HeaderRules {
+                remove: vec![http::header::SERVER],
+                ..Default::default()
+            },
+            security_headers: true,
+            ..Default::default()
+        };
+        let p = build(&literal);
+        assert!(!p.needs_placeholders());
+        assert!(p.has_request_rules() && p.has_response_side());
+        assert_eq!(p.request_lines(), b"x-env: prod\r\n");
+
+        let mut with_placeholder = literal.clone();
+        with_placeholder.response_headers.add = vec![(
+            http::HeaderName::from_static("x-served-for"),
+            template(vec![Piece::ClientIp], None),
+        )];
+        assert!(build(&with_placeholder).needs_placeholders());
+
+        let mut compressing = literal.clone();
+        compressing.compress = Some(Compress {
+            level: CompressLevel::Fastest,
+            min_size: 1024,
+        });
+        assert!(build(&compressing).needs_placeholders());
+    }
+
+    #[test]
+    fn literal_request_rules_leave_only_removals_to_the_map() {
+        let options = RouteOptions {
+            request_headers: HeaderRules {
+                set: vec![(
+                    http::HeaderName::from_static("x-env"),
+                    template(vec![Piece::Text("prod".into())], Some("prod")),
+                )],
+                remove: vec![http::HeaderName::from_static("x-debug")],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = build(&options);
+        let mut h = HeaderMap::new();
+        h.insert("x-env", HeaderValue::from_static("dev"));
+        h.insert("x-debug", HeaderValue::from_static("1"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        p.request_headers(&mut h, None);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+        assert_eq!(p.request_lines(), b"x-env: prod\r\n");
     }
 }

@@ -87,12 +87,12 @@ impl Chain {
 
     /// Without compression: the header rules applied to `resp` now (an
     /// upgrade's 101 left as the backend sent it). False with compression.
-    pub fn run_in_place(&self, resp: &mut Response<Body>, p: &Placeholders) -> bool {
+    pub fn run_in_place(&self, resp: &mut Response<Body>, p: Option<&Placeholders>) -> bool {
         let Some((rules, security)) = &self.direct else {
             return false;
         };
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            headers(rules, *security, resp, Some(p));
+            headers(rules, *security, resp, p);
         }
         true
     }
@@ -139,9 +139,7 @@ fn headers(
     resp: &mut Response<Body>,
     p: Option<&Placeholders>,
 ) {
-    if let Some(p) = p {
-        super::rules::apply(rules, resp.headers_mut(), p);
-    }
+    super::rules::apply(rules, resp.headers_mut(), p);
     if security {
         let h = resp.headers_mut();
         for (name, value) in [

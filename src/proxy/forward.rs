@@ -68,6 +68,9 @@ pub struct Forward<'a> {
     pub forwarded: Option<Forwarded<'a>>,
     /// This request's id (`X-Request-Id`).
     pub request_id: &'a HeaderValue,
+    /// The route's request header rules with literal values, as header
+    /// lines (`Policy::request_lines`), written after the client's.
+    pub rule_lines: &'a [u8],
 }
 
 /// The forwarding headers of a request from a peer that is not a trusted
@@ -101,14 +104,14 @@ impl Forward<'_> {
                 id,
                 b"\r\n",
                 self.identity,
-                b"",
+                self.rule_lines,
             ],
             None => [
                 b"x-request-id: ",
                 id,
                 b"\r\n",
                 self.identity,
-                b"",
+                self.rule_lines,
                 b"",
                 b"",
                 b"",

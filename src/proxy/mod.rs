@@ -297,26 +297,33 @@ fn route_request<'a>(
             outcome.user = Some(w.identity().display_name().to_string());
         }
         // A route with options: the placeholders' values and the client's
-        // Accept-Encoding (read now: forwarding hands the header map on).
-        // Boxed, so a route without options carries one pointer.
+        // Accept-Encoding (read now: forwarding hands the header map on),
+        // only when a rule's value uses a placeholder or the route
+        // compresses. Boxed, so a route without them carries one pointer.
         let mut extras: Option<Box<(crate::policy::Placeholders, Option<HeaderValue>)>> = None;
         if let Some(p) = policy {
-            let user: Option<std::sync::Arc<str>> = match &who {
-                Some(w) => Some(w.identity().display_name().into()),
-                None => basic_user,
+            let user: Option<&str> = match &who {
+                Some(w) => Some(w.identity().display_name()),
+                None => basic_user.as_deref(),
             };
-            if outcome.user.is_none() {
-                outcome.user = user.as_deref().map(str::to_string);
+            if let Some(u) = user
+                && outcome.user.is_none()
+                && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+            {
+                outcome.user = Some(u.to_string());
             }
-            if let Err(r) = p.limit(client.ip, user.as_deref(), request_id) {
+            if let Err(r) = p.limit(client.ip, user, request_id) {
                 return refused(r);
             }
             if p.needs_placeholders() {
                 let ph = crate::policy::Placeholders {
                     client_ip: client.ip,
-                    host: raw_host.to_string(),
+                    host: placeholder_host(&req, first_host, raw_host),
                     request_id: request_id.clone(),
-                    user,
+                    user: match &who {
+                        Some(w) => Some(w.identity().display_name().into()),
+                        None => basic_user.clone(),
+                    },
                     scheme: conn.scheme,
                 };
                 extras = Some(Box::new((
@@ -336,8 +343,10 @@ fn route_request<'a>(
                         .map_err(|_| ProxyError::BadRequest("The Host header is not valid."))?,
                 };
                 let (upgrade, forwarded) = prepare_forward(conn, &mut req, &client, &host_value);
-                if let (Some(p), Some(x)) = (policy, &extras) {
-                    p.request_headers(req.headers_mut(), &x.0);
+                if let Some(p) = policy
+                    && p.has_request_rules()
+                {
+                    p.request_headers(req.headers_mut(), extras.as_ref().map(|x| &x.0));
                 }
                 let fwd = Forward {
                     route,
@@ -349,25 +358,45 @@ fn route_request<'a>(
                     upgrade,
                     forwarded,
                     request_id,
+                    rule_lines: policy.map_or(&[][..], |p| p.request_lines()),
                 };
                 let (result, used) = forward::forward(fwd, &mut req).await;
                 outcome.upstream_index = used;
                 result
             }
         };
-        if let (Some(p), Some(x)) = (policy, extras)
-            && let Ok(mut resp) = result
+        if let Some(p) = policy
+            && p.has_response_side()
+            && let Ok(resp) = &mut result
+            && !p.respond_in_place(resp, extras.as_ref().map(|x| &x.0))
+            && let Some(x) = extras
+            && let Ok(resp) = result
         {
+            // Compression: the tower chain (which always has the extras).
             let (ph, accept_encoding) = *x;
-            if !p.respond_in_place(&mut resp, &ph) {
-                resp = Box::pin(p.respond(resp, accept_encoding, ph)).await;
-            }
-            result = Ok(resp);
+            result = Ok(Box::pin(p.respond(resp, accept_encoding, ph)).await);
         }
         if who.is_some() {
             private_to_user(&mut result);
         }
         result
+    }
+}
+
+/// The host for the `{host}` placeholder: the one [`request_host`] chose
+/// (the URI's authority, else the Host header), shared, not copied.
+fn placeholder_host(
+    req: &Request<Body>,
+    first_host: Option<&HeaderValue>,
+    raw_host: &str,
+) -> crate::policy::RequestHost {
+    match (req.uri().authority(), first_host) {
+        (Some(a), _) => crate::policy::RequestHost::Authority(a.clone()),
+        (None, Some(h)) => crate::policy::RequestHost::Header(h.clone()),
+        // Not reached: `request_host` found one of the two.
+        (None, None) => crate::policy::RequestHost::Header(
+            HeaderValue::from_str(raw_host).unwrap_or(HeaderValue::from_static("")),
+        ),
     }
 }
 
