@@ -16,9 +16,10 @@ use std::sync::atomic::Ordering;
 use criterion::{BatchSize, Criterion, criterion_group};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use portcullis::http::conn::client_ip;
 use portcullis::http::request_id::{REQUEST_ID, RequestIds, request_id};
 use portcullis::proxy::headers::{
-    Origin, client_ip, is_upgrade_request, remove_hop_by_hop, set_forwarded, strip_spoofable,
+    Origin, is_upgrade_request, remove_hop_by_hop, set_forwarded, strip_spoofable,
 };
 
 #[path = "common/counting_alloc.rs"]

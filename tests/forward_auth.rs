@@ -385,3 +385,49 @@ async fn forward_auth_fails_closed_when_the_proxy_does_not_say_what_it_asks() {
         "{redirect_uri}"
     );
 }
+
+/// A route's `allow_ips` and `deny_ips` hold for the requests another
+/// proxy asks about, as for the ones we proxy: the client it names in
+/// `X-Forwarded-For` is judged (the right-most untrusted address), and a
+/// proxy that names none is judged itself, so a route open only to client
+/// addresses refuses rather than trusting the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_applies_the_routes_address_rules() {
+    let env = Env::start(
+        "[[route]]\nhost = \"*\"\npath = \"/office\"\nupstream = \"{up}\"\nallow_ips = [\"10.20.0.0/16\"]\n\n\
+         [[route]]\nhost = \"*\"\npath = \"/open\"\nupstream = \"{up}\"\ndeny_ips = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    // Through nginx, whose client is 127.0.0.1: outside the office range,
+    // and denied on /open; the backend sees neither.
+    env.refused("/office", 403).await;
+    env.refused("/open", 403).await;
+    assert_eq!(env.via_nginx("/", &[]).await.status, 200);
+
+    let ask = |path: &'static str, forwarded_for: Option<&'static str>| {
+        let addr = env.gw.http_addr();
+        async move {
+            let uri = format!("X-Original-URI: {path}");
+            let xff = forwarded_for.map(|f| format!("X-Forwarded-For: {f}"));
+            let mut head = vec!["GET /.portcullis/auth HTTP/1.1", "Host: app.test"];
+            head.push(&uri);
+            head.push("X-Forwarded-Host: app.test");
+            if let Some(x) = &xff {
+                head.push(x);
+            }
+            head.push("Connection: close");
+            raw(addr, &head, b"").await.status
+        }
+    };
+    assert_eq!(ask("/office", Some("10.20.3.4")).await, 200);
+    assert_eq!(ask("/office", Some("192.0.2.1")).await, 403);
+    // An office address claimed behind an untrusted hop is not believed.
+    assert_eq!(ask("/office", Some("10.20.3.4, 192.0.2.1")).await, 403);
+    assert_eq!(
+        ask("/office", None).await,
+        403,
+        "the proxy itself is judged"
+    );
+    assert_eq!(ask("/open", Some("192.0.2.1")).await, 200);
+    assert_eq!(ask("/open", None).await, 403);
+}

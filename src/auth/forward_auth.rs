@@ -31,7 +31,8 @@ const BAD_HOST: &str = "The forwarded host is not valid.";
 
 /// `/.portcullis/auth` for other proxies (nginx `auth_request`, Traefik
 /// and Caddy `forward_auth`): the route matching the original host and URI
-/// decides. 200 with identity headers, 403, or 401; with
+/// decides (its address rules, access list and sign-in). 200 with
+/// identity headers, 403, or 401; with
 /// `X-Forwarded-Host` from a trusted proxy, browsers get the login redirect.
 ///
 /// The forwarded path goes through the request path's own steps (URI
@@ -57,6 +58,15 @@ pub(super) async fn forward_auth(
     let host = crate::routing::normalize_host(asked.host(), &mut buf)
         .ok_or(ProxyError::BadRequest(BAD_HOST))?;
     let route = (cx.find_route)(host, &path)?;
+    // The route's address rules, for the client the proxy names: the
+    // right-most untrusted address of `X-Forwarded-For` (nginx:
+    // `$proxy_add_x_forwarded_for`), else the proxy itself, which fails
+    // closed on a route that allows only client addresses.
+    let peer = crate::http::conn::canonical_ip(conn.peer.ip());
+    let client = crate::http::conn::client_ip(headers, peer, |ip| cx.is_trusted_proxy(ip));
+    if !route.limits.allows(client) {
+        return Err(ProxyError::AddressDenied);
+    }
     // An access list (addresses, htpasswd users) is checked where requests
     // are proxied, not here: saying 200 would let the other proxy serve
     // what the list protects, so such a route is refused (deny by default).

@@ -57,7 +57,60 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the right-most address in `X-Forwarded-For` that is not itself
+/// a trusted proxy.
+pub fn client_ip(
+    headers: &http::HeaderMap,
+    peer: IpAddr,
+    is_trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for addr in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match addr.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// An IP address as a header value.
 pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_walks_trusted_chain() {
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("9.9.9.9, 1.2.3.4, 10.0.0.2"),
+        );
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, peer, trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let untrusted: IpAddr = "5.5.5.5".parse().unwrap();
+        assert_eq!(client_ip(&h, untrusted, trusted), untrusted);
+    }
 }

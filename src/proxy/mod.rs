@@ -616,7 +616,7 @@ struct Client {
 fn client_of(snap: &Snapshot, conn: &ConnInfo, req: &Request<Body>) -> Client {
     let peer = crate::http::conn::canonical_ip(conn.peer.ip());
     let peer_trusted = snap.is_trusted_proxy(peer);
-    let ip = headers::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
+    let ip = crate::http::conn::client_ip(req.headers(), peer, |ip| snap.is_trusted_proxy(ip));
     Client {
         peer,
         peer_trusted,
