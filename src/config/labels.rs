@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use toml::de::DeTable;
 
+use super::access_section::AccessSet;
 use super::cx::Cx;
 use super::file::FileRoute;
 use super::oidc_section::OidcSet;
-use super::options_section::AccessSet;
 use super::{Config, DefaultAuth, HostPattern, RouteAuth, RouteConfig, RouteSource};
 
 /// A running container as discovery saw it.

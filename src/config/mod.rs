@@ -7,6 +7,7 @@
 //! sockets or touches shared state, so a reload can call it off the hot
 //! path and throw the result away when it fails.
 
+mod access_section;
 mod acme_section;
 mod cluster_section;
 mod cx;
@@ -31,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use access_section::{AccessList, HashKind, HtpasswdUser, Satisfy, read_htpasswd};
 pub use acme_section::{
     AcmeCertificateConfig, AcmeConfig, ChallengeKind, DnsConfig, TsigAlgorithm,
 };
@@ -40,9 +42,8 @@ pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
 pub use options_section::{
-    AccessList, Compress, CompressLevel, DefaultRoute, ErrorPages, HashKind, HeaderRules,
-    HtpasswdUser, Piece, RateBy, RateLimit, RouteOptions, Satisfy, ServerOptions, StatusMatch,
-    Template, read_htpasswd, reserved_header,
+    Compress, CompressLevel, DefaultRoute, ErrorPages, HeaderRules, Piece, RateBy, RateLimit,
+    RouteOptions, ServerOptions, StatusMatch, Template, reserved_header,
 };
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};

@@ -19,7 +19,7 @@ impl Cx<'_> {
         raw: FileRoute,
         server: &ServerConfig,
         oidc: &super::oidc_section::OidcSet,
-        access: &super::options_section::AccessSet,
+        access: &super::access_section::AccessSet,
     ) -> Option<RouteConfig> {
         let key = format!("route[{index}]");
         let errors_before = self.errors.len();
