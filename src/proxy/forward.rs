@@ -277,7 +277,10 @@ async fn forward_with_retries(
 /// `grpc-timeout` (`<digits><unit>`, units H M S m u n), when the request
 /// is gRPC.
 fn grpc_timeout(h: &http::HeaderMap) -> Option<Duration> {
-    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    // A constant name: looking up by `&str` parses and checks the name on
+    // every request (about 340 instructions of a plain request's 27,600).
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    let v = h.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
