@@ -44,6 +44,7 @@ use serde_norway::Value as Yaml;
 use support::backend::Backend;
 use support::client::TestClient;
 use support::gateway::{Gateway, GatewayProcess};
+use support::promql;
 use support::redis::Redis;
 
 const PROMETHEUS_MISSING: &str = "install the Debian package `prometheus` (scripts/test.sh does): it provides the prometheus server and promtool";
@@ -291,118 +292,6 @@ fn rules_with_short_for(text: &str) -> String {
 
 // --- PromQL, read just enough ------------------------------------------------------
 
-/// What an expression selects on: its metric selectors (`name` or
-/// `name{matchers}`) and the label names of its `by (...)` clauses.
-#[derive(Debug, Default, PartialEq)]
-struct Uses {
-    selectors: Vec<String>,
-    by: BTreeSet<String>,
-}
-
-fn promql_uses(expr: &str) -> Uses {
-    const KEYWORDS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "bool",
-        "and",
-        "or",
-        "unless",
-        "offset",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let b: Vec<char> = expr.chars().collect();
-    let mut u = Uses::default();
-    let mut i = 0;
-    // Index just past the block that starts at `i` (`{`, `[` or a quote).
-    fn skip_rec(b: &[char], i: usize) -> usize {
-        let close = match b[i] {
-            '{' => '}',
-            '[' => ']',
-            q => q,
-        };
-        let quoted = close == b[i];
-        let mut i = i + 1;
-        while i < b.len() && b[i] != close {
-            if quoted && b[i] == '\\' {
-                i += 1;
-            } else if !quoted && matches!(b[i], '"' | '\'' | '`') {
-                i = skip_rec(b, i) - 1;
-            }
-            i += 1;
-        }
-        i + 1
-    }
-    while i < b.len() {
-        let c = b[i];
-        if matches!(c, '"' | '\'' | '`' | '{' | '[') {
-            i = skip_rec(&b, i);
-        } else if c.is_ascii_digit() || (c == '.' && b.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
-                i += 1;
-            }
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '_' || b[i] == ':') {
-                i += 1;
-            }
-            let word: String = b[start..i].iter().collect();
-            let mut j = i;
-            while j < b.len() && b[j].is_whitespace() {
-                j += 1;
-            }
-            let next = b.get(j).copied();
-            if LABEL_LISTS.contains(&word.as_str()) && next == Some('(') {
-                let close = b[j..].iter().position(|&c| c == ')').unwrap() + j;
-                let list: String = b[j + 1..close].iter().collect();
-                if word == "by" {
-                    u.by.extend(
-                        list.split(',')
-                            .map(|l| l.trim().to_string())
-                            .filter(|l| !l.is_empty()),
-                    );
-                }
-                i = close + 1;
-            } else if next == Some('(') || KEYWORDS.contains(&word.as_str()) {
-                // a function, an aggregation or a keyword
-            } else if next == Some('{') {
-                let end = skip_rec(&b, j);
-                u.selectors
-                    .push(format!("{word}{}", b[j..end].iter().collect::<String>()));
-                i = end;
-            } else {
-                u.selectors.push(word);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    u
-}
-
 /// `X` of every `$labels.X` in a template.
 fn template_labels(text: &str) -> BTreeSet<String> {
     text.match_indices("$labels.")
@@ -417,7 +306,7 @@ fn template_labels(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn promql_uses_extraction() {
-    let u = promql_uses(
+    let u = promql::uses(
         r#"sum by (instance, route) (rate(a_total{status_class="5xx", x="}"}[5m])) / sum by (instance,route) (rate(a_total[5m])) > 0.05 and b == 0"#,
     );
     assert_eq!(
@@ -428,7 +317,7 @@ fn promql_uses_extraction() {
         u.by,
         BTreeSet::from(["instance".to_string(), "route".to_string()])
     );
-    let u = promql_uses("(c_seconds - time()) < 14 * 86400 unless on(host) d offset 5m");
+    let u = promql::uses("(c_seconds - time()) < 14 * 86400 unless on(host) d offset 5m");
     assert_eq!(u.selectors, ["c_seconds", "d"]);
     assert!(u.by.is_empty());
     assert_eq!(
@@ -731,7 +620,7 @@ respond = {{ body = "c" }}
     // labels the rule aggregates by: a renamed metric or label fails here,
     // not as an alert that can never fire.
     for r in &rules {
-        let uses = promql_uses(&r.expr);
+        let uses = promql::uses(&r.expr);
         assert!(
             !uses.selectors.is_empty(),
             "{}: no selector in {}",

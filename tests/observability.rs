@@ -794,112 +794,6 @@ respond = { body = "secure" }
 
 // --- the dashboard queries only what the binary exports ---------------------
 
-/// Metric names in a PromQL expression: identifiers that are not functions
-/// or aggregations (followed by `(`), keywords, label names in `by (...)`
-/// and friends, or anything inside `{...}`, `[...]` and string literals.
-fn promql_metric_names(expr: &str) -> Vec<String> {
-    const KEYWORDS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "bool",
-        "and",
-        "or",
-        "unless",
-        "offset",
-        "atan2", // aggregations, which may be followed by `by (...)`
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-        "limitk",
-        "limit_ratio",
-    ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let b: Vec<char> = expr.chars().collect();
-    let mut i = 0;
-    let mut out = Vec::new();
-    let skip_string = |i: &mut usize| {
-        let q = b[*i];
-        *i += 1;
-        while *i < b.len() && b[*i] != q {
-            if b[*i] == '\\' && q != '`' {
-                *i += 1;
-            }
-            *i += 1;
-        }
-        *i += 1;
-    };
-    while i < b.len() {
-        let c = b[i];
-        if c == '"' || c == '\'' || c == '`' {
-            skip_string(&mut i);
-        } else if c == '{' || c == '[' {
-            let close = if c == '{' { '}' } else { ']' };
-            i += 1;
-            while i < b.len() && b[i] != close {
-                if b[i] == '"' || b[i] == '\'' || b[i] == '`' {
-                    skip_string(&mut i);
-                } else {
-                    i += 1;
-                }
-            }
-            i += 1;
-        } else if c.is_ascii_digit()
-            || (c == '.' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
-        {
-            // Numbers and durations (0.99, 86400, 1e3, 5m).
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
-                i += 1;
-            }
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' || c == '$' {
-            let start = i;
-            i += 1;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '_' || b[i] == ':') {
-                i += 1;
-            }
-            let word: String = b[start..i].iter().collect();
-            let mut j = i;
-            while j < b.len() && b[j].is_whitespace() {
-                j += 1;
-            }
-            let call = b.get(j) == Some(&'(');
-            if LABEL_LISTS.contains(&word.as_str()) && call {
-                while i < b.len() && b[i] != ')' {
-                    i += 1;
-                }
-                i += 1;
-            } else if call || KEYWORDS.contains(&word.as_str()) || word.starts_with('$') {
-                // a function, an aggregation or a keyword; `$var` outside a
-                // selector is a Grafana variable
-            } else {
-                out.push(word);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Every Prometheus query in the dashboard: panel targets (rows included)
 /// and `label_values(...)` variables.
 fn dashboard_promql(d: &serde_json::Value) -> Vec<String> {
@@ -975,7 +869,7 @@ fn promql_metric_name_extraction() {
         ("sum(rate(b[1m])) without (instance) unless c", &["b", "c"]),
     ];
     for (expr, want) in cases {
-        assert_eq!(promql_metric_names(expr), *want, "{expr}");
+        assert_eq!(support::promql::uses(expr).metric_names(), *want, "{expr}");
     }
 }
 
@@ -1023,7 +917,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     assert!(queries.len() >= 15, "{} PromQL queries", queries.len());
     let mut used = BTreeSet::new();
     for q in &queries {
-        let names = promql_metric_names(q);
+        let names = support::promql::uses(q).metric_names();
         assert!(!names.is_empty(), "no metric in `{q}`");
         for n in names {
             let family = match m.families.get(&n) {

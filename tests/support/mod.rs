@@ -19,6 +19,8 @@
 //!   for the tests a real browser must run.
 //! - [`haproxy`]: a real HAProxy in TCP mode sending PROXY headers.
 //! - [`redis`]: a real redis-server on a free port (the cluster tests).
+//! - [`promql`]: the selectors and `by` labels of a PromQL expression
+//!   (alert rules and dashboard queries checked against live metrics).
 //! - [`idp`]: the OIDC test provider (`tests/peers/oidc`) and a browser
 //!   (cookie jar, redirects, login form) for the SSO tests.
 //!
@@ -35,6 +37,7 @@ pub mod idp;
 pub mod named;
 pub mod nginx;
 pub mod pebble;
+pub mod promql;
 pub mod redis;
 pub mod tls;
 pub mod wire;
