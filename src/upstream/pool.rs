@@ -405,14 +405,8 @@ mod tests {
                 peer.shutdown(std::net::Shutdown::Write).unwrap();
             }
             let mut conn = BackendConn::new(io);
-            let mut out = Outgoing::new(
-                &http::Method::GET,
-                &["/"],
-                b"a.test",
-                http::HeaderMap::new(),
-                &[],
-                Body::Empty,
-            );
+            let mut out =
+                super::scripted::request(http::Method::GET, http::HeaderMap::new(), Body::Empty);
             let (head, sent) = upstream::exchange(&mut conn, &mut out)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e:?}", c.what));

@@ -26,12 +26,14 @@ impl Uses {
 /// Identifiers that are neither metrics nor calls: keywords, and the
 /// aggregations (which may be followed by `by (...)` before their `(`).
 const KEYWORDS: &[&str] = &[
+    // followed by a list of label names
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+    // the rest
     "bool",
     "and",
     "or",
@@ -54,15 +56,8 @@ const KEYWORDS: &[&str] = &[
     "limit_ratio",
 ];
 
-/// Keywords followed by a list of label names.
-const LABEL_LISTS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
+/// Keywords followed by a list of label names (the first six).
+const LABEL_LISTS: &[&str] = KEYWORDS.split_at(6).0;
 
 /// Index just past the block that starts at `i` (`{`, `[` or a quote).
 fn skip_block(b: &[char], i: usize) -> usize {

@@ -39,15 +39,13 @@ fn read_head(s: &mut TcpStream) -> Vec<u8> {
     head
 }
 
+/// `METHOD / HTTP/1.1` to `a.test` with `headers` and `body`.
+pub(super) fn request(method: http::Method, headers: http::HeaderMap, body: Body) -> Outgoing {
+    Outgoing::new(&method, &["/"], b"a.test", headers, &[], body)
+}
+
 fn get() -> Outgoing {
-    Outgoing::new(
-        &http::Method::GET,
-        &["/"],
-        b"a.test",
-        http::HeaderMap::new(),
-        &[],
-        Body::Empty,
-    )
+    request(http::Method::GET, http::HeaderMap::new(), Body::Empty)
 }
 
 /// What the client side got: an error's status, kind and logged cause,
@@ -187,14 +185,7 @@ async fn interim_answers_then_the_final_one() {
     let post = || {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::CONTENT_LENGTH, "4".parse().unwrap());
-        Outgoing::new(
-            &http::Method::POST,
-            &["/"],
-            b"a.test",
-            h,
-            &[],
-            Body::full("data"),
-        )
+        request(http::Method::POST, h, Body::full("data"))
     };
     let got = exchange(&target, &mut post(), &server).await;
     assert_eq!(got, Got::Body(200, Ok(Bytes::from_static(b"ok"))));
@@ -231,14 +222,7 @@ async fn a_backend_answering_before_reading_the_body() {
     let (fed, _feed) = crate::http::body::fed(None);
     let bodies = [Body::Client(fed), Body::full(vec![b'x'; 64 << 20])];
     for body in bodies {
-        let mut out = Outgoing::new(
-            &http::Method::POST,
-            &["/"],
-            b"a.test",
-            http::HeaderMap::new(),
-            &[],
-            body,
-        );
+        let mut out = request(http::Method::POST, http::HeaderMap::new(), body);
         let got = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             exchange(&target, &mut out, &server),
@@ -347,7 +331,7 @@ async fn a_101_keeps_the_bytes_behind_it() {
     });
     let mut h = http::HeaderMap::new();
     h.insert(http::header::UPGRADE, "echo".parse().unwrap());
-    let mut out = Outgoing::new(&http::Method::GET, &["/"], b"a.test", h, &[], Body::Empty);
+    let mut out = request(http::Method::GET, h, Body::Empty);
     let (resp, conn) = send(&target, &mut out, &server).await.unwrap();
     assert_eq!(resp.status(), 101);
     let (mut io, early) = conn.expect("the connection, for the tunnel").into_parts();
@@ -426,16 +410,7 @@ async fn a_pooled_connection_closed_as_the_request_arrives() {
         }
         done.recv().unwrap();
     });
-    let post = || {
-        Outgoing::new(
-            &http::Method::POST,
-            &["/"],
-            b"a.test",
-            http::HeaderMap::new(),
-            &[],
-            Body::Empty,
-        )
-    };
+    let post = || request(http::Method::POST, http::HeaderMap::new(), Body::Empty);
     let first = Got::Body(200, Ok(Bytes::from_static(b"first")));
     let broken = |why: &str| Got::Refused(502, "upstream_broken", why.into());
     let mut got = Vec::new();
