@@ -5,12 +5,11 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use support::gateway::Gateway;
-use support::pebble::{Pebble, PebbleOptions};
+use support::pebble::{Pebble, PebbleOptions, acme_dir, mode};
 use support::tls::{Handshake, free_port, get, handshake, roots_from_pem};
 use support::{wait_for, within};
 
@@ -70,24 +69,6 @@ async fn wait_for_cert(addr: std::net::SocketAddr, host: &str, pebble: &Pebble) 
         },
     )
     .await
-}
-
-fn acme_dir(state: &Path) -> PathBuf {
-    let acme = state.join("acme");
-    std::fs::read_dir(&acme)
-        .unwrap_or_else(|e| panic!("{}: {e}", acme.display()))
-        .next()
-        .expect("one ACME server folder")
-        .unwrap()
-        .path()
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 async fn certificates_view(gw: &Gateway) -> serde_json::Value {

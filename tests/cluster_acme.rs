@@ -14,8 +14,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,7 +23,7 @@ use tokio::sync::watch;
 
 use support::client::TestClient;
 use support::gateway::Gateway;
-use support::pebble::{Pebble, PebbleOptions};
+use support::pebble::{Pebble, PebbleOptions, acme_dir, mode};
 use support::redis::Redis;
 use support::tls::{Handshake, free_port, handshake, roots_from_pem};
 use support::wait_for;
@@ -208,23 +206,6 @@ fn orders_at(pebble: &Pebble) -> usize {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn acme_dir(state: &Path) -> std::path::PathBuf {
-    std::fs::read_dir(state.join("acme"))
-        .expect("an acme folder in state_dir")
-        .next()
-        .expect("one ACME server folder")
-        .unwrap()
-        .path()
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 /// The body of a PEM block (base64 of the DER), joined.

@@ -59,6 +59,28 @@ const NOT_INSTALLED: &str = "pebble not installed: run `apt-get install -y pebbl
 /// HTTPS client trusting only the harness CA (Pebble's own HTTPS certificate).
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, FullBody>;
 
+/// The one ACME server folder under `state_dir/acme` (named after the
+/// directory URL), where the account and certificates are stored.
+pub fn acme_dir(state: &Path) -> PathBuf {
+    let acme = state.join("acme");
+    std::fs::read_dir(&acme)
+        .unwrap_or_else(|e| panic!("{}: {e}", acme.display()))
+        .next()
+        .expect("one ACME server folder")
+        .unwrap()
+        .path()
+}
+
+/// A file's permission bits (stored keys must be 0600).
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// Options for [`Pebble::start`].
 #[derive(Debug, Clone)]
 pub struct PebbleOptions {
