@@ -11,6 +11,7 @@ mod access_section;
 mod acme_section;
 mod cluster_section;
 mod cx;
+mod dns_section;
 mod docker_section;
 mod duration;
 mod file;
@@ -33,10 +34,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use access_section::{AccessList, HashKind, HtpasswdUser, Satisfy, read_htpasswd};
-pub use acme_section::{
-    AcmeCertificateConfig, AcmeConfig, ChallengeKind, DnsConfig, TsigAlgorithm,
-};
+pub use acme_section::{AcmeCertificateConfig, AcmeConfig, ChallengeKind};
 pub use cluster_section::{ClusterConfig, ClusterKey, SentinelUrl};
+pub use dns_section::{DnsConfig, TsigAlgorithm};
 pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
