@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::options_section::{FileCompress, FileDefaultRoute, FileHeaderRules, FileRateLimit};
+use super::headers_section::FileHeaderRules;
+use super::options_section::{FileCompress, FileDefaultRoute, FileRateLimit};
 
 pub use super::limits_section::{FileHealthCheck, FileSize};
 

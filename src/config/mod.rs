@@ -15,6 +15,7 @@ mod dns_section;
 mod docker_section;
 mod duration;
 mod file;
+mod headers_section;
 pub mod labels;
 mod limits_section;
 mod oidc_section;
@@ -39,11 +40,12 @@ pub use cluster_section::{ClusterConfig, ClusterKey, SentinelUrl};
 pub use dns_section::{DnsConfig, TsigAlgorithm};
 pub use docker_section::{DefaultAuth, DockerConfig};
 pub use duration::parse_duration;
+pub use headers_section::{HeaderRules, Piece, Template, reserved_header};
 pub use limits_section::{HealthCheck, RouteLimits, parse_size};
 pub use oidc_section::OidcConfig;
 pub use options_section::{
-    Compress, CompressLevel, DefaultRoute, ErrorPages, HeaderRules, Piece, RateBy, RateLimit,
-    RouteOptions, ServerOptions, StatusMatch, Template, reserved_header,
+    Compress, CompressLevel, DefaultRoute, ErrorPages, RateBy, RateLimit, RouteOptions,
+    ServerOptions, StatusMatch,
 };
 pub use route_auth::{IdentityHeaders, OidcPolicy, RouteAuth};
 pub use route_section::{parse_host_pattern, parse_upstream};
