@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::account::get_account;
-use self::renewal::{AriAdvice, refresh_ari, renew_at, renew_due};
+use self::renewal::{AriAdvice, Schedule, refresh_ari, renew_at};
 use self::shared::AcmeShared;
 use self::storage::Storage;
 use crate::cluster::lock::Holder;
@@ -328,11 +328,6 @@ async fn order_host(
     outcome
 }
 
-struct HostRetry {
-    not_before: Instant,
-    delay: Duration,
-}
-
 async fn run(
     store: Arc<CertStore>,
     metrics: Arc<Metrics>,
@@ -341,7 +336,7 @@ async fn run(
 ) {
     let shared = shared.as_deref();
     let mut account: Option<(String, Account)> = None;
-    let mut retry: HashMap<String, HostRetry> = HashMap::new();
+    let mut schedule = Schedule::default();
     let mut served: BTreeSet<String> = BTreeSet::new();
     let mut ari: HashMap<String, AriAdvice> = HashMap::new();
     loop {
@@ -367,7 +362,7 @@ async fn run(
         for gone in served.difference(&keys).cloned().collect::<Vec<_>>() {
             tracing::info!(host = %gone, "host no longer routed; its certificate is no longer served or renewed");
             store.remove_acme(&gone);
-            retry.remove(&gone);
+            schedule.forget(&gone);
             served.remove(&gone);
         }
         load_stored(&plan, &store);
@@ -393,27 +388,7 @@ async fn run(
         }
         ari.retain(|h, _| keys.contains(h));
 
-        let mut due = Vec::new();
-        let mut wake = now + Duration::from_secs(3600);
-        for host in &keys {
-            let renew_in = match store.acme_entry(host) {
-                None => 0,
-                Some(e) => renew_due(host, &e, ari.get(host))
-                    .saturating_sub(wall)
-                    .max(0),
-            };
-            let mut at = now + Duration::from_secs(renew_in as u64);
-            if let Some(r) = retry.get(host) {
-                at = at.max(r.not_before);
-            }
-            if at <= now {
-                due.push(host.clone());
-            } else {
-                wake = wake.min(at);
-                let mut st = store.acme_status.entry(host.clone()).or_default();
-                st.next_attempt = Some(wall + (at - now).as_secs() as i64);
-            }
-        }
+        let (due, wake) = schedule.due(&keys, &store, &ari, now, wall);
 
         if !due.is_empty() {
             if account.is_none() {
@@ -429,7 +404,7 @@ async fn run(
                             .acme_failure
                             .fetch_add(due.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         for h in &due {
-                            record_failure(&store, &mut retry, &plan.config, h, &msg);
+                            schedule.failed(&store, &plan.config, h, &msg);
                         }
                         continue;
                     }
@@ -490,38 +465,22 @@ async fn run(
                 match r {
                     Outcome::Issued(chain, key) => {
                         installed(&store, &storage, &host, chain, key);
-                        retry.remove(&host);
+                        schedule.forget(&host);
                     }
-                    Outcome::Adopted => {
-                        retry.remove(&host);
-                    }
+                    Outcome::Adopted => schedule.forget(&host),
                     Outcome::Busy(h) => {
                         // Its certificate arrives through Redis; look again
                         // soon in case its holder dies.
                         let wait = Duration::from_millis(h.expires_in_ms.max(0) as u64)
                             .clamp(Duration::from_secs(1), Duration::from_secs(5));
                         tracing::info!(host = %host, holder = %h.instance, fencing_token = h.fence, "another instance is ordering this certificate; waiting for it");
-                        retry.insert(
-                            host.clone(),
-                            HostRetry {
-                                not_before: Instant::now() + wait,
-                                delay: plan.config.retry_min,
-                            },
-                        );
+                        schedule.look_again(&host, wait, &plan.config);
                         let mut st = store.acme_status.entry(host.clone()).or_default();
                         st.next_attempt = Some(now_secs() + wait.as_secs() as i64);
                     }
-                    Outcome::Waiting(msg) => {
-                        record_failure(&store, &mut retry, &plan.config, &host, &msg);
-                    }
+                    Outcome::Waiting(msg) => schedule.failed(&store, &plan.config, &host, &msg),
                     Outcome::Superseded => {
-                        retry.insert(
-                            host.clone(),
-                            HostRetry {
-                                not_before: Instant::now() + Duration::from_secs(1),
-                                delay: plan.config.retry_min,
-                            },
-                        );
+                        schedule.look_again(&host, Duration::from_secs(1), &plan.config)
                     }
                     Outcome::Failed(f) => {
                         if f.account_missing {
@@ -534,7 +493,7 @@ async fn run(
                             }
                             account = None;
                         }
-                        record_failure(&store, &mut retry, &plan.config, &host, &f.to_string());
+                        schedule.failed(&store, &plan.config, &host, &f.to_string());
                     }
                 }
             }
@@ -565,35 +524,6 @@ fn installed(store: &CertStore, storage: &Storage, host: &str, chain: String, ke
         }
         Err(e) => tracing::error!(host, error = %e, "the CA returned an unusable certificate"),
     }
-}
-
-fn record_failure(
-    store: &CertStore,
-    retry: &mut HashMap<String, HostRetry>,
-    cfg: &AcmeConfig,
-    host: &str,
-    msg: &str,
-) {
-    let delay = match retry.get(host) {
-        Some(r) => (r.delay * 2).min(cfg.retry_max),
-        None => cfg.retry_min,
-    };
-    retry.insert(
-        host.to_string(),
-        HostRetry {
-            not_before: Instant::now() + delay,
-            delay,
-        },
-    );
-    let mut st = store.acme_status.entry(host.to_string()).or_default();
-    st.last_error = Some(msg.to_string());
-    st.next_attempt = Some(now_secs() + delay.as_secs() as i64);
-    let keeps = if store.acme_entry(host).is_some() {
-        "the current certificate keeps serving"
-    } else {
-        "no certificate yet"
-    };
-    tracing::error!(host, retry_in_s = delay.as_secs(), "{msg}; {keeps}");
 }
 
 #[cfg(test)]

@@ -1,13 +1,17 @@
 //! When to renew a certificate: a third of its lifetime before expiry with
 //! a stable per-host jitter, or earlier when the CA's renewal information
-//! (RFC 9773, ARI) suggests a window.
+//! (RFC 9773, ARI) suggests a window; and when to try a host again after a
+//! failure (`retry_min` doubling up to `retry_max`) or while another
+//! instance orders it ([`Schedule`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use instant_acme::Account;
 use tokio::time::Instant;
 
+use crate::config::AcmeConfig;
+use crate::tls::CertStore;
 use crate::tls::store::CertEntry;
 
 /// What the CA's renewal-info endpoint said about one certificate.
@@ -95,7 +99,7 @@ pub(super) fn renew_at(host: &str, e: &CertEntry) -> i64 {
 
 /// When `host`'s certificate is due (Unix seconds): [`renew_at`], or the
 /// CA's suggested time when it is earlier and about this certificate.
-pub(super) fn renew_due(host: &str, e: &CertEntry, ari: Option<&AriAdvice>) -> i64 {
+fn renew_due(host: &str, e: &CertEntry, ari: Option<&AriAdvice>) -> i64 {
     let at = renew_at(host, e);
     match ari {
         Some(a)
@@ -105,5 +109,98 @@ pub(super) fn renew_due(host: &str, e: &CertEntry, ari: Option<&AriAdvice>) -> i
             at.min(t)
         }
         _ => at,
+    }
+}
+
+/// A host not to be ordered before `not_before`; `delay` is what the next
+/// failure doubles.
+struct HostRetry {
+    not_before: Instant,
+    delay: Duration,
+}
+
+/// Which hosts wait before their next order, and why not sooner.
+#[derive(Default)]
+pub(super) struct Schedule {
+    retry: HashMap<String, HostRetry>,
+}
+
+impl Schedule {
+    /// The hosts of `keys` due now (no certificate, or past its renewal
+    /// time, and not waiting after a failure), and when the next one will
+    /// be; the admin view's `next_attempt` of the others is set.
+    pub(super) fn due(
+        &self,
+        keys: &BTreeSet<String>,
+        store: &CertStore,
+        ari: &HashMap<String, AriAdvice>,
+        now: Instant,
+        wall: i64,
+    ) -> (Vec<String>, Instant) {
+        let mut due = Vec::new();
+        let mut wake = now + Duration::from_secs(3600);
+        for host in keys {
+            let renew_in = match store.acme_entry(host) {
+                None => 0,
+                Some(e) => renew_due(host, &e, ari.get(host))
+                    .saturating_sub(wall)
+                    .max(0),
+            };
+            let mut at = now + Duration::from_secs(renew_in as u64);
+            if let Some(r) = self.retry.get(host) {
+                at = at.max(r.not_before);
+            }
+            if at <= now {
+                due.push(host.clone());
+            } else {
+                wake = wake.min(at);
+                let mut st = store.acme_status.entry(host.clone()).or_default();
+                st.next_attempt = Some(wall + (at - now).as_secs() as i64);
+            }
+        }
+        (due, wake)
+    }
+
+    /// Nothing to wait for (issued, adopted from another instance, or no
+    /// longer routed).
+    pub(super) fn forget(&mut self, host: &str) {
+        self.retry.remove(host);
+    }
+
+    /// Look at `host` again after `wait`, not as a failure (another
+    /// instance holds its order); a later failure starts from `retry_min`.
+    pub(super) fn look_again(&mut self, host: &str, wait: Duration, cfg: &AcmeConfig) {
+        self.retry.insert(
+            host.to_string(),
+            HostRetry {
+                not_before: Instant::now() + wait,
+                delay: cfg.retry_min,
+            },
+        );
+    }
+
+    /// An order failed: back off (`retry_min`, doubling up to
+    /// `retry_max`), say so in the admin view and the log.
+    pub(super) fn failed(&mut self, store: &CertStore, cfg: &AcmeConfig, host: &str, msg: &str) {
+        let delay = match self.retry.get(host) {
+            Some(r) => (r.delay * 2).min(cfg.retry_max),
+            None => cfg.retry_min,
+        };
+        self.retry.insert(
+            host.to_string(),
+            HostRetry {
+                not_before: Instant::now() + delay,
+                delay,
+            },
+        );
+        let mut st = store.acme_status.entry(host.to_string()).or_default();
+        st.last_error = Some(msg.to_string());
+        st.next_attempt = Some(super::now_secs() + delay.as_secs() as i64);
+        let keeps = if store.acme_entry(host).is_some() {
+            "the current certificate keeps serving"
+        } else {
+            "no certificate yet"
+        };
+        tracing::error!(host, retry_in_s = delay.as_secs(), "{msg}; {keeps}");
     }
 }
